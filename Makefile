@@ -1,0 +1,34 @@
+# rbc-holo: `make run` (set-up + the whole pipeline, quick profile) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rbc-installed
+PROFILE ?= quick
+KERNEL := rbc-holo
+
+.PHONY: setup run test test-fast bench clean-runs
+
+setup: $(STAMP)
+
+# torch/torchvision first, on their own, so pip resolves them once (see README).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "torch>=2.4" "torchvision>=0.19"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (rbc-holo)"
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/rbc run --profile $(PROFILE) --run-dir runs/$(PROFILE)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean-runs:
+	rm -rf runs/

@@ -1,0 +1,86 @@
+"""Class ids, names and colours (the paper's), one-hot encoding and instances.
+
+Masks are uint8 class maps 0..4; colours are for display only.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+BACKGROUND, DISCOCYTE, SPHEROCYTE, ECHINOCYTE, STOMATOCYTE = 0, 1, 2, 3, 4
+CLASS_NAMES: dict[int, str] = {
+    BACKGROUND: "background",
+    DISCOCYTE: "discocyte",
+    SPHEROCYTE: "spherocyte",
+    ECHINOCYTE: "echinocyte",
+    STOMATOCYTE: "stomatocyte",
+}
+CLASS_IDS: dict[str, int] = {name: cid for cid, name in CLASS_NAMES.items()}
+CELL_CLASSES: tuple[int, ...] = (DISCOCYTE, SPHEROCYTE, ECHINOCYTE, STOMATOCYTE)
+N_CLASSES = 5
+# Paper colours (RGB 0..1): black, red, blue, green, yellow.
+CLASS_COLOURS: dict[int, tuple[float, float, float]] = {
+    BACKGROUND: (0.0, 0.0, 0.0),
+    DISCOCYTE: (1.0, 0.0, 0.0),
+    SPHEROCYTE: (0.0, 0.0, 1.0),
+    ECHINOCYTE: (0.0, 0.8, 0.0),
+    STOMATOCYTE: (1.0, 1.0, 0.0),
+}
+
+
+def check_labels(labels: np.ndarray, *, source: str = "label map") -> np.ndarray:
+    """Return ``labels`` as uint8 after checking it is 2-D with values in 0..4."""
+    arr = np.asarray(labels)
+    if arr.ndim != 2:
+        raise ValueError(f"{source}: expected a 2-D class map, got shape {arr.shape}")
+    if arr.size and (not np.issubdtype(arr.dtype, np.integer) and not np.issubdtype(arr.dtype, np.bool_)):
+        if not np.all(np.mod(arr, 1) == 0):
+            raise ValueError(f"{source}: class map holds non-integer values")
+    if arr.size and (arr.min() < 0 or arr.max() >= N_CLASSES):
+        bad = sorted(set(np.unique(arr[(arr < 0) | (arr >= N_CLASSES)]).tolist()))[:5]
+        raise ValueError(f"{source}: labels outside 0..{N_CLASSES - 1}: {bad}")
+    return arr.astype(np.uint8, copy=False)
+
+
+def to_onehot(labels: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
+    """(H, W) class map -> (n_classes, H, W) float32 one-hot."""
+    labels = np.asarray(labels)
+    return (np.arange(n_classes)[:, None, None] == labels[None]).astype(np.float32)
+
+
+def colourize(labels: np.ndarray) -> np.ndarray:
+    """(H, W) class map -> (H, W, 3) float RGB image in the paper's colours."""
+    lut = np.array([CLASS_COLOURS[c] for c in range(N_CLASSES)], dtype=np.float32)
+    return lut[np.asarray(labels, dtype=np.intp)]
+
+
+def instances_from_labels(labels: np.ndarray) -> np.ndarray:
+    """Instances as connected components (8-connected) of each cell class.
+
+    Returns an int32 map, 0 for background, ids 1..N; components of different classes
+    never share an id even when they touch.
+    """
+    labels = np.asarray(labels)
+    out = np.zeros(labels.shape, dtype=np.int32)
+    next_id = 0
+    structure = np.ones((3, 3), dtype=bool)
+    for cls in CELL_CLASSES:
+        comp, n = ndi.label(labels == cls, structure=structure)
+        if n:
+            mask = comp > 0
+            out[mask] = comp[mask] + next_id
+            next_id += n
+    return out
+
+
+def instance_classes(labels: np.ndarray, instances: np.ndarray) -> dict[int, int]:
+    """Majority class of each instance id (ids > 0) -> class id."""
+    labels = np.asarray(labels).ravel()
+    inst = np.asarray(instances).ravel()
+    sel = inst > 0
+    if not sel.any():
+        return {}
+    counts = np.zeros((int(inst.max()) + 1, N_CLASSES), dtype=np.int64)
+    np.add.at(counts, (inst[sel], labels[sel]), 1)
+    ids = np.flatnonzero(counts.sum(1))
+    return {int(i): int(np.argmax(counts[i])) for i in ids}

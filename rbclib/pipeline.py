@@ -1,0 +1,147 @@
+"""Run the numbered notebooks headless with papermill (``rbc run``).
+
+Each notebook ``notebooks/NN_name.ipynb`` gets the parameters ``profile``, ``run_dir``
+and ``seed`` injected; its executed copy lands in ``<run_dir>/notebooks/``. The run stops
+at the first failing notebook and names it and the failing cell. Wall time per stage is
+recorded in ``<run_dir>/timings.json``.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from rbclib.io import read_json, write_json
+from rbclib.paths import RunPaths
+
+KERNEL_NAME = "rbc-holo"
+NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; names the notebook, the failing cell and the error."""
+
+    def __init__(self, notebook: Path, cell_index: int | None, source: str, error: str, executed: Path):
+        self.notebook, self.cell_index, self.executed = notebook, cell_index, executed
+        first = source.strip().splitlines()[0] if source.strip() else ""
+        where = f"cell {cell_index}" if cell_index is not None else "an unknown cell"
+        super().__init__(f"{notebook.name} failed in {where} ({first[:80]!r}): {error}\n"
+                         f"executed copy with the traceback: {executed}")
+
+
+@dataclass(frozen=True)
+class Stage:
+    number: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def default_notebooks_dir() -> Path:
+    """The repository's ``notebooks/`` folder (next to the installed ``rbclib``)."""
+    return Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def discover(notebooks_dir: str | Path) -> list[Stage]:
+    """Notebooks named ``NN_*.ipynb`` in ``notebooks_dir``, in order."""
+    folder = Path(notebooks_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: notebooks folder not found")
+    stages = [Stage(m.group(1), p) for p in sorted(folder.iterdir()) if (m := NOTEBOOK_PATTERN.match(p.name))]
+    numbers = [s.number for s in stages]
+    dupes = sorted({n for n in numbers if numbers.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{folder}: more than one notebook numbered {dupes}")
+    return stages
+
+
+def select(stages: list[Stage], *, only: Iterable[str] | None = None, start_from: str | None = None) -> list[Stage]:
+    """Filter stages by number: ``only`` (e.g. ["01", "03"]) and/or ``start_from`` ("03")."""
+    known = {s.number for s in stages}
+    wanted = [f"{int(n):02d}" for n in only] if only else None
+    for n in (wanted or []) + ([f"{int(start_from):02d}"] if start_from else []):
+        if n not in known:
+            raise ValueError(f"no notebook numbered {n}; have {sorted(known)}")
+    out = stages
+    if start_from:
+        out = [s for s in out if s.number >= f"{int(start_from):02d}"]
+    if wanted is not None:
+        out = [s for s in out if s.number in wanted]
+    return out
+
+
+def kernel_available(name: str = KERNEL_NAME) -> bool:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return name in KernelSpecManager().find_kernel_specs()
+
+
+def run_notebooks(
+    *,
+    profile: str,
+    run_dir: str | Path,
+    seed: int = 0,
+    only: Iterable[str] | None = None,
+    start_from: str | None = None,
+    notebooks_dir: str | Path | None = None,
+    kernel_name: str = KERNEL_NAME,
+    extra_parameters: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Execute the selected notebooks in order; return the executed copies.
+
+    Raises :class:`NotebookFailed` at the first failure.
+    """
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    from rbclib.config import get_profile
+
+    get_profile(profile)  # fail early on an unknown profile
+    if not kernel_available(kernel_name):
+        raise RuntimeError(f"Jupyter kernel {kernel_name!r} is not registered; run `make setup` "
+                           f"(python -m ipykernel install --sys-prefix --name {kernel_name})")
+    paths = RunPaths(run_dir)
+    stages = select(discover(notebooks_dir or default_notebooks_dir()), only=only, start_from=start_from)
+    out_dir = paths.root / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings = read_json(paths.timings_json) if paths.timings_json.exists() else {}
+    executed: list[Path] = []
+    for stage in stages:
+        target = out_dir / stage.path.name
+        params = {"profile": profile, "run_dir": str(paths.root), "seed": int(seed), **(extra_parameters or {})}
+        print(f"[rbc run] {stage.name} (profile={profile}) -> {target}", flush=True)
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(
+                str(stage.path), str(target), parameters=params, kernel_name=kernel_name,
+                cwd=str(stage.path.parent), progress_bar=progress, log_output=False,
+            )
+        except PapermillExecutionError as exc:
+            raise NotebookFailed(stage.path, _cell_index(target, exc.exec_count), exc.source,
+                                 f"{exc.ename}: {exc.evalue}", target) from None
+        seconds = time.perf_counter() - start
+        timings[stage.name] = {"seconds": round(seconds, 2), "profile": profile,
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json(paths.timings_json, timings)
+        print(f"[rbc run] {stage.name} done in {seconds:.1f} s", flush=True)
+        executed.append(target)
+    return executed
+
+
+def _cell_index(executed: Path, exec_count: int | None) -> int | None:
+    """Index (0-based, among all cells) of the cell with ``exec_count`` in the executed copy."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except Exception:  # noqa: BLE001 - best effort, the error message still names the notebook
+        return None
+    for i, cell in enumerate(nb.cells):
+        if cell.get("cell_type") == "code" and cell.get("execution_count") == exec_count:
+            return i
+    return None
