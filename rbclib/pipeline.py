@@ -26,7 +26,7 @@ class NotebookFailed(RuntimeError):
     def __init__(self, notebook: Path, cell_index: int | None, source: str, error: str, executed: Path):
         self.notebook, self.cell_index, self.executed = notebook, cell_index, executed
         first = source.strip().splitlines()[0] if source.strip() else ""
-        where = f"cell {cell_index}" if cell_index is not None else "an unknown cell"
+        where = f"cell {cell_index + 1} (counting from 1)" if cell_index is not None else "an unknown cell"
         super().__init__(f"{notebook.name} failed in {where} ({first[:80]!r}): {error}\n"
                          f"executed copy with the traceback: {executed}")
 
@@ -122,7 +122,7 @@ def run_notebooks(
                 cwd=str(stage.path.parent), progress_bar=progress, log_output=False,
             )
         except PapermillExecutionError as exc:
-            raise NotebookFailed(stage.path, _cell_index(target, exc.exec_count), exc.source,
+            raise NotebookFailed(stage.path, _cell_index(stage.path, exc.source), exc.source,
                                  f"{exc.ename}: {exc.evalue}", target) from None
         seconds = time.perf_counter() - start
         timings[stage.name] = {"seconds": round(seconds, 2), "profile": profile,
@@ -133,15 +133,12 @@ def run_notebooks(
     return executed
 
 
-def _cell_index(executed: Path, exec_count: int | None) -> int | None:
-    """Index (0-based, among all cells) of the cell with ``exec_count`` in the executed copy."""
+def _cell_index(notebook: Path, source: str) -> int | None:
+    """0-based index of the cell holding ``source`` in the committed ``notebook``."""
     import nbformat
 
-    try:
-        nb = nbformat.read(executed, as_version=4)
-    except Exception:  # noqa: BLE001 - best effort, the error message still names the notebook
-        return None
+    nb = nbformat.read(notebook, as_version=4)
     for i, cell in enumerate(nb.cells):
-        if cell.get("cell_type") == "code" and cell.get("execution_count") == exec_count:
+        if cell.get("cell_type") == "code" and cell.get("source", "").strip() == source.strip():
             return i
     return None

@@ -1,0 +1,94 @@
+"""Readers, writers and their errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rbclib.config import Optics
+from rbclib.io import (ImageFileError, atomic_path, read_image, read_instances, read_labels, read_phase,
+                       write_camera_image, write_instances, write_json, write_labels, write_phase)
+
+
+def test_phase_tiff_round_trip_with_optics(tmp_path):
+    phase = np.random.default_rng(0).normal(size=(20, 30)).astype(np.float32)
+    optics = Optics(wavelength_m=633e-9)
+    write_phase(tmp_path / "p.tif", phase, optics)
+    img = read_phase(tmp_path / "p.tif")
+    assert img.data.dtype == np.float32 and np.array_equal(img.data, phase)
+    assert img.optics().wavelength_m == 633e-9
+    assert img.optics(wavelength_m=532e-9).wavelength_m == 532e-9  # user overrides file metadata
+
+
+def test_labels_and_instances_round_trip(tmp_path):
+    lab = np.array([[0, 1, 2], [3, 4, 0]], dtype=np.uint8)
+    write_labels(tmp_path / "l.png", lab)
+    assert np.array_equal(read_labels(tmp_path / "l.png"), lab)
+    inst = np.array([[0, 1, 300], [70000 - 5000, 2, 0]])
+    write_instances(tmp_path / "i.png", inst)
+    assert np.array_equal(read_instances(tmp_path / "i.png"), inst)
+
+
+def test_label_png_outside_range_names_file(tmp_path):
+    write_camera_image(tmp_path / "bad.png", np.array([[0, 9], [1, 2]], dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"bad.png: labels outside 0..4"):
+        read_labels(tmp_path / "bad.png")
+
+
+@pytest.mark.parametrize("arr,problem", [
+    (np.full((8, 8), 3, np.uint8), "constant image"),
+    (np.zeros((3, 8, 8), np.float32) + np.arange(8), "shape"),
+    (np.array([[0.0, np.nan], [1.0, 2.0]], np.float32), "NaN"),
+])
+def test_bad_images_named(tmp_path, arr, problem):
+    path = tmp_path / "x.npz"
+    np.savez(path, data=arr)
+    with pytest.raises(ImageFileError, match=problem) as info:
+        read_image(path)
+    assert "x.npz" in str(info.value)
+
+
+def test_unreadable_and_unsupported_files(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ImageFileError, match="broken.png: cannot read image"):
+        read_image(tmp_path / "broken.png")
+    (tmp_path / "a.xyz").write_text("x")
+    with pytest.raises(ImageFileError, match="unsupported file type"):
+        read_image(tmp_path / "a.xyz")
+    with pytest.raises(ImageFileError, match="file not found"):
+        read_image(tmp_path / "missing.tif")
+
+
+def test_hdf5_qpformat_metadata(tmp_path):
+    import h5py
+
+    path = tmp_path / "h.h5"
+    with h5py.File(path, "w") as h5:
+        ds = h5.create_dataset("0", data=np.arange(64, dtype=np.uint8).reshape(8, 8))
+        ds.attrs["wavelength"] = 5.32e-7
+        ds.attrs["pixel size"] = 8.5e-8
+        ds.attrs["medium index"] = 1.333
+    img = read_image(path)
+    optics = img.optics()
+    assert (optics.wavelength_m, optics.pixel_size_m, optics.n_medium) == (5.32e-7, 8.5e-8, 1.333)
+    assert "h.h5" in optics.provenance["wavelength_m"]
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "a.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text().strip() == '{\n  "v": 1\n}'
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_real_holograms_read(shared_data):
+    folder = shared_data / "holograms"
+    assert read_image(folder / "rbc_pydhm.jpg").data.shape == (1023, 1023)
+    assert read_image(folder / "rbc_nontelecentric_50x.tiff").data.shape == (1024, 1224)
+    npz = read_image(folder / "hl60_with_background.npz")
+    assert npz.data.shape == npz.background.shape == (200, 210)
+    h5 = read_image(folder / "oah_with_metadata.h5")
+    assert h5.optics().wavelength_m == pytest.approx(5.32e-7)
