@@ -23,6 +23,70 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_assess(args: argparse.Namespace) -> int:
+    from rbclib.assess import OpticsOptions, assess, find_latest_model, load_schemes
+
+    model, note = (args.model, None) if args.model else find_latest_model()
+    if note:
+        print(f"rbc assess: {note}", file=sys.stderr)
+    result = assess(args.input, args.out, model_dir=model, model_note=note, day_map=args.day_map,
+                    optics=OpticsOptions(args.wavelength, args.pixel_size, args.medium_index),
+                    schemes=load_schemes(args.schemes) if args.schemes else None,
+                    overlays=not args.no_overlays, seed=args.seed)
+    print(f"rbc assess: {len(result.processed)} image(s) analysed, {len(result.skipped)} already done, "
+          f"{len(result.failures)} skipped with problems; {len(result.cells)} cells; report: {result.out_dir / 'report.md'}")
+    return 1 if result.failures and not (result.processed or result.skipped) else 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from rbclib.simulate import simulate_dataset, simulate_storage_series
+
+    if args.storage_series:
+        if args.day is not None or args.mixture is not None:
+            raise ValueError("--storage-series uses the storage model for every day; drop --day/--mixture")
+        out = simulate_storage_series(args.out, seed=args.seed, images_per_day=args.n_fields, field_px=args.field_px,
+                                      cells_per_field=args.cells_per_field, progress=not args.quiet)
+    else:
+        out = simulate_dataset(args.out, n_fields=args.n_fields, seed=args.seed, field_px=args.field_px,
+                               cells_per_field=args.cells_per_field, mixture=args.mixture, day=args.day,
+                               touching_fraction=args.touching_fraction, defocus_m=args.defocus_um * 1e-6,
+                               bit_depth=args.bit_depth, progress=not args.quiet)
+    print(f"rbc simulate: dataset written to {out}")
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from rbclib.holography import reconstruct_files
+
+    overrides = {"wavelength_m": args.wavelength, "pixel_size_m": args.pixel_size, "n_medium": args.medium_index}
+    refocus = None if args.refocus is None else ("auto" if args.refocus == "auto" else float(args.refocus))
+    written = reconstruct_files(args.holograms, args.out, background=args.background, refocus=refocus,
+                                optics_overrides={k: v for k, v in overrides.items() if v is not None},
+                                filter=args.filter, filter_size=args.filter_size, sign=args.sign,
+                                progress=not args.quiet)
+    print(f"rbc reconstruct: {len(written)} phase image(s) written to {args.out}")
+    return 0
+
+
+def _refocus_arg(text: str) -> str:
+    if text != "auto":
+        try:
+            float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--refocus takes a distance in metres or 'auto', got {text!r}") from None
+    return text
+
+
+def _cells_range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX (two integers), got {text!r}") from None
+    if not 0 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"need 0 <= MIN <= MAX, got {text!r}")
+    return lo, hi
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rbc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,6 +99,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--notebooks", type=Path, help="folder of notebooks (default: the repository's)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("assess", help="storage-quality report of a blood unit or a storage series",
+                       description="Segment and classify the RBCs of every hologram or phase image under INPUT "
+                                   "(a file, a folder, a dataset folder with holograms/ or phase/, or day_NN/ "
+                                   "folders of a storage series) and write cells.csv, overlays, ratios.csv and "
+                                   "report.md to OUT. Resumable: finished images are skipped.")
+    p.add_argument("input", type=Path, metavar="INPUT", help="image file or folder")
+    p.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="output folder")
+    p.add_argument("--model", type=Path, help="model folder (default: best model of the latest `make run`)")
+    p.add_argument("--day-map", type=Path, help="CSV with columns file,day giving each image's storage day")
+    p.add_argument("--wavelength", type=float, metavar="M", help="illumination wavelength [m], e.g. 682.5e-9")
+    p.add_argument("--pixel-size", type=float, metavar="M", help="pixel size at the sample [m], e.g. 0.094e-6")
+    p.add_argument("--medium-index", type=float, metavar="N", help="refractive index of the medium, e.g. 1.3334")
+    p.add_argument("--schemes", type=Path, help="TOML file of morphology-index weight schemes "
+                                                 "([name] weights = {discocyte = 0, ...}, description = ...)")
+    p.add_argument("--no-overlays", action="store_true", help="do not write overlay PNGs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals")
+    p.set_defaults(func=_cmd_assess)
+
+    p = sub.add_parser("simulate", help="write a simulated dataset of RBC holograms with ground truth",
+                       description="Physics-based digital twin of off-axis DHM holograms of red blood cells "
+                                   "(rbclib.simulate): writes holograms/, backgrounds/, phase/, labels/, "
+                                   "instances/, cells.csv, optics.json, splits.json to OUT.")
+    p.add_argument("--n-fields", type=int, required=True, metavar="N",
+                   help="number of fields (with --storage-series: fields per storage day)")
+    p.add_argument("--seed", type=int, required=True, metavar="S", help="random seed (same seed, same dataset)")
+    p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="output dataset folder")
+    p.add_argument("--day", type=float, metavar="D", help="storage day 8..57: class mixture from the storage model")
+    p.add_argument("--mixture", metavar="CLASS=F,...", help="class fractions, e.g. discocyte=0.7,spherocyte=0.1,"
+                                                            "echinocyte=0.1,stomatocyte=0.1 (default: day 8)")
+    p.add_argument("--field-px", type=int, default=900, metavar="PX", help="field side in pixels (default 900)")
+    p.add_argument("--cells-per-field", type=_cells_range, metavar="MIN,MAX",
+                   help="cells per field (default 40,85 scaled to the field area)")
+    p.add_argument("--touching-fraction", type=float, default=0.1, help="share of cells in touching pairs (0..1)")
+    p.add_argument("--defocus-um", type=float, default=0.0, help="defocus of the object plane [um]")
+    p.add_argument("--bit-depth", type=int, default=8, choices=[8, 12], help="camera bit depth")
+    p.add_argument("--storage-series", action="store_true",
+                   help="write the storage study instead: day_08/ ... day_57/ with N fields each")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("reconstruct", help="off-axis holograms -> phase images (float32 TIFF, rad)",
+                       description="Reconstruct quantitative phase images from off-axis holograms "
+                                   "(rbclib.holography): writes DIR/<stem>.tif and DIR/optics.json. "
+                                   "Optics come from the files' metadata, then these options.")
+    p.add_argument("holograms", nargs="+", type=Path, metavar="HOLOGRAM",
+                   help="hologram files or folders of them (TIFF, PNG, JPEG, BMP, NPZ, HDF5)")
+    p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--background", type=Path, metavar="B", help="background hologram of the same set-up, or a folder of "
+                   "them named like the holograms (default: a file's own, else numerical compensation)")
+    p.add_argument("--wavelength", type=float, metavar="M", help="wavelength [m], e.g. 633e-9")
+    p.add_argument("--pixel-size", type=float, metavar="M", help="pixel size at the sample [m], e.g. 0.1441e-6")
+    p.add_argument("--medium-index", type=float, metavar="N", help="refractive index of the medium, e.g. 1.3334")
+    p.add_argument("--refocus", type=_refocus_arg, metavar="M|auto",
+                   help="propagate by M metres, or 'auto' (minimum average amplitude gradient within +-10 um)")
+    p.add_argument("--filter", default="disk", choices=["disk", "smooth disk", "gauss"], help="sideband filter")
+    p.add_argument("--filter-size", type=float, default=1 / 3, metavar="F",
+                   help="filter radius as a fraction of the carrier distance (default 1/3)")
+    p.add_argument("--sign", type=int, choices=[1, -1], help="force the phase sign (default: cells positive, automatic)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_reconstruct)
 
     # Further subcommands (simulate, reconstruct, assess) are added above this line,
     # each as a parser block plus a `_cmd_<name>` handler that calls the library.

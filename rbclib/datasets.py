@@ -1,11 +1,20 @@
-"""Phase normalisation and training datasets of phase/mask patches.
+"""Phase normalisation, phase/label pairs of a run folder and the training patch dataset.
 
 Phase is mapped to [-1, 1] by a fixed physical range (not per-image min-max), so that
 absolute phase, which tells a spherocyte from a discocyte, survives normalisation.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
 import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rbclib.io import ImageFileError, read_json, read_labels, read_phase
+from rbclib.tiles import Mode, extract_patches, pad_to_min, rotations4
 
 # Fixed physical phase range [rad] mapped to [-1, 1]. At 682.5 nm and dn ~ 0.066 a 4 um
 # thick spherocyte peaks near 2.4 rad; the margin keeps noise and thicker cells in range.
@@ -23,3 +32,119 @@ def denormalise_phase(x: np.ndarray, phase_range: tuple[float, float] = PHASE_RA
     """Inverse of :func:`normalise_phase` (for values that were inside the range)."""
     lo, hi = phase_range
     return ((np.asarray(x, dtype=np.float32) + 1.0) / 2.0 * (hi - lo) + lo).astype(np.float32)
+
+
+@dataclass
+class Pair:
+    """One training/evaluation image: ``phase`` (H, W) float32 [rad], ``labels`` (H, W)
+    uint8 class map 0..4, ``name`` (file stem)."""
+
+    phase: np.ndarray
+    labels: np.ndarray
+    name: str
+
+
+def phase_to_input(phase: np.ndarray, *, in_channels: int = 3,
+                   phase_range: tuple[float, float] = PHASE_RANGE_RAD) -> np.ndarray:
+    """Phase (..., H, W) [rad] -> normalised float32 (..., in_channels, H, W): the single
+    phase channel is replicated to ``in_channels`` (3 for the paper's ResUnet, whose SSL
+    pretraining saw RGB images)."""
+    x = normalise_phase(phase, phase_range)[..., None, :, :]
+    reps = [1] * x.ndim
+    reps[-3] = in_channels
+    return np.tile(x, reps)
+
+
+def read_pair(phase_path: str | Path, labels_path: str | Path) -> Pair:
+    """Read one phase TIFF and its class-map PNG; errors name the file on size mismatch."""
+    phase = read_phase(phase_path).data
+    labels = read_labels(labels_path)
+    if phase.shape != labels.shape:
+        raise ImageFileError(labels_path, f"label map {labels.shape} does not match phase image {phase.shape} ({phase_path})")
+    return Pair(phase=phase, labels=labels, name=Path(phase_path).stem)
+
+
+def read_splits(run_dir: str | Path) -> dict:
+    """``<run>/splits.json`` -> {"train": [stems], "test": [stems], ...}."""
+    path = Path(run_dir) / "splits.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no splits.json; run 02_annotate first")
+    splits = read_json(path)
+    for key in ("train", "test"):
+        if key not in splits:
+            raise ImageFileError(path, f"no {key!r} list")
+    return splits
+
+
+def load_pairs(run_dir: str | Path, stems: str | Sequence[str]) -> list[Pair]:
+    """Pairs ``<run>/phase/<stem>.tif`` + ``<run>/labels/<stem>.png`` for a split name
+    ("train"/"test", read from splits.json) or an explicit list of stems."""
+    run_dir = Path(run_dir)
+    if isinstance(stems, str):
+        stems = read_splits(run_dir)[stems]
+    pairs = []
+    for stem in stems:
+        phase_path, labels_path = run_dir / "phase" / f"{stem}.tif", run_dir / "labels" / f"{stem}.png"
+        for p in (phase_path, labels_path):
+            if not p.is_file():
+                raise ImageFileError(p, "listed in splits.json but missing")
+        pairs.append(read_pair(phase_path, labels_path))
+    return pairs
+
+
+def load_pairs_folder(folder: str | Path) -> list[Pair]:
+    """Pairs from a folder holding ``phase/<id>.tif`` and ``labels/<id>.png`` (e.g. the
+    accepted synthetic pairs of 04, ``<run>/synthetic/train``), matched by id."""
+    folder = Path(folder)
+    phase_dir, labels_dir = folder / "phase", folder / "labels"
+    for d in (phase_dir, labels_dir):
+        if not d.is_dir():
+            raise ImageFileError(d, "folder of pairs needs phase/ and labels/ sub-folders")
+    phases = {p.stem: p for p in sorted(phase_dir.glob("*.tif"))}
+    labels = {p.stem: p for p in sorted(labels_dir.glob("*.png"))}
+    missing = sorted(set(phases) ^ set(labels))
+    if missing:
+        raise ImageFileError(folder, f"unmatched phase/label ids, e.g. {missing[:5]}")
+    if not phases:
+        raise ImageFileError(folder, "no phase/*.tif + labels/*.png pairs")
+    return [read_pair(phases[k], labels[k]) for k in sorted(phases)]
+
+
+class PatchDataset(Dataset):
+    """(input, target) patches of phase/label pairs for training.
+
+    Each pair is cut into ``patch`` px patches (``mode="paper"``: non-overlapping grid;
+    ``"cover"``: overlapping tiles covering the image); images smaller than a patch are
+    padded with medium (0 rad) / background. With ``rotations=4`` every patch also appears
+    rotated by 90, 180 and 270 degrees (the paper's x4 augmentation); ``rotations=1``
+    leaves them as they are (e.g. synthetic pairs already rotated by 04).
+    Items: float32 tensor (in_channels, patch, patch), int64 tensor (patch, patch).
+    """
+
+    def __init__(self, pairs: Sequence[Pair], *, patch: int = 256, mode: Mode = "paper",
+                 overlap: int = 32, rotations: int = 4, in_channels: int = 3,
+                 phase_range: tuple[float, float] = PHASE_RANGE_RAD):
+        if rotations not in (1, 4):
+            raise ValueError(f"rotations must be 1 or 4, got {rotations}")
+        xs, ys = [], []
+        for pair in pairs:
+            phase = pad_to_min(np.asarray(pair.phase, np.float32), patch, value=0.0)
+            labels = pad_to_min(np.asarray(pair.labels, np.uint8), patch, value=0)
+            xp, _ = extract_patches(phase, patch, mode=mode, overlap=overlap)
+            yp, _ = extract_patches(labels, patch, mode=mode, overlap=overlap)
+            for x, y in zip(xp, yp):
+                for xr, yr in (rotations4(x, y) if rotations == 4 else [(x, y)]):
+                    xs.append(xr)
+                    ys.append(yr)
+        if not xs:
+            raise ValueError("PatchDataset: no pairs given")
+        self.inputs = torch.from_numpy(np.stack(xs))  # (N, p, p) normalised lazily
+        self.targets = torch.from_numpy(np.stack(ys).astype(np.int64))
+        self.in_channels, self.phase_range = in_channels, phase_range
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = phase_to_input(self.inputs[i].numpy(), in_channels=self.in_channels, phase_range=self.phase_range)
+        return torch.from_numpy(x), self.targets[i]

@@ -1,0 +1,49 @@
+"""Compute figures of Table 3: parameters, MACs per patch, time for N full images."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def count_macs(model: nn.Module, *, patch: int = 256, in_channels: int = 3) -> int:
+    """Multiply-accumulates of one forward pass on a (1, in_channels, patch, patch) input.
+
+    Counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix
+    products; MACs = FLOPs / 2), on a deep copy in eval mode on the CPU.
+    """
+    import copy
+
+    net = copy.deepcopy(model).to("cpu").eval()
+    x = torch.zeros(1, in_channels, patch, patch)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net(x)
+    return int(counter.get_total_flops() // 2)
+
+
+def time_images(predict: Callable[[np.ndarray], object], images: Sequence[np.ndarray], *,
+                warmup: int = 1, device: str | torch.device | None = None) -> float:
+    """The paper's Table 3 protocol: total seconds to predict ``images`` (10 test images in
+    the paper) one after another with ``predict(image)``; ``warmup`` untimed calls first on
+    the first image; CUDA is synchronised before reading the clock."""
+    if not images:
+        raise ValueError("time_images: no images given")
+    sync = (lambda: torch.cuda.synchronize()) if (device is not None and torch.device(device).type == "cuda") else (lambda: None)
+    for _ in range(warmup):
+        predict(images[0])
+    sync()
+    start = time.perf_counter()
+    for img in images:
+        predict(img)
+    sync()
+    return time.perf_counter() - start

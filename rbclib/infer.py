@@ -1,0 +1,184 @@
+"""Full-image inference with a trained segmentation model.
+
+``predict_image`` cuts an image of any size into overlapping tiles (padding images smaller
+than a tile with medium, 0 rad), runs them in batches under ``torch.inference_mode`` in
+channels-last memory format, and blends the class probabilities with a window that falls
+off towards tile edges. ``fast=True`` adds bfloat16 autocast (AMX / AVX-512-bf16 on CPUs
+that have them, tensor cores on GPUs). ``predict_paper_protocol`` is the paper's
+non-overlapping 3 x 3 grid of 256 px patches (covering only 768 x 768 of a 900 px image).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rbclib.datasets import PHASE_RANGE_RAD, phase_to_input
+from rbclib.labels import instances_from_labels
+from rbclib.tiles import blend_window, pad_to_min, paper_positions, tile_positions
+
+
+@dataclass
+class Prediction:
+    """Result for one image: ``labels`` (H, W) uint8 class map, ``probs`` (classes, H, W)
+    float32 class probabilities, ``instances`` (H, W) int32 cell ids (connected components
+    per class), ``covered`` (H, W) bool, the pixels the model saw (all but the paper
+    protocol's uncovered margin, which is set to background)."""
+
+    labels: np.ndarray
+    probs: np.ndarray
+    instances: np.ndarray
+    covered: np.ndarray
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else cuda, mps or cpu, whichever is available first."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def model_from_config(config: dict[str, Any]) -> nn.Module:
+    """A fresh (random) model of the architecture a config names."""
+    from rbclib.models import build_model
+
+    return build_model(config["model_name"], encoder=config["encoder"],
+                       in_channels=int(config["in_channels"]), classes=int(config["classes"]))
+
+
+def load_model(model_dir: str | Path, *, checkpoint: str = "best.pt",
+               device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from its folder (``config.json`` + ``best.pt``/``last.pt``) ->
+    (model in eval mode, channels-last, on ``device``; config dict)."""
+    model_dir = Path(model_dir)
+    cfg_path, ckpt_path = model_dir / "config.json", model_dir / checkpoint
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{model_dir}: no config.json, so this is not a model folder written by rbclib.train (cannot tell which architecture to build)")
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
+    config = json.loads(cfg_path.read_text())
+    for key in ("model_name", "encoder", "in_channels", "classes"):
+        if key not in config:
+            raise ValueError(f"{cfg_path}: missing {key!r}")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    model = model_from_config(config)
+    result = model.load_state_dict(ckpt["model"], strict=False)
+    bad_shapes = [k for k, v in ckpt["model"].items()
+                  if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
+    if result.missing_keys or result.unexpected_keys or bad_shapes:
+        raise ValueError(
+            f"{ckpt_path}: weights do not fit a {config['model_name']} / {config['encoder']} model as config.json says "
+            f"({len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected, {len(bad_shapes)} mis-shaped tensors, "
+            f"e.g. {(result.missing_keys + result.unexpected_keys + bad_shapes)[:3]}); was it trained with another architecture?")
+    dev = pick_device(device)
+    model = model.to(dev).to(memory_format=torch.channels_last).eval()
+    return model, config
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def predict_batches(model: nn.Module, inputs: np.ndarray, *, batch_size: int = 8, fast: bool = False) -> np.ndarray:
+    """Softmax probabilities (N, classes, h, w) float32 of normalised inputs (N, C, h, w),
+    ``batch_size`` at a time, channels-last; ``fast``: bfloat16 autocast."""
+    dev = _device_of(model)
+    model.eval()
+    out = []
+    for i in range(0, len(inputs), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(inputs[i:i + batch_size])).to(dev)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=fast):
+            logits = model(x)
+        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def _check_phase(phase: np.ndarray) -> np.ndarray:
+    phase = np.asarray(phase, dtype=np.float32)
+    if phase.ndim != 2:
+        raise ValueError(f"phase image must be 2-D (H, W), got shape {phase.shape}")
+    if not np.isfinite(phase).all():
+        raise ValueError("phase image holds NaN or infinite values")
+    return phase
+
+
+def _finish(probs: np.ndarray, covered: np.ndarray) -> Prediction:
+    labels = probs.argmax(0).astype(np.uint8)
+    return Prediction(labels=labels, probs=probs, instances=instances_from_labels(labels), covered=covered)
+
+
+def predict_image(model: nn.Module, phase: np.ndarray, *, config: dict[str, Any], tile: int | None = None,
+                  overlap: int | None = None, batch_size: int = 8, fast: bool = False) -> Prediction:
+    """Segment a whole phase image (H, W) [rad] of any size by overlapping tiles.
+
+    tile: tile side [px], a multiple of 32 (default: the training patch, ``config["patch"]``);
+    overlap: px shared by neighbouring tiles (default ``config["overlap"]``, else tile / 8);
+    probabilities are blended with :func:`rbclib.tiles.blend_window`.
+    """
+    phase = _check_phase(phase)
+    tile = int(tile or config["patch"])
+    if tile % 32:
+        raise ValueError(f"tile must be a multiple of 32 px (the encoders downsample 5 times), got {tile}")
+    overlap = int(config.get("overlap", tile // 8) if overlap is None else overlap)
+    h, w = phase.shape
+    padded = pad_to_min(phase, tile, value=0.0)
+    pos = tile_positions(padded.shape, tile, overlap)
+    x = phase_to_input(np.stack([padded[y:y + tile, x0:x0 + tile] for y, x0 in pos]),
+                       in_channels=int(config["in_channels"]),
+                       phase_range=tuple(config.get("phase_range", PHASE_RANGE_RAD)))
+    tiles = predict_batches(model, x, batch_size=batch_size, fast=fast)
+    win = blend_window(tile, overlap)
+    acc = np.zeros((tiles.shape[1],) + padded.shape, np.float32)
+    norm = np.zeros(padded.shape, np.float32)
+    for (y, x0), p in zip(pos, tiles):
+        acc[:, y:y + tile, x0:x0 + tile] += p * win
+        norm[y:y + tile, x0:x0 + tile] += win
+    probs = (acc / norm)[:, :h, :w]
+    return _finish(np.ascontiguousarray(probs), np.ones((h, w), bool))
+
+
+def predict_paper_protocol(model: nn.Module, phase: np.ndarray, *, config: dict[str, Any], patch: int | None = None,
+                           batch_size: int = 9, fast: bool = False) -> Prediction:
+    """The paper's inference: non-overlapping ``patch`` px patches from the top-left corner
+    (3 x 3 of 256 px for 900 px), predicted and merged; the uncovered right/bottom margin
+    is background with ``covered`` False (evaluate on ``covered`` only)."""
+    phase = _check_phase(phase)
+    patch = int(patch or config["patch"])
+    pos = paper_positions(phase.shape, patch)
+    x = phase_to_input(np.stack([phase[y:y + patch, x0:x0 + patch] for y, x0 in pos]),
+                       in_channels=int(config["in_channels"]),
+                       phase_range=tuple(config.get("phase_range", PHASE_RANGE_RAD)))
+    tiles = predict_batches(model, x, batch_size=batch_size, fast=fast)
+    probs = np.zeros((tiles.shape[1],) + phase.shape, np.float32)
+    probs[0] = 1.0
+    covered = np.zeros(phase.shape, bool)
+    for (y, x0), p in zip(pos, tiles):
+        probs[:, y:y + patch, x0:x0 + patch] = p
+        covered[y:y + patch, x0:x0 + patch] = True
+    return _finish(probs, covered)
+
+
+def check_mask_classes(labels: np.ndarray, classes: int, *, source: str = "label map") -> None:
+    """Raise ValueError when a mask holds a class id the model cannot predict."""
+    top = int(np.max(labels)) if np.size(labels) else 0
+    if top >= classes:
+        raise ValueError(f"{source}: holds class {top}, but the model predicts only classes 0..{classes - 1}")
+
+
+def measure_prediction(prediction: Prediction, phase: np.ndarray, *, optics: Any) -> "Any":
+    """Per-cell table (``rbclib.measure.measure_cells``) of the predicted instances, with
+    the predicted class of each cell."""
+    from rbclib.measure import measure_cells
+
+    return measure_cells(phase, prediction.instances, optics=optics, labels=prediction.labels)

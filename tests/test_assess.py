@@ -1,0 +1,306 @@
+"""`rbc assess`: input discovery, days, resampling, cell clean-up, model choice, the batch
+(resumable, bad files skipped) and the CLI. Most tests segment with an oracle model that
+thresholds the phase, so the expected counts are known exactly."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rbclib import assess as A
+from rbclib.config import Optics
+from rbclib.io import read_instances, write_camera_image, write_labels, write_phase
+from rbclib.labels import instances_from_labels
+
+PAPER_PX = 0.1441e-6
+
+
+# ---------------------------------------------------------------- an oracle "model"
+
+
+class _Pred:
+    def __init__(self, labels, probs):
+        self.labels, self.probs, self.instances = labels, probs, instances_from_labels(labels)
+
+
+def _oracle_predict(model, phase, *, config, **kw):
+    """Discocyte where 0.3 < phase <= 1.5 rad, spherocyte above; probabilities 0.9 / 0.025."""
+    labels = np.zeros(phase.shape, np.uint8)
+    labels[phase > 0.3] = 1
+    labels[phase > 1.5] = 2
+    probs = np.full((5,) + phase.shape, 0.025, np.float32)
+    np.put_along_axis(probs, labels[None].astype(np.intp), 0.9, axis=0)
+    return _Pred(labels, probs)
+
+
+@pytest.fixture
+def oracle(monkeypatch, tmp_path):
+    import rbclib.infer
+
+    calls = []
+
+    def load_model(model_dir, **kw):
+        calls.append(Path(model_dir))
+        return object(), {"pixel_size_m": PAPER_PX, "patch": 64}
+
+    monkeypatch.setattr(rbclib.infer, "load_model", load_model)
+    monkeypatch.setattr(rbclib.infer, "predict_image", _oracle_predict)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "best.pt").write_bytes(b"x")
+    return model, calls
+
+
+def _disk_field(centres, radius_um, px_m, shape_um=(26.0, 26.0)):
+    """Phase map with disks (phase 1 rad discocytes, 2 rad spherocytes) and the true labels."""
+    h, w = (int(round(s * 1e-6 / px_m)) for s in shape_um)
+    yy, xx = np.mgrid[:h, :w] * px_m * 1e6
+    phase = np.zeros((h, w), np.float32)
+    labels = np.zeros((h, w), np.uint8)
+    for (cy, cx), cls in centres:
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius_um ** 2
+        phase[m] = 1.0 if cls == 1 else 2.0
+        labels[m] = cls
+    return phase, labels
+
+
+FIELD = [((6, 6), 1), ((6, 19), 1), ((19, 6), 1), ((19, 19), 2)]  # 3 discocytes, 1 spherocyte
+
+
+def _write_series(root: Path, px_m=PAPER_PX, *, days=(8, 57), n_img=2):
+    optics = Optics().replace(pixel_size_m=px_m)
+    for d in days:
+        for i in range(n_img):
+            field = FIELD if d == days[0] else [(c, 2) for c, _ in FIELD]
+            phase, labels = _disk_field(field, 3.0, px_m)
+            write_phase(root / f"day_{d:02d}" / "phase" / f"f{i}.tif", phase, optics)
+            write_labels(root / f"day_{d:02d}" / "labels" / f"f{i}.png", labels)
+    return root
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def test_parse_day():
+    assert A.parse_day("day_08") == 8 and A.parse_day("Day 13") == 13 and A.parse_day("d16") == 16
+    assert A.parse_day("day-2.5") == 2.5 and A.parse_day("day_40_unitB") == 40
+    assert A.parse_day("holograms") is None and A.parse_day("today") is None and A.parse_day("dayx") is None
+
+
+def test_discover_series_prefers_holograms_and_finds_truth(tmp_path):
+    d = tmp_path / "day_13"
+    img = np.random.default_rng(0).integers(0, 255, (16, 16), dtype=np.uint8)
+    for sub in ("holograms", "backgrounds"):
+        write_camera_image(d / sub / "f0.png", img)
+    write_phase(d / "phase" / "f0.tif", np.ones((16, 16), np.float32) * np.arange(16))
+    write_labels(d / "labels" / "f0.png", np.zeros((16, 16), np.uint8))
+    (d / "optics.json").write_text(json.dumps(Optics().to_dict()))
+    write_phase(tmp_path / "day_8" / "p.tif", np.arange(256, dtype=np.float32).reshape(16, 16))
+    jobs = A.discover_inputs(tmp_path)
+    assert [(j.image, j.day) for j in jobs] == [("day_8/p", 8.0), ("day_13/f0", 13.0)]
+    j = jobs[1]
+    assert j.path.parent.name == "holograms" and j.background.parent.name == "backgrounds"
+    assert j.truth_labels.name == "f0.png" and j.truth_instances is None and j.optics_json.name == "optics.json"
+    assert jobs[0].truth_labels is None and jobs[0].background is None
+
+
+def test_discover_day_map_and_errors(tmp_path):
+    for name in ("a.tif", "b.tif"):
+        write_phase(tmp_path / "unit" / name, np.arange(16, dtype=np.float32).reshape(4, 4))
+    (tmp_path / "map.csv").write_text("file,day\na.tif,3\nb,10\n")
+    jobs = A.discover_inputs(tmp_path / "unit", day_map=tmp_path / "map.csv")
+    assert {j.image: j.day for j in jobs} == {"a": 3.0, "b": 10.0}
+    single = A.discover_inputs(tmp_path / "unit" / "a.tif")
+    assert len(single) == 1 and math.isnan(single[0].day)
+    (tmp_path / "bad.csv").write_text("name,when\na,3\n")
+    with pytest.raises(A.ImageFileError, match="columns 'file' and 'day'"):
+        A.read_day_map(tmp_path / "bad.csv")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(A.ImageFileError, match="no images found"):
+        A.discover_inputs(tmp_path / "empty")
+    with pytest.raises(A.ImageFileError, match="not found"):
+        A.discover_inputs(tmp_path / "nothing")
+    write_phase(tmp_path / "unit" / "a.tiff", np.arange(16, dtype=np.float32).reshape(4, 4))
+    with pytest.raises(A.ImageFileError, match="share the image name"):
+        A.discover_inputs(tmp_path / "unit")
+
+
+# ---------------------------------------------------------------- resampling, clean-up, confidence
+
+
+def test_resample_keeps_physical_area():
+    # A 3 um radius disk seen by a 40x set-up (0.094 um/px), brought to the model's 0.1441 um/px.
+    phase, _ = _disk_field([((13, 13), 1)], 3.0, 0.094e-6)
+    small = A.resample(phase, 0.094 / 0.1441, order=1)
+    area_um2 = (small > 0.5).sum() * 0.1441 ** 2
+    assert area_um2 == pytest.approx(math.pi * 9, rel=0.05)
+    assert A.resample(phase, 1.005, order=1) is phase
+    lab = (small > 0.5).astype(np.uint8)
+    assert A.resize_to(lab, phase.shape).shape == phase.shape
+
+
+def test_clean_instances_merges_fragments_and_drops_specks():
+    labels = np.zeros((60, 60), np.uint8)
+    labels[10:40, 10:40] = 1          # a cell (900 px)
+    labels[10:40, 40:44] = 3          # a rim fragment of another class touching it (120 px)
+    labels[50:52, 50:52] = 2          # an isolated speck (4 px = 0.08 um^2)
+    labels[45:60, 0:15] = 2           # a real isolated cell (225 px = 4.7 um^2 at 0.1441 um/px)
+    inst = instances_from_labels(labels)
+    lab2, inst2 = A.clean_instances(labels, inst, pixel_size_m=PAPER_PX, min_area_um2=4.0)
+    assert len(np.unique(inst2[inst2 > 0])) == 2
+    assert (lab2[10:40, 40:44] == 1).all() and inst2[20, 42] == inst2[20, 20]
+    assert lab2[51, 51] == 0 and inst2[51, 51] == 0
+    assert lab2[50, 5] == 2
+    # two touching cells of similar size stay two cells
+    two = np.zeros((40, 80), np.uint8)
+    two[5:35, 5:40], two[5:35, 40:75] = 1, 2
+    _, i2 = A.clean_instances(two, instances_from_labels(two), pixel_size_m=PAPER_PX)
+    assert len(np.unique(i2[i2 > 0])) == 2
+
+
+def test_class_confidence_is_mean_prob_of_winning_class():
+    labels = np.array([[1, 1, 0], [2, 2, 2]], np.uint8)
+    inst = np.array([[1, 1, 0], [2, 2, 2]], np.int32)
+    probs = np.zeros((5, 2, 3), np.float32)
+    probs[1, 0, :2] = [0.6, 0.8]
+    probs[2, 1, :] = [0.5, 0.7, 0.9]
+    assert A.class_confidence(probs, labels, inst) == pytest.approx({1: 0.7, 2: 0.7})
+
+
+def test_model_pixel_size_from_config():
+    assert A.model_pixel_size({"pixel_size_m": 1e-7})[0] == 1e-7
+    assert A.model_pixel_size({"optics": {"pixel_size_m": 2e-7}})[0] == 2e-7
+    px, why = A.model_pixel_size({})
+    assert px == pytest.approx(PAPER_PX) and "assumed" in why
+
+
+# ---------------------------------------------------------------- choosing a model
+
+
+def test_best_and_latest_model(tmp_path):
+    def make(run, arm, t):
+        d = tmp_path / "runs" / run / "models" / f"seg_{arm}"
+        d.mkdir(parents=True)
+        (d / "best.pt").write_bytes(b"x")
+        os.utime(d / "best.pt", (t, t))
+        return d
+
+    make("quick", "backbone", 1000)
+    make("quick", "da", 1000)
+    newest_ssl = make("smoke", "ssl", 2000)
+    make("smoke", "backbone", 2000)
+    (tmp_path / "runs" / "smoke" / "models" / "seg_da_ssl").mkdir()  # no best.pt: not finished
+    model, why = A.find_latest_model([tmp_path / "runs"])
+    assert model == newest_ssl and "most recent run" in why and str(newest_ssl) in why
+    assert A.best_model_in(tmp_path / "runs" / "quick" / "models").name == "seg_da"
+    with pytest.raises(FileNotFoundError, match="make run"):
+        A.find_latest_model([tmp_path / "nowhere"])
+
+
+# ---------------------------------------------------------------- the batch
+
+
+def test_assess_series_end_to_end_resumable(tmp_path, oracle):
+    model, calls = oracle
+    series = _write_series(tmp_path / "series", px_m=0.094e-6)  # a 40x set-up, model at 0.1441 um/px
+    bad = tmp_path / "series" / "day_57" / "phase" / "f9.tif"
+    bad.write_bytes(b"not a tiff")
+    errors = []
+    r = A.assess(series, tmp_path / "out", model_dir=model, n_boot=100, progress=False, on_error=errors.append)
+    out = tmp_path / "out"
+    assert len(r.processed) == 4 and r.skipped == [] and len(r.failures) == 1 and "f9.tif" in errors[0]
+    ratios = pd.read_csv(out / "ratios.csv").set_index(["day", "class_name"])["ratio"]
+    assert ratios[(8, "discocyte")] == pytest.approx(0.75) and ratios[(8, "spherocyte")] == pytest.approx(0.25)
+    assert ratios[(57, "spherocyte")] == pytest.approx(1.0)
+    cells = pd.read_csv(out / "cells.csv")
+    assert len(cells) == 16 and set(cells["image"]) == {"day_08/f0", "day_08/f1", "day_57/f0", "day_57/f1"}
+    # areas in um^2 survive the 0.094 -> 0.1441 um/px resampling and the way back
+    assert cells["area_um2"].median() == pytest.approx(math.pi * 9, rel=0.06)
+    # spherocytes keep a thin resampled rim predicted as discocyte, merged in, which lowers their confidence
+    conf = cells.groupby("class_name")["class_confidence"]
+    assert conf.min()["discocyte"] == pytest.approx(0.9) and 0.8 < conf.min()["spherocyte"] < 0.9
+    acc = pd.read_csv(out / "confusion.csv", index_col=0)
+    assert acc.loc["discocyte", "discocyte"] == 6 and acc.loc["spherocyte", "spherocyte"] == 10
+    errs = pd.read_csv(out / "ratio_errors.csv")
+    assert errs["abs_error_pp"].max() == pytest.approx(0.0, abs=1e-9)
+    assert (out / "overlays" / "day_08" / "f0.png").is_file() and (out / "figures" / "ratios.png").is_file()
+    assert read_instances(out / "instances" / "day_57" / "f1.png").max() == 4
+    report = (out / "report.md").read_text()
+    assert "f9.tif" in report and "75.0 (" in report and "rescaled by 0.652" in report
+    # second run: nothing recomputed, same outputs, bad file reported again
+    before = (out / "cells.csv").read_text()
+    r2 = A.assess(series, out, model_dir=model, n_boot=100, progress=False, on_error=None)
+    assert r2.processed == [] and len(r2.skipped) == 4 and len(r2.failures) == 1
+    assert (out / "cells.csv").read_text() == before
+    assert len(calls) == 1  # the model was not even loaded the second time
+    # a changed input is recomputed, the rest reused
+    phase, _ = _disk_field([((6, 6), 1)], 3.0, 0.094e-6)
+    write_phase(series / "day_08" / "phase" / "f1.tif", phase, Optics().replace(pixel_size_m=0.094e-6))
+    r3 = A.assess(series, out, model_dir=model, n_boot=100, progress=False, on_error=None)
+    assert r3.processed == ["day_08/f1"] and len(r3.skipped) == 3
+
+
+def test_assess_optics_override_and_no_temp_files(tmp_path, oracle):
+    model, _ = oracle
+    phase, _ = _disk_field(FIELD, 3.0, PAPER_PX)
+    write_phase(tmp_path / "in" / "a.tif", phase)  # optics in the file: 0.1441 um/px
+    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, optics=A.OpticsOptions(pixel_size_m=0.2e-6),
+                 n_boot=50, progress=False)
+    info = json.loads((tmp_path / "out" / "per_image" / "a.json").read_text())
+    assert info["optics"]["pixel_size_m"] == 0.2e-6 and info["optics_provenance"]["pixel_size_m"] == "given by the user"
+    assert r.cells["area_um2"].median() == pytest.approx(math.pi * 9 * (0.2 / 0.1441) ** 2, rel=0.08)
+    assert not [p for p in (tmp_path / "out").rglob(".*")]
+
+
+def test_assess_all_bad_writes_report(tmp_path, oracle):
+    model, _ = oracle
+    (tmp_path / "in").mkdir()
+    np.savez(tmp_path / "in" / "nan.npz", data=np.full((8, 8), np.nan))
+    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, progress=False, on_error=None)
+    assert r.summary is None and len(r.failures) == 1
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "NaN" in text and "No image could be analysed" in text
+
+
+def test_cli_assess(tmp_path, oracle, capsys):
+    from rbclib.cli import main
+
+    model, _ = oracle
+    _write_series(tmp_path / "series", days=(8,), n_img=1)
+    (tmp_path / "schemes.toml").write_text(
+        '[sph]\ndescription = "spherocytes only"\nweights = {discocyte = 0, spherocyte = 1, echinocyte = 0, stomatocyte = 0}\n')
+    rc = main(["assess", str(tmp_path / "series"), "-o", str(tmp_path / "out"), "--model", str(model),
+               "--schemes", str(tmp_path / "schemes.toml"), "--no-overlays"])
+    assert rc == 0
+    assert "1 image(s) analysed" in capsys.readouterr().out
+    idx = pd.read_csv(tmp_path / "out" / "indices.csv")
+    assert idx["scheme"].tolist() == ["sph"] and idx["value"].iloc[0] == pytest.approx(0.25)
+    assert not (tmp_path / "out" / "overlays").exists()
+    assert main(["assess", str(tmp_path / "missing"), "-o", str(tmp_path / "o2"), "--model", str(model)]) == 2
+
+
+def test_assess_with_a_real_tiny_model(tmp_path):
+    """The real load_model / predict_image path (random weights: plumbing only)."""
+    import torch
+
+    from rbclib.models import build_model
+
+    torch.manual_seed(0)
+    model_dir = tmp_path / "seg_backbone"
+    model_dir.mkdir()
+    net = build_model("unet", encoder="resnet18", in_channels=1, classes=5)
+    torch.save({"model": net.state_dict()}, model_dir / "best.pt")
+    (model_dir / "config.json").write_text(json.dumps({"model_name": "unet", "encoder": "resnet18", "in_channels": 1,
+                                                       "classes": 5, "patch": 64, "pixel_size_m": PAPER_PX}))
+    phase, _ = _disk_field(FIELD, 3.0, PAPER_PX, shape_um=(12.0, 12.0))
+    write_phase(tmp_path / "in" / "a.tif", phase)
+    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model_dir, n_boot=20, progress=False)
+    assert r.failures == [] and r.processed == ["a"]
+    assert (tmp_path / "out" / "report.md").is_file()
+    if len(r.cells):
+        assert r.cells["class_confidence"].between(0, 1).all()

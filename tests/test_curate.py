@@ -1,0 +1,122 @@
+"""Tests of rbclib.curate: candidates, balanced auto-selection, decisions, widget clicks, rotations."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ddgan_toy import toy_field  # noqa: E402
+
+from rbclib import curate as cu  # noqa: E402
+from rbclib.io import read_labels, read_phase  # noqa: E402
+
+
+@pytest.fixture()
+def candidates(tmp_path):
+    rng = np.random.default_rng(0)
+    pairs = [toy_field(rng, 32, 2) for _ in range(14)]
+    phase = np.stack([p for p, _ in pairs])
+    labels = np.stack([lab for _, lab in pairs])
+    labels[3] = 0  # a broken pair: the mask's only cell lies where the phase is flat
+    labels[3][:3, :3] = 1
+    phase[3][:3, :3] = 0.0
+    folder = tmp_path / "candidates"
+    cu.write_candidates(phase, labels, np.ones_like(phase), folder, progress=False)
+    return folder
+
+
+def _table(counts):
+    rows = [{"id": f"c{i}", "consistency": 0.9, **{c: n for c, n in zip(cu.COUNT_COLS, row)}}
+            for i, row in enumerate(counts)]
+    return pd.DataFrame(rows).set_index("id", drop=False)
+
+
+def test_write_and_read_candidates(candidates):
+    table = cu.read_candidates(candidates)
+    assert len(table) == 14 and table.index[0] == "cand_00000"
+    assert table.loc["cand_00003", "consistency"] < table.drop("cand_00003")["consistency"].min()
+    phase, labels = cu.load_candidate(candidates, "cand_00001")
+    assert phase.shape == labels.shape == (32, 32)
+    filt = cu.filter_candidates(table, min_consistency=0.5)
+    assert "cand_00003" not in filt.index
+
+
+def test_auto_select_favours_rare_classes():
+    # columns: discocyte, spherocyte, echinocyte, stomatocyte
+    table = _table([[5, 0, 0, 0], [4, 0, 0, 0], [1, 0, 0, 1], [0, 2, 0, 0], [0, 0, 1, 0], [3, 0, 0, 0], [0, 0, 0, 0]])
+    picked = cu.auto_select_balanced(table, 3, baseline_counts={"discocyte": 100, "spherocyte": 5})
+    assert set(picked) == {"c3", "c4", "c2"} and picked[0] == "c4"  # echinocyte rarest (0 baseline)
+    assert "c6" not in cu.auto_select_balanced(table, 7)  # cell-free pairs are never picked
+    more = cu.auto_select_balanced(table, 4, already=["c4"], exclude=["c3"])
+    assert len(more) == 3 and "c3" not in more and "c4" not in more
+    low = table.assign(consistency=[0.9, 0.9, 0.1, 0.9, 0.9, 0.9, 0.9])
+    assert "c2" not in cu.auto_select_balanced(low, 6, min_consistency=0.5)
+    bal = cu.class_balance(table, picked).set_index("class")
+    assert bal["cells"].sum() == 5 and bal.loc["discocyte", "cells"] == 1
+
+
+def test_decision_store_persists_undo_resume(tmp_path):
+    path = tmp_path / "decisions.json"
+    s = cu.DecisionStore(path)
+    s.record("a", "accept")
+    s.record("b", "reject")
+    s.record("a", "reject")
+    assert json.loads(path.read_text())["decisions"]["a"]["decision"] == "reject"
+    again = cu.DecisionStore(path)
+    assert again.ids("reject") == ["b", "a"] and again.undo() == "a"
+    assert cu.DecisionStore(path).ids("reject") == ["b"] and "a" not in cu.DecisionStore(path).decisions
+    with pytest.raises(ValueError):
+        s.record("c", "maybe")
+
+
+def test_widget_clicks_persist_and_resume(candidates, tmp_path):
+    pytest.importorskip("ipywidgets")
+    path = tmp_path / "decisions.json"
+    w = cu.CurationWidget(candidates, path, n_target=5, page_size=4)
+    assert len(w.gallery.children) == 4 and "page 1 / 4" in w.page_label.value
+    assert "rbc-curate-accept-cand_00000" in w.accept_buttons["cand_00000"]._dom_classes
+    w.accept_buttons["cand_00000"].click()
+    w.reject_buttons["cand_00001"].click()
+    saved = json.loads(path.read_text())["decisions"]
+    assert saved["cand_00000"]["decision"] == "accept" and saved["cand_00001"]["by"] == "user"
+    w.btn_next.click()
+    assert "page 2 / 4" in w.page_label.value and "cand_00004" in w.accept_buttons
+    w.btn_undo.click()
+    assert "cand_00001" not in json.loads(path.read_text())["decisions"]
+    w2 = cu.CurationWidget(candidates, path, n_target=5)  # resume
+    assert w2.store.ids("accept") == ["cand_00000"] and "accepted 1 / target 5" in w2.summary.value
+    w2.f_consistency.value = 0.5
+    w2.btn_auto.click()
+    acc = w2.store.ids("accept")
+    assert len(acc) == 5 and "cand_00003" not in acc
+    assert {w2.store.decisions[c]["by"] for c in acc[1:]} == {"auto"}
+    w2.f_hide_decided.value = True
+    assert not set(acc) & set(w2.visible()["id"])
+    w2.f_classes.value = ("discocyte",)
+    assert (w2.visible()["n_discocyte"] > 0).all()
+
+
+def test_selection_and_rotated_train_pairs(candidates, tmp_path):
+    store = cu.DecisionStore(tmp_path / "d.json")
+    store.record_many(["cand_00002", "cand_00005"], "accept", by="auto")
+    sel = cu.write_selection(tmp_path / "selection.json", store, mode="automatic", seed=0)
+    assert sel["accepted"] == ["cand_00002", "cand_00005"] and sel["selected_by"]["cand_00002"] == "auto"
+    assert "rarity" in json.loads((tmp_path / "selection.json").read_text())["rule"]
+    written = cu.write_synthetic_train(candidates, sel["accepted"], tmp_path / "train", progress=False)
+    assert len(written) == 8
+    p0, l0 = cu.load_candidate(candidates, "cand_00002")
+    p1 = read_phase(tmp_path / "train" / "phase" / "cand_00002_r1.tif").data
+    l3 = read_labels(tmp_path / "train" / "labels" / "cand_00002_r3.png")
+    assert np.array_equal(p1, np.rot90(p0, 1)) and np.array_equal(l3, np.rot90(l0, 3))
+
+
+def test_overlay_colours():
+    labels = np.array([[0, 1], [2, 4]], np.uint8)
+    rgb = cu.overlay_rgb(np.zeros((2, 2)), labels, alpha=1.0)
+    assert rgb.dtype == np.uint8 and tuple(rgb[0, 1]) == (255, 0, 0) and tuple(rgb[1, 0]) == (0, 0, 255)
+    assert tuple(rgb[1, 1]) == (255, 255, 0) and rgb[0, 0, 0] == rgb[0, 0, 1]

@@ -1,0 +1,169 @@
+"""Tests of rbclib.diffusion (DDGAN maths, training, resume, sampling) and rbclib.diffusion_eval."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ddgan_toy import make_toy_run, toy_field  # noqa: E402
+
+from rbclib import diffusion as dd  # noqa: E402
+from rbclib import diffusion_eval as ev  # noqa: E402
+
+TINY = dict(patch_px=16, downsample=2, n_steps=2, g_widths=(8, 16), d_widths=(8, 16), z_dim=8,
+            batch_size=4, epochs=2, iters_per_epoch=2)
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    return make_toy_run(tmp_path_factory.mktemp("toy"), n_fields=4, size=64, n_cells=4)
+
+
+@pytest.fixture(scope="module")
+def trained(toy_run):
+    phases, labels, _ = dd.load_split_fields(toy_run.root)
+    out = {}
+    for kind in dd.KINDS:
+        out[kind] = dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind=kind, **TINY),
+                                   out_dir=toy_run.model_dir(f"ddgan_{kind}"), seed=0, progress=False)
+    return out
+
+
+def test_schedule_ends_in_noise_and_posterior_is_bayes():
+    s = dd.make_schedule(4)
+    assert s.alpha_bars[0] == 1.0 and float(s.alpha_bars[-1]) < 1e-3
+    assert torch.all(s.betas[1:] > 0) and torch.all(s.betas[1:] < 1)
+    for t in range(2, 5):
+        a, ab, abp = 1 - s.betas[t], s.alpha_bars[t], s.alpha_bars[t - 1]
+        # Gaussian product of q(x_{t-1}|x0) and q(x_t|x_{t-1}): precision adds up
+        assert float(1 / s.post_var[t]) == pytest.approx(float(1 / (1 - abp) + a / s.betas[t]), rel=1e-4)
+        assert float(s.post_x0[t]) == pytest.approx(float(s.post_var[t] * abp.sqrt() / (1 - abp)), rel=1e-4)
+    x0, xt = torch.full((1, 1, 2, 2), 0.7), torch.randn(1, 1, 2, 2)
+    one = torch.ones(1, dtype=torch.long)
+    assert torch.allclose(dd.posterior_sample(s, x0, xt, one, torch.randn_like(xt)), x0)
+
+
+def test_forward_steps_compose_to_marginal():
+    s = dd.make_schedule(3)
+    x0 = torch.full((20000, 1, 1, 1), 0.5)
+    t = torch.full((20000,), 2, dtype=torch.long)
+    x2 = dd.q_step(s, dd.q_sample(s, x0, t - 1, torch.randn_like(x0)), t, torch.randn_like(x0))
+    assert float(x2.mean()) == pytest.approx(0.5 * float(s.alpha_bars[2].sqrt()), abs=0.02)
+    assert float(x2.var()) == pytest.approx(float(1 - s.alpha_bars[2]), rel=0.05)
+
+
+def test_config_roundtrip_and_checks():
+    cfg = dd.DDGANConfig(kind="mask", **TINY)
+    assert dd.DDGANConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.channels == 5 and cfg.cond_channels == 1 and cfg.native_px == 32
+    with pytest.raises(ValueError, match="kind"):
+        dd.DDGANConfig(kind="image")
+    with pytest.raises(ValueError, match="divisible"):
+        dd.DDGANConfig(patch_px=20, g_widths=(8, 16, 32), d_widths=(8, 16, 32))
+    with pytest.raises(ValueError, match="unknown"):
+        dd.DDGANConfig.from_dict({"kind": "phase", "nope": 1})
+
+
+def test_patch_sampler_shapes_and_pooling():
+    rng = np.random.default_rng(0)
+    phase, labels = toy_field(rng, 64, 4)
+    s = dd.PatchSampler([phase], [labels], patch_px=16, downsample=2)
+    p, m = s.sample(np.random.default_rng(1), 5)
+    assert p.shape == (5, 1, 16, 16) and m.shape == (5, 5, 16, 16)
+    assert float(p.min()) >= -1 and float(p.max()) <= 1
+    assert torch.allclose(((m + 1) / 2).sum(1), torch.ones(5, 16, 16), atol=1e-5)  # soft one-hot sums to 1
+    assert float((m[:, 1:] > -1).float().mean()) > 0  # crops centred on cells contain cells
+    with pytest.raises(ValueError, match="smaller"):
+        dd.PatchSampler([phase[:10, :10]], [labels[:10, :10]], patch_px=16)
+
+
+def test_training_writes_folder_and_resume_matches(trained, toy_run, tmp_path):
+    folder = trained["phase"]
+    assert {"config.json", "last.pt", "generator.pt", "log.csv"} <= {p.name for p in folder.iterdir()}
+    log = pd.read_csv(folder / "log.csv")
+    assert list(log["epoch"]) == [1, 2] and np.isfinite(log[["loss_d", "loss_g"]].to_numpy()).all()
+    state = torch.load(folder / "last.pt", weights_only=True)
+    assert state["config"]["kind"] == "phase" and state["epoch"] == 2
+    # one epoch, then resume to two: same weights as the uninterrupted run
+    phases, labels, _ = dd.load_split_fields(toy_run.root)
+    cfg1 = dd.DDGANConfig(kind="phase", **{**TINY, "epochs": 1})
+    dd.train_ddgan(phases, labels, config=cfg1, out_dir=tmp_path / "m", seed=0, progress=False)
+    st = torch.load(tmp_path / "m" / "last.pt", weights_only=True)
+    st["config"]["epochs"] = 2  # extend the run, as a user would by editing the profile
+    torch.save(st, tmp_path / "m" / "last.pt")
+    dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="phase", **TINY), out_dir=tmp_path / "m", seed=0,
+                   progress=False)
+    a = torch.load(tmp_path / "m" / "generator.pt", weights_only=True)["generator_ema"]
+    b = torch.load(folder / "generator.pt", weights_only=True)["generator_ema"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(pd.read_csv(tmp_path / "m" / "log.csv")) == 2
+    with pytest.raises(ValueError, match="different config"):
+        dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="phase", **{**TINY, "z_dim": 4}),
+                       out_dir=tmp_path / "m", seed=0, progress=False)
+
+
+def test_generate_pairs_seeded_and_batch_independent(trained):
+    a = dd.generate_pairs(trained["phase"], trained["mask"], 5, seed=3, batch_size=2, progress=False)
+    b = dd.generate_pairs(trained["phase"], trained["mask"], 5, seed=3, batch_size=5, progress=False)
+    c = dd.generate_pairs(trained["phase"], trained["mask"], 5, seed=4, batch_size=5, progress=False)
+    assert a.phase.shape == a.labels.shape == a.confidence.shape == (5, 32, 32)
+    assert a.phase.dtype == np.float32 and a.labels.dtype == np.uint8 and a.labels.max() <= 4
+    assert np.allclose(a.phase, b.phase, atol=1e-5) and np.array_equal(a.labels, b.labels)
+    assert not np.allclose(a.phase, c.phase)
+    assert 0.2 <= a.confidence.min() and a.confidence.max() <= 1.0
+
+
+def test_mask_from_x0_confidence():
+    x0 = -torch.ones(1, 5, 1, 2)
+    x0[0, 2, 0, 0] = 1.0
+    x0[0, 1, 0, 1] = x0[0, 3, 0, 1] = 1.0
+    labels, conf = dd.mask_from_x0(x0)
+    assert labels[0, 0, 0] == 2 and conf[0, 0, 0] == pytest.approx(1.0)
+    assert conf[0, 0, 1] == pytest.approx(0.5)
+
+
+def test_segment_with_mask_generator_any_size(trained):
+    phase = toy_field(np.random.default_rng(5), 50, 3)[0]
+    labels, conf = dd.segment_with_mask_generator(trained["mask"], phase, seed=0)
+    assert labels.shape == conf.shape == (50, 50) and labels.dtype == np.uint8
+    again, _ = dd.segment_with_mask_generator(trained["mask"], phase[None], seed=0)
+    assert np.array_equal(again[0], labels)
+    with pytest.raises(ValueError, match="mask model"):
+        dd.segment_with_mask_generator(trained["phase"], phase, seed=0)
+    comp = dd.generator_compute(trained["mask"])
+    assert comp["params"] > 1000 and comp["macs_per_patch"] == pytest.approx(2 * comp["macs_per_step"])
+
+
+def test_consistency_score():
+    phase, labels = toy_field(np.random.default_rng(2), 64, 4)
+    assert ev.consistency_score(phase, labels) > 0.85
+    assert ev.consistency_score(phase, np.roll(labels, 12, axis=1)) < ev.consistency_score(phase, labels) - 0.3
+    assert ev.consistency_score(np.zeros((8, 8)), np.zeros((8, 8), np.uint8)) == 1.0
+
+
+def test_distribution_distance_floor_and_ceiling():
+    rng = np.random.default_rng(0)
+    fields = [toy_field(rng, 96, 8) for _ in range(4)]
+    real, _ = ev.real_patches([f[0] for f in fields], [f[1] for f in fields], patch_px=32, n=80, seed=1)
+    other, _ = ev.real_patches([f[0] for f in fields], [f[1] for f in fields], patch_px=32, n=80, seed=2)
+    empty = rng.normal(0, 0.02, (80, 32, 32)).astype(np.float32)
+    d_same = ev.phase_distribution_distance(real, other, seed=0)
+    d_empty = ev.phase_distribution_distance(real, empty, seed=0)
+    assert d_same["relative"] < 0.3 and d_empty["fd_generated"] > 3 * d_same["fd_generated"]
+    assert ev.frechet_distance(ev.patch_features(real), ev.patch_features(real)) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_class_composition_counts_cells():
+    lab = np.zeros((2, 20, 20), np.uint8)
+    lab[0, 2:5, 2:5] = 1
+    lab[0, 10:14, 10:14] = 4
+    lab[1, 2:5, 2:5] = 4
+    comp = ev.class_composition(lab).set_index("class")
+    assert comp.loc["stomatocyte", "cells"] == 2 and comp.loc["discocyte", "cells"] == 1
+    assert comp.loc["stomatocyte", "cell_share"] == pytest.approx(2 / 3)
+    assert comp.loc["spherocyte", "masks_with_class"] == 0

@@ -1,0 +1,109 @@
+"""Every notebook, in order, headless with papermill in the smoke profile, in one run folder.
+
+Each test runs one stage (the stages share the run folder, in order) and asserts on the
+files that stage writes. A stage whose predecessor failed is skipped, not re-blamed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rbclib.io import read_image, read_labels, read_phase
+from rbclib.pipeline import default_notebooks_dir, discover, run_notebooks
+
+STAGES = discover(default_notebooks_dir())
+_failed: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("smoke_run")
+
+
+def _files(root: Path, pattern: str) -> list[Path]:
+    return sorted(root.glob(pattern))
+
+
+def check_01(run: Path) -> None:
+    phases = _files(run, "phase/*.tif")
+    assert len(phases) >= 2
+    assert json.loads((run / "optics.json").read_text())["pixel_size_m"] > 0
+    stems = {p.stem for p in phases}
+    assert {p.stem for p in _files(run, "truth/labels/*.png")} == stems
+    img = read_phase(phases[0]).data
+    assert img.dtype == np.float32 and np.isfinite(img).all()
+    truth = read_phase(run / "truth" / "phase" / phases[0].name).data
+    cells = truth > 0.3
+    assert abs(float(np.median(img[~cells]))) < 0.05  # medium at 0
+    assert float(np.median(img[cells])) > 0.3  # cells positive
+
+
+def check_02(run: Path) -> None:
+    labels = _files(run, "labels/*.png")
+    assert labels and {p.stem for p in labels} == {p.stem for p in _files(run, "phase/*.tif")}
+    assert set(np.unique(read_labels(labels[0]))) <= {0, 1, 2, 3, 4}
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["train"] and splits["test"] and not set(splits["train"]) & set(splits["test"])
+    import pandas as pd
+
+    cells = pd.read_csv(run / "cells.csv")
+    assert {"image", "class_name", "dry_mass_pg"} <= set(cells.columns) and len(cells) > 0
+
+
+def check_03(run: Path) -> None:
+    for name in ("ddgan_phase", "ddgan_mask"):
+        assert (run / "models" / name / "config.json").exists()
+
+
+def check_04(run: Path) -> None:
+    sel = json.loads((run / "synthetic" / "selection.json").read_text())
+    assert sel
+    phases = _files(run, "synthetic/train/phase/*.tif")
+    assert phases and len(phases) == len(_files(run, "synthetic/train/labels/*.png"))
+
+
+def check_05(run: Path) -> None:
+    assert (run / "models" / "ssl" / "config.json").exists()
+
+
+def check_06(run: Path) -> None:
+    for arm in ("backbone", "da", "ssl", "da_ssl"):
+        folder = run / "models" / f"seg_{arm}"
+        assert (folder / "config.json").exists() and (folder / "best.pt").exists(), f"arm {arm} missing"
+
+
+def check_07(run: Path) -> None:
+    import pandas as pd
+
+    for name in ("dice", "aji", "compute"):
+        assert (run / "tables" / f"{name}.csv").exists() and (run / "tables" / f"{name}.md").exists()
+    dice = pd.read_csv(run / "tables" / "dice.csv")
+    assert len(dice) >= 4
+
+
+def check_08(run: Path) -> None:
+    import pandas as pd
+
+    ratios = pd.read_csv(run / "storage" / "ratios.csv")
+    assert len(ratios) > 0
+    assert (run / "storage" / "report.md").exists()
+
+
+CHECKS = {"01": check_01, "02": check_02, "03": check_03, "04": check_04,
+          "05": check_05, "06": check_06, "07": check_07, "08": check_08}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES, ids=[s.name for s in STAGES])
+def test_notebook_smoke(stage, run_dir):
+    if _failed:
+        pytest.skip(f"an earlier stage failed: {_failed[0]}")
+    try:
+        run_notebooks(profile="smoke", run_dir=run_dir, seed=0, only=[stage.number], progress=False)
+        CHECKS[stage.number](run_dir)
+    except BaseException:
+        _failed.append(stage.name)
+        raise

@@ -1,0 +1,232 @@
+"""Tests of the digital twin (rbclib.simulate): values, not just shapes."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage as ndi
+
+from rbclib import io
+from rbclib.cli import main
+from rbclib.config import Optics
+from rbclib.labels import CLASS_IDS, DISCOCYTE, SPHEROCYTE
+from rbclib.simulate import (CARRIER_CYCLES_PER_PX, EVANS_FUNG_C, EVANS_FUNG_R0_UM, STORAGE_DAYS, CellSpec, cell_thickness,
+                             draw_cell, parse_mixture, simulate_dataset, simulate_field, simulate_storage_series,
+                             storage_mixture, storage_reference)
+
+EQUAL = {"discocyte": 0.25, "spherocyte": 0.25, "echinocyte": 0.25, "stomatocyte": 0.25}
+
+
+@pytest.fixture(scope="module")
+def many_cells() -> pd.DataFrame:
+    """About 240 cells of all classes (no holograms: fast)."""
+    return pd.concat([simulate_field(s, mixture=EQUAL, holograms=False).cells for s in range(4)], ignore_index=True)
+
+
+def test_deterministic_by_seed():
+    a, b = simulate_field(7, field_px=192), simulate_field(7, field_px=192)
+    c = simulate_field(8, field_px=192)
+    for name in ("hologram", "background", "phase", "labels", "instances"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    pd.testing.assert_frame_equal(a.cells, b.cells)
+    assert not np.array_equal(a.phase, c.phase)
+
+
+def test_field_consistency_and_no_overlap():
+    f = simulate_field(3, field_px=512, n_cells=30, mixture=EQUAL, touching_fraction=0.3, holograms=False)
+    assert f.phase.dtype == np.float32 and f.labels.dtype == np.uint8 and f.instances.dtype == np.int32
+    assert f.phase.min() == 0.0 and np.all((f.phase > 0) == (f.instances > 0)) and np.all((f.labels > 0) == (f.instances > 0))
+    assert sorted(np.unique(f.instances)[1:]) == f.cells.cell_id.tolist()
+    px2 = (f.optics.pixel_size_m * 1e6) ** 2
+    for row in f.cells.itertuples():
+        m = f.instances == row.cell_id
+        assert np.unique(f.labels[m]).tolist() == [row.class_id]          # one class per instance
+        assert ndi.label(m, np.ones((3, 3)))[1] == 1                       # one connected piece
+        assert math.isclose(f.thickness[m].sum() * px2, row.volume_um3, rel_tol=1e-4)
+        cy, cx = ndi.center_of_mass(m)
+        assert abs(cy - row.centre_y_px) < 3 and abs(cx - row.centre_x_px) < 3
+    # nothing was overwritten: the instance pixels add up to the rendered volumes
+    assert math.isclose(f.thickness.sum() * px2, f.cells.volume_um3.sum(), rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.4])
+def test_touching_fraction_honoured(fraction):
+    f = simulate_field(11, field_px=900, n_cells=60, touching_fraction=fraction, holograms=False)
+    assert len(f.cells) == 60
+    share = f.cells.touching.mean()
+    assert abs(share - fraction) <= 0.07, share
+    if fraction == 0.0:   # every pair at least 3 px apart
+        for cid in f.cells.cell_id:
+            grown = ndi.binary_dilation(f.instances == cid, np.ones((3, 3)), iterations=2)
+            assert set(np.unique(f.instances[grown]).tolist()) <= {0, cid}
+    small = simulate_field(0, field_px=256, n_cells=10, touching_fraction=2 * fraction / 4, holograms=False)
+    assert small.cells.touching.sum() == (2 if fraction else 0)      # pairs get room in small fields too
+
+
+def test_class_statistics(many_cells):
+    g = many_cells.groupby("class_name")
+    d, peak = g.diameter_um, g.peak_phase_rad
+    assert 7.5 < d.mean()["discocyte"] < 8.1 and 0.3 < d.std()["discocyte"] < 0.7   # 7.8 +/- 0.5 um
+    sph = many_cells[many_cells.class_name == "spherocyte"]
+    assert sph.diameter_um.between(5.3, 7.0).all()
+    assert peak.mean()["spherocyte"] > 1.15 * max(peak.mean()[c] for c in ("discocyte", "echinocyte", "stomatocyte"))
+    assert peak.mean()["stomatocyte"] > peak.mean()["discocyte"]                      # thicker than a disc
+    assert 1.2 < peak.median()["discocyte"] < 1.8
+    assert many_cells.volume_um3.between(40, 160).all()
+    assert 27 < g.dry_mass_pg.mean()["discocyte"] < 34                                # MCH 27-33 pg
+    ech = many_cells[many_cells.class_name == "echinocyte"]
+    early, late = ech[ech.echinocyte_stage < 0.3], ech[ech.echinocyte_stage > 0.7]
+    assert early.n_spicules.between(10, 36).all() and late.n_spicules.between(24, 50).all()
+    assert early.n_spicules.mean() < late.n_spicules.mean()
+
+
+def test_discocyte_dip_and_stomatocyte_slit():
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[-60:61, -60:61] * 0.1
+    for _ in range(20):
+        disc = draw_cell(DISCOCYTE, rng)
+        h = cell_thickness(disc, y, x)
+        centre, rim = h[60, 60], h.max()
+        assert 0.75 <= centre <= 1.55 and 2.25 <= rim <= 2.8 and 0.25 < centre / rim < 0.65
+        stom = draw_cell(CLASS_IDS["stomatocyte"], rng)
+        hs = cell_thickness(stom, y, x)
+        assert hs.max() > 2.6 and hs[55:66, 55:66].min() < 0.6 * hs.max()          # slit in the middle
+        sph = cell_thickness(draw_cell(SPHEROCYTE, rng), y, x)
+        assert sph[60, 60] >= 0.95 * sph.max()                                         # no dip
+
+
+def test_true_volume_of_analytic_cells():
+    # half ellipsoid (spherocyte with power 1/2): V = 2/3*pi*a*b*H
+    cell = CellSpec(SPHEROCYTE, 3.2, 2.9, 0.3, 33.0, {"height_um": 4.0, "power": 0.5, "tilt": (0.0, 0.0)})
+    optics = Optics(pixel_size_m=0.02e-6)
+    y, x = (np.mgrid[-200:201, -200:201] * 0.02)
+    vol = cell_thickness(cell, y, x).sum() * 0.02**2
+    assert vol == pytest.approx(2 / 3 * math.pi * 3.2 * 2.9 * 4.0, rel=0.005)
+    # Evans-Fung's own cell: 94 um^3 (Evans & Fung 1972, Table 1: 94 +/- 14)
+    c0, c2, c4 = EVANS_FUNG_C
+    ef = CellSpec(DISCOCYTE, EVANS_FUNG_R0_UM, EVANS_FUNG_R0_UM, 0.0, 33.0,
+                  {"h0_um": c0 * EVANS_FUNG_R0_UM, "s": 1.0, "tilt": (0.0, 0.0)})
+    assert cell_thickness(ef, y, x).sum() * 0.02**2 == pytest.approx(94, abs=4)
+    # table: dry mass = volume * (n_cell - n_medium) / alpha
+    f = simulate_field(1, field_px=160, n_cells=3, holograms=False, optics=optics.replace(pixel_size_m=0.1441e-6))
+    dn = f.cells.n_cell - f.optics.n_medium
+    expect = f.cells.volume_um3 * 1e-18 * dn / f.optics.alpha_m3_per_kg * 1e15
+    np.testing.assert_allclose(f.cells.dry_mass_pg, expect, rtol=1e-9)
+
+
+def test_mixture_proportions(many_cells):
+    n = len(many_cells)
+    share = many_cells.class_name.value_counts(normalize=True)
+    for name, p in EQUAL.items():
+        assert abs(share[name] - p) < 4 * math.sqrt(p * (1 - p) / n), (name, share[name])
+    cells = pd.concat([simulate_field(s, day=57, holograms=False).cells for s in range(3)])
+    mix = storage_mixture(57)
+    for name, p in mix.items():
+        assert abs((cells.class_name == name).mean() - p) < 4 * math.sqrt(p * (1 - p) / len(cells)) + 0.01
+
+
+def test_storage_model():
+    table = storage_reference()
+    assert tuple(table.storage_day) == STORAGE_DAYS
+    for day in STORAGE_DAYS:
+        mix = storage_mixture(day)
+        assert sum(mix.values()) == pytest.approx(1.0)
+    assert storage_mixture(8)["discocyte"] > 0.9 and storage_mixture(57)["discocyte"] < 0.3
+    mid = storage_mixture(10)
+    assert storage_mixture(13)["discocyte"] <= mid["discocyte"] <= storage_mixture(8)["discocyte"]
+    w = table.cells_counted / table.cells_counted.sum()   # paper: 76 % / 10 % / 10 % / 4 % overall
+    assert (w * table.discocyte).sum() == pytest.approx(0.76, abs=0.02)
+    with pytest.raises(ValueError, match="outside the modelled range"):
+        storage_mixture(80)
+    assert parse_mixture("discocyte=3,spherocyte=1") == {"discocyte": 0.75, "spherocyte": 0.25, "echinocyte": 0.0,
+                                                         "stomatocyte": 0.0}
+    for bad, msg in [("discocyte=x", "not a number"), ("blob=1", "unknown cell class"), ("discocyte", "class=fraction"),
+                     ("discocyte=-1,spherocyte=2", ">= 0")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_mixture(bad)
+
+
+def test_hologram_carrier_and_sign():
+    f = simulate_field(2, field_px=256, n_cells=6, bit_depth=12)
+    assert f.hologram.dtype == np.uint16 and f.hologram.max() <= 4095 and f.background.shape == (256, 256)
+    assert f.carrier == CARRIER_CYCLES_PER_PX
+    holo, bg = f.hologram.astype(float), f.background.astype(float)
+    spec = np.fft.fft2(holo - holo.mean())
+    fy, fx = np.fft.fftfreq(256)[:, None], np.fft.fftfreq(256)[None, :]
+    search = (np.hypot(fy, fx) > 0.08) & (fx > 0)
+    iy, ix = np.unravel_index(np.argmax(np.where(search, np.abs(spec), 0)), spec.shape)
+    assert abs(fy[iy, 0] - f.carrier[0]) <= 2 / 256 and abs(fx[0, ix] - f.carrier[1]) <= 2 / 256
+    # +1 order (fx > 0) over the background's +1 order: the true phase, cells positive
+    window = np.hypot(fy - f.carrier[0], fx - f.carrier[1]) < 0.14
+
+    def order(img):
+        return np.fft.ifft2(np.fft.fft2(img - img.mean()) * window)
+
+    phase = np.angle(order(holo) / order(bg))
+    cells = ndi.binary_erosion(f.instances > 0, iterations=3)
+    assert np.median(phase[cells]) > 0.5 and abs(np.median(phase[f.instances == 0])) < 0.1
+    assert np.corrcoef(phase[5:-5, 5:-5].ravel(), f.phase[5:-5, 5:-5].ravel())[0, 1] > 0.9
+    ratio = np.ptp(np.where(f.instances > 0, phase, 0)) / np.ptp(f.phase)
+    assert 0.7 < ratio < 1.3
+    assert simulate_field(2, field_px=256, n_cells=6).hologram.dtype == np.uint8
+
+
+def test_bad_arguments():
+    for kwargs, msg in [({"field_px": 8}, "field_px"), ({"touching_fraction": 1.5}, "touching_fraction"),
+                        ({"bit_depth": 10}, "bit_depth"), ({"mixture": EQUAL, "day": 8}, "not both"),
+                        ({"cells_per_field": (5, 2)}, "cells_per_field"), ({"day": 3}, "outside")]:
+        with pytest.raises(ValueError, match=msg):
+            simulate_field(0, field_px=kwargs.pop("field_px", 64), **kwargs)
+    with pytest.raises(ValueError, match="n_fields"):
+        simulate_dataset("/nonexistent/never", n_fields=0, seed=0)
+
+
+def test_dataset_files(tmp_path):
+    out = simulate_dataset(tmp_path / "ds", n_fields=3, seed=4, field_px=128, cells_per_field=(2, 4), progress=False)
+    stems = {k: sorted(p.stem for p in io.list_images(out / k)) for k in ("holograms", "backgrounds", "phase", "labels", "instances")}
+    assert all(v == ["field_0000", "field_0001", "field_0002"] for v in stems.values()), stems
+    holo = io.read_image(out / "holograms" / "field_0001.png").data
+    phase = io.read_phase(out / "phase" / "field_0001.tif")
+    labels = io.read_labels(out / "labels" / "field_0001.png")
+    inst = io.read_instances(out / "instances" / "field_0001.png")
+    assert holo.dtype == np.uint8 and phase.data.dtype == np.float32 and labels.dtype == np.uint8
+    def values(o):
+        return {k: v for k, v in o.to_dict().items() if k != "provenance"}
+
+    assert values(phase.optics()) == values(Optics())          # optics travel in the TIFF
+    again = simulate_field(np.random.default_rng(np.random.SeedSequence(4).spawn(3)[1]), field_px=128, cells_per_field=(2, 4))
+    np.testing.assert_array_equal(phase.data, again.phase)
+    np.testing.assert_array_equal(inst, again.instances)
+    cells = pd.read_csv(out / "cells.csv")
+    assert set(cells.image) <= set(stems["phase"]) and cells.columns[0] == "image"
+    assert len(cells[cells.image == "field_0001"]) == inst.max()
+    splits = io.read_json(out / "splits.json")
+    assert sorted(splits["train"] + splits["test"]) == stems["phase"] and len(splits["test"]) == 1
+    assert Optics.from_json(out / "optics.json") == Optics()
+    assert io.read_json(out / "simulation.json")["carrier_cycles_per_px"] == list(CARRIER_CYCLES_PER_PX)
+
+
+def test_storage_series(tmp_path):
+    out = simulate_storage_series(tmp_path / "st", seed=1, images_per_day=1, days=(8, 57), field_px=128,
+                                  cells_per_field=(3, 5), progress=False)
+    assert (out / "day_08" / "phase" / "field_0000.tif").exists() and (out / "day_57" / "labels" / "field_0000.png").exists()
+    cells = pd.read_csv(out / "cells.csv")
+    assert set(cells.storage_day) == {8, 57} and set(cells.dataset) == {"day_08", "day_57"}
+
+
+def test_cli(tmp_path, capsys):
+    assert main(["simulate", "--n-fields", "2", "--seed", "3", "-o", str(tmp_path / "c"), "--field-px", "128",
+                 "--mixture", "discocyte=0.5,spherocyte=0.5", "--quiet"]) == 0
+    assert len(io.list_images(tmp_path / "c" / "holograms")) == 2
+    assert set(pd.read_csv(tmp_path / "c" / "cells.csv").class_name) <= {"discocyte", "spherocyte"}
+    assert main(["simulate", "--n-fields", "1", "--seed", "3", "-o", str(tmp_path / "d"), "--mixture", "blob=1"]) == 2
+    assert "unknown cell class" in capsys.readouterr().err
+    assert main(["simulate", "--n-fields", "1", "--seed", "3", "-o", str(tmp_path / "d"), "--day", "8",
+                 "--mixture", "discocyte=1"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(SystemExit):
+        main(["simulate", "--n-fields", "1", "--seed", "3", "-o", str(tmp_path / "e"), "--cells-per-field", "9"])
+    assert "MIN,MAX" in capsys.readouterr().err
