@@ -297,7 +297,7 @@ class Segmenter:
 
         self.model_dir = Path(model_dir)
         self.model, self.config = load_model(self.model_dir)
-        self.pixel_size_m, self.pixel_size_source = model_pixel_size(self.config)
+        self.pixel_size_m, self.pixel_size_source = model_pixel_size(self.config, self.model_dir)
         self.predict_options = dict(predict_options or {})
         self.min_area_um2 = float(min_area_um2)
         self.fragment_fraction = float(fragment_fraction)
@@ -319,13 +319,22 @@ class Segmenter:
         return resize_to(labels, phase.shape), resize_to(instances, phase.shape), conf, scale
 
 
-def model_pixel_size(config: Mapping[str, Any]) -> tuple[float, str]:
-    """Pixel size [m] a model was trained at, from its config (``pixel_size_m`` or
-    ``optics.pixel_size_m``); the paper's 0.1441 um/px when the config does not say."""
-    for holder in (config, config.get("optics") or {}, config.get("data") or {}):
+def model_pixel_size(config: Mapping[str, Any], model_dir: str | Path | None = None) -> tuple[float, str]:
+    """Pixel size [m] a model was trained at and where that came from: its config
+    (``pixel_size_m`` or ``optics.pixel_size_m``), else the ``optics.json`` of the run it
+    was trained in (``<run>/models/<name>/`` -> ``<run>/optics.json``), else the paper's
+    0.1441 um/px (said so)."""
+    for holder in (config, config.get("optics") or {}):
         if isinstance(holder, Mapping) and holder.get("pixel_size_m"):
             return float(holder["pixel_size_m"]), "the model's config.json"
-    return Optics().pixel_size_m, "not in the model's config.json: assumed the paper's 0.1441 um/px"
+    if model_dir is not None:
+        run_optics = Path(model_dir).resolve().parent.parent / "optics.json"
+        if run_optics.is_file():
+            try:
+                return Optics.from_json(run_optics).pixel_size_m, f"{run_optics}, the optics of the run that trained it"
+            except ValueError:
+                pass
+    return Optics().pixel_size_m, "not recorded with the model: assumed the paper's 0.1441 um/px"
 
 
 def class_confidence(probs: np.ndarray, labels: np.ndarray, instances: np.ndarray) -> dict[int, float]:
@@ -412,7 +421,8 @@ def assess_image(job: ImageJob, segmenter: Segmenter, *, optics: OpticsOptions |
     provenance = {k: opt.provenance.get(k, "") for k in ("wavelength_m", "pixel_size_m", "n_medium")}
     if np.issubdtype(img.data.dtype, np.integer) or img.data.dtype == bool:
         kind = "hologram"
-        bg, bg_name = img.background, f"{job.path} [background]"
+        # Holograms without a background of their own share one reconstructor per shape and optics.
+        bg, bg_name = img.background, (f"{job.path} [background]" if img.background is not None else "")
         if job.background is not None:
             bg, bg_name = read_image(job.background).data, str(job.background)
         rec = (reconstructors or _Reconstructors())(img.data, background=bg, background_name=bg_name,

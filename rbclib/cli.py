@@ -33,6 +33,10 @@ def _cmd_assess(args: argparse.Namespace) -> int:
                     optics=OpticsOptions(args.wavelength, args.pixel_size, args.medium_index),
                     schemes=load_schemes(args.schemes) if args.schemes else None,
                     overlays=not args.no_overlays, seed=args.seed)
+    import matplotlib.pyplot as plt
+
+    for fig in result.figures.values():
+        plt.close(fig)
     print(f"rbc assess: {len(result.processed)} image(s) analysed, {len(result.skipped)} already done, "
           f"{len(result.failures)} skipped with problems; {len(result.cells)} cells; report: {result.out_dir / 'report.md'}")
     return 1 if result.failures and not (result.processed or result.skipped) else 0

@@ -15,20 +15,23 @@ def count_parameters(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def count_macs(model: nn.Module, *, patch: int = 256, in_channels: int = 3) -> int:
-    """Multiply-accumulates of one forward pass on a (1, in_channels, patch, patch) input.
+def count_macs_call(fn: Callable[[], object]) -> int:
+    """Multiply-accumulates of every torch operation ``fn()`` runs (convolutions and matrix
+    products, counted by ``torch.utils.flop_counter.FlopCounterMode``; MACs = FLOPs / 2)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        fn()
+    return int(counter.get_total_flops() // 2)
 
-    Counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix
-    products; MACs = FLOPs / 2), on a deep copy in eval mode on the CPU.
-    """
+
+def count_macs(model: nn.Module, *, patch: int = 256, in_channels: int = 3) -> int:
+    """Multiply-accumulates of one forward pass on a (1, in_channels, patch, patch) input
+    (the paper's Table 3 "MACs (G)" at patch=256), on a deep copy in eval mode on the CPU."""
     import copy
 
     net = copy.deepcopy(model).to("cpu").eval()
     x = torch.zeros(1, in_channels, patch, patch)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        net(x)
-    return int(counter.get_total_flops() // 2)
+    return count_macs_call(lambda: net(x))
 
 
 def time_images(predict: Callable[[np.ndarray], object], images: Sequence[np.ndarray], *,

@@ -432,7 +432,7 @@ class Reconstructor:
             mag = np.abs(box)
             iy, ix = np.unravel_index(int(np.argmax(mag)), mag.shape)
             off = math.hypot((iy - box.shape[0] // 2) / self.shape[0], (ix - box.shape[1] // 2) / self.shape[1])
-            if off > 0.5 * self._setup["radius"] or mag[iy, ix] < 20 * float(np.median(mag)):
+            if off > 0.25 * self._setup["radius"] or mag[iy, ix] < 20 * float(np.median(mag)):
                 self._prepare(find_sideband(img, source=source))
                 box = self._box(spec)
         return box

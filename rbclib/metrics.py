@@ -70,7 +70,7 @@ def _compact(ids: np.ndarray) -> tuple[np.ndarray, int]:
     present = _present_ids(ids)
     if present.size == 0:
         return np.zeros(ids.shape, dtype=np.intp), 0
-    lut = np.zeros(int(ids.max()) + 1, dtype=np.intp)
+    lut = np.zeros(int(ids.max()) + 1, dtype=np.int32 if present.size < 40_000 else np.intp)
     lut[present] = np.arange(1, present.size + 1)
     return lut[ids], int(present.size)
 
@@ -87,30 +87,24 @@ def _pair_table(pred_ids: np.ndarray, true_ids: np.ndarray) -> tuple[np.ndarray,
     """Intersection table (N_true, N_pred) and the areas of both, from compact id maps."""
     t, n_t = _compact(true_ids)
     p, n_p = _compact(pred_ids)
-    sel = (t > 0) | (p > 0)
-    counts = np.bincount(t[sel] * (n_p + 1) + p[sel], minlength=(n_t + 1) * (n_p + 1)).reshape(n_t + 1, n_p + 1)
+    counts = np.bincount((t * (n_p + 1) + p).ravel(), minlength=(n_t + 1) * (n_p + 1)).reshape(n_t + 1, n_p + 1)
     return counts[1:, 1:], counts[1:, :].sum(1), counts[:, 1:].sum(0)
 
 
-def _aji_sums(pred_ids: np.ndarray, true_ids: np.ndarray) -> tuple[int, int, int, int]:
-    """(numerator, denominator, n_true, n_pred) of eq. 14 for two instance maps."""
-    inter, area_t, area_p = _pair_table(pred_ids, true_ids)
+def _aji_from_table(inter: np.ndarray, area_t: np.ndarray, area_p: np.ndarray) -> tuple[int, int]:
+    """(numerator, denominator) of eq. 14 from an intersection table and the instance areas."""
     n_t, n_p = inter.shape
-    if n_t == 0:
-        return 0, int(area_p.sum()), 0, n_p
-    if n_p == 0:
-        return 0, int(area_t.sum()), n_t, 0
+    if n_t == 0 or n_p == 0:
+        return 0, int(area_t.sum() + area_p.sum())
     union = area_t[:, None] + area_p[None, :] - inter
-    iou = inter / union
-    best = np.argmax(iou, axis=1)
+    best = np.argmax(inter / union, axis=1)
     rows = np.arange(n_t)
     paired = inter[rows, best] > 0
     num = int(inter[rows[paired], best[paired]].sum())
     den = int(union[rows[paired], best[paired]].sum()) + int(area_t[~paired].sum())
     used = np.zeros(n_p, dtype=bool)
     used[best[paired]] = True
-    den += int(area_p[~used].sum())
-    return num, den, n_t, n_p
+    return num, den + int(area_p[~used].sum())
 
 
 def aji(pred_instances: np.ndarray, true_instances: np.ndarray) -> float:
@@ -120,8 +114,15 @@ def aji(pred_instances: np.ndarray, true_instances: np.ndarray) -> float:
         raise ValueError(f"instance maps differ in shape: {pred_instances.shape} vs {true_instances.shape}")
     if (pred_instances < 0).any() or (true_instances < 0).any():
         raise ValueError("instance ids must be >= 0")
-    num, den, _, _ = _aji_sums(pred_instances.astype(np.intp), true_instances.astype(np.intp))
+    num, den = _aji_from_table(*_pair_table(pred_instances.astype(np.intp), true_instances.astype(np.intp)))
     return float(num / den) if den else math.nan
+
+
+def _class_keys(inst: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """instance id * N_CLASSES + class where both are > 0, else 0."""
+    key = inst.astype(np.int32) * N_CLASSES + labels
+    key[(inst == 0) | (labels == 0)] = 0
+    return key
 
 
 def aji_per_class(pred: np.ndarray, true: np.ndarray, *, pred_instances: np.ndarray | None = None,
@@ -140,10 +141,14 @@ def aji_per_class(pred: np.ndarray, true: np.ndarray, *, pred_instances: np.ndar
             raise ValueError(f"{name} has shape {arr.shape}, class maps have {pred.shape}")
         if arr.size and arr.min() < 0:
             raise ValueError(f"{name} holds negative ids")
-    p_inst, t_inst = p_inst.astype(np.intp, copy=False), t_inst.astype(np.intp, copy=False)
+    # one id per (instance, class) pair, so one pass of bincount serves all classes
+    t_key, p_key = _class_keys(t_inst, true), _class_keys(p_inst, pred)
+    inter, area_t, area_p = _pair_table(p_key, t_key)
+    t_cls, p_cls = _present_ids(t_key) % N_CLASSES, _present_ids(p_key) % N_CLASSES
     scores: dict[str, float] = {}
     for cls in CELL_CLASSES:
-        num, den, _, _ = _aji_sums(np.where(pred == cls, p_inst, 0), np.where(true == cls, t_inst, 0))
+        rows, cols = t_cls == cls, p_cls == cls
+        num, den = _aji_from_table(inter[np.ix_(rows, cols)], area_t[rows], area_p[cols])
         scores[CLASS_NAMES[cls]] = float(num / den) if den else math.nan
     return _with_overall(scores)
 

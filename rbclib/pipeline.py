@@ -3,7 +3,8 @@
 Each notebook ``notebooks/NN_name.ipynb`` gets the parameters ``profile``, ``run_dir``
 and ``seed`` injected; its executed copy lands in ``<run_dir>/notebooks/``. The run stops
 at the first failing notebook and names it and the failing cell. Wall time per stage is
-recorded in ``<run_dir>/timings.json``.
+recorded in ``<run_dir>/timings.json``. A run that reaches the last notebook ends by writing
+``<run_dir>/report.md`` and ``report.html`` (:func:`rbclib.report.write_run_report`).
 """
 from __future__ import annotations
 
@@ -130,6 +131,11 @@ def run_notebooks(
         write_json(paths.timings_json, timings)
         print(f"[rbc run] {stage.name} done in {seconds:.1f} s", flush=True)
         executed.append(target)
+    if only is None:  # the pipeline ran to its last notebook: gather every stage in one report
+        from rbclib.report import write_run_report
+
+        report_md, _ = write_run_report(paths.root, profile=profile)
+        print(f"[rbc run] report: {report_md} (and report.html)", flush=True)
     return executed
 
 

@@ -141,14 +141,37 @@ def morphometrics(phase: np.ndarray, instances: np.ndarray, cells: pd.DataFrame,
     rows = []
     px_um = optics.pixel_size_m * 1e6
     profiles = radial_profiles(phase, instances, bins=np.linspace(0, 1.0, 21))
-    present = [i for i, sl in enumerate(ndi.find_objects(instances), start=1) if sl is not None]
+    present = [(i, sl) for i, sl in enumerate(ndi.find_objects(instances), start=1) if sl is not None]
     by_id = cells.set_index("cell_id")
-    for cid, prof in zip(present, profiles):
-        m = instances == cid
+    for (cid, sl), prof in zip(present, profiles):
+        m = instances[sl] == cid
         rows.append({"cell_id": cid, "class_name": by_id.loc[cid, "class_name"],
                      "diameter_um": 2 * np.sqrt(m.sum() / np.pi) * px_um,
-                     "peak_phase_rad": float(phase[m].max()),
+                     "peak_phase_rad": float(phase[sl][m].max()),
                      "dip_ratio": float(np.nanmean(prof[:3]) / np.nanmax(prof))})
+    return pd.DataFrame(rows)
+
+
+def simulated_morphometrics(seed_or_rng: int | np.random.Generator = 0, *, n_fields: int = 3,
+                            optics: Optics | None = None) -> pd.DataFrame:
+    """:func:`morphometrics` of the true phase of ``n_fields`` simulated 900 px fields with the
+    four classes in equal shares (about 60 cells per field)."""
+    from rbclib.simulate import simulate_field
+
+    optics = optics or Optics()
+    rng = np.random.default_rng(seed_or_rng)
+    fields = [simulate_field(rng, optics=optics, touching_fraction=0.0, holograms=False,
+                             mixture={CLASS_NAMES[c]: 0.25 for c in CELL_CLASSES}) for _ in range(n_fields)]
+    return pd.concat([morphometrics(f.phase, f.instances, f.cells, optics=optics) for f in fields], ignore_index=True)
+
+
+def morphometrics_summary(morpho: pd.DataFrame) -> pd.DataFrame:
+    """Per-class median and 5-95 % range of simulated morphometrics, with the literature range."""
+    rows = []
+    for name, g in morpho.groupby("class_name"):
+        for col, (lo, hi) in LITERATURE_RANGES[name].items():
+            rows.append({"class_name": name, "quantity": col, "median": g[col].median(),
+                         "p05": g[col].quantile(0.05), "p95": g[col].quantile(0.95), "lit_lo": lo, "lit_hi": hi})
     return pd.DataFrame(rows)
 
 
@@ -170,13 +193,8 @@ class RealismReport:
         return np.nanmean(self.real_profiles if which == "real" else self.sim_profiles, axis=0)
 
     def summary(self) -> pd.DataFrame:
-        """Per-class median and 5-95 % range of the simulated morphometrics, with the literature range."""
-        rows = []
-        for name, g in self.morphometrics.groupby("class_name"):
-            for col, (lo, hi) in LITERATURE_RANGES[name].items():
-                rows.append({"class_name": name, "quantity": col, "median": g[col].median(),
-                             "p05": g[col].quantile(0.05), "p95": g[col].quantile(0.95), "lit_lo": lo, "lit_hi": hi})
-        return pd.DataFrame(rows)
+        """See :func:`morphometrics_summary`."""
+        return morphometrics_summary(self.morphometrics)
 
 
 def realism_report(real_hologram: str | Path | np.ndarray, *, seed: int = 0, n_fields: int = 2, field_px: int = 512,
@@ -201,9 +219,7 @@ def realism_report(real_hologram: str | Path | np.ndarray, *, seed: int = 0, n_f
         ph = demodulate_simple(f.hologram)
         sim_phase = ph if sim_phase is None else sim_phase
         sims.append(radial_profiles(ph, segment_cells(ph, min_area_px=400)))
-    mixed = [simulate_field(rng, field_px=900, optics=optics, touching_fraction=0.0, holograms=False,
-                            mixture={CLASS_NAMES[c]: 0.25 for c in CELL_CLASSES}) for _ in range(n_morpho_fields)]
-    morpho = pd.concat([morphometrics(f.phase, f.instances, f.cells, optics=optics) for f in mixed], ignore_index=True)
+    morpho = simulated_morphometrics(rng, n_fields=n_morpho_fields, optics=optics)
     return RealismReport(bin_centres=0.5 * (bins[1:] + bins[:-1]), real_profiles=radial_profiles(real_phase, real_inst),
                          sim_profiles=np.concatenate(sims), morphometrics=morpho, real_phase=real_phase, sim_phase=sim_phase)
 

@@ -201,7 +201,7 @@ def _optics_section(doc: _Doc, paths: RunPaths) -> None:
         return
     optics = read_json(paths.optics_json)
     provenance = optics.get("provenance", {}) or {}
-    rows = [{"quantity": k, "value": v, "unit": OPTICS_UNITS.get(k, ""), "provenance": provenance.get(k, "")}
+    rows = [{"quantity": k, "value": str(v), "unit": OPTICS_UNITS.get(k, ""), "provenance": provenance.get(k, "")}
             for k, v in optics.items() if k != "provenance"]
     doc.table(pd.DataFrame(rows, columns=["quantity", "value", "unit", "provenance"]))
 
@@ -241,8 +241,10 @@ def _stage_section(doc: _Doc, paths: RunPaths, stage: _Stage, timings: dict[str,
         extra(doc, paths, stage)
     for fig in figures:
         doc.figure(fig)
-    if not figures:
+    if not figures and seconds is None:
         doc.not_run(f"no figures/{stage.number}_*.png ({stage.notebook} saves them)")
+    elif not figures:
+        doc.para(f"{stage.notebook} saved no figures/{stage.number}_*.png.")
 
 
 def _table_or_markdown(doc: _Doc, csv_path: Path, caption: str, stage: _Stage) -> None:
@@ -325,7 +327,7 @@ def _software_section(doc: _Doc) -> None:
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
 table{border-collapse:collapse;margin:0.5rem 0 1rem}th,td{border:1px solid #ccc;padding:0.2rem 0.5rem;
-text-align:left;font-size:0.9rem}caption{font-weight:bold;text-align:left;padding:0.3rem 0}
+text-align:left;font-size:0.9rem}caption{font-weight:bold;text-align:left;padding:0.3rem 0;white-space:nowrap}
 img{max-width:100%}figure{margin:1rem 0}figcaption{color:#555;font-size:0.85rem}
 .not-run{color:#8a5a00;font-style:italic}pre{background:#f6f6f6;padding:0.5rem;overflow-x:auto}"""
 

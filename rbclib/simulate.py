@@ -20,6 +20,10 @@ phase plus aberrations; dividing by the same order of the background hologram (s
 reference, envelope and aberrations, no cells) leaves the cell phase, **cells positive,
 medium 0**. The -1 order at ``(-fy, -fx)`` holds the conjugate (cells negative).
 
+An object in focus (``defocus_m=0``, the default) is a pure phase object, so its cells are
+barely visible in the hologram's intensity (only bent fringes); with a few micrometres of
+defocus they show the diffraction rings of real recordings and must be refocused.
+
 Everything is deterministic given the seed (``numpy.random.Generator`` / ``SeedSequence``).
 Lengths inside the cell models are in micrometres; :class:`rbclib.config.Optics` is SI.
 """
@@ -556,7 +560,9 @@ def simulate_field(seed_or_rng: int | np.random.Generator | np.random.SeedSequen
     :func:`storage_mixture`); neither: day 8. n_cells: exact count, else drawn uniformly from
     ``cells_per_field`` (default (40, 85) scaled to the field area). touching_fraction: share of
     cells placed in touching pairs (0..1). bit_depth (8 or 12) overrides ``settings.bit_depth``.
-    holograms=False skips hologram formation (the images
+    Optics: wavelength, pixel size, n_medium and alpha are used; each cell's index is
+    n_medium + alpha*MCHC (its own haemoglobin), so ``optics.n_cell`` (the assumed mean used
+    downstream for thickness) is not. holograms=False skips hologram formation (the images
     are then empty arrays). Cells that do not fit are dropped (the table says how many exist)."""
     rng = seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
     optics = optics or Optics()

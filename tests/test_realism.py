@@ -17,20 +17,20 @@ import pytest
 
 matplotlib.use("Agg")
 
-from rbclib.realism import LITERATURE_RANGES, plot_realism, realism_report  # noqa: E402
-
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "holograms" / "rbc_pydhm.jpg"
+from rbclib.realism import (LITERATURE_RANGES, morphometrics_summary, plot_realism, realism_report,  # noqa: E402
+                            simulated_morphometrics)
 
 
 @pytest.fixture(scope="module")
-def report():
-    if not REAL.exists():
-        pytest.skip(f"real hologram {REAL} absent (shared data not available)")
-    return realism_report(REAL, seed=0, n_fields=2, field_px=512)
+def report(shared_data: Path):
+    real = shared_data / "holograms" / "rbc_pydhm.jpg"
+    if not real.exists():
+        pytest.skip(f"real hologram {real} absent")
+    return realism_report(real, seed=0, n_fields=2, field_px=512)
 
 
-def test_simulated_morphometrics_in_literature_ranges(report):
-    summary = report.summary()
+def test_simulated_morphometrics_in_literature_ranges():
+    summary = morphometrics_summary(simulated_morphometrics(0, n_fields=3))
     assert set(summary.class_name) == set(LITERATURE_RANGES)
     for row in summary.itertuples():
         assert row.lit_lo <= row.p05 and row.p95 <= row.lit_hi, row
@@ -39,6 +39,7 @@ def test_simulated_morphometrics_in_literature_ranges(report):
     assert med.loc["discocyte", "dip_ratio"] < 0.65 and med.loc["spherocyte", "dip_ratio"] > 0.9
 
 
+@pytest.mark.realdata
 def test_real_and_simulated_profiles_agree(report):
     assert len(report.real_profiles) >= 3 and len(report.sim_profiles) >= 10
     r = report.bin_centres
@@ -53,6 +54,7 @@ def test_real_and_simulated_profiles_agree(report):
     assert np.sqrt(np.nanmean((real[outer] - sim[outer]) ** 2)) < 0.2
 
 
+@pytest.mark.realdata
 def test_plot(report):
     fig = plot_realism(report)
     assert len(fig.axes) >= 6
