@@ -6,7 +6,7 @@ STAMP := $(VENV)/.rbc-installed
 PROFILE ?= quick
 KERNEL := rbc-holo
 
-.PHONY: setup run test test-fast bench clean-runs
+.PHONY: setup run test test-fast test-e2e bench clean-runs
 
 setup: $(STAMP)
 
@@ -32,3 +32,11 @@ bench: setup
 
 clean-runs:
 	rm -rf runs/
+
+# End-to-end browser tests (tests/e2e): JupyterLab + headless Debian chromium driven by
+# Playwright's Python package (never its own browser download). Installs what is missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-e2e: setup
+	test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install --quiet "playwright>=1.40"
+	$(PY) -m pytest -q -m e2e tests/e2e

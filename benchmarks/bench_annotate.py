@@ -84,7 +84,7 @@ def main() -> None:
           f"mask loop {t_loop / args.fields * 1e3:.1f} ms per image; speed-up x{t_loop / t_fast:.1f} (same values)")
     q = pd.DataFrame(rows)
     print("\nProposal quality vs simulator instances (per image):")
-    print(q.groupby("phase")[["aji", "matched_iou50", "n_true", "n_proposed", "seconds"]].agg(["mean", "min"]).round(4))
+    print(q.groupby("phase")[["aji", "matched_iou50", "n_true", "n_proposed", "seconds"]].agg(["mean", "min"]).round(4).to_string())
     e = pd.concat(errors, ignore_index=True)
     iso = e[~e.touching & ~e.touches_edge]
     print(f"\nMeasurements on the reconstructed phase, {len(iso)} isolated cells (|relative error|):")

@@ -29,17 +29,10 @@ from skimage.segmentation import relabel_sequential, watershed
 from rbclib.config import Optics
 from rbclib.io import read_json, read_phase, write_instances, write_json, write_labels, write_text
 from rbclib.labels import CELL_CLASSES, CLASS_NAMES, N_CLASSES, check_labels
-from rbclib.measure import measure_cells
+from rbclib.measure import MEASUREMENT_COLUMNS, measure_cells
 from rbclib.metrics import aji, match_instances
 
 DECISIONS_FORMAT = "rbc-holo-decisions/1"
-DEFAULT_PROPOSAL_PARAMS: dict[str, float | None] = {
-    "threshold_rad": None,        # None: Otsu on the smoothed phase
-    "smooth_sigma_px": 1.0,       # Gaussian smoothing before thresholding [px]
-    "edge_fraction": 0.5,         # cells grow from the threshold down to this fraction of it
-    "min_separation_um": 2.5,     # closest two cell centres (watershed seeds) may lie [um]
-    "min_area_um2": 8.0,          # smaller objects are flagged "tiny" [um^2]
-}
 
 
 # ----------------------------------------------------------------------------- proposals
@@ -535,8 +528,9 @@ def write_annotations(run_paths: Any, annotations: Mapping[str, tuple[np.ndarray
         df = measure_cells(phase, inst.astype(np.int32), optics=optics, labels=labels)
         df.insert(0, "image", stem)
         frames.append(df)
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["image", "cell_id"])
     first = ["image", "cell_id", "class_id", "class_name"]
+    table = pd.concat(frames, ignore_index=True) if frames else \
+        pd.DataFrame(columns=first + [c for c in MEASUREMENT_COLUMNS if c != "cell_id"])
     table = table[first + [c for c in table.columns if c not in first]]
     if frames:
         table.attrs = dict(frames[0].attrs)

@@ -44,7 +44,8 @@ class AnnotationWidget(widgets.VBox):
     session: an :class:`AnnotationSession` (phase files + decisions file);
     run_paths: a :class:`rbclib.paths.RunPaths`, enables the "Save masks" button;
     crop_um: side of the cell crop [um].
-    Attributes for programmatic use: ``buttons`` (name -> Button), ``key_box``,
+    Attributes for programmatic use: ``buttons`` (CSS name -> Button: discocyte,
+    spherocyte, echinocyte, stomatocyte, not-a-cell, prev, next, undo, merge, split, export), ``key_box``,
     ``merge_with`` (Dropdown of neighbouring cells), ``position`` ((stem, cell) or None).
     """
 
@@ -130,7 +131,10 @@ class AnnotationWidget(widgets.VBox):
         if self.position is None or self.merge_with.value is None:
             return self._say("Choose the cell to merge with.")
         stem, cell = self.position
-        kept = self.session.merge(stem, cell, int(self.merge_with.value))
+        try:
+            kept = self.session.merge(stem, cell, int(self.merge_with.value))
+        except ValueError as exc:
+            return self._say(str(exc))
         self._go((stem, kept), note=f"Merged cells {cell} and {self.merge_with.value} into {kept}.")
 
     def _on_split(self, _b: Any = None) -> None:

@@ -160,5 +160,5 @@ class Discriminator(nn.Module):
         h = self.stem(torch.cat(parts, dim=1))
         for block in self.blocks:
             h = block(h, temb)
-        h = F.leaky_relu(h, 0.2).mean(dim=(2, 3))
+        h = F.leaky_relu(h, 0.2).sum(dim=(2, 3))
         return self.head(h).squeeze(1)

@@ -194,6 +194,24 @@ def _poly_terms(y: np.ndarray, x: np.ndarray, order: int) -> list[np.ndarray]:
     return [x ** i * y ** (k - i) for k in range(order + 1) for i in range(k + 1)]
 
 
+def _eval_poly(coef: np.ndarray, y: np.ndarray, x: np.ndarray, order: int) -> np.ndarray:
+    """Polynomial with the coefficients of :func:`_poly_terms` on the grid y (H,) x x (W,),
+    as a sum of order + 1 outer products (float32 (H, W))."""
+    out = np.zeros((len(y), len(x)), np.float32)
+    powers = [(i, k - i) for k in range(order + 1) for i in range(k + 1)]  # (x power, y power)
+    for px in range(order + 1):
+        col = sum(c * y ** py for c, (qx, py) in zip(coef, powers) if qx == px)  # y ** 0: an array
+        out += np.outer(col.astype(np.float32), (x ** px).astype(np.float32))
+    return out
+
+
+def _wrap(phase: np.ndarray) -> np.ndarray:
+    """Phase wrapped into [-pi, pi), in place for float arrays."""
+    turns = np.floor((phase + np.pi) * (1 / (2 * np.pi)))
+    phase -= (2 * np.pi) * turns
+    return phase
+
+
 def angular_spectrum(field: np.ndarray, distance_m: float, optics: Optics) -> np.ndarray:
     """Propagate a complex field by ``distance_m`` [m] in the medium (angular spectrum).
 
@@ -248,15 +266,36 @@ def autofocus(field: np.ndarray, optics: Optics, *, interval_m: tuple[float, flo
     return float(res.x) if res.fun <= values[i] else float(grid[i])
 
 
-def _wrapped(phase: np.ndarray) -> bool:
-    """True when neighbouring pixels jump by more than pi (phase needs unwrapping)."""
-    return bool(np.any(np.abs(np.diff(phase, axis=0)) > np.pi) or np.any(np.abs(np.diff(phase, axis=1)) > np.pi))
+def _unwrap_where_wrapped(phase: np.ndarray, *, margin: int = 6) -> bool:
+    """Unwrap ``phase`` [rad] in place, only in boxes around its 2-pi jumps; True if any.
 
-
-def _unwrap(phase: np.ndarray) -> np.ndarray:
+    Each group of jumps (grown by ``margin`` px and by its own size, so that the box
+    reaches the medium around a cell) is unwrapped with scikit-image; the box is then
+    shifted by the multiple of 2 pi that keeps its border where it was.
+    """
     from skimage.restoration import unwrap_phase
 
-    return unwrap_phase(phase.astype(np.float64)).astype(np.float32)
+    jumps = np.zeros(phase.shape, bool)
+    jy = np.abs(np.diff(phase, axis=0)) > np.pi
+    jx = np.abs(np.diff(phase, axis=1)) > np.pi
+    if not (jy.any() or jx.any()):
+        return False
+    jumps[:-1] |= jy
+    jumps[1:] |= jy
+    jumps[:, :-1] |= jx
+    jumps[:, 1:] |= jx
+    groups, _ = ndimage.label(ndimage.maximum_filter(jumps, size=2 * margin + 1))
+    h, w = phase.shape
+    for box in ndimage.find_objects(groups):
+        grow = margin + max(box[0].stop - box[0].start, box[1].stop - box[1].start) // 2
+        sl = (slice(max(box[0].start - grow, 0), min(box[0].stop + grow, h)),
+              slice(max(box[1].start - grow, 0), min(box[1].stop + grow, w)))
+        crop = phase[sl]
+        done = unwrap_phase(crop.astype(np.float64))
+        edge = np.concatenate([(crop - done)[[0, -1], :].ravel(), (crop - done)[:, [0, -1]].ravel()])
+        turns = np.round(np.median(edge) / (2 * np.pi))
+        phase[sl] = (done + 2 * np.pi * turns).astype(phase.dtype)
+    return True
 
 
 def _robust_background(phase: np.ndarray, *, n_sigma: float = 3.0, iterations: int = 4) -> np.ndarray:
@@ -279,7 +318,8 @@ def _iterative_fit(terms: np.ndarray, values: np.ndarray, mask: np.ndarray, vali
     beyond ``n_sigma`` robust sigma of the residual at each pass; returns (coef, mask)."""
     coef = np.zeros(terms.shape[1])
     for _ in range(iterations):
-        coef, *_ = np.linalg.lstsq(terms[mask], values[mask], rcond=None)
+        a = terms[mask]
+        coef = np.linalg.solve(a.T @ a, a.T @ values[mask])  # normal equations: K is small
         resid = values - terms @ coef
         med = np.median(resid[mask])
         sigma = 1.4826 * np.median(np.abs(resid[mask] - med)) + 1e-9
@@ -331,8 +371,8 @@ class Reconstructor:
     def __init__(self, shape: tuple[int, int], *, optics: Optics | None = None,
                  background: np.ndarray | None = None, sideband: tuple[float, float] | None = None,
                  filter: FilterName = "disk", filter_size: float = 1 / 3, sign: int | None = None,
-                 compensation: str = "auto", poly_order: int = 2, residual_order: int | None = 1, refocus: float | str | None = None,
-                 refocus_range_m: tuple[float, float] = (-10e-6, 10e-6), background_source: str = "<background>"):
+                 compensation: str = "auto", poly_order: int = 2, residual_order: int | None = 1,
+                 refocus: float | str | None = None, refocus_range_m: tuple[float, float] = (-10e-6, 10e-6), background_source: str = "<background>"):
         if filter not in FILTERS:
             raise ValueError(f"unknown filter {filter!r}; choose one of {FILTERS}")
         if not 0 < filter_size <= 0.5:
@@ -353,7 +393,6 @@ class Reconstructor:
         self.residual_order = residual_order
         self.refocus = refocus
         self.refocus_range_m = refocus_range_m
-        self._bg_source = background_source
         self._bg_raw = None
         self._bg_field: np.ndarray | None = None
         self._sideband_fixed = sideband is not None
@@ -388,14 +427,12 @@ class Reconstructor:
         self._idx_y = np.where(neg, -ky, ky) % h
         self._idx_x = np.where(neg, -kx, kx)
         self._conj = neg.repeat(len(oy), axis=0) if neg.shape[0] == 1 else neg
-        self._box_shape = (2 * ry + 1, 2 * rx + 1)
         fy = (ky / h - cy)
         fx = ((ix0 + ox)[None, :] / w - cx)
         self._weights = _filter_weights(np.hypot(fy, fx), radius, self.filter).astype(np.complex64)
         self._rows = oy % h  # where the box rows land in the full spectrum (demodulated)
         self._cols = ox % w
-        self._setup = {"carrier": (cy, cx), "radius": radius, "integer": (iy0, ix0),
-                       "residual": (cy - iy0 / h, cx - ix0 / w)}
+        self._setup = {"carrier": (cy, cx), "radius": radius, "residual": (cy - iy0 / h, cx - ix0 / w)}
         self._bg_field = None
 
     def _box(self, spec: np.ndarray) -> np.ndarray:
@@ -480,27 +517,34 @@ class Reconstructor:
             ratio = field * np.conj(bg)  # phase of field / background field
             amplitude = functools.partial(_amplitude_ratio, field, bg)
         elif mode == "numerical":
-            poly = self._fit_aberration(box)
-            ratio = field * np.exp(-1j * poly).astype(np.complex64)
+            ratio = None
+            phase = np.angle(field)
+            phase -= self._fit_aberration(box)  # fitted on the background: the medium ends near 0
+            phase = _wrap(phase)
             amplitude = functools.partial(_amplitude_rel, field)
         else:
             ry, rx = self._setup["residual"]
             ramp = np.exp(-2j * np.pi * (ry * np.arange(h)[:, None] + rx * np.arange(w)[None, :]))
             ratio = field * ramp.astype(np.complex64)
             amplitude = functools.partial(_amplitude_rel, field)
+        if ratio is not None:
+            # remove the mean phase first so that the medium sits near 0, away from the wrap at +-pi
+            ratio *= np.complex64(np.exp(-1j * np.angle(np.mean(ratio[::step, ::step]))))
+            phase = np.angle(ratio)
         refocus_m = 0.0
         if self.refocus is not None:
-            comp = np.abs(amplitude()) * np.exp(1j * np.angle(ratio))
+            comp = np.abs(amplitude()) * np.exp(1j * phase)
             refocus_m = (autofocus(comp, self.optics, interval_m=self.refocus_range_m)
                          if self.refocus == "auto" else float(self.refocus))
-            ratio = angular_spectrum(comp, refocus_m, self.optics).astype(np.complex64) if refocus_m else comp
-            amplitude = np.abs(ratio)
-        # remove the mean phase first so that the medium sits near 0, away from the wrap at +-pi
-        ratio *= np.complex64(np.exp(-1j * np.angle(np.mean(ratio[::step, ::step]))))
-        phase = np.angle(ratio).astype(np.float32)
+            if refocus_m:
+                comp = angular_spectrum(comp, refocus_m, self.optics)
+                comp *= np.exp(-1j * np.angle(np.mean(comp[::step, ::step])))
+            phase = np.angle(comp)
+            amplitude = np.abs(comp)
+        phase = phase.astype(np.float32, copy=False)
         unwrapped = False
-        if float(np.abs(phase).max()) > 0.9 * np.pi and _wrapped(phase):
-            phase, unwrapped = _unwrap(phase), True
+        if float(np.abs(phase).max()) > 0.9 * np.pi:
+            unwrapped = _unwrap_where_wrapped(phase)
         sign = self._choose_sign(phase[::step, ::step])
         if sign < 0:
             phase = np.negative(phase, out=phase)
@@ -534,12 +578,8 @@ class Reconstructor:
         xc = ((np.arange(coarse.shape[1]) * step - w / 2) / (w / 2))[None, :] * np.ones((coarse.shape[0], 1))
         terms = np.stack([t.ravel() for t in _poly_terms(yc, xc, self.residual_order)], axis=1)
         coef, _ = _iterative_fit(terms, coarse.ravel().astype(np.float64), mask.ravel(), mask.ravel())
-        yf = ((np.arange(h, dtype=np.float32) - h / 2) / (h / 2))[:, None]
-        xf = ((np.arange(w, dtype=np.float32) - w / 2) / (w / 2))[None, :]
-        surface = np.zeros((h, w), np.float32)
-        for c, t in zip(coef, _poly_terms(yf, xf, self.residual_order)):
-            surface += np.float32(c) * t
-        return surface
+        return _eval_poly(coef, (np.arange(h) - h / 2) / (h / 2), (np.arange(w) - w / 2) / (w / 2),
+                          self.residual_order)
 
     def _fit_aberration(self, box: np.ndarray) -> np.ndarray:
         """Polynomial phase [rad] (H, W) fitted on the background of the low-resolution field."""
@@ -557,6 +597,9 @@ class Reconstructor:
         amp = np.abs(low)
         yn = (np.arange(my)[:, None] * (h / my) - h / 2) / (h / 2) * np.ones((1, mx))
         xn = (np.arange(mx)[None, :] * (w / mx) - w / 2) / (w / 2) * np.ones((my, 1))
+        # fit on a subsampled grid (<= ~64 x 64 points): the surface is smooth
+        sub = max(1, int(math.ceil(max(my, mx) / 64)))
+        ph, amp, yn, xn = (a[::sub, ::sub] for a in (ph, amp, yn, xn))
         valid = (amp > 0.2 * np.median(amp)).ravel()
         # tilt first, then the full order from the tilt's background: a large object
         # cannot pull a curved surface under itself
@@ -564,15 +607,12 @@ class Reconstructor:
         for order in sorted({min(1, self.poly_order), self.poly_order}):
             terms = np.stack([t.ravel() for t in _poly_terms(yn, xn, order)], axis=1)
             coef, mask = _iterative_fit(terms, ph.ravel(), mask, valid)
-        yf = ((np.arange(h, dtype=np.float32) - h / 2) / (h / 2))[:, None]
-        xf = ((np.arange(w, dtype=np.float32) - w / 2) / (w / 2))[None, :]
-        poly = np.zeros((h, w), np.float32)
-        for c, t in zip(coef, _poly_terms(yf, xf, self.poly_order)):
-            poly += np.float32(c) * t
-        yi = np.arange(h, dtype=np.float32)[:, None]
-        xi = np.arange(w, dtype=np.float32)[None, :]
-        poly += np.float32(2 * np.pi * ry) * yi + np.float32(2 * np.pi * rx) * xi
-        return poly
+        yi = np.arange(h, dtype=np.float64)
+        xi = np.arange(w, dtype=np.float64)
+        surface = _eval_poly(coef, (yi - h / 2) / (h / 2), (xi - w / 2) / (w / 2), self.poly_order)
+        surface += (np.float32(2 * np.pi * ry) * yi.astype(np.float32))[:, None]
+        surface += (np.float32(2 * np.pi * rx) * xi.astype(np.float32))[None, :]
+        return surface
 
     def _choose_sign(self, phase: np.ndarray) -> int:
         if self.sign is not None:

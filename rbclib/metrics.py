@@ -65,14 +65,14 @@ def dice_per_class(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     return _with_overall(scores)
 
 
-def _compact(ids: np.ndarray) -> tuple[np.ndarray, int]:
-    """Relabel non-negative ids to 0..N (0 stays 0) through a lookup table."""
+def _compact(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Relabel non-negative ids to 0..N (0 stays 0) through a lookup table; also the N sorted ids."""
     present = _present_ids(ids)
     if present.size == 0:
-        return np.zeros(ids.shape, dtype=np.intp), 0
+        return np.zeros(ids.shape, dtype=np.intp), present
     lut = np.zeros(int(ids.max()) + 1, dtype=np.int32 if present.size < 40_000 else np.intp)
     lut[present] = np.arange(1, present.size + 1)
-    return lut[ids], int(present.size)
+    return lut[ids], present
 
 
 def _present_ids(ids: np.ndarray) -> np.ndarray:
@@ -83,12 +83,13 @@ def _present_ids(ids: np.ndarray) -> np.ndarray:
     return present[present > 0]
 
 
-def _pair_table(pred_ids: np.ndarray, true_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Intersection table (N_true, N_pred) and the areas of both, from compact id maps."""
-    t, n_t = _compact(true_ids)
-    p, n_p = _compact(pred_ids)
+def _pair_table(pred_ids: np.ndarray, true_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Intersection table (N_true, N_pred), the areas of both and their sorted ids."""
+    t, t_ids = _compact(true_ids)
+    p, p_ids = _compact(pred_ids)
+    n_t, n_p = t_ids.size, p_ids.size
     counts = np.bincount((t * (n_p + 1) + p).ravel(), minlength=(n_t + 1) * (n_p + 1)).reshape(n_t + 1, n_p + 1)
-    return counts[1:, 1:], counts[1:, :].sum(1), counts[:, 1:].sum(0)
+    return counts[1:, 1:], counts[1:, :].sum(1), counts[:, 1:].sum(0), t_ids, p_ids
 
 
 def _aji_from_table(inter: np.ndarray, area_t: np.ndarray, area_p: np.ndarray) -> tuple[int, int]:
@@ -114,7 +115,7 @@ def aji(pred_instances: np.ndarray, true_instances: np.ndarray) -> float:
         raise ValueError(f"instance maps differ in shape: {pred_instances.shape} vs {true_instances.shape}")
     if (pred_instances < 0).any() or (true_instances < 0).any():
         raise ValueError("instance ids must be >= 0")
-    num, den = _aji_from_table(*_pair_table(pred_instances.astype(np.intp), true_instances.astype(np.intp)))
+    num, den = _aji_from_table(*_pair_table(pred_instances.astype(np.intp), true_instances.astype(np.intp))[:3])
     return float(num / den) if den else math.nan
 
 
@@ -143,8 +144,8 @@ def aji_per_class(pred: np.ndarray, true: np.ndarray, *, pred_instances: np.ndar
             raise ValueError(f"{name} holds negative ids")
     # one id per (instance, class) pair, so one pass of bincount serves all classes
     t_key, p_key = _class_keys(t_inst, true), _class_keys(p_inst, pred)
-    inter, area_t, area_p = _pair_table(p_key, t_key)
-    t_cls, p_cls = _present_ids(t_key) % N_CLASSES, _present_ids(p_key) % N_CLASSES
+    inter, area_t, area_p, t_ids, p_ids = _pair_table(p_key, t_key)
+    t_cls, p_cls = t_ids % N_CLASSES, p_ids % N_CLASSES
     scores: dict[str, float] = {}
     for cls in CELL_CLASSES:
         rows, cols = t_cls == cls, p_cls == cls
@@ -163,8 +164,7 @@ def match_instances(pred_instances: np.ndarray, true_instances: np.ndarray) -> p
     p = np.asarray(pred_instances).astype(np.intp)
     if t.shape != p.shape:
         raise ValueError(f"instance maps differ in shape: {p.shape} vs {t.shape}")
-    t_ids, p_ids = _present_ids(t), _present_ids(p)
-    inter, area_t, area_p = _pair_table(p, t)
+    inter, area_t, area_p, t_ids, p_ids = _pair_table(p, t)
     if inter.shape[1]:
         union = area_t[:, None] + area_p[None, :] - inter
         iou = inter / union
@@ -222,8 +222,8 @@ def cell_confusion(pred_labels: np.ndarray, true_labels: np.ndarray, *,
     inst = instances_from_labels(true) if true_instances is None else np.asarray(true_instances)
     if inst.shape != true.shape:
         raise ValueError(f"true_instances has shape {inst.shape}, class maps have {true.shape}")
-    ids, _ = _compact(inst.astype(np.intp))
-    n = int(ids.max(initial=0))
+    ids, present = _compact(inst.astype(np.intp))
+    n = present.size
     sel = ids.ravel() > 0
     idx = ids.ravel()[sel]
     t_counts = np.bincount(idx * N_CLASSES + true.ravel()[sel], minlength=(n + 1) * N_CLASSES).reshape(n + 1, N_CLASSES)[1:]

@@ -158,7 +158,7 @@ class PBCFolderCorpus(Dataset):
     kind = "pbc"
 
     def __init__(self, folder: str | Path, *, size: int = 128, od_to_rad: float = 8.0):
-        self.folder = Path(folder)
+        self.folder = Path(folder).expanduser().resolve()
         if not self.folder.is_dir():
             raise ImageFileError(self.folder, "PBC folder not found")
         classes = sorted(d.name for d in self.folder.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -202,14 +202,14 @@ class MedMNISTCorpus(Dataset):
     (``bloodmnist.npz`` at size 28), medmnist's naming. With ``download=True`` and the file
     missing, the ``medmnist`` package (``pip install medmnist``) downloads it first.
     ``split``: "train", "val", "test" or "all". Images (N, H, W, 3) uint8 become
-    pseudo-phase by :func:`smear_to_pseudo_phase`, resized to ``size``.
+    pseudo-phase by :func:`smear_to_pseudo_phase`, resized to ``image_px`` (default ``size``).
     """
 
     kind = "bloodmnist"
     flag = "bloodmnist"
 
     def __init__(self, npz_or_root: str | Path, size: int = 224, *, split: str = "train", download: bool = False,
-                 od_to_rad: float = 8.0):
+                 image_px: int | None = None, od_to_rad: float = 8.0):
         if split not in ("train", "val", "test", "all"):
             raise ValueError(f"split={split!r}; choose train, val, test or all")
         path = Path(npz_or_root).expanduser()
@@ -232,7 +232,7 @@ class MedMNISTCorpus(Dataset):
         self.path, self.split, self.images = path, split, images
         self.labels = labels.astype(np.int64)
         self.class_names = list(PBC_CLASSES)
-        self.size, self.od_to_rad = int(size), float(od_to_rad)
+        self.size, self.od_to_rad = int(image_px or size), float(od_to_rad)
 
     @staticmethod
     def _download(root: Path, size: int) -> None:
@@ -352,6 +352,89 @@ def simulated_cell_crops(corpus: SimulatedPhaseCorpus, *, crop_px: int = 64) -> 
     if not crops:
         raise ValueError(f"no cell of {describe_corpus(corpus)} fits in a {crop_px} px crop")
     return torch.stack(crops)[:, None], np.asarray(labels, dtype=np.int64), [CLASS_NAMES[i] for i in sorted(CLASS_NAMES)]
+
+
+@dataclass
+class SSLData:
+    """What 05_ssl_pretrain needs: the unlabelled pretraining corpus and a labelled probe set
+    the pretraining never saw. probe_images (N, 1, H, W) in [-1, 1], probe_labels (N,)
+    index class_names; kind: "pbc", "bloodmnist" or "simulated"."""
+
+    kind: str
+    pretrain: Dataset
+    probe_images: torch.Tensor
+    probe_labels: np.ndarray
+    class_names: list[str]
+    probe_description: str
+
+    @property
+    def description(self) -> str:
+        return describe_corpus(self.pretrain)
+
+
+def _stack(corpus: Dataset, indices: Sequence[int]) -> torch.Tensor:
+    return torch.stack([corpus[int(i)] for i in indices])
+
+
+def _per_class(labels: np.ndarray, indices: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """At most ``n`` of ``indices`` per class (seeded), sorted; n <= 0 keeps all."""
+    if n <= 0:
+        return indices
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(indices[labels[indices] == c])[:n] for c in np.unique(labels[indices])]
+    return np.sort(np.concatenate(keep))
+
+
+def prepare_ssl_data(corpus: str, *, image_px: int, seed: int, default_pbc: str | Path | None = None,
+                     medmnist_root: str | Path | None = None, download: bool = False, max_images: int = 0,
+                     probe_fraction: float = 0.25, probe_per_class: int = 0, sim_fields: int = 32,
+                     sim_field_px: int = 256, probe_fields: int = 8, probe_crop_px: int = 64) -> SSLData:
+    """Pretraining corpus and held-out labelled probe set for ``corpus``.
+
+    corpus: "auto" (the PBC folder ``default_pbc`` if it exists, else "simulated"), a path
+    to a PBC-layout folder (or "pbc" for ``default_pbc``), "bloodmnist" (file in
+    ``medmnist_root``, downloaded with ``download``) or "simulated".
+    PBC: ``probe_fraction`` of each class is held out of pretraining for the probe.
+    BloodMNIST: pretraining on its train split, probe on its test split. Simulated:
+    ``sim_fields`` fields of ``sim_field_px`` px (not resized: image_px applies to smears)
+    for pretraining; the probe uses cells cropped (``probe_crop_px``) from ``probe_fields``
+    other fields (another seed, equal class mixture).
+    max_images (0: all) caps pretraining images; probe_per_class (0: all) caps the probe set.
+    """
+    from rbclib.labels import CLASS_NAMES, CELL_CLASSES
+
+    name = corpus.strip()
+    if name == "auto":
+        name = "pbc" if default_pbc is not None and Path(default_pbc).is_dir() else "simulated"
+    if name == "simulated":
+        pre = SimulatedPhaseCorpus(sim_fields if max_images <= 0 else min(sim_fields, max_images), size=sim_field_px,
+                                   seed=seed)
+        uniform = {CLASS_NAMES[c]: 1.0 / len(CELL_CLASSES) for c in CELL_CLASSES}
+        probe_corpus = SimulatedPhaseCorpus(probe_fields, size=max(sim_field_px, 2 * probe_crop_px), seed=seed + 1,
+                                            mixture=uniform)
+        images, labels, names = simulated_cell_crops(probe_corpus, crop_px=probe_crop_px)
+        idx = _per_class(labels, np.arange(len(labels)), probe_per_class, seed)
+        return SSLData("simulated", pre, images[idx], labels[idx], names,
+                       f"{len(idx)} cell crops ({probe_crop_px} px) from {describe_corpus(probe_corpus)}")
+    if name == "bloodmnist":
+        if medmnist_root is None:
+            raise ValueError("corpus='bloodmnist' needs medmnist_root (folder of bloodmnist_<size>.npz)")
+        pre_full = MedMNISTCorpus(medmnist_root, size=224, split="train", download=download, image_px=image_px)
+        pre_idx = np.arange(len(pre_full))
+        if max_images > 0:
+            pre_idx = np.sort(np.random.default_rng(seed).permutation(pre_idx)[:max_images])
+        test = MedMNISTCorpus(medmnist_root, size=224, split="test", image_px=image_px)
+        idx = _per_class(test.labels, np.arange(len(test)), probe_per_class, seed)
+        return SSLData("bloodmnist", Subset(pre_full, pre_idx.tolist()), _stack(test, idx), test.labels[idx],
+                       test.class_names, f"{len(idx)} images of the BloodMNIST test split")
+    folder = Path(default_pbc) if name == "pbc" and default_pbc is not None else Path(name)
+    full = PBCFolderCorpus(folder, size=image_px)
+    kept, held = holdout_split(full.labels, fraction=probe_fraction, seed=seed)
+    if max_images > 0:
+        kept = np.sort(np.random.default_rng(seed).permutation(kept)[:max_images])
+    held = _per_class(full.labels, held, probe_per_class, seed)
+    return SSLData("pbc", Subset(full, kept.tolist()), _stack(full, held), full.labels[held], full.class_names,
+                   f"{len(held)} held-out images of {folder} (never used for pretraining)")
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -714,9 +797,10 @@ def probe_encoder(encoder: nn.Module, images: torch.Tensor, labels: Sequence[int
 
 
 def probe_pretrained_vs_random(ssl_dir: str | Path, images: torch.Tensor, labels: Sequence[int], *, seed: int = 0,
-                               test_fraction: float = 0.3, k: int = 10) -> pd.DataFrame:
+                               test_fraction: float = 0.3, k: int = 10, device: str | None = None) -> pd.DataFrame:
     """:func:`probe_encoder` for the pretrained encoder of ``ssl_dir`` and for a randomly
-    initialised encoder of the same architecture (torch seed ``seed``); one row each."""
+    initialised encoder of the same architecture (torch seed ``seed``); one row each.
+    Features are computed on ``device`` (default: cuda if available, else cpu)."""
     from rbclib.models import build_resunet
 
     cfg = SSLConfig.from_dict(load_ssl_weights(ssl_dir)["config"])
@@ -726,6 +810,7 @@ def probe_pretrained_vs_random(ssl_dir: str | Path, images: torch.Tensor, labels
         model = build_resunet(cfg.encoder, in_channels=cfg.in_channels)
         if name == "pretrained":
             load_into_resunet(model, ssl_dir)
+        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         res = probe_encoder(model.encoder, images, labels, test_fraction=test_fraction, k=k, seed=seed,
                             in_channels=cfg.in_channels)
         rows.append({"encoder": name, "architecture": cfg.encoder, **res})
@@ -782,7 +867,7 @@ def plot_ssl_views(corpus: Dataset, ssl_dir: str | Path, *, n: int = 4, seed: in
     return fig
 
 
-__all__ = ["SSLConfig", "PBCFolderCorpus", "MedMNISTCorpus", "SimulatedPhaseCorpus", "smear_to_pseudo_phase",
+__all__ = ["SSLConfig", "SSLData", "prepare_ssl_data", "PBCFolderCorpus", "MedMNISTCorpus", "SimulatedPhaseCorpus", "smear_to_pseudo_phase",
            "describe_corpus", "corpus_kind", "holdout_split", "simulated_cell_crops", "two_crops", "info_nce",
            "momentum_update", "FeatureQueue", "MoCoResUnet", "pretrain_ssl", "read_ssl_log", "load_ssl_weights",
            "load_into_resunet", "encoder_features", "probe_encoder", "probe_pretrained_vs_random",

@@ -367,8 +367,8 @@ def plot_confusion(confusion: pd.DataFrame, *, title: str | None = None):
 
 
 def plot_measurement_trends(trends: pd.DataFrame, *, classes: Iterable[str] = ("all", *CELL_CLASS_NAMES)):
-    """Mean +- SD of each measurement over storage day (one panel per measurement, one line
-    per class). Returns a Figure."""
+    """Mean of each measurement over storage day: one panel per measurement, all cells in
+    black with a +-1 SD band, one thin line per class. Returns a Figure."""
     import matplotlib.pyplot as plt
 
     measures = list(dict.fromkeys(trends["measurement"]))
@@ -381,16 +381,19 @@ def plot_measurement_trends(trends: pd.DataFrame, *, classes: Iterable[str] = ("
             sub = trends[(trends["measurement"] == m) & (trends["class_name"] == cls)].set_index("day").reindex(days)
             if sub["n"].fillna(0).sum() == 0:
                 continue
-            colour = "black" if cls == "all" else _line_colour(CELL_CLASSES[CELL_CLASS_NAMES.index(cls)])
-            ax.errorbar(x, sub["mean"], yerr=sub["sd"], fmt="o-", color=colour, ms=3, capsize=2,
-                        lw=2 if cls == "all" else 1, label=cls)
+            if cls == "all":
+                ax.plot(x, sub["mean"], "o-", color="black", lw=2, ms=4, label="all cells (band: +-1 SD)")
+                ax.fill_between(x, sub["mean"] - sub["sd"], sub["mean"] + sub["sd"], color="grey", alpha=0.2, lw=0)
+            else:
+                ax.plot(x, sub["mean"], "o-", color=_line_colour(CELL_CLASSES[CELL_CLASS_NAMES.index(cls)]),
+                        lw=1, ms=3, label=cls)
         ax.set_xticks(x, ticks)
         ax.set_xlabel("storage day" if numeric else "unit")
         ax.set_ylabel(TREND_MEASUREMENTS.get(m, m))
         ax.grid(alpha=0.3)
     if measures:
         axes[0][0].legend(fontsize=8)
-    fig.suptitle("Cell measurements over storage (mean +- SD)")
+    fig.suptitle("Cell measurements over storage (means per day)")
     return fig
 
 

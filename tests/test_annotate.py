@@ -160,6 +160,8 @@ def test_bad_inputs(run, tmp_path):
     with pytest.raises(ValueError, match="no cell"):
         s.label("field_0000", 99, 1)
     assert _actions(dec) == []
+    table, skipped = s.export(run)  # nothing complete yet: header-only cells.csv
+    assert len(table) == 0 and skipped == sorted(FIELDS) and "dry_mass_pg" in pd.read_csv(run.cells_csv).columns
     s.label("field_0000", 1, 1)
     # another image set
     with pytest.raises(DecisionsError, match="another image set"):
@@ -224,3 +226,26 @@ def test_proposal_aji_on_simulated_field():
     f = simulate_field(1, field_px=384, n_cells=16, holograms=False)
     p = propose_cells(f.phase, pixel_size_m=f.optics.pixel_size_m)
     assert proposal_quality(p.instances, f.instances)["aji"] >= 0.9
+
+
+@pytest.mark.slow
+def test_notebook_real_data_path_applies_saved_decisions(run):
+    """02 headless on 'real' data (no truth/): clear error without decisions, masks with them."""
+    from rbclib.pipeline import NotebookFailed, kernel_available, run_notebooks
+
+    if not kernel_available():
+        pytest.skip("Jupyter kernel rbc-holo not registered")
+    Optics().to_json(run.optics_json)
+    with pytest.raises(NotebookFailed, match="no saved annotation decisions"):
+        run_notebooks(profile="smoke", run_dir=run.root, only=["02"], progress=False)
+    s = AnnotationSession(sorted(run.phase.glob("*.tif")), run.annotations / "decisions.json")
+    for stem in s.stems:
+        for k, cell in enumerate(s.cells(stem)):
+            s.label(stem, cell, 1 + k % 2)
+    run_notebooks(profile="smoke", run_dir=run.root, only=["02"], progress=False)
+    assert sorted(p.stem for p in run.labels.glob("*.png")) == sorted(FIELDS)
+    assert set(np.unique(read_labels(run.labels / "field_0000.png"))) == {0, 1, 2}
+    splits = json.loads(run.splits_json.read_text())
+    assert len(splits["train"]) + len(splits["test"]) == 3 and splits["classes_not_in_both"] == []
+    assert len(pd.read_csv(run.cells_csv)) == 8
+    assert (run.figures / "02_cell_measurements.png").exists()

@@ -315,3 +315,20 @@ def test_assess_with_a_real_tiny_model(tmp_path):
     assert (tmp_path / "out" / "report.md").is_file()
     if len(r.cells):
         assert r.cells["class_confidence"].between(0, 1).all()
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_assess_real_hologram(tmp_path, oracle, shared_data):
+    """A real off-axis RBC hologram (pyDHM, ~20 cells) goes through reconstruction and the batch."""
+    import shutil
+
+    model, _ = oracle
+    (tmp_path / "in").mkdir()
+    shutil.copy(shared_data / "holograms" / "rbc_pydhm.jpg", tmp_path / "in")
+    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=50, progress=False)
+    assert r.failures == [] and r.processed == ["rbc_pydhm"]
+    info = json.loads((tmp_path / "out" / "per_image" / "rbc_pydhm.json").read_text())
+    assert info["kind"] == "hologram" and info["compensation"] == "numerical"
+    assert 10 <= len(r.cells) <= 60
+    assert "pixel size is the built-in default" in (tmp_path / "out" / "report.md").read_text()

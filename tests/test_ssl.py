@@ -24,6 +24,7 @@ from rbclib.ssl import (
     info_nce,
     load_into_resunet,
     momentum_update,
+    prepare_ssl_data,
     pretrain_ssl,
     probe_encoder,
     probe_pretrained_vs_random,
@@ -183,15 +184,15 @@ class FailingBlobCorpus(BlobCorpus):
 
 
 def test_resume_after_interruption_equals_uninterrupted(tmp_path):
-    cfg = {**TINY, "steps": 4, "save_every": 2}
+    cfg = {**TINY, "steps": 2, "save_every": 1}
     full = pretrain_ssl(BlobCorpus(), out_dir=tmp_path / "full", config=cfg, seed=3, progress=False)
     part = tmp_path / "part"
     with pytest.raises(RuntimeError, match="interrupted"):
-        pretrain_ssl(FailingBlobCorpus(limit=3 * 4), out_dir=part, config=cfg, seed=3, progress=False)
-    assert int(torch.load(part / "last.pt", weights_only=True)["step"]) == 2
+        pretrain_ssl(FailingBlobCorpus(limit=4), out_dir=part, config=cfg, seed=3, progress=False)  # dies in step 2
+    assert int(torch.load(part / "last.pt", weights_only=True)["step"]) == 1
     pretrain_ssl(BlobCorpus(), out_dir=part, config=cfg, seed=3, progress=False)
     a, b = read_ssl_log(full), read_ssl_log(part)
-    assert list(b["step"]) == [1, 2, 3, 4]
+    assert list(b["step"]) == [1, 2]
     assert np.allclose(a["loss"], b["loss"], rtol=1e-4)
     wa = torch.load(full / "encoder_decoder.pt", weights_only=True)["encoder"]
     wb = torch.load(part / "encoder_decoder.pt", weights_only=True)["encoder"]
@@ -308,3 +309,30 @@ def test_simulated_phase_corpus_and_cell_crops():
     crops, labels, names = simulated_cell_crops(corpus, crop_px=48)
     assert crops.shape[1:] == (1, 48, 48) and len(crops) == len(labels) > 0
     assert set(labels) <= {1, 2, 3, 4} and names[1] == "discocyte"
+
+
+def _write_pbc(folder: Path, classes=("a_cls", "b_cls"), n: int = 2) -> None:
+    for k, cls in enumerate(classes):
+        (folder / cls).mkdir(parents=True)
+        for i in range(n):
+            rgb = np.full((40, 44, 3), 220, np.uint8)
+            rgb[10:20 + 5 * k, 10:20] = (180, 90 - 10 * i, 150)
+            Image.fromarray(rgb).save(folder / cls / f"{i}.jpg")
+
+
+def test_prepare_ssl_data_pbc_holds_probe_images_out(tmp_path):
+    _write_pbc(tmp_path / "pbc", n=4)
+    data = prepare_ssl_data("auto", image_px=32, seed=0, default_pbc=tmp_path / "pbc", probe_fraction=0.5)
+    assert data.kind == "pbc" and len(data.pretrain) == 4 and data.probe_images.shape == (4, 1, 32, 32)
+    assert sorted(data.probe_labels.tolist()) == [0, 0, 1, 1]
+    assert not set(data.pretrain.indices) & set(holdout_split(data.pretrain.dataset.labels, fraction=0.5, seed=0)[1])
+    assert "subset of 4 images" in data.description
+    assert prepare_ssl_data("auto", image_px=32, seed=0, default_pbc=tmp_path / "none", sim_fields=1,
+                            sim_field_px=64, probe_fields=1, probe_crop_px=32).kind == "simulated"
+
+
+def test_prepare_ssl_data_bloodmnist(tmp_path):
+    _write_bloodmnist(tmp_path / "bloodmnist_224.npz")
+    data = prepare_ssl_data("bloodmnist", image_px=32, seed=0, medmnist_root=tmp_path, max_images=4)
+    assert data.kind == "bloodmnist" and len(data.pretrain) == 4 and data.probe_images.shape == (3, 1, 32, 32)
+    assert data.class_names[3] == "ig"

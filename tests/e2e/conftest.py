@@ -180,6 +180,32 @@ def page(tmp_path: Path):
             context.close()
 
 
+# Done when no cell waits or runs ("[*]") and either the last code cell ran after the
+# command (execution count above ``before``) or a cell run after it shows a traceback.
+_CELLS_DONE_JS = """(before) => {
+    const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+    const cells = [...panel.querySelectorAll('.jp-CodeCell')];
+    const count = c => { const m = c.querySelector('.jp-InputPrompt').textContent.match(/\\[(\\d+)\\]/); return m ? +m[1] : 0; };
+    if (cells.some(c => c.querySelector('.jp-InputPrompt').textContent.includes('*'))) return false;
+    const failed = cells.some(c => count(c) > before && [...c.querySelectorAll(
+        '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')].some(o => o.textContent.includes('Traceback')));
+    return failed || (cells.length > 0 && count(cells[cells.length - 1]) > before);
+}"""
+
+# Tracebacks shown by cells that ran after the command.
+_NEW_ERRORS_JS = """(before) => {
+    const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+    const out = [];
+    for (const c of panel.querySelectorAll('.jp-CodeCell')) {
+        const m = c.querySelector('.jp-InputPrompt').textContent.match(/\\[(\\d+)\\]/);
+        if (!m || +m[1] <= before) continue;
+        for (const o of c.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'))
+            if (o.textContent.includes('Traceback')) out.push(o.textContent);
+    }
+    return out;
+}"""
+
+
 class NotebookError(AssertionError):
     """A cell raised while JupyterLab ran the notebook; carries the error text."""
 
@@ -217,32 +243,45 @@ class LabDriver:
                                      f"(server log {self.lab.log})")
             time.sleep(0.5)
 
-    def run_all(self, *, timeout_s: float = 300) -> None:
-        """Run > Run All Cells, then wait until every code cell ran (or one failed)."""
-        self.page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
-        self.page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
+    def run_all(self, *, timeout_s: float = 300, expect_error: str | None = None) -> None:
+        """Run > Run All Cells; wait until the cells ran (see :meth:`_run`)."""
+        self._run("runmenu:run-all", timeout_s=timeout_s, expect_error=expect_error)
+
+    def run_from(self, cell_text: str, *, timeout_s: float = 300, expect_error: str | None = None) -> None:
+        """Select the code cell containing ``cell_text``, then Run > Run Selected Cell and All Below."""
+        cell = self.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell", has_text=cell_text)
+        cell.first.locator(".jp-InputPrompt").click()
+        self._run("notebook:run-all-below", timeout_s=timeout_s, expect_error=expect_error)
+
+    def _run(self, command: str, *, timeout_s: float, expect_error: str | None) -> None:
+        """Run a Run-menu command, wait until the last code cell ran or a cell raised.
+
+        A cell that raises makes :class:`NotebookError` unless its traceback contains
+        ``expect_error`` (a person's expected stop, e.g. "label the cells first").
+        """
         from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+        before = max([n for n in self._counts() if n] or [0])
+        self.page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
+        self.page.locator(f'.lm-Menu-item[data-command="{command}"]').click()
         try:
-            self._wait_cells_ran(timeout_s)
+            self.page.wait_for_function(_CELLS_DONE_JS, arg=before, timeout=timeout_s * 1000, polling=500)
         except PlaywrightTimeout:
-            self.screenshot("run-all-timeout")
-            prompts = self.page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
-            raise AssertionError(f"cells still running after {timeout_s:.0f} s; prompts {prompts}") from None
-        errors = self.page.locator('[data-mime-type="application/vnd.jupyter.error"]')
-        if errors.count():
+            self.screenshot("run-timeout")
+            raise AssertionError(f"cells still running after {timeout_s:.0f} s; prompts "
+                                 f"{self.page.locator('.jp-CodeCell .jp-InputPrompt').all_inner_texts()}") from None
+        errors = self.page.evaluate(_NEW_ERRORS_JS, before)
+        if expect_error is not None:
+            if not any(expect_error in e for e in errors):
+                self.screenshot("expected-error-missing")
+                raise AssertionError(f"expected a cell to stop with {expect_error!r}; errors: {errors}")
+        elif errors:
             self.screenshot("error")
-            raise NotebookError("a cell failed in JupyterLab:\n" + "\n".join(errors.all_inner_texts())[-4000:])
+            raise NotebookError("a cell failed in JupyterLab:\n" + "\n".join(errors)[-4000:])
 
-    def _wait_cells_ran(self, timeout_s: float) -> None:
-        self.page.wait_for_function(
-            """() => {
-                const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
-                const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim());
-                const running = prompts.some(t => t.includes('*'));
-                const done = prompts.length > 0 && prompts.every(t => /\\[\\d+\\]/.test(t));
-                return !running && (done || panel.querySelector('[data-mime-type="application/vnd.jupyter.error"]') !== null);
-            }""", timeout=timeout_s * 1000, polling=500)
+    def _counts(self) -> list[int | None]:
+        texts = self.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt").all_inner_texts()
+        return [int(m.group(1)) if (m := re.search(r"\[(\d+)\]", t)) else None for t in texts]
 
     def click(self, css_class: str, *, nth: int = 0) -> None:
         """Click the ipywidgets button carrying ``css_class`` (a class set with add_class)."""
@@ -257,17 +296,60 @@ class LabDriver:
             try:
                 if predicate(path):
                     return path
-            except (OSError, ValueError):  # half-visible file on a non-atomic writer, retry
+            except (OSError, ValueError, KeyError, IndexError):  # not (fully) written yet
                 pass
             time.sleep(0.25)
         raise AssertionError(f"{path}: not written as expected within {timeout_s:.0f} s")
 
-    def screenshot(self, name: str) -> Path:
+    def screenshot(self, name: str, *, show: str | None = None) -> Path:
+        """Save the page as ``<shots>/<name>.png`` once the kernel is idle in the page (every
+        widget update of the last click has arrived), first scrolling ``show`` into view."""
+        self.page.wait_for_function(
+            "() => (document.querySelector('#jp-main-statusbar') || {textContent: ''}).textContent.includes('| Idle')",
+            timeout=60_000)
+        if show is not None:
+            self.page.locator(show).first.scroll_into_view_if_needed()
         target = self.shots / f"{name}.png"
-        self.page.screenshot(path=str(target), full_page=True)
+        self.page.screenshot(path=str(target))
         return target
 
 
 @pytest.fixture
 def driver(page, lab: Lab, shots: Path) -> LabDriver:
     return LabDriver(page, lab, shots)
+
+
+def _prepare_notebook(name: str, target_dir: Path, **parameters) -> Path:
+    """Copy ``notebooks/<name>.ipynb`` into ``target_dir`` with ``parameters`` injected the way
+    papermill injects them (a tagged cell after the parameters cell); returns the copy."""
+    import papermill as pm
+
+    source = REPO / "notebooks" / f"{name}.ipynb"
+    if not source.exists():
+        pytest.skip(f"{source} does not exist yet")
+    target = target_dir / source.name
+    pm.execute_notebook(str(source), str(target), parameters=parameters, prepare_only=True, kernel_name="rbc-holo",
+                        progress_bar=False)
+    return target
+
+
+@pytest.fixture
+def prepare_notebook():
+    """``prepare_notebook(name, target_dir, **parameters) -> Path`` (see ``_prepare_notebook``)."""
+    return _prepare_notebook
+
+
+@pytest.fixture(scope="session")
+def ddgan_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smoke run folder with a simulated data set (phase, labels, splits) and the two DDGAN
+    models of ``03_train_diffusion`` (smoke profile, about a minute): the input of 04."""
+    _require_browser_tools()
+    from rbclib.pipeline import run_notebooks
+    from rbclib.simulate import simulate_dataset
+
+    if not (REPO / "notebooks" / "03_train_diffusion.ipynb").exists():
+        pytest.skip("notebooks/03_train_diffusion.ipynb does not exist yet")
+    run = tmp_path_factory.mktemp("ddgan") / "run"
+    simulate_dataset(run, n_fields=4, seed=0, field_px=256, cells_per_field=(6, 10), progress=False)
+    run_notebooks(profile="smoke", run_dir=run, only=["03"], progress=False)
+    return run
