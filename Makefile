@@ -22,10 +22,10 @@ run: setup
 	$(VENV)/bin/rbc run --profile $(PROFILE) --run-dir runs/$(PROFILE)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not e2e"
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not e2e"
 
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

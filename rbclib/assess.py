@@ -283,16 +283,51 @@ def clean_instances(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: 
     return labels, relabel_sequential(inst)[0].astype(np.int32)
 
 
+def split_touching(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: float,
+                   min_depth_um: float = 0.7) -> np.ndarray:
+    """Split instances made of touching cells: a watershed of the distance-to-edge map seeded
+    by its h-maxima (depth ``min_depth_um``), so two round cells joined by a neck become two
+    while one cell, however irregular its outline, keeps one maximum. Returns new int32
+    instances (numbered 1..N); the class map is unchanged."""
+    from scipy import ndimage as ndi
+    from skimage.measure import label as cc_label
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import relabel_sequential, watershed
+
+    inst = np.asarray(instances).astype(np.int32)
+    out = inst.copy()
+    h_px = min_depth_um / (pixel_size_m * 1e6)
+    next_id = int(inst.max()) + 1
+    for i, sl in enumerate(ndi.find_objects(inst), start=1):
+        if sl is None:
+            continue
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
+        mask = inst[grown] == i
+        dist = ndi.distance_transform_edt(mask)
+        if dist.max() <= 2 * h_px:
+            continue
+        seeds = cc_label(h_maxima(dist, h_px) & mask)
+        if seeds.max() < 2:
+            continue
+        parts = watershed(-dist, seeds, mask=mask)
+        win = out[grown]
+        for k in range(2, int(parts.max()) + 1):
+            win[parts == k] = next_id
+            next_id += 1
+    return relabel_sequential(out)[0].astype(np.int32)
+
+
 class Segmenter:
     """A trained segmentation model plus its pixel size; segments phase maps of any pixel size.
 
     model_dir: a model folder of :func:`rbclib.infer.load_model`; predict_options: passed
     to :func:`rbclib.infer.predict_image` (tile, overlap, batch_size, fast);
-    min_area_um2 / fragment_fraction: see :func:`clean_instances`.
+    min_area_um2 / fragment_fraction: see :func:`clean_instances`; split: split touching
+    cells (:func:`split_touching`) after the clean-up.
     """
 
     def __init__(self, model_dir: str | Path, *, predict_options: Mapping[str, Any] | None = None,
-                 min_area_um2: float = 5.0, fragment_fraction: float = 0.35):
+                 min_area_um2: float = 5.0, fragment_fraction: float = 0.35, split: bool = True):
         from rbclib.infer import load_model
 
         self.model_dir = Path(model_dir)
@@ -301,6 +336,7 @@ class Segmenter:
         self.predict_options = dict(predict_options or {})
         self.min_area_um2 = float(min_area_um2)
         self.fragment_fraction = float(fragment_fraction)
+        self.split = bool(split)
 
     def __call__(self, phase: np.ndarray, pixel_size_m: float) -> tuple[np.ndarray, np.ndarray, dict[int, float], float]:
         """Segment a phase map [rad] sampled at ``pixel_size_m``.
@@ -315,6 +351,8 @@ class Segmenter:
         pred = predict_image(self.model, small, config=self.config, **self.predict_options)
         labels, instances = clean_instances(pred.labels, pred.instances, pixel_size_m=self.pixel_size_m,
                                             min_area_um2=self.min_area_um2, fragment_fraction=self.fragment_fraction)
+        if self.split:
+            instances = split_touching(labels, instances, pixel_size_m=self.pixel_size_m)
         conf = class_confidence(np.asarray(pred.probs), labels, instances)
         return resize_to(labels, phase.shape), resize_to(instances, phase.shape), conf, scale
 
@@ -493,7 +531,7 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
            day_map: Mapping[str, float] | str | Path | None = None, optics: OpticsOptions | None = None,
            schemes: Mapping[str, Any] | None = None, predict_options: Mapping[str, Any] | None = None,
            runs_roots: list[str | Path] | None = None, min_area_um2: float = 5.0,
-           fragment_fraction: float = 0.35, n_boot: int = 2000, seed: int = 0,
+           fragment_fraction: float = 0.35, split: bool = True, n_boot: int = 2000, seed: int = 0,
            overlays: bool = True, progress: bool = True, model_note: str | None = None,
            on_error: Callable[[str], None] | None = _stderr) -> AssessResult:
     """Assess every image under ``input_path`` and write the study to ``out_dir``.
@@ -502,7 +540,8 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
     per day), ``indices.csv``, ``measurements.csv``, ``report.md`` + ``figures/*.png``,
     ``overlays/<image>.png``, ``labels/`` and ``instances/`` maps and, with ground truth,
     ``confusion.csv`` and ``ratio_errors.csv``. min_area_um2 / fragment_fraction: cell
-    clean-up (:func:`clean_instances`); n_boot / seed: bootstrap of the confidence intervals. Finished images (``per_image/<image>.json``
+    clean-up (:func:`clean_instances`); split: split touching cells (:func:`split_touching`);
+    n_boot / seed: bootstrap of the confidence intervals. Finished images (``per_image/<image>.json``
     whose input files are unchanged and whose model is the same) are not recomputed.
     A file that fails is reported through ``on_error`` and in ``report.md``, then skipped.
     model_dir None: the best model of the latest run (:func:`find_latest_model`);
@@ -520,7 +559,8 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
     model_path = model_path.resolve()
     model_key = {"model": str(model_path), "best_pt_mtime_ns": (model_path / "best.pt").stat().st_mtime_ns
                  if (model_path / "best.pt").exists() else None, "min_area_um2": min_area_um2,
-                 "fragment_fraction": fragment_fraction, "predict_options": dict(predict_options or {})}
+                 "fragment_fraction": fragment_fraction, "split": split,
+                 "predict_options": dict(predict_options or {})}
     recon = _Reconstructors()
     failures: list[tuple[str, str]] = []
     skipped: list[str] = []
@@ -537,7 +577,7 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
             pending.append((job, key))
     processed: list[str] = []
     segmenter = Segmenter(model_path, predict_options=predict_options, min_area_um2=min_area_um2,
-                          fragment_fraction=fragment_fraction) if pending else None
+                          fragment_fraction=fragment_fraction, split=split) if pending else None
     for job, key in tqdm(pending, desc="assess", unit="image", disable=not progress):
         try:
             res = assess_image(job, segmenter, optics=optics, reconstructors=recon)

@@ -72,6 +72,15 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rbclib.report import write_run_report
+
+    run_dir = args.run_dir or Path("runs") / (args.profile or "quick")
+    md, html = write_run_report(run_dir, profile=args.profile)
+    print(f"rbc report: {md} and {html}")
+    return 0
+
+
 def _refocus_arg(text: str) -> str:
     if text != "auto":
         try:
@@ -158,12 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--medium-index", type=float, metavar="N", help="refractive index of the medium, e.g. 1.3334")
     p.add_argument("--refocus", type=_refocus_arg, metavar="M|auto",
                    help="propagate by M metres, or 'auto' (minimum average amplitude gradient within +-10 um)")
-    p.add_argument("--filter", default="disk", choices=["disk", "smooth disk", "gauss"], help="sideband filter")
+    p.add_argument("--filter", default="smooth disk", choices=["smooth disk", "disk", "gauss"],
+                   help="sideband filter (default: smooth disk)")
     p.add_argument("--filter-size", type=float, default=1 / 3, metavar="F",
                    help="filter radius as a fraction of the carrier distance (default 1/3)")
     p.add_argument("--sign", type=int, choices=[1, -1], help="force the phase sign (default: cells positive, automatic)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_reconstruct)
+
+    p = sub.add_parser("report", help="write <run>/report.md and report.html from what the stages left",
+                       description="Gather the tables, figures, timings, optics, profile and software versions of "
+                                   "a run folder into report.md (figures linked) and report.html (self-contained). "
+                                   "`rbc run` does this after the last notebook; this re-makes it for any run.")
+    p.add_argument("--run-dir", type=Path, help="run folder (default runs/<profile>)")
+    p.add_argument("--profile", choices=["smoke", "quick", "paper"],
+                   help="profile to describe (default: the one recorded in timings.json)")
+    p.set_defaults(func=_cmd_report)
 
     # Further subcommands (simulate, reconstruct, assess) are added above this line,
     # each as a parser block plus a `_cmd_<name>` handler that calls the library.

@@ -19,7 +19,7 @@ OPTICS_SOURCES = {
     "wavelength_m": "682.5 nm laser diode of the DHM (Lyncee Tec) used by Moon et al., Opt. Express 21, 30947 (2013), the storage data set the paper analyses",
     "pixel_size_m": "Park et al. 2025: 900 px over 129.68 um, i.e. 0.1441 um/px at the sample",
     "n_medium": "HEPA buffer, 1.3334 (Rappaz et al., Cytometry A 73, 895 (2008))",
-    "n_cell": "assumed mean RBC index 1.40 (Rappaz et al. 2008; Park et al., PNAS 105, 13730 (2008)); an assumption, used only for thickness/volume",
+    "n_cell": "assumed: n_medium + alpha * MCHC for a normal MCHC of 33 g/dL (reference range 32-36 g/dL), i.e. 1.396; used only for thickness and volume",
     "alpha_m3_per_kg": "specific refraction increment of haemoglobin 0.19 mL/g (Barer, Nature 169, 366 (1952); Popescu et al., AJP Cell 295, C538 (2008))",
 }
 
@@ -37,7 +37,7 @@ class Optics:
     wavelength_m: float = 682.5e-9
     pixel_size_m: float = 0.1441e-6
     n_medium: float = 1.3334
-    n_cell: float = 1.40
+    n_cell: float = 1.396
     alpha_m3_per_kg: float = 1.9e-4
     provenance: dict[str, str] = field(default_factory=lambda: dict(OPTICS_SOURCES))
 

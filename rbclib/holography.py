@@ -8,25 +8,28 @@ Steps (:class:`Reconstructor`, one optical set-up, reused across holograms):
    log-magnitude (a broad sideband beats the sharp single-bin peaks of a JPEG block grid)
    and take the arg-max, refined to sub-bin precision. A spectrum without a clear peak
    is not an off-axis hologram and raises :class:`~rbclib.io.ImageFileError`.
-3. Spectral filter around the sideband: ``"disk"``, ``"smooth disk"`` (raised-cosine
-   edge over +-10 % of the radius) or ``"gauss"`` (sigma = radius / 2); radius =
-   ``filter_size`` x carrier distance (default 1/3, as qpretrieve).
+3. Spectral filter around the sideband: ``"smooth disk"`` (default; raised-cosine edge
+   over +-10 % of the radius, less ringing than a hard edge), ``"disk"`` or ``"gauss"``
+   (sigma = radius / 2); radius = ``filter_size`` x carrier distance (default 1/3, as
+   qpretrieve).
 4. Demodulation and inverse FFT: the filtered sideband, cropped to a small box and
    moved to frequency 0, is transformed back to full resolution in two passes (columns
    of the box only, then rows), which is exact and cheaper than a full 2-D inverse FFT.
 5. Aberration compensation: by a background hologram when given (the object field is
-   divided by the background field), else numerically: a 2-D polynomial (order 2: tilt,
-   astigmatism and the spherical phase of non-telecentric set-ups) fitted by least
-   squares to the unwrapped low-resolution phase on background pixels, cells being
-   excluded iteratively (residual beyond 3 robust sigma).
+   divided by the background field; a plane fitted to the medium then removes drift
+   between the two), else numerically: a 2-D polynomial (order 2: tilt, astigmatism and
+   the spherical phase of non-telecentric set-ups) fitted by least squares to the
+   unwrapped low-resolution phase on a subsampled grid of background pixels, tilt first,
+   cells being excluded iteratively (residual beyond 3 robust sigma). Without a
+   background the non-periodic field rings within ~8 px of the image border.
 6. Optional refocusing by angular-spectrum propagation; ``refocus="auto"`` picks the
    distance minimising the average amplitude gradient (the metric nrefocus calls
    "average gradient": a transparent object shows least amplitude contrast in focus).
 7. Sign: cells optically denser than the medium come out positive. The sign is chosen
    once per set-up from the skewness of the phase (cells are a positive tail over a
    flat background); ``sign=+1/-1`` forces it.
-8. Unwrapping (scikit-image) only when the phase has 2-pi jumps; background offset to
-   0 (median of background pixels).
+8. Unwrapping (scikit-image) only in boxes around 2-pi jumps; background offset to 0
+   (median of the medium on a coarse grid; cells and their band-limited halo excluded).
 """
 from __future__ import annotations
 
@@ -370,7 +373,7 @@ class Reconstructor:
 
     def __init__(self, shape: tuple[int, int], *, optics: Optics | None = None,
                  background: np.ndarray | None = None, sideband: tuple[float, float] | None = None,
-                 filter: FilterName = "disk", filter_size: float = 1 / 3, sign: int | None = None,
+                 filter: FilterName = "smooth disk", filter_size: float = 1 / 3, sign: int | None = None,
                  compensation: str = "auto", poly_order: int = 2, residual_order: int | None = 1,
                  refocus: float | str | None = None, refocus_range_m: tuple[float, float] = (-10e-6, 10e-6), background_source: str = "<background>"):
         if filter not in FILTERS:

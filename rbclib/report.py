@@ -32,6 +32,8 @@ SOFTWARE = ("rbc-holo", "torch", "torchvision", "segmentation-models-pytorch", "
 
 FIGURE_NAME = re.compile(r"^(\d\d)_.+\.png$")
 
+MODEL_OWNERS = ("03", "05", "06")  # stages that write model folders (see _model_owner)
+
 OPTICS_UNITS = {"wavelength_m": "m", "pixel_size_m": "m", "n_medium": "", "n_cell": "",
                 "alpha_m3_per_kg": "m^3/kg"}
 
@@ -50,7 +52,8 @@ STAGES = (
     _Stage("02", "Annotation", "02_annotate",
            (("tables/proposal_quality.csv", "Quality of the automatic cell proposals"),)),
     _Stage("03", "Diffusion GAN (DDGAN)", "03_train_diffusion"),
-    _Stage("04", "Synthetic pairs, curated", "04_curate_synthetic"),
+    _Stage("04", "Synthetic pairs, curated", "04_curate_synthetic",
+           (("synthetic/class_balance.csv", "Class balance: real training masks, all candidates, accepted pairs"),)),
     _Stage("05", "Self-supervised pretraining", "05_ssl_pretrain",
            (("tables/ssl_probe.csv", "Linear probe of the SSL encoder"),)),
     _Stage("06", "Fine-tuning", "06_finetune"),
@@ -236,9 +239,11 @@ def _stage_section(doc: _Doc, paths: RunPaths, stage: _Stage, timings: dict[str,
         doc.para(f"{stage.notebook} ran in {float(seconds):.1f} s.")
     for rel, caption in stage.tables:
         _table_or_markdown(doc, paths.root / rel, caption, stage)
-    extra = {"02": _annotation_summary, "04": _selection_summary, "06": _model_summary}.get(stage.number)
+    extra = {"02": _annotation_summary, "04": _selection_summary}.get(stage.number)
     if extra is not None:
         extra(doc, paths, stage)
+    if stage.number in MODEL_OWNERS:
+        _model_summary(doc, paths, stage)
     for fig in figures:
         doc.figure(fig)
     if not figures and seconds is None:
@@ -297,12 +302,19 @@ def _selection_summary(doc: _Doc, paths: RunPaths, stage: _Stage) -> None:
             doc.table(pd.DataFrame([{"key": k, "value": v} for k, v in value.items()]), key.replace("_", " "))
 
 
+def _model_owner(name: str) -> str:
+    """The stage that writes the model folder ``models/<name>``."""
+    return "03" if name.startswith("ddgan") else "05" if name.startswith("ssl") else "06"
+
+
 def _model_summary(doc: _Doc, paths: RunPaths, stage: _Stage) -> None:
-    if not paths.models.is_dir():
-        doc.not_run(f"no models/ folder ({stage.notebook} and 03/05 write into it)")
+    folders = sorted(p for p in paths.models.iterdir() if p.is_dir() and _model_owner(p.name) == stage.number) \
+        if paths.models.is_dir() else []
+    if not folders:
+        doc.not_run(f"no model folder of {stage.notebook} under models/")
         return
     rows = []
-    for folder in sorted(p for p in paths.models.iterdir() if p.is_dir()):
+    for folder in folders:
         row: dict[str, Any] = {"model": folder.name,
                                "best.pt": "yes" if (folder / "best.pt").exists() else "no"}
         log = folder / "log.csv"
@@ -312,9 +324,6 @@ def _model_summary(doc: _Doc, paths: RunPaths, stage: _Stage) -> None:
             if len(table):
                 row.update({f"last {c}": table[c].iloc[-1] for c in table.columns[:6]})
         rows.append(row)
-    if not rows:
-        doc.not_run("models/ is empty")
-        return
     doc.table(pd.DataFrame(rows), "Trained model folders (last row of each log.csv)")
 
 

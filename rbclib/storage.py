@@ -579,7 +579,9 @@ def render_report(summary: StorageSummary, context: ReportContext) -> str:
             *[f"- {s}" for s in context.sources], "",
             "Each image was turned into a phase map (radians; holograms are reconstructed first), resampled "
             "to the pixel size the model was trained at, segmented patch by patch and merged; every connected "
-            "cell region is one cell, its class is the class the model gave most of its pixels and its "
+            "cell region is one cell (small regions of another class on a cell's rim are merged into it, tiny "
+            "specks dropped, touching cells split at their neck), its class is the class the model gave "
+            "most of its pixels and its "
             "*class confidence* is the model's mean probability of that class over the cell.", "",
             "## Class ratios per storage day", "",
             f"Share of each class among the segmented cells, in percent, with the {conf} % confidence interval in "

@@ -199,6 +199,7 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
                disable=not progress or rank != 0)
     for epoch in range(start_epoch, int(cfg["epochs"])):
         t0 = time.perf_counter()
+        torch.manual_seed(int(seed) * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch), so resuming is exact
         sampler.set_epoch(epoch)
         net.train()
         sums = np.zeros(3)

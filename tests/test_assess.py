@@ -171,6 +171,20 @@ def test_clean_instances_merges_fragments_and_drops_specks():
     assert len(np.unique(i2[i2 > 0])) == 2
 
 
+def test_split_touching_cells():
+    px = PAPER_PX
+    yy, xx = np.mgrid[:80, :120] * px * 1e6
+    two = ((yy - 5.8) ** 2 + (xx - 5.0) ** 2 <= 3.8 ** 2) | ((yy - 5.8) ** 2 + (xx - 12.0) ** 2 <= 3.8 ** 2)
+    labels = two.astype(np.uint8)
+    inst = A.split_touching(labels, instances_from_labels(labels), pixel_size_m=px)
+    assert inst.max() == 2 and inst[40, 35] != inst[40, 83] and (inst > 0).sum() == two.sum()
+    # one elongated, irregular cell stays one
+    one = ((yy - 5.8) / 3.0) ** 2 + ((xx - 8.0) / 5.0) ** 2 <= 1
+    one |= (np.abs(yy - 5.8) < 0.3) & (np.abs(xx - 13.5) < 0.6)  # a spicule
+    labels = one.astype(np.uint8)
+    assert A.split_touching(labels, instances_from_labels(labels), pixel_size_m=px).max() == 1
+
+
 def test_class_confidence_is_mean_prob_of_winning_class():
     labels = np.array([[1, 1, 0], [2, 2, 2]], np.uint8)
     inst = np.array([[1, 1, 0], [2, 2, 2]], np.int32)

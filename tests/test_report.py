@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from rbclib.cli import main  # noqa: E402
 from rbclib.config import Optics, get_profile  # noqa: E402
 from rbclib.pipeline import run_notebooks  # noqa: E402
 from rbclib.report import STAGES, software_versions, write_run_report  # noqa: E402
@@ -62,6 +63,8 @@ def full_run(tmp_path: Path) -> Path:
         "mode": "interactive", "rule": "balanced classes", "n_target": 3, "class_balance": {"discocyte": 0.5}}))
     _csv(run / "models" / "seg_backbone" / "log.csv", [{"epoch": 0, "val_dice": 0.5}, {"epoch": 1, "val_dice": 0.625}])
     (run / "models" / "seg_backbone" / "best.pt").write_bytes(b"x")
+    _csv(run / "models" / "ddgan_phase" / "log.csv", [{"epoch": 3, "loss_g": 0.75}])
+    _csv(run / "synthetic" / "class_balance.csv", [{"class": "spherocyte", "accepted_share": 0.3125}])
     _png(run / "figures" / "03_ddgan_samples.png", 0.2)
     _png(run / "figures" / "04_class_balance.png", 0.5)
     _png(run / "figures" / "08_storage_trends.png", 0.8)
@@ -99,9 +102,12 @@ def test_full_run_report_gathers_every_stage(full_run: Path):
     curate = _section(md, "04 Synthetic pairs, curated")
     assert "3 accepted, 1 rejected (mode interactive; accepted 2 by user, 1 by auto)" in curate
     assert "| n_target | 3 |" in curate and "| discocyte | 0.5 |" in curate
-    assert "![04_class_balance](figures/04_class_balance.png)" in curate
+    assert "![04_class_balance](figures/04_class_balance.png)" in curate and "| spherocyte | 0.3125 |" in curate
+    assert "| ddgan_phase | no | 1 | 3 | 0.75 |" in _section(md, "03 Diffusion GAN (DDGAN)")
+    assert "*Not run: no model folder of 05_ssl_pretrain under models/.*" in md
     assert "| ssl | 0.6543 |" in _section(md, "05 Self-supervised pretraining")
-    assert "| seg_backbone | yes | 2 | 1 | 0.625 |" in _section(md, "06 Fine-tuning")
+    finetune = _section(md, "06 Fine-tuning")
+    assert "| seg_backbone | yes | 2 | 1 | 0.625 |" in finetune and "ddgan" not in finetune
     tables = _section(md, "07 Evaluation (Tables 1-3)")
     assert "**Table 1: Dice coefficient per class**" in tables and "| ResUnet (DA+SSL) | 0.9512 | 0.88 |" in tables
     assert "| ResUnet (DA+SSL) | 0.7777 |" in tables and "| ResUnet | 73688197 | 50.2 |" in tables
@@ -159,6 +165,13 @@ def test_errors_name_the_file(tmp_path: Path):
     (tmp_path / "optics.json").write_text("{not json")
     with pytest.raises(ValueError, match="optics.json"):
         write_run_report(tmp_path)
+
+
+def test_cli_report(full_run: Path, capsys):
+    assert main(["report", "--run-dir", str(full_run)]) == 0
+    assert "report.md" in capsys.readouterr().out and (full_run / "report.html").exists()
+    assert main(["report", "--run-dir", str(full_run / "absent")]) == 2
+    assert "run folder not found" in capsys.readouterr().err
 
 
 def test_software_versions_lists_the_stack():

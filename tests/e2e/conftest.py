@@ -137,8 +137,7 @@ def lab(tmp_path: Path):
     log = tmp_path / "jupyterlab.log"
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-           "--ServerApp.disable_check_xsrf=False", "--LabApp.news_url=None"]
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)

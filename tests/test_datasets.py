@@ -1,0 +1,74 @@
+"""rbclib.datasets: phase input, run-folder pairs, the training patch dataset."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rbclib.datasets import (PatchDataset, load_pairs, load_pairs_folder, normalise_phase, phase_to_input,
+                             read_splits)
+from rbclib.io import ImageFileError, write_json, write_labels, write_phase
+
+
+def _write_run(root, n=3, size=(96, 128)):
+    rng = np.random.default_rng(0)
+    stems = [f"field_{i:04d}" for i in range(n)]
+    for s in stems:
+        write_phase(root / "phase" / f"{s}.tif", rng.uniform(0, 2, size).astype(np.float32))
+        write_labels(root / "labels" / f"{s}.png", rng.integers(0, 5, size).astype(np.uint8))
+    write_json(root / "splits.json", {"train": stems[:-1], "test": stems[-1:], "seed": 0, "method": "test"})
+    return stems
+
+
+def test_phase_to_input_replicates_the_fixed_normalisation():
+    phase = np.array([[0.0, 1.5], [3.5, -0.5]], np.float32)
+    x = phase_to_input(phase, in_channels=3)
+    assert x.shape == (3, 2, 2) and x.dtype == np.float32
+    assert np.array_equal(x[0], x[2])
+    assert np.allclose(x[0], normalise_phase(phase))
+    assert np.allclose(x[0], [[-0.75, 0.0], [1.0, -1.0]])
+    assert phase_to_input(np.zeros((5, 8, 8)), in_channels=1).shape == (5, 1, 8, 8)
+
+
+def test_load_pairs_reads_the_split_of_a_run_folder(tmp_path):
+    stems = _write_run(tmp_path)
+    pairs = load_pairs(tmp_path, "train")
+    assert [p.name for p in pairs] == stems[:2]
+    assert pairs[0].phase.dtype == np.float32 and pairs[0].labels.dtype == np.uint8
+    assert pairs[0].phase.shape == (96, 128)
+    assert read_splits(tmp_path)["test"] == stems[2:]
+
+
+def test_bad_run_folders_name_the_file(tmp_path):
+    stems = _write_run(tmp_path)
+    (tmp_path / "labels" / f"{stems[0]}.png").unlink()
+    with pytest.raises(ImageFileError, match=f"{stems[0]}.png"):
+        load_pairs(tmp_path, "train")
+    write_labels(tmp_path / "labels" / f"{stems[0]}.png", np.zeros((10, 10), np.uint8))
+    with pytest.raises(ImageFileError, match="does not match"):
+        load_pairs(tmp_path, "train")
+    with pytest.raises(FileNotFoundError, match="splits.json"):
+        read_splits(tmp_path / "nowhere")
+
+
+def test_pairs_folder_needs_matching_ids(tmp_path):
+    write_phase(tmp_path / "phase" / "a.tif", np.ones((40, 40), np.float32))
+    write_labels(tmp_path / "labels" / "a.png", np.ones((40, 40), np.uint8))
+    assert [p.name for p in load_pairs_folder(tmp_path)] == ["a"]
+    write_phase(tmp_path / "phase" / "b.tif", np.ones((40, 40), np.float32))
+    with pytest.raises(ImageFileError, match="unmatched"):
+        load_pairs_folder(tmp_path)
+
+
+def test_patch_dataset_counts_patches_rotations_and_pads(tmp_path):
+    _write_run(tmp_path)
+    pairs = load_pairs(tmp_path, "train")
+    ds = PatchDataset(pairs, patch=32, mode="paper", rotations=4, in_channels=3)
+    assert len(ds) == 2 * (3 * 4) * 4
+    x, y = ds[5]
+    assert x.shape == (3, 32, 32) and y.shape == (32, 32)
+    assert str(x.dtype) == "torch.float32" and str(y.dtype) == "torch.int64"
+    # patch 1 rotated by 90 degrees is item 5 (patches are enumerated with their 4 rotations)
+    assert np.array_equal(y.numpy(), np.rot90(pairs[0].labels[:32, 32:64]))
+    small = PatchDataset(pairs, patch=128, mode="cover", rotations=1)
+    x, y = small[0]
+    assert x.shape == (3, 128, 128) and y[96:].sum() == 0

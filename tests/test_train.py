@@ -1,0 +1,152 @@
+"""rbclib.train: loss, config, seeded training with checkpoints, resume, extra pairs, DDP."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import rbclib.train as train
+from rbclib.datasets import Pair
+from rbclib.io import write_json, write_labels, write_phase
+
+TINY = {"encoder": "resnet18", "patch": 32, "overlap": 8, "rotations": 1, "epochs": 2, "batch_size": 4,
+        "lr": 1e-3, "val_batch_size": 4}
+
+
+def _disk_pairs(n, size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    pairs = []
+    for i in range(n):
+        labels = np.zeros((size, size), np.uint8)
+        phase = rng.normal(0, 0.02, (size, size)).astype(np.float32)
+        for cls in (1, 2):
+            cy, cx = rng.integers(12, size - 12, 2)
+            disk = (yy - cy) ** 2 + (xx - cx) ** 2 < 64
+            labels[disk] = cls
+            phase[disk] += cls
+        pairs.append(Pair(phase=phase, labels=labels, name=f"field_{i:04d}"))
+    return pairs
+
+
+def test_ce_dice_loss_is_small_for_confident_right_answers():
+    target = torch.randint(0, 5, (2, 8, 8))
+    good = torch.nn.functional.one_hot(target, 5).permute(0, 3, 1, 2).float() * 20
+    loss_fn = train.CEDiceLoss()
+    total, ce, dice = loss_fn(good, target)
+    assert total < 1e-3 and ce < 1e-6
+    bad_total, bad_ce, _ = loss_fn(torch.zeros(2, 5, 8, 8), target)
+    assert np.isclose(bad_ce.item(), np.log(5), atol=1e-5)
+    assert bad_total > 1
+
+
+def test_config_and_validation_split():
+    with pytest.raises(ValueError, match="unknown training config"):
+        train.make_config({"epochz": 3})
+    tr, va = train.split_validation([f"s{i}" for i in range(20)], fraction=0.15, seed=1)
+    assert len(va) == 3 and not set(tr) & set(va) and len(tr) == 17
+    assert train.split_validation([f"s{i}" for i in range(20)], fraction=0.15, seed=1)[1] == va
+    assert train.split_validation(["a", "b"], fraction=0, seed=0) == (["a", "b"], [])
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_training_writes_a_model_folder_and_resumes_identically(tmp_path, monkeypatch):
+    pairs, val = _disk_pairs(2), _disk_pairs(1, seed=9)
+    full = train.train_segmenter(pairs, val, model_name="pspnet", out_dir=tmp_path / "full", config=TINY, seed=3,
+                                 progress=False)
+    assert sorted(p.name for p in full.iterdir()) == ["best.pt", "config.json", "last.pt", "log.csv"]
+    log = train.read_log(full)
+    assert list(log["epoch"]) == [0, 1] and "val_dice_overall" in log
+    last = _state(full / "last.pt")
+    cfg = json.loads((full / "config.json").read_text())
+    assert json.loads(last["config"]) == cfg and cfg["model_name"] == "pspnet" and cfg["n_train_patches"] == 8
+    assert set(_state(full / "best.pt")) == {"model", "epoch", "score", "config"}
+
+    # interrupted after the first epoch's checkpoint, then resumed: same weights as uninterrupted
+    real_write_csv = train.write_csv
+
+    def crash(*args, **kwargs):
+        real_write_csv(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "write_csv", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_segmenter(pairs, val, model_name="pspnet", out_dir=tmp_path / "cut", config=TINY, seed=3,
+                              progress=False)
+    monkeypatch.setattr(train, "write_csv", real_write_csv)
+    assert _state(tmp_path / "cut" / "last.pt")["epoch"] == 0
+    train.train_segmenter(pairs, val, model_name="pspnet", out_dir=tmp_path / "cut", config=TINY, seed=3, progress=False)
+    resumed = _state(tmp_path / "cut" / "last.pt")
+    assert resumed["epoch"] == 1 and list(train.read_log(tmp_path / "cut")["epoch"]) == [0, 1]
+    for k, v in last["model"].items():
+        assert torch.allclose(v.float(), resumed["model"][k].float(), atol=1e-6), k
+
+    # a finished run is not retrained; another config in the same folder is refused
+    mtime = (full / "last.pt").stat().st_mtime_ns
+    train.train_segmenter(pairs, val, model_name="pspnet", out_dir=full, config=TINY, seed=3, progress=False)
+    assert (full / "last.pt").stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match="different training config"):
+        train.train_segmenter(pairs, val, model_name="pspnet", out_dir=full, config={**TINY, "lr": 0.1}, seed=3,
+                              progress=False)
+
+
+def test_extra_pairs_are_added_and_bad_inputs_refused(tmp_path):
+    extra = tmp_path / "synthetic"
+    for i, p in enumerate(_disk_pairs(3, size=32, seed=5)):
+        write_phase(extra / "phase" / f"s{i}.tif", p.phase)
+        write_labels(extra / "labels" / f"s{i}.png", p.labels)
+    out = train.train_segmenter(_disk_pairs(1), [], model_name="pspnet", out_dir=tmp_path / "m",
+                                config={**TINY, "epochs": 1}, extra_pairs_dir=extra, seed=0, progress=False)
+    assert json.loads((out / "config.json").read_text())["n_train_patches"] == 4 + 3
+    four = _disk_pairs(1)
+    four[0].labels[:4, :4] = 4
+    with pytest.raises(ValueError, match="only classes 0..2"):
+        train.train_segmenter(four, [], model_name="pspnet", out_dir=tmp_path / "c3",
+                              config={**TINY, "classes": 3},
+                              seed=0, progress=False)
+    with pytest.raises(ValueError, match="init_from"):
+        train.train_segmenter(_disk_pairs(1), [], model_name="pspnet", out_dir=tmp_path / "x", config=TINY,
+                              init_from=tmp_path, seed=0, progress=False)
+
+
+def test_arm_inputs_follow_the_run_folder(tmp_path):
+    assert list(train.arm_inputs(tmp_path)) == ["backbone"]
+    write_phase(tmp_path / "synthetic" / "train" / "phase" / "a.tif", np.zeros((8, 8), np.float32))
+    assert list(train.arm_inputs(tmp_path)) == ["backbone", "da"]
+    write_json(tmp_path / "models" / "ssl" / "config.json", {})
+    arms = train.arm_inputs(tmp_path)
+    assert list(arms) == ["backbone", "da", "ssl", "da_ssl"]
+    assert arms["da_ssl"]["init_from"] == tmp_path.resolve() / "models" / "ssl"
+    assert arms["ssl"]["extra_pairs_dir"] is None
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun not installed beside this python")
+    run = tmp_path / "run"
+    pairs = _disk_pairs(4)
+    for p in pairs:
+        write_phase(run / "phase" / f"{p.name}.tif", p.phase)
+        write_labels(run / "labels" / f"{p.name}.png", p.labels)
+    write_json(run / "splits.json", {"train": [p.name for p in pairs[:3]], "test": [pairs[3].name], "seed": 0, "method": "t"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cfg = json.dumps({**TINY, "epochs": 1})
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "rbclib.train", str(run),
+                           str(tmp_path / "m"), "--model", "pspnet", "--profile", "smoke", "--config", cfg],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sync = json.loads((tmp_path / "m" / "ddp_sync.json").read_text())
+    assert sync == {"world_size": 2, "max_abs_weight_diff": 0.0}
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["world_size"] == 2
