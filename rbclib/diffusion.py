@@ -50,7 +50,8 @@ class DDGANConfig:
     g_widths / d_widths: channels per level; g_blocks: residual blocks per level;
     z_dim: latent size; epochs x iters_per_epoch optimiser steps of batch_size patches;
     r1_gamma / r1_every: lazy R1 weight and interval; ema: EMA decay; lambda_l1: L1 weight
-    on x0 (mask only); cell_crop_fraction: share of crops centred on a cell pixel.
+    on x0 (mask only); cell_crop_fraction: share of crops centred on a cell pixel;
+    class_balanced_crops: draw the centre's cell class uniformly (see CropPicker).
     """
 
     kind: str = "phase"
@@ -74,6 +75,7 @@ class DDGANConfig:
     ema: float = 0.995
     lambda_l1: float = 1.0
     cell_crop_fraction: float = 0.9
+    class_balanced_crops: bool = True
     phase_range_rad: tuple[float, float] = PHASE_RANGE_RAD
 
     def __post_init__(self) -> None:
@@ -186,28 +188,55 @@ def load_split_fields(run_dir: str | Path, split: str = "train") -> tuple[list[n
     return phases, labels, list(splits[split])
 
 
-def crop_origin(rng: np.random.Generator, cell_pixels: np.ndarray, shape: tuple[int, int], patch_px: int,
-                cell_fraction: float) -> tuple[int, int]:
-    """Top-left corner of a crop: centred on a random cell pixel (flat indices ``cell_pixels``)
-    with probability ``cell_fraction``, else uniform over the field of ``shape``."""
-    H, W = shape
-    if cell_pixels.size and rng.random() < cell_fraction:
-        cy, cx = divmod(int(cell_pixels[rng.integers(cell_pixels.size)]), W)
-        return int(np.clip(cy - patch_px // 2, 0, H - patch_px)), int(np.clip(cx - patch_px // 2, 0, W - patch_px))
-    return int(rng.integers(H - patch_px + 1)), int(rng.integers(W - patch_px + 1))
+class CropPicker:
+    """Where to crop training patches from a list of class maps.
+
+    With probability ``cell_fraction`` a crop is centred on a cell pixel: with
+    ``class_balanced`` the cell class is drawn uniformly among the classes present in the
+    whole set, then a pixel of that class (so rare classes are seen as often as common
+    ones, the paper's aim of balanced synthetic data); otherwise any cell pixel. The
+    remaining crops are placed uniformly in a random field.
+    """
+
+    def __init__(self, labels: list[np.ndarray], *, cell_fraction: float = 0.9, class_balanced: bool = True):
+        self.shapes = [lab.shape for lab in labels]
+        self.cell_fraction, self.class_balanced = cell_fraction, class_balanced
+        self.where: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for c in range(1, N_CLASSES):
+            per = [np.flatnonzero(np.asarray(lab).ravel() == c) for lab in labels]
+            fields = np.concatenate([np.full(len(p), i) for i, p in enumerate(per)]) if per else np.zeros(0, int)
+            if fields.size:
+                self.where[c] = (fields.astype(np.int64), np.concatenate(per))
+
+    def pick(self, rng: np.random.Generator, patch_px: int) -> tuple[int, int, int]:
+        """(field index, top, left) of one crop of side ``patch_px``."""
+        if self.where and rng.random() < self.cell_fraction:
+            classes = sorted(self.where)
+            if self.class_balanced:
+                fields, pixels = self.where[classes[int(rng.integers(len(classes)))]]
+            else:
+                fields = np.concatenate([self.where[c][0] for c in classes])
+                pixels = np.concatenate([self.where[c][1] for c in classes])
+            j = int(rng.integers(len(fields)))
+            i = int(fields[j])
+            H, W = self.shapes[i]
+            cy, cx = divmod(int(pixels[j]), W)
+            return i, int(np.clip(cy - patch_px // 2, 0, H - patch_px)), int(np.clip(cx - patch_px // 2, 0, W - patch_px))
+        i = int(rng.integers(len(self.shapes)))
+        H, W = self.shapes[i]
+        return i, int(rng.integers(H - patch_px + 1)), int(rng.integers(W - patch_px + 1))
 
 
 class PatchSampler:
     """Random square crops (with random rot90 / flip) of phase + labels fields.
 
-    A share ``cell_fraction`` of crops is centred on a random cell pixel, the rest placed
-    uniformly. Crops are ``patch_px * downsample`` data pixels, average-pooled by
+    Crop positions come from :class:`CropPicker` (cell-centred, class-balanced). Crops are ``patch_px * downsample`` data pixels, average-pooled by
     ``downsample``. ``sample`` returns normalised phase (n, 1, P, P) and one-hot masks
     scaled to [-1, 1] (n, 5, P, P; soft at cell edges when pooled), float32 tensors.
     """
 
     def __init__(self, phases: list[np.ndarray], labels: list[np.ndarray], *, patch_px: int, downsample: int = 1,
-                 cell_fraction: float = 0.9, phase_range_rad: tuple[float, float] = PHASE_RANGE_RAD):
+                 cell_fraction: float = 0.9, class_balanced: bool = True, phase_range_rad: tuple[float, float] = PHASE_RANGE_RAD):
         if not phases:
             raise ValueError("PatchSampler: no training fields given")
         small = [p.shape for p in phases if min(p.shape) < patch_px * downsample]
@@ -215,19 +244,19 @@ class PatchSampler:
             raise ValueError(f"PatchSampler: fields {small[:3]} are smaller than the {patch_px * downsample} px patches")
         self.phases = [normalise_phase(p, phase_range_rad) for p in phases]
         self.labels = [np.asarray(lab, dtype=np.uint8) for lab in labels]
-        self.cells = [np.flatnonzero(lab.ravel() > 0) for lab in self.labels]
-        self.patch_px, self.downsample, self.cell_fraction = patch_px, downsample, cell_fraction
+        self.picker = CropPicker(self.labels, cell_fraction=cell_fraction, class_balanced=class_balanced)
+        self.patch_px, self.downsample = patch_px, downsample
 
     @classmethod
     def for_config(cls, phases: list[np.ndarray], labels: list[np.ndarray], config: "DDGANConfig") -> "PatchSampler":
         return cls(phases, labels, patch_px=config.patch_px, downsample=config.downsample,
-                   cell_fraction=config.cell_crop_fraction, phase_range_rad=config.phase_range_rad)
+                   cell_fraction=config.cell_crop_fraction, class_balanced=config.class_balanced_crops,
+                   phase_range_rad=config.phase_range_rad)
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         P, f, ph, lab = self.patch_px * self.downsample, self.downsample, [], []
         for _ in range(n):
-            i = int(rng.integers(len(self.phases)))
-            y, x = crop_origin(rng, self.cells[i], self.labels[i].shape, P, self.cell_fraction)
+            i, y, x = self.picker.pick(rng, P)
             p, m = self.phases[i][y:y + P, x:x + P], self.labels[i][y:y + P, x:x + P]
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
             p, m = np.rot90(p, k), np.rot90(m, k)

@@ -10,6 +10,7 @@ edge sharpness (gradient), texture (Laplacian energy) and the number and size of
 blobs. The distance is reported beside two references measured in the same call:
 real-vs-real (two halves of the real patches: the floor from sampling noise) and
 real-vs-blurred-noise (a trivial generator matched in mean and spread: the ceiling).
+Features are standardised by the real patches' spread, floored at ``FEATURE_FLOORS``.
 """
 from __future__ import annotations
 
@@ -18,11 +19,15 @@ import pandas as pd
 from scipy import linalg
 from scipy import ndimage as ndi
 
-from rbclib.diffusion import crop_origin
+from rbclib.diffusion import CropPicker
 from rbclib.labels import CELL_CLASSES, CLASS_NAMES, N_CLASSES, instances_from_labels
 
 FEATURE_NAMES = ("q10_rad", "q50_rad", "q90_rad", "q99_rad", "std_rad", "cell_area_frac",
                  "cell_mean_rad", "grad_mean_rad_px", "laplace_energy", "n_blobs", "mean_blob_px")
+# Smallest spread used to standardise each feature (its measurement resolution: ~0.05 rad
+# phase noise, 2 % area, half a blob, ...), so a feature that is constant in the real set
+# (e.g. an exactly flat simulated background) cannot blow the distance up.
+FEATURE_FLOORS = (0.05, 0.05, 0.05, 0.05, 0.05, 0.02, 0.05, 0.005, 1e-4, 0.5, 20.0)
 CELL_THRESHOLD_RAD = 0.3  # phase above which a pixel counts as cell (medium is 0 rad)
 
 
@@ -63,7 +68,7 @@ def phase_distribution_distance(real: np.ndarray, generated: np.ndarray, *, seed
         raise ValueError(f"need >= 4 real and >= 2 generated patches, got {len(real)} and {len(generated)}")
     rng = np.random.default_rng(seed)
     fr = patch_features(real, threshold_rad=threshold_rad)
-    mu, sd = fr.mean(0), fr.std(0) + 1e-8
+    mu, sd = fr.mean(0), np.maximum(fr.std(0), FEATURE_FLOORS)
     z = lambda f: (f - mu) / sd  # noqa: E731
     noise = ndi.gaussian_filter(rng.standard_normal(real.shape), (0, 3, 3))
     noise = (noise - noise.mean()) / (noise.std() + 1e-12) * real.std() + real.mean()
@@ -119,13 +124,13 @@ def consistency_score(phase: np.ndarray, labels: np.ndarray, *, threshold_rad: f
 
 
 def real_patches(phases: list[np.ndarray], labels: list[np.ndarray], *, patch_px: int, n: int, seed: int,
-                 cell_fraction: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+                 cell_fraction: float = 0.9, class_balanced: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """n real (phase [rad], labels) patches cropped the way the DDGAN saw them in training (no rotation)."""
     rng = np.random.default_rng(seed)
+    picker = CropPicker(labels, cell_fraction=cell_fraction, class_balanced=class_balanced)
     ph, lab = [], []
     for _ in range(n):
-        i = int(rng.integers(len(phases)))
-        y, x = crop_origin(rng, np.flatnonzero(labels[i].ravel() > 0), labels[i].shape, patch_px, cell_fraction)
+        i, y, x = picker.pick(rng, patch_px)
         ph.append(phases[i][y:y + patch_px, x:x + patch_px])
         lab.append(labels[i][y:y + patch_px, x:x + patch_px])
     return np.stack(ph).astype(np.float32), np.stack(lab).astype(np.uint8)

@@ -30,6 +30,8 @@ SOFTWARE = ("rbc-holo", "torch", "torchvision", "segmentation-models-pytorch", "
             "scikit-image", "pandas", "matplotlib", "tifffile", "papermill", "nbformat",
             "jupyterlab", "ipywidgets", "ipykernel")
 
+MAX_ROWS = 30  # longer tables are summarised (count, mean, sd, min, median, max per column)
+
 FIGURE_NAME = re.compile(r"^(\d\d)_.+\.png$")
 
 MODEL_OWNERS = ("03", "05", "06")  # stages that write model folders (see _model_owner)
@@ -50,7 +52,8 @@ STAGES = (
     _Stage("01", "Reconstruction", "01_reconstruct",
            (("tables/reconstruction_error.csv", "Reconstruction error against the simulator's true phase"),)),
     _Stage("02", "Annotation", "02_annotate",
-           (("tables/proposal_quality.csv", "Quality of the automatic cell proposals"),)),
+           (("tables/proposal_quality.csv", "Quality of the automatic cell proposals"),
+            ("tables/measurement_errors.csv", "Per-cell measurement errors against the simulator's truth"))),
     _Stage("03", "Diffusion GAN (DDGAN)", "03_train_diffusion"),
     _Stage("04", "Synthetic pairs, curated", "04_curate_synthetic",
            (("synthetic/class_balance.csv", "Class balance: real training masks, all candidates, accepted pairs"),)),
@@ -60,10 +63,12 @@ STAGES = (
     _Stage("07", "Evaluation (Tables 1-3)", "07_evaluate",
            (("tables/dice.csv", "Table 1: Dice coefficient per class"),
             ("tables/aji.csv", "Table 2: aggregated Jaccard index (AJI) per class"),
-            ("tables/compute.csv", "Table 3: parameters, compute and time"))),
+            ("tables/compute.csv", "Table 3: parameters, compute and time"),
+            ("tables/protocols.csv", "Tiled inference against the paper's patch protocol"))),
     _Stage("08", "Storage study", "08_storage_study",
            (("storage/ratios.csv", "Morphology class ratios per storage day"),
-            ("storage/ratio_errors.csv", "Predicted against reference ratios"))),
+            ("storage/ratio_errors.csv", "Predicted against reference ratios"),
+            ("storage/indices.csv", "Storage-quality indices with 95 % confidence intervals"))),
 )
 
 
@@ -244,6 +249,8 @@ def _stage_section(doc: _Doc, paths: RunPaths, stage: _Stage, timings: dict[str,
         extra(doc, paths, stage)
     if stage.number in MODEL_OWNERS:
         _model_summary(doc, paths, stage)
+    if stage.number == "08" and (paths.storage / "report.md").exists():
+        doc.para("The storage-quality report of this series: storage/report.md.")
     for fig in figures:
         doc.figure(fig)
     if not figures and seconds is None:
@@ -256,7 +263,12 @@ def _table_or_markdown(doc: _Doc, csv_path: Path, caption: str, stage: _Stage) -
     """Show a CSV table; fall back to its Markdown twin; else a 'not run' line."""
     md_twin = csv_path.with_suffix(".md")
     if csv_path.exists():
-        doc.table(_read_csv(csv_path), caption)
+        table = _read_csv(csv_path)
+        if len(table) > MAX_ROWS:
+            doc.para(f"{caption}: {len(table)} rows, summarised; full table {csv_path.relative_to(doc.root).as_posix()}.")
+            table = table.describe().T.reset_index(names="column")
+            caption = None
+        doc.table(table, caption)
     elif md_twin.exists():
         doc.para(caption)
         doc.preformatted(md_twin.read_text())

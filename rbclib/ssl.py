@@ -434,7 +434,7 @@ def prepare_ssl_data(corpus: str, *, image_px: int, seed: int, default_pbc: str 
         kept = np.sort(np.random.default_rng(seed).permutation(kept)[:max_images])
     held = _per_class(full.labels, held, probe_per_class, seed)
     return SSLData("pbc", Subset(full, kept.tolist()), _stack(full, held), full.labels[held], full.class_names,
-                   f"{len(held)} held-out images of {folder} (never used for pretraining)")
+                   f"{len(held)} held-out images of {full.folder} (never used for pretraining)")
 
 
 # --------------------------------------------------------------------------- augmentation

@@ -192,7 +192,8 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "config.json", cfg)
-    net = nn.parallel.DistributedDataParallel(model) if distributed else model
+    net = (nn.parallel.DistributedDataParallel(model, find_unused_parameters=_has_unused_parameters(model, cfg))
+           if distributed else model)
     cfg_json = json.dumps(cfg)
 
     bar = tqdm(total=total_steps, initial=start_epoch * steps, desc=f"train {out_dir.name}",
@@ -247,6 +248,19 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
     if distributed:
         _check_ranks_in_sync(model, out_dir, rank, world)
     return out_dir
+
+
+def _has_unused_parameters(model: nn.Module, cfg: dict[str, Any]) -> bool:
+    """True when some parameters take no part in the forward pass (e.g. smp PSPNet's
+    unused deepest encoder stage), which DDP must be told about."""
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = model(torch.zeros(2, int(cfg["in_channels"]), 64, 64, device=dev)).sum()
+    grads = torch.autograd.grad(out, params, allow_unused=True)
+    model.train(was_training)
+    return any(g is None for g in grads)
 
 
 def _check_ranks_in_sync(model: nn.Module, out_dir: Path, rank: int, world: int) -> None:

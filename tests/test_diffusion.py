@@ -19,6 +19,15 @@ TINY = dict(patch_px=16, downsample=2, n_steps=2, g_widths=(8, 16), d_widths=(8,
             batch_size=4, epochs=2, iters_per_epoch=2)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: tiny nets on a shared 2-core machine run ~10x faster than with two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     return make_toy_run(tmp_path_factory.mktemp("toy"), n_fields=4, size=64, n_cells=4)
@@ -167,3 +176,16 @@ def test_class_composition_counts_cells():
     assert comp.loc["stomatocyte", "cells"] == 2 and comp.loc["discocyte", "cells"] == 1
     assert comp.loc["stomatocyte", "cell_share"] == pytest.approx(2 / 3)
     assert comp.loc["spherocyte", "masks_with_class"] == 0
+
+
+def test_crop_picker_balances_classes():
+    lab = np.zeros((100, 100), np.uint8)
+    lab[:, :60] = 1  # a sea of discocyte pixels
+    lab[90:94, 90:94] = 4  # one small stomatocyte
+    rng = np.random.default_rng(0)
+    bal = dd.CropPicker([lab], cell_fraction=1.0, class_balanced=True)
+    hits = sum(lab[y:y + 10, x:x + 10].max() == 4 for _, y, x in (bal.pick(rng, 10) for _ in range(400)))
+    assert 150 < hits < 250  # about half the crops hold the rare class
+    plain = dd.CropPicker([lab], cell_fraction=1.0, class_balanced=False)
+    hits = sum(lab[y:y + 10, x:x + 10].max() == 4 for _, y, x in (plain.pick(rng, 10) for _ in range(400)))
+    assert hits < 10

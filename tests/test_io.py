@@ -92,3 +92,11 @@ def test_real_holograms_read(shared_data):
     assert npz.data.shape == npz.background.shape == (200, 210)
     h5 = read_image(folder / "oah_with_metadata.h5")
     assert h5.optics().wavelength_m == pytest.approx(5.32e-7)
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+
+    write_json(tmp_path / "b.json", {})
+    mode = os.stat(tmp_path / "b.json").st_mode & 0o777
+    assert mode & 0o044, f"written with mode {oct(mode)}: not readable by group/others"

@@ -47,12 +47,15 @@ def full_run(tmp_path: Path) -> Path:
     Optics().replace(wavelength_m=633e-9).to_json(run / "optics.json")
     _csv(run / "tables" / "reconstruction_error.csv", [{"image": "field_0000", "rmse_rad": 0.0123456}])
     _csv(run / "tables" / "proposal_quality.csv", [{"precision": 0.91, "recall": 0.87}])
+    _csv(run / "tables" / "measurement_errors.csv", [{"cell_id": i, "dry_mass_rel_err": 0.01 * i} for i in range(41)])
     _csv(run / "tables" / "ssl_probe.csv", [{"encoder": "ssl", "accuracy": 0.6543}])
     _csv(run / "tables" / "dice.csv", [{"method": "ResUnet (DA+SSL)", "discocyte": 0.9512, "overall": 0.88}])
     _csv(run / "tables" / "aji.csv", [{"method": "ResUnet (DA+SSL)", "overall": 0.7777}])
     _csv(run / "tables" / "compute.csv", [{"method": "ResUnet", "params": 73688197, "gmacs": 50.2}])
     _csv(run / "storage" / "ratios.csv", [{"storage_day": 8, "discocyte": 0.8}, {"storage_day": 57, "discocyte": 0.3}])
     _csv(run / "storage" / "ratio_errors.csv", [{"class": "discocyte", "mae": 0.0421}])
+    _csv(run / "storage" / "indices.csv", [{"day": 57, "scheme": "MI", "value": 1.25}])
+    (run / "storage" / "report.md").write_text("# storage report\n")
     _csv(run / "cells.csv", [{"image": "field_0000", "cell_id": i, "class_id": c, "class_name": n}
                              for i, (c, n) in enumerate([(1, "discocyte")] * 3 + [(3, "echinocyte")])])
     (run / "splits.json").write_text(json.dumps({"train": ["a", "b", "c"], "test": ["d"], "seed": 0,
@@ -97,6 +100,8 @@ def test_full_run_report_gathers_every_stage(full_run: Path):
     assert "| field_0000 | 0.01235 |" in _section(md, "01 Reconstruction")
     annot = _section(md, "02 Annotation")
     assert "| 0.91 | 0.87 |" in annot
+    assert "41 rows, summarised; full table tables/measurement_errors.csv." in annot
+    assert "| dry_mass_rel_err | 41 | 0.2 |" in annot  # column, count, mean: a summary, not 41 rows
     assert "| discocyte | 3 | 0.75 |" in annot and "| echinocyte | 1 | 0.25 |" in annot
     assert "3 train / 1 test images (method stratified, seed 0)" in annot
     curate = _section(md, "04 Synthetic pairs, curated")
@@ -112,7 +117,8 @@ def test_full_run_report_gathers_every_stage(full_run: Path):
     assert "**Table 1: Dice coefficient per class**" in tables and "| ResUnet (DA+SSL) | 0.9512 | 0.88 |" in tables
     assert "| ResUnet (DA+SSL) | 0.7777 |" in tables and "| ResUnet | 73688197 | 50.2 |" in tables
     storage = _section(md, "08 Storage study")
-    assert "| 57 | 0.3 |" in storage and "| discocyte | 0.0421 |" in storage
+    assert "| 57 | 0.3 |" in storage and "| discocyte | 0.0421 |" in storage and "| 57 | MI | 1.25 |" in storage
+    assert "storage/report.md" in storage
     assert "![08_storage_trends](figures/08_storage_trends.png)" in storage
     assert "![09_extra](figures/09_extra.png)" in _section(md, "Other figures")
     assert f"| numpy | {np.__version__} |" in _section(md, "Software")

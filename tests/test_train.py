@@ -60,6 +60,7 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_training_writes_a_model_folder_and_resumes_identically(tmp_path, monkeypatch):
     pairs, val = _disk_pairs(2), _disk_pairs(1, seed=9)
     full = train.train_segmenter(pairs, val, model_name="pspnet", out_dir=tmp_path / "full", config=TINY, seed=3,
