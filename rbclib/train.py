@@ -4,7 +4,8 @@ One loop for one process (device chosen automatically: cuda, mps, cpu) and for s
 under ``torchrun --nproc_per_node N -m rbclib.train ...`` (DistributedDataParallel with a
 DistributedSampler; the global batch is split over the ranks; rank 0 validates and
 writes). A model folder holds ``config.json``, ``best.pt`` (best validation Dice),
-``last.pt`` (weights + optimiser + schedule, for resuming after an interruption) and
+``last.pt`` (weights, plus optimiser and schedule until the last epoch, for resuming after
+an interruption) and
 ``log.csv`` (one row per epoch). Checkpoints embed the config as a JSON string and load
 with ``torch.load(..., weights_only=True)``.
 """
@@ -183,6 +184,8 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
         ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
         if _strip(json.loads(ckpt["config"])) != _strip(cfg):
             raise ValueError(f"{last_path}: written with a different training config; use another out_dir or resume=False")
+        if int(ckpt["epoch"]) + 1 >= int(cfg["epochs"]):
+            return out_dir  # finished earlier: nothing to do
         model.load_state_dict(ckpt["model"])
         optimiser.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -218,6 +221,8 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
             bar.update(1)
         sums /= steps
         if distributed:
+            for buf in model.buffers():  # BatchNorm statistics: rank 0's, as DDP uses at every forward
+                torch.distributed.broadcast(buf, src=0)
             t = torch.tensor(sums, dtype=torch.float64, device=dev)
             torch.distributed.all_reduce(t)
             sums = (t / world).cpu().numpy()
@@ -238,8 +243,10 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
             if score > best_score or epoch == start_epoch == 0:
                 best_score = max(score, best_score)
                 _save({"model": state, "epoch": epoch, "score": score, "config": cfg_json}, out_dir / "best.pt")
-            _save({"model": state, "optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-                   "epoch": epoch, "best_score": best_score, "config": cfg_json}, last_path)
+            last = {"model": state, "epoch": epoch, "best_score": best_score, "config": cfg_json}
+            if epoch + 1 < int(cfg["epochs"]):  # optimiser state only while there is something to resume
+                last.update(optimizer=optimiser.state_dict(), scheduler=scheduler.state_dict())
+            _save(last, last_path)
             write_csv(out_dir / "log.csv", pd.DataFrame(log_rows))
             bar.set_postfix(loss=f"{sums[0]:.3f}", val_dice=f"{row.get('val_dice_overall', float('nan')):.3f}")
         if distributed:
