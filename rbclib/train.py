@@ -5,8 +5,7 @@ under ``torchrun --nproc_per_node N -m rbclib.train ...`` (DistributedDataParall
 DistributedSampler; the global batch is split over the ranks; rank 0 validates and
 writes). A model folder holds ``config.json``, ``best.pt`` (best validation Dice),
 ``last.pt`` (weights, plus optimiser and schedule until the last epoch, for resuming after
-an interruption) and
-``log.csv`` (one row per epoch). Checkpoints embed the config as a JSON string and load
+an interruption) and ``log.csv`` (one row per epoch). Checkpoints embed the config as a JSON string and load
 with ``torch.load(..., weights_only=True)``.
 """
 from __future__ import annotations

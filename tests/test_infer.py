@@ -120,5 +120,20 @@ def test_scores_tables_and_model_folders(tmp_path):
     md = to_markdown(table)
     assert md.splitlines()[0] == "| Method | Discocyte | Spherocyte | Echinocyte | Stomatocyte | Overall |"
     assert "| U-Net | 0.5000 | 1.0000 | - | 0.9000 | 0.8000 |" in md
-    _model_folder(tmp_path / "models" if (tmp_path / "models").mkdir() is None else None, name="pspnet")
+    (tmp_path / "models").mkdir()
+    _model_folder(tmp_path / "models", name="pspnet")
     assert list(find_model_folders(tmp_path)) == ["pspnet"]
+
+
+def test_per_cell_table_of_a_prediction():
+    from rbclib.config import Optics
+    from rbclib.infer import measure_prediction
+
+    yy, xx = np.mgrid[:96, :96]
+    phase = np.zeros((96, 96), np.float32)
+    phase[(yy - 30) ** 2 + (xx - 30) ** 2 < 150] = 1.0   # normalised -0.25: class 1
+    phase[(yy - 70) ** 2 + (xx - 65) ** 2 < 150] = 2.5   # normalised 0.5: class 3
+    pred = predict_image(Pointwise(), phase, config=CFG)
+    cells = measure_prediction(pred, phase, optics=Optics())
+    assert len(cells) == 2
+    assert sorted(cells["class_id"]) == [1, 3]
