@@ -51,8 +51,11 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
     """A fresh (random) model of the architecture a config names."""
     from rbclib.models import build_model
 
+    extra = {}
+    if config["model_name"] == "resunet" and "decoder_channels" in config:
+        extra["decoder_channels"] = tuple(config["decoder_channels"])
     return build_model(config["model_name"], encoder=config["encoder"],
-                       in_channels=int(config["in_channels"]), classes=int(config["classes"]))
+                       in_channels=int(config["in_channels"]), classes=int(config["classes"]), **extra)
 
 
 def load_model(model_dir: str | Path, *, checkpoint: str = "best.pt",

@@ -34,6 +34,8 @@ from rbclib.io import atomic_path, write_csv, write_json
 DEFAULT_CONFIG: dict[str, Any] = {
     "model_name": "resunet",
     "encoder": "resnet50",
+    "decoder_channels": [1024, 512, 256, 128, 64],  # ResUnet only (the paper's decoder)
+    "pixel_size_m": 0.1441e-6,  # pixel size of the training images [m]; inference resamples to it
     "in_channels": 3,
     "classes": 5,
     "patch": 256,          # training patch side [px]
@@ -61,6 +63,8 @@ def make_config(config: dict[str, Any] | None = None, **overrides: Any) -> dict[
             raise ValueError(f"unknown training config keys {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}")
         cfg.update(src)
     cfg["phase_range"] = [float(v) for v in cfg["phase_range"]]
+    if cfg["model_name"] != "resunet":
+        cfg.pop("decoder_channels")  # the baselines keep their own decoders
     return cfg
 
 
@@ -296,6 +300,11 @@ def train_from_run(run_dir: str | Path, *, model_name: str, out_dir: str | Path,
     """Train on a run folder's train split (``splits.json``), holding out ``val_fraction``
     of it (seeded) for validation; see :func:`train_segmenter`."""
     train_stems, val_stems = split_validation(read_splits(run_dir)["train"], fraction=val_fraction, seed=seed)
+    optics_json = Path(run_dir) / "optics.json"
+    if optics_json.is_file():
+        from rbclib.config import Optics
+
+        config = {**config, "pixel_size_m": Optics.from_json(optics_json).pixel_size_m}
     return train_segmenter(load_pairs(run_dir, train_stems), load_pairs(run_dir, val_stems), model_name=model_name,
                            out_dir=out_dir, config=config, init_from=init_from, extra_pairs_dir=extra_pairs_dir,
                            seed=seed, device=device, progress=progress)
@@ -307,6 +316,8 @@ def config_from_profile(table: dict[str, Any], model_name: str) -> dict[str, Any
     for the baselines."""
     cfg = {k: v for k, v in table.items() if k in DEFAULT_CONFIG}
     cfg["encoder"] = table["encoder"] if model_name == "resunet" else table.get("baseline_encoder", table["encoder"])
+    if model_name != "resunet":
+        cfg.pop("decoder_channels", None)
     return make_config(cfg, model_name=model_name)
 
 
