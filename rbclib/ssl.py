@@ -60,7 +60,8 @@ PBC_CLASSES = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "mo
 class SSLConfig:
     """Settings of one pretraining run (defaults suited to a few thousand images).
 
-    encoder: ResNet of the ResUnet ("resnet18/34/50/101"); in_channels: ResUnet input
+    encoder: ResNet of the ResUnet ("resnet18/34/50/101"); decoder_channels: its U-Net
+    decoder (the paper's by default; must match the ResUnet of 06); in_channels: ResUnet input
     channels (the single-channel crop is replicated); crop_px: side of each crop fed to the
     network [px], a multiple of 32; crop_scale: (min, max) crop area as a fraction of the
     image; batch_size, steps: optimisation steps of AdamW at ``lr`` with cosine decay;
@@ -73,6 +74,7 @@ class SSLConfig:
     """
 
     encoder: str = "resnet18"
+    decoder_channels: tuple[int, ...] = (1024, 512, 256, 128, 64)
     in_channels: int = 3
     crop_px: int = 64
     crop_scale: tuple[float, float] = (0.3, 1.0)
@@ -543,12 +545,13 @@ class MoCoResUnet(nn.Module):
 
     def __init__(self, config: SSLConfig, *, generator: torch.Generator | None = None):
         super().__init__()
-        from rbclib.models import RESUNET_DECODER_CHANNELS, build_resunet
+        from rbclib.models import build_resunet
 
         self.config = config
-        net = build_resunet(config.encoder, in_channels=config.in_channels, classes=1)
+        net = build_resunet(config.encoder, in_channels=config.in_channels, classes=1,
+                            decoder_channels=config.decoder_channels)
         self.encoder, self.decoder = net.encoder, net.decoder
-        self.rec_head = nn.Conv2d(RESUNET_DECODER_CHANNELS[-1], config.in_channels, kernel_size=1)
+        self.rec_head = nn.Conv2d(config.decoder_channels[-1], config.in_channels, kernel_size=1)
         feat_dim = self.encoder.out_channels[-1]
         self.proj = _projection_head(feat_dim, config.proj_hidden, config.proj_dim)
         self.encoder_k = copy.deepcopy(self.encoder)
@@ -808,7 +811,7 @@ def probe_pretrained_vs_random(ssl_dir: str | Path, images: torch.Tensor, labels
     rows = []
     for name in ("pretrained", "random"):
         torch.manual_seed(seed)
-        model = build_resunet(cfg.encoder, in_channels=cfg.in_channels)
+        model = build_resunet(cfg.encoder, in_channels=cfg.in_channels, decoder_channels=cfg.decoder_channels)
         if name == "pretrained":
             load_into_resunet(model, ssl_dir)
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))

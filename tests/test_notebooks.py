@@ -56,6 +56,8 @@ def check_02(run: Path) -> None:
 def check_03(run: Path) -> None:
     for name in ("ddgan_phase", "ddgan_mask"):
         assert (run / "models" / name / "config.json").exists()
+        assert (run / "models" / name / "generator.pt").exists()
+    assert _files(run, "figures/03_*.png")
 
 
 def check_04(run: Path) -> None:
@@ -66,7 +68,13 @@ def check_04(run: Path) -> None:
 
 
 def check_05(run: Path) -> None:
+    import pandas as pd
+
     assert (run / "models" / "ssl" / "config.json").exists()
+    assert (run / "models" / "ssl" / "encoder_decoder.pt").exists()
+    probe = pd.read_csv(run / "tables" / "ssl_probe.csv")
+    assert set(probe["encoder"]) == {"pretrained", "random"}
+    assert probe["knn_accuracy"].between(0, 1).all()
 
 
 def check_06(run: Path) -> None:
@@ -81,14 +89,16 @@ def check_07(run: Path) -> None:
     for name in ("dice", "aji", "compute"):
         assert (run / "tables" / f"{name}.csv").exists() and (run / "tables" / f"{name}.md").exists()
     dice = pd.read_csv(run / "tables" / "dice.csv")
-    assert len(dice) >= 4
+    assert len(dice) >= 4 + 4  # four ResUnet arms and four baselines (+ the DDGAN row)
+    scores = dice.select_dtypes("number").to_numpy()
+    assert ((scores[~pd.isna(scores)] >= 0) & (scores[~pd.isna(scores)] <= 1)).all()
 
 
 def check_08(run: Path) -> None:
     import pandas as pd
 
     ratios = pd.read_csv(run / "storage" / "ratios.csv")
-    assert len(ratios) > 0
+    assert len(ratios) > 0 and ratios["ratio"].between(0, 1).all()
     assert (run / "storage" / "report.md").exists()
 
 
