@@ -117,3 +117,23 @@ def test_notebook_smoke(stage, run_dir):
     except BaseException:
         _failed.append(stage.name)
         raise
+
+
+NBVAL_STAGES = ("01", "02")  # cheap, fully seeded stages re-run by nbval (DESIGN.md: nbval's job)
+
+
+@pytest.mark.slow
+def test_nbval_second_execution_reproduces_the_first(run_dir):
+    """nbval re-executes the executed copies of the seeded stages and compares every output
+    (times, temporary paths and addresses sanitised): seeds must make runs deterministic."""
+    import subprocess
+    import sys
+
+    executed = [run_dir / "notebooks" / s.path.name for s in STAGES if s.number in NBVAL_STAGES]
+    if _failed or not all(p.exists() for p in executed):
+        pytest.skip("the smoke run of 01/02 did not complete")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", *map(str, executed),
+           "--nbval-sanitize-with", str(Path(__file__).parent / "nbval_sanitize.cfg"),
+           "--nbval-kernel-name", "rbc-holo", "--rootdir", str(run_dir)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=run_dir / "notebooks", timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:]
