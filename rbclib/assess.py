@@ -172,15 +172,26 @@ def _apply_day_map(job: ImageJob, root: Path, day_map: Mapping[str, float]) -> I
 
 
 def best_model_in(models_dir: str | Path) -> Path:
-    """The preferred segmentation model of one run's ``models/`` folder:
-    ``seg_da_ssl`` > ``seg_ssl`` > ``seg_da`` > ``seg_backbone`` (one with ``best.pt``)."""
+    """The segmentation model of one run's ``models/`` folder to deploy: among the
+    ``seg_<arm>`` folders with a ``best.pt``, the one with the highest validation Dice
+    (``val_dice_overall`` in its ``log.csv``; validation images come from the train split,
+    so the test split never chooses); ties and missing logs fall back to the order
+    ``seg_da_ssl`` > ``seg_ssl`` > ``seg_da`` > ``seg_backbone``."""
     models_dir = Path(models_dir)
-    for arm in ARM_PREFERENCE:
-        cand = models_dir / f"seg_{arm}"
-        if (cand / "best.pt").is_file():
-            return cand
-    raise FileNotFoundError(f"{models_dir}: no trained segmentation model (looked for "
-                            f"{', '.join(f'seg_{a}/best.pt' for a in ARM_PREFERENCE)})")
+    candidates = [models_dir / f"seg_{arm}" for arm in ARM_PREFERENCE
+                  if (models_dir / f"seg_{arm}" / "best.pt").is_file()]
+    if not candidates:
+        raise FileNotFoundError(f"{models_dir}: no trained segmentation model (looked for "
+                                f"{', '.join(f'seg_{a}/best.pt' for a in ARM_PREFERENCE)})")
+
+    def validation_dice(folder: Path) -> float:
+        try:
+            log = pd.read_csv(folder / "log.csv")
+            return float(log["val_dice_overall"].max())
+        except (OSError, KeyError, ValueError, pd.errors.ParserError):
+            return float("-inf")
+
+    return max(candidates, key=lambda folder: (validation_dice(folder), -candidates.index(folder)))
 
 
 def find_latest_model(runs_roots: list[str | Path] | None = None) -> tuple[Path, str]:
@@ -205,7 +216,7 @@ def find_latest_model(runs_roots: list[str | Path] | None = None) -> tuple[Path,
     run = max(runs, key=runs.get)
     model = best_model_in(run / "models")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(runs[run]))
-    return model, (f"no --model given: using `{model}`, the preferred arm ({' > '.join(ARM_PREFERENCE)}) of the "
+    return model, (f"no --model given: using `{model}`, the arm with the highest validation Dice of the "
                    f"most recent run `{run}` (trained {when})")
 
 

@@ -223,7 +223,12 @@ def test_best_and_latest_model(tmp_path):
     (tmp_path / "runs" / "smoke" / "models" / "seg_da_ssl").mkdir()  # no best.pt: not finished
     model, why = A.find_latest_model([tmp_path / "runs"])
     assert model == newest_ssl and "most recent run" in why and str(newest_ssl) in why
-    assert A.best_model_in(tmp_path / "runs" / "quick" / "models").name == "seg_da"
+    assert A.best_model_in(tmp_path / "runs" / "quick" / "models").name == "seg_da"  # no logs: preference order
+    quick = tmp_path / "runs" / "quick" / "models"
+    for arm, dice in (("backbone", [0.5, 0.71]), ("da", [0.6, 0.65])):
+        (quick / f"seg_{arm}" / "log.csv").write_text("epoch,val_dice_overall\n" + "".join(
+            f"{i},{d}\n" for i, d in enumerate(dice)))
+    assert A.best_model_in(quick).name == "seg_backbone"  # the highest validation Dice wins
     with pytest.raises(FileNotFoundError, match="make run"):
         A.find_latest_model([tmp_path / "nowhere"])
 
