@@ -100,6 +100,13 @@ def _cells_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _add_optics_arguments(p: argparse.ArgumentParser) -> None:
+    """Optics overrides shared by the commands that read microscope images (SI units)."""
+    p.add_argument("--wavelength", type=float, metavar="M", help="illumination wavelength [m], e.g. 682.5e-9")
+    p.add_argument("--pixel-size", type=float, metavar="M", help="pixel size at the sample [m], e.g. 0.1441e-6")
+    p.add_argument("--medium-index", type=float, metavar="N", help="refractive index of the medium, e.g. 1.3334")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rbc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,9 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="output folder")
     p.add_argument("--model", type=Path, help="model folder (default: best model of the latest `make run`)")
     p.add_argument("--day-map", type=Path, help="CSV with columns file,day giving each image's storage day")
-    p.add_argument("--wavelength", type=float, metavar="M", help="illumination wavelength [m], e.g. 682.5e-9")
-    p.add_argument("--pixel-size", type=float, metavar="M", help="pixel size at the sample [m], e.g. 0.094e-6")
-    p.add_argument("--medium-index", type=float, metavar="N", help="refractive index of the medium, e.g. 1.3334")
+    _add_optics_arguments(p)
     p.add_argument("--schemes", type=Path, help="TOML file of morphology-index weight schemes "
                                                  "([name] weights = {discocyte = 0, ...}, description = ...)")
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay PNGs")
@@ -162,9 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument("--background", type=Path, metavar="B", help="background hologram of the same set-up, or a folder of "
                    "them named like the holograms (default: a file's own, else numerical compensation)")
-    p.add_argument("--wavelength", type=float, metavar="M", help="wavelength [m], e.g. 633e-9")
-    p.add_argument("--pixel-size", type=float, metavar="M", help="pixel size at the sample [m], e.g. 0.1441e-6")
-    p.add_argument("--medium-index", type=float, metavar="N", help="refractive index of the medium, e.g. 1.3334")
+    _add_optics_arguments(p)
     p.add_argument("--refocus", type=_refocus_arg, metavar="M|auto",
                    help="propagate by M metres, or 'auto' (minimum average amplitude gradient within +-10 um)")
     p.add_argument("--filter", default="smooth disk", choices=["smooth disk", "disk", "gauss"],

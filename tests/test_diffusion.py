@@ -19,13 +19,7 @@ TINY = dict(patch_px=16, downsample=2, n_steps=2, g_widths=(8, 16), d_widths=(8,
             batch_size=4, epochs=2, iters_per_epoch=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: tiny nets on a shared 2-core machine run ~10x faster than with two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

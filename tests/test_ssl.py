@@ -37,13 +37,7 @@ from rbclib.ssl import (
 TINY = dict(encoder="resnet18", crop_px=32, batch_size=4, queue_size=8, proj_hidden=32, proj_dim=16, save_every=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks run faster on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class BlobCorpus(torch.utils.data.Dataset):
