@@ -73,10 +73,7 @@ class Optics:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Optics":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown optics fields {sorted(unknown)}; expected {sorted(known)}")
+        check_known_fields(cls, data, "optics fields")
         return cls(**data)
 
     def to_json(self, path: str | Path) -> None:
@@ -95,6 +92,14 @@ class Optics:
             return cls.from_dict(data)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: {exc}") from exc
+
+
+def check_known_fields(cls: type, data: dict[str, Any], what: str) -> None:
+    """Raise ValueError naming ``data`` keys that are not fields of the dataclass ``cls``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown {what} {sorted(unknown)}; expected some of {sorted(known)}")
 
 
 PROFILE_NAMES = ("smoke", "quick", "paper")

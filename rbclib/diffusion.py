@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from rbclib.config import check_known_fields
 from rbclib.datasets import PHASE_RANGE_RAD, denormalise_phase, normalise_phase
 from rbclib.diffusion_nets import Discriminator, Generator
 from rbclib.io import atomic_path, read_json, read_labels, read_phase, write_csv, write_json
@@ -107,10 +108,7 @@ class DDGANConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DDGANConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown DDGAN config keys {sorted(unknown)}")
+        check_known_fields(cls, data, "DDGAN config keys")
         return cls(**data)
 
 

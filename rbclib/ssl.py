@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from rbclib.config import check_known_fields
 from rbclib.datasets import normalise_phase
 from rbclib.io import ImageFileError, atomic_path, list_images, write_csv, write_json
 
@@ -112,10 +113,7 @@ class SSLConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SSLConfig":
         """Build from a dict (profile table or config.json); unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown SSL settings {sorted(unknown)}; expected some of {sorted(known)}")
+        check_known_fields(cls, data, "SSL settings")
         fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**fixed)
 
