@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rbclib.io import ImageFileError, read_json, read_labels, read_phase
+from rbclib.labels import N_CLASSES
 from rbclib.tiles import Mode, extract_patches, pad_to_min, rotations4
 
 # Fixed physical phase range [rad] mapped to [-1, 1]. At 682.5 nm and dn ~ 0.066 a 4 um
@@ -148,3 +149,78 @@ class PatchDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = phase_to_input(self.inputs[i].numpy(), in_channels=self.in_channels, phase_range=self.phase_range)
         return torch.from_numpy(x), self.targets[i]
+
+
+class CropPicker:
+    """Where to crop training patches from a list of class maps.
+
+    With probability ``cell_fraction`` a crop is centred on a cell pixel: with
+    ``class_balanced`` the cell class is drawn uniformly among the classes present in the
+    whole set, then a pixel of that class (so rare classes are seen as often as common
+    ones, the paper's aim of balanced synthetic data); otherwise any cell pixel. The
+    remaining crops are placed uniformly in a random field.
+    """
+
+    def __init__(self, labels: list[np.ndarray], *, cell_fraction: float = 0.9, class_balanced: bool = True):
+        self.shapes = [lab.shape for lab in labels]
+        self.cell_fraction, self.class_balanced = cell_fraction, class_balanced
+        self.where: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for c in range(1, N_CLASSES):
+            per = [np.flatnonzero(np.asarray(lab).ravel() == c) for lab in labels]
+            fields = np.concatenate([np.full(len(p), i) for i, p in enumerate(per)]) if per else np.zeros(0, int)
+            if fields.size:
+                self.where[c] = (fields.astype(np.int64), np.concatenate(per))
+
+    def pick(self, rng: np.random.Generator, patch_px: int) -> tuple[int, int, int]:
+        """(field index, top, left) of one crop of side ``patch_px``."""
+        if self.where and rng.random() < self.cell_fraction:
+            classes = sorted(self.where)
+            if self.class_balanced:
+                fields, pixels = self.where[classes[int(rng.integers(len(classes)))]]
+            else:
+                fields = np.concatenate([self.where[c][0] for c in classes])
+                pixels = np.concatenate([self.where[c][1] for c in classes])
+            j = int(rng.integers(len(fields)))
+            i = int(fields[j])
+            H, W = self.shapes[i]
+            cy, cx = divmod(int(pixels[j]), W)
+            return i, int(np.clip(cy - patch_px // 2, 0, H - patch_px)), int(np.clip(cx - patch_px // 2, 0, W - patch_px))
+        i = int(rng.integers(len(self.shapes)))
+        H, W = self.shapes[i]
+        return i, int(rng.integers(H - patch_px + 1)), int(rng.integers(W - patch_px + 1))
+
+
+class BalancedCropDataset(Dataset):
+    """Class-balanced random crops of phase/label pairs for training (``patch_mode =
+    "balanced"``): item ``i`` of epoch ``e`` is a ``patch`` px crop placed by
+    :class:`CropPicker` (centred on a pixel of a cell class drawn uniformly, so a class
+    holding 4 % of the cells is seen as often as one holding 76 %) and rotated by a random
+    multiple of 90 degrees, all drawn from ``(seed, e, i)``: reproducible, resumable, and
+    independent of the DataLoader's order. Call :meth:`set_epoch` before each epoch.
+    ``length``: items per epoch. Items as in :class:`PatchDataset`.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], *, patch: int, length: int, seed: int, in_channels: int = 3,
+                 cell_fraction: float = 0.9, phase_range: tuple[float, float] = PHASE_RANGE_RAD):
+        if not pairs:
+            raise ValueError("BalancedCropDataset: no pairs given")
+        self.phases = [pad_to_min(np.asarray(p.phase, np.float32), patch, value=0.0) for p in pairs]
+        self.labels = [pad_to_min(np.asarray(p.labels, np.uint8), patch, value=0) for p in pairs]
+        self.picker = CropPicker(self.labels, cell_fraction=cell_fraction, class_balanced=True)
+        self.patch, self.length, self.seed, self.epoch = int(patch), int(length), int(seed), 0
+        self.in_channels, self.phase_range = in_channels, phase_range
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        k, y, x = self.picker.pick(rng, self.patch)
+        sl = (slice(y, y + self.patch), slice(x, x + self.patch))
+        turns = int(rng.integers(4))
+        phase, labels = np.rot90(self.phases[k][sl], turns), np.rot90(self.labels[k][sl], turns)
+        x_in = phase_to_input(np.ascontiguousarray(phase), in_channels=self.in_channels, phase_range=self.phase_range)
+        return torch.from_numpy(x_in), torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))

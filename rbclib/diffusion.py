@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rbclib.config import check_known_fields
-from rbclib.datasets import PHASE_RANGE_RAD, denormalise_phase, normalise_phase
+from rbclib.datasets import PHASE_RANGE_RAD, CropPicker, denormalise_phase, normalise_phase
 from rbclib.diffusion_nets import Discriminator, Generator
 from rbclib.io import atomic_path, read_json, read_labels, read_phase, write_csv, write_json
 from rbclib.labels import N_CLASSES
@@ -184,45 +184,6 @@ def load_split_fields(run_dir: str | Path, split: str = "train") -> tuple[list[n
         phases.append(phase)
         labels.append(lab)
     return phases, labels, list(splits[split])
-
-
-class CropPicker:
-    """Where to crop training patches from a list of class maps.
-
-    With probability ``cell_fraction`` a crop is centred on a cell pixel: with
-    ``class_balanced`` the cell class is drawn uniformly among the classes present in the
-    whole set, then a pixel of that class (so rare classes are seen as often as common
-    ones, the paper's aim of balanced synthetic data); otherwise any cell pixel. The
-    remaining crops are placed uniformly in a random field.
-    """
-
-    def __init__(self, labels: list[np.ndarray], *, cell_fraction: float = 0.9, class_balanced: bool = True):
-        self.shapes = [lab.shape for lab in labels]
-        self.cell_fraction, self.class_balanced = cell_fraction, class_balanced
-        self.where: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for c in range(1, N_CLASSES):
-            per = [np.flatnonzero(np.asarray(lab).ravel() == c) for lab in labels]
-            fields = np.concatenate([np.full(len(p), i) for i, p in enumerate(per)]) if per else np.zeros(0, int)
-            if fields.size:
-                self.where[c] = (fields.astype(np.int64), np.concatenate(per))
-
-    def pick(self, rng: np.random.Generator, patch_px: int) -> tuple[int, int, int]:
-        """(field index, top, left) of one crop of side ``patch_px``."""
-        if self.where and rng.random() < self.cell_fraction:
-            classes = sorted(self.where)
-            if self.class_balanced:
-                fields, pixels = self.where[classes[int(rng.integers(len(classes)))]]
-            else:
-                fields = np.concatenate([self.where[c][0] for c in classes])
-                pixels = np.concatenate([self.where[c][1] for c in classes])
-            j = int(rng.integers(len(fields)))
-            i = int(fields[j])
-            H, W = self.shapes[i]
-            cy, cx = divmod(int(pixels[j]), W)
-            return i, int(np.clip(cy - patch_px // 2, 0, H - patch_px)), int(np.clip(cx - patch_px // 2, 0, W - patch_px))
-        i = int(rng.integers(len(self.shapes)))
-        H, W = self.shapes[i]
-        return i, int(rng.integers(H - patch_px + 1)), int(rng.integers(W - patch_px + 1))
 
 
 class PatchSampler:

@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import linalg
 from scipy import ndimage as ndi
 
-from rbclib.diffusion import CropPicker
+from rbclib.datasets import CropPicker
 from rbclib.labels import CELL_CLASSES, CLASS_NAMES, N_CLASSES, instances_from_labels
 
 FEATURE_NAMES = ("q10_rad", "q50_rad", "q90_rad", "q99_rad", "std_rad", "cell_area_frac",

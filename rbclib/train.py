@@ -26,9 +26,11 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from rbclib.datasets import PHASE_RANGE_RAD, Pair, PatchDataset, load_pairs, load_pairs_folder, read_splits
+from rbclib.datasets import PHASE_RANGE_RAD, BalancedCropDataset, Pair, PatchDataset, load_pairs, load_pairs_folder, read_splits
 from rbclib.infer import check_mask_classes, model_from_config, pick_device, predict_image
 from rbclib.io import atomic_path, write_csv, write_json
+
+PATCH_MODES = ("paper", "cover", "balanced")
 
 # Every key a training config may hold, with its default (profiles set most of them).
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -39,7 +41,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "in_channels": 3,
     "classes": 5,
     "patch": 256,          # training patch side [px]
-    "patch_mode": "paper",  # "paper": non-overlapping grid; "cover": overlapping tiles
+    "patch_mode": "paper",  # "paper": non-overlapping grid; "cover": overlapping tiles; "balanced": class-balanced random crops
     "overlap": 32,         # px shared by tiles ("cover" patches and inference)
     "rotations": 4,        # x4 rotation augmentation of the acquired pairs (1: off)
     "epochs": 50,
@@ -50,6 +52,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "ce_weight": 1.0,
     "dice_weight": 1.0,
     "val_batch_size": 8,
+    "autocast_bf16": False,  # bfloat16 autocast of the training forward pass (weights stay float32)
     "phase_range": list(PHASE_RANGE_RAD),
 }
 
@@ -63,6 +66,8 @@ def make_config(config: dict[str, Any] | None = None, **overrides: Any) -> dict[
             raise ValueError(f"unknown training config keys {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}")
         cfg.update(src)
     cfg["phase_range"] = [float(v) for v in cfg["phase_range"]]
+    if cfg["patch_mode"] not in PATCH_MODES:
+        raise ValueError(f"patch_mode {cfg['patch_mode']!r}: expected one of {PATCH_MODES}")
     if cfg["model_name"] != "resunet":
         cfg.pop("decoder_channels")  # the baselines keep their own decoders
     return cfg
@@ -150,7 +155,12 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
     # Data
     kw = dict(patch=int(cfg["patch"]), overlap=int(cfg["overlap"]), in_channels=int(cfg["in_channels"]),
               phase_range=tuple(cfg["phase_range"]))
-    sets: list[Dataset] = [PatchDataset(train_pairs, mode=cfg["patch_mode"], rotations=int(cfg["rotations"]), **kw)]
+    grid = PatchDataset(train_pairs, mode="paper" if cfg["patch_mode"] == "balanced" else cfg["patch_mode"],
+                        rotations=int(cfg["rotations"]), **kw)
+    if cfg["patch_mode"] == "balanced":  # as many class-balanced random crops per epoch as the grid has patches
+        grid = BalancedCropDataset(train_pairs, patch=int(cfg["patch"]), length=len(grid), seed=int(seed),
+                                   in_channels=int(cfg["in_channels"]), phase_range=tuple(cfg["phase_range"]))
+    sets: list[Dataset] = [grid]
     if extra_pairs_dir:
         extra = load_pairs_folder(extra_pairs_dir)
         for pair in extra:
@@ -208,6 +218,8 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
         t0 = time.perf_counter()
         torch.manual_seed(int(seed) * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch), so resuming is exact
         sampler.set_epoch(epoch)
+        if isinstance(grid, BalancedCropDataset):
+            grid.set_epoch(epoch)
         net.train()
         sums = np.zeros(3)
         for step, (x, y) in enumerate(loader):
@@ -215,7 +227,9 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
                 break
             x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(dev, non_blocking=True)
-            loss, ce, dice = loss_fn(net(x), y)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(cfg["autocast_bf16"])):
+                logits = net(x)
+            loss, ce, dice = loss_fn(logits.float(), y)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

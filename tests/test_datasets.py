@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from rbclib.datasets import (PatchDataset, load_pairs, load_pairs_folder, normalise_phase, phase_to_input,
-                             read_splits)
+from rbclib.datasets import (BalancedCropDataset, CropPicker, Pair, PatchDataset, load_pairs, load_pairs_folder,
+                             normalise_phase, phase_to_input, read_splits)
 from rbclib.io import ImageFileError, write_json, write_labels, write_phase
 
 
@@ -72,3 +73,36 @@ def test_patch_dataset_counts_patches_rotations_and_pads(tmp_path):
     small = PatchDataset(pairs, patch=128, mode="cover", rotations=1)
     x, y = small[0]
     assert x.shape == (3, 128, 128) and y[96:].sum() == 0
+
+
+def test_crop_picker_balances_classes():
+    lab = np.zeros((100, 100), np.uint8)
+    lab[:, :60] = 1  # a sea of discocyte pixels
+    lab[90:94, 90:94] = 4  # one small stomatocyte
+    rng = np.random.default_rng(0)
+    bal = CropPicker([lab], cell_fraction=1.0, class_balanced=True)
+    hits = sum(lab[y:y + 10, x:x + 10].max() == 4 for _, y, x in (bal.pick(rng, 10) for _ in range(400)))
+    assert 150 < hits < 250  # about half the crops hold the rare class
+    plain = CropPicker([lab], cell_fraction=1.0, class_balanced=False)
+    hits = sum(lab[y:y + 10, x:x + 10].max() == 4 for _, y, x in (plain.pick(rng, 10) for _ in range(400)))
+    assert hits < 10
+
+
+def test_balanced_crops_favour_rare_classes_and_are_reproducible():
+    lab = np.zeros((200, 200), np.uint8)
+    lab[:, :120] = 1  # mostly discocyte
+    lab[180:190, 180:190] = 4  # one small stomatocyte
+    phase = np.where(lab > 0, 1.0, 0.0).astype(np.float32)
+    ds = BalancedCropDataset([Pair(phase, lab, "a")], patch=32, length=200, seed=3, in_channels=1)
+    ds.set_epoch(0)
+    items = [ds[i] for i in range(len(ds))]
+    share = np.mean([bool((y == 4).any()) for _, y in items])
+    assert 0.3 < share < 0.7  # about half the crops hold the rare class (1 in 400 cell pixels)
+    x, y = items[5]
+    assert x.shape == (1, 32, 32) and y.shape == (32, 32) and y.dtype == torch.int64
+    assert torch.equal(ds[5][1], y)  # same (seed, epoch, i) -> same crop
+    # input and label are cut from the same place: 1 rad exactly where the label is a cell
+    for x, y in items[:50]:
+        assert torch.equal(x[0] == float(normalise_phase(np.float32(1.0))), y > 0)
+    ds.set_epoch(1)
+    assert any(not torch.equal(ds[i][1], items[i][1]) for i in range(20))

@@ -172,14 +172,3 @@ def test_class_composition_counts_cells():
     assert comp.loc["spherocyte", "masks_with_class"] == 0
 
 
-def test_crop_picker_balances_classes():
-    lab = np.zeros((100, 100), np.uint8)
-    lab[:, :60] = 1  # a sea of discocyte pixels
-    lab[90:94, 90:94] = 4  # one small stomatocyte
-    rng = np.random.default_rng(0)
-    bal = dd.CropPicker([lab], cell_fraction=1.0, class_balanced=True)
-    hits = sum(lab[y:y + 10, x:x + 10].max() == 4 for _, y, x in (bal.pick(rng, 10) for _ in range(400)))
-    assert 150 < hits < 250  # about half the crops hold the rare class
-    plain = dd.CropPicker([lab], cell_fraction=1.0, class_balanced=False)
-    hits = sum(lab[y:y + 10, x:x + 10].max() == 4 for _, y, x in (plain.pick(rng, 10) for _ in range(400)))
-    assert hits < 10

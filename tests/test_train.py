@@ -50,6 +50,8 @@ def test_ce_dice_loss_is_small_for_confident_right_answers():
 def test_config_and_validation_split():
     with pytest.raises(ValueError, match="unknown training config"):
         train.make_config({"epochz": 3})
+    with pytest.raises(ValueError, match="patch_mode 'grid'"):
+        train.make_config({"patch_mode": "grid"})
     tr, va = train.split_validation([f"s{i}" for i in range(20)], fraction=0.15, seed=1)
     assert len(va) == 3 and not set(tr) & set(va) and len(tr) == 17
     assert train.split_validation([f"s{i}" for i in range(20)], fraction=0.15, seed=1)[1] == va
@@ -60,10 +62,14 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+BALANCED_BF16 = {**TINY, "patch_mode": "balanced", "autocast_bf16": True}
+
+
 @pytest.mark.slow
-def test_training_writes_a_model_folder_and_resumes_identically(tmp_path, monkeypatch):
+@pytest.mark.parametrize("config", [TINY, BALANCED_BF16], ids=["paper-grid", "balanced-bf16"])
+def test_training_writes_a_model_folder_and_resumes_identically(tmp_path, monkeypatch, config):
     pairs, val = _disk_pairs(2), _disk_pairs(1, seed=9)
-    full = train.train_segmenter(pairs, val, model_name="pspnet", out_dir=tmp_path / "full", config=TINY, seed=3,
+    full = train.train_segmenter(pairs, val, model_name="pspnet", out_dir=tmp_path / "full", config=config, seed=3,
                                  progress=False)
     assert sorted(p.name for p in full.iterdir()) == ["best.pt", "config.json", "last.pt", "log.csv"]
     log = train.read_log(full)
@@ -82,11 +88,11 @@ def test_training_writes_a_model_folder_and_resumes_identically(tmp_path, monkey
 
     monkeypatch.setattr(train, "write_csv", crash)
     with pytest.raises(KeyboardInterrupt):
-        train.train_segmenter(pairs, val, model_name="pspnet", out_dir=tmp_path / "cut", config=TINY, seed=3,
+        train.train_segmenter(pairs, val, model_name="pspnet", out_dir=tmp_path / "cut", config=config, seed=3,
                               progress=False)
     monkeypatch.setattr(train, "write_csv", real_write_csv)
     assert _state(tmp_path / "cut" / "last.pt")["epoch"] == 0
-    train.train_segmenter(pairs, val, model_name="pspnet", out_dir=tmp_path / "cut", config=TINY, seed=3, progress=False)
+    train.train_segmenter(pairs, val, model_name="pspnet", out_dir=tmp_path / "cut", config=config, seed=3, progress=False)
     resumed = _state(tmp_path / "cut" / "last.pt")
     assert resumed["epoch"] == 1 and list(train.read_log(tmp_path / "cut")["epoch"]) == [0, 1]
     for k, v in last["model"].items():
@@ -94,10 +100,10 @@ def test_training_writes_a_model_folder_and_resumes_identically(tmp_path, monkey
 
     # a finished run is not retrained; another config in the same folder is refused
     mtime = (full / "last.pt").stat().st_mtime_ns
-    train.train_segmenter(pairs, val, model_name="pspnet", out_dir=full, config=TINY, seed=3, progress=False)
+    train.train_segmenter(pairs, val, model_name="pspnet", out_dir=full, config=config, seed=3, progress=False)
     assert (full / "last.pt").stat().st_mtime_ns == mtime
     with pytest.raises(ValueError, match="different training config"):
-        train.train_segmenter(pairs, val, model_name="pspnet", out_dir=full, config={**TINY, "lr": 0.1}, seed=3,
+        train.train_segmenter(pairs, val, model_name="pspnet", out_dir=full, config={**config, "lr": 0.1}, seed=3,
                               progress=False)
 
 
