@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -275,6 +276,49 @@ def ratio_errors(estimated: pd.DataFrame, truth: pd.DataFrame, *, target_pp: flo
     order = {c: i for i, c in enumerate(CELL_CLASS_NAMES)}
     return out.sort_values(["day", "class_name"], key=lambda s: s.map(order) if s.name == "class_name" else s,
                            ignore_index=True)
+
+
+def accuracy_by_attribute(series_dir: str | Path, labels_dir: str | Path, *, class_name: str = "echinocyte",
+                          column: str = "echinocyte_stage",
+                          bins: Iterable[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)) -> pd.DataFrame:
+    """Per-cell accuracy of one true class, split by a ground-truth attribute of the cells.
+
+    For a simulated series (``series_dir/cells.csv`` with ``dataset``, ``image``,
+    ``cell_id``, ``class_name`` and ``column``; true cell maps in
+    ``series_dir/<dataset>/instances/<image>.png``) and predicted class maps
+    ``labels_dir/<dataset>/<image>.png`` (as written by :func:`rbclib.assess.assess`), each
+    true cell of ``class_name`` takes the majority predicted class over its pixels. Returns
+    one row per ``column`` bin: ``cells``, ``accuracy`` and the share predicted as each
+    class (``as_<name>``, ``as_background``). The default splits echinocytes by the
+    simulator's crenation stage (0: crenated disc, 1: sphero-echinocyte).
+    """
+    from rbclib.io import read_instances, read_labels
+
+    series_dir, labels_dir = Path(series_dir), Path(labels_dir)
+    truth = pd.read_csv(series_dir / "cells.csv")
+    missing = {"dataset", "image", "cell_id", "class_name", column} - set(truth.columns)
+    if missing:
+        raise ValueError(f"{series_dir / 'cells.csv'}: missing columns {sorted(missing)}")
+    rows = []
+    for (dataset, image), group in truth[truth["class_name"] == class_name].groupby(["dataset", "image"]):
+        pred_path = labels_dir / str(dataset) / f"{image}.png"
+        if not pred_path.is_file():
+            continue  # image not assessed (failed or skipped)
+        inst = read_instances(series_dir / str(dataset) / "instances" / f"{image}.png")
+        pred = read_labels(pred_path)
+        for cell_id, value in zip(group["cell_id"], group[column]):
+            votes = np.bincount(pred[inst == cell_id], minlength=len(CLASS_NAMES))
+            if votes.sum():
+                rows.append((float(value), CLASS_NAMES[int(votes.argmax())]))
+    cells = pd.DataFrame(rows, columns=[column, "predicted"])
+    edges = list(bins)
+    cells["bin"] = pd.cut(cells[column], edges, include_lowest=True)
+    out = cells.groupby("bin", observed=False).agg(cells=("predicted", "size"),
+                                                   accuracy=("predicted", lambda p: (p == class_name).mean()))
+    for name in ("background", *CELL_CLASS_NAMES):
+        if name != class_name:
+            out[f"as_{name}"] = cells.groupby("bin", observed=False)["predicted"].apply(lambda p, n=name: (p == n).mean())
+    return out.reset_index().rename(columns={"bin": column})
 
 
 def wide_ratio_table(ratios: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:

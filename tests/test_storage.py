@@ -170,3 +170,29 @@ def test_overlay_rgb():
     assert rgb[7, 7, 2] > rgb[7, 7, 0]          # tinted blue inside
     assert tuple(rgb[5, 5]) == (255, 255, 255)  # outline
     assert rgb[0, 0].tolist() == [0, 0, 0]      # background stays grey (dark)
+
+
+def test_accuracy_by_attribute_splits_one_class_by_a_truth_column(tmp_path):
+    from rbclib.io import write_instances, write_labels
+
+    series, labels_dir = tmp_path / "series", tmp_path / "out" / "labels"
+    inst = np.zeros((40, 40), np.int32)
+    inst[2:10, 2:10], inst[2:10, 20:28], inst[20:30, 2:12], inst[20:30, 20:30] = 1, 2, 3, 4
+    pred = np.zeros((40, 40), np.uint8)
+    pred[2:10, 2:10] = 1    # cell 1 (early echinocyte) called a discocyte
+    pred[2:10, 20:28] = 3   # cell 2 (mid stage) right
+    pred[20:30, 2:12] = 3   # cell 3 (late) right ...
+    pred[20:24, 2:12] = 4   # ... by majority (6 of 10 rows), despite a stomatocyte part
+    pred[20:30, 20:30] = 1  # cell 4 is a discocyte: not counted
+    write_instances(series / "day_08" / "instances" / "f0.png", inst)
+    write_labels(labels_dir / "day_08" / "f0.png", pred)
+    pd.DataFrame({"dataset": "day_08", "image": "f0", "cell_id": [1, 2, 3, 4],
+                  "class_name": ["echinocyte"] * 3 + ["discocyte"], "echinocyte_stage": [0.1, 0.5, 0.9, np.nan]}
+                 ).to_csv(series / "cells.csv", index=False)
+    out = storage.accuracy_by_attribute(series, labels_dir, bins=(0.0, 0.3, 0.7, 1.0))
+    assert list(out["cells"]) == [1, 1, 1]
+    assert list(out["accuracy"]) == [0.0, 1.0, 1.0]
+    assert list(out["as_discocyte"]) == [1.0, 0.0, 0.0]
+    assert "as_echinocyte" not in out and "as_background" in out
+    with pytest.raises(ValueError, match="missing columns"):
+        storage.accuracy_by_attribute(series, labels_dir, column="nope")
