@@ -111,16 +111,33 @@ def class_composition(labels: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def consistency_score(phase: np.ndarray, labels: np.ndarray, *, threshold_rad: float = CELL_THRESHOLD_RAD) -> float:
-    """Agreement of a mask with its phase: Dice of (labels > 0) vs (smoothed phase > threshold).
+def class_purity(labels: np.ndarray) -> float:
+    """Share of cell pixels carrying the majority class of their cell blob (8-connected
+    component of labels > 0). 1 when every blob holds one class, as a real cell does;
+    lower for the mixed-class blobs a poorly trained mask generator draws. 1 without cells."""
+    labels = np.asarray(labels)
+    blobs, n = ndi.label(labels > 0, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return 1.0
+    votes = np.zeros((n + 1, int(labels.max()) + 1), np.int64)
+    np.add.at(votes, (blobs.ravel(), labels.ravel()), 1)
+    return float(votes[1:].max(axis=1).sum() / (labels > 0).sum())
 
-    1: cells exactly where the phase rises above the medium; 0: none. A patch with
-    neither cells nor raised phase scores 1. Used to reject broken generated pairs.
+
+def consistency_score(phase: np.ndarray, labels: np.ndarray, *, threshold_rad: float = CELL_THRESHOLD_RAD) -> float:
+    """Agreement of a mask with its phase and with itself, in [0, 1]: the Dice of
+    (labels > 0) vs (smoothed phase > threshold) times :func:`class_purity`.
+
+    1: cells exactly where the phase rises above the medium, one class per cell; 0: none.
+    A patch with neither cells nor raised phase scores 1. Used to reject broken generated
+    pairs. (Touching real cells of different classes lower the purity a little: 95 % of
+    real quick-profile patches score purity >= 0.62, 90 % exactly 1.)
     """
     cell_phase = ndi.gaussian_filter(np.asarray(phase, np.float64), 1.0) > threshold_rad
     cell_mask = np.asarray(labels) > 0
     denom = cell_phase.sum() + cell_mask.sum()
-    return 1.0 if denom == 0 else float(2.0 * np.logical_and(cell_phase, cell_mask).sum() / denom)
+    dice = 1.0 if denom == 0 else float(2.0 * np.logical_and(cell_phase, cell_mask).sum() / denom)
+    return dice * class_purity(labels)
 
 
 def real_patches(phases: list[np.ndarray], labels: list[np.ndarray], *, patch_px: int, n: int, seed: int,

@@ -144,9 +144,25 @@ def test_segment_with_mask_generator_any_size(trained):
 
 def test_consistency_score():
     phase, labels = toy_field(np.random.default_rng(2), 64, 4)
-    assert ev.consistency_score(phase, labels) > 0.85
-    assert ev.consistency_score(phase, np.roll(labels, 12, axis=1)) < ev.consistency_score(phase, labels) - 0.3
+    purity = ev.class_purity(labels)  # the toy's cells overlap, so some blobs hold two classes
+    assert 0.3 < purity < 1.0
+    assert ev.consistency_score(phase, labels) / purity > 0.85  # the Dice part: cells where phase rises
+    assert ev.consistency_score(phase, np.roll(labels, 12, axis=1)) < ev.consistency_score(phase, labels) - 0.15
     assert ev.consistency_score(np.zeros((8, 8)), np.zeros((8, 8), np.uint8)) == 1.0
+    # a cell painted with two classes is not a real cell: purity, hence consistency, drops
+    yy, xx = np.mgrid[:64, :64]
+    mixed = np.where(labels > 0, 1 + (yy // 4 + 2 * (xx // 4)) % 4, 0).astype(np.uint8)  # 4 classes in patches
+    assert ev.class_purity(mixed) < purity
+    assert ev.consistency_score(phase, mixed) < ev.consistency_score(phase, labels)
+
+
+def test_class_purity_counts_minority_pixels_per_blob():
+    lab = np.zeros((10, 20), np.uint8)
+    lab[1:5, 1:5] = 1            # a pure 16 px discocyte
+    lab[1:5, 10:15] = 3          # a 20 px blob: 15 echinocyte ...
+    lab[1:5, 14] = 4             # ... and 4 stomatocyte pixels
+    lab[1, 14] = 3
+    assert ev.class_purity(lab) == pytest.approx((16 + 17) / 36)
 
 
 def test_distribution_distance_floor_and_ceiling():
