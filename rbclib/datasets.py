@@ -157,8 +157,8 @@ class CropPicker:
     With probability ``cell_fraction`` a crop is centred on a cell pixel: with
     ``class_balanced`` the cell class is drawn uniformly among the classes present in the
     whole set, then a pixel of that class (so rare classes are seen as often as common
-    ones, the paper's aim of balanced synthetic data); otherwise any cell pixel. The
-    remaining crops are placed uniformly in a random field.
+    ones: the DDGAN's training crops and the segmenter's ``patch_mode = "balanced"``);
+    otherwise any cell pixel. The remaining crops are placed uniformly in a random field.
     """
 
     def __init__(self, labels: list[np.ndarray], *, cell_fraction: float = 0.9, class_balanced: bool = True):

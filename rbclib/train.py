@@ -26,7 +26,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from rbclib.datasets import PHASE_RANGE_RAD, BalancedCropDataset, Pair, PatchDataset, load_pairs, load_pairs_folder, read_splits
+from rbclib.datasets import (PHASE_RANGE_RAD, BalancedCropDataset, Pair, PatchDataset, load_pairs, load_pairs_folder,
+                             read_splits)
 from rbclib.infer import check_mask_classes, model_from_config, pick_device, predict_image
 from rbclib.io import atomic_path, write_csv, write_json
 
