@@ -311,14 +311,15 @@ def accuracy_by_attribute(series_dir: str | Path, labels_dir: str | Path, *, cla
             if votes.sum():
                 rows.append((float(value), CLASS_NAMES[int(votes.argmax())]))
     cells = pd.DataFrame(rows, columns=[column, "predicted"])
-    edges = list(bins)
-    cells["bin"] = pd.cut(cells[column], edges, include_lowest=True)
-    out = cells.groupby("bin", observed=False).agg(cells=("predicted", "size"),
-                                                   accuracy=("predicted", lambda p: (p == class_name).mean()))
-    for name in ("background", *CELL_CLASS_NAMES):
-        if name != class_name:
-            out[f"as_{name}"] = cells.groupby("bin", observed=False)["predicted"].apply(lambda p, n=name: (p == n).mean())
-    return out.reset_index().rename(columns={"bin": column})
+    binned = pd.cut(cells[column], list(bins), include_lowest=True)
+    counts = pd.crosstab(binned, cells["predicted"], dropna=False).reindex(
+        index=binned.cat.categories, columns=["background", *CELL_CLASS_NAMES], fill_value=0)
+    shares = counts.div(counts.sum(axis=1), axis=0)  # an empty bin gives NaN shares
+    out = pd.DataFrame({column: counts.index, "cells": counts.sum(axis=1).to_numpy(),
+                        "accuracy": shares[class_name].to_numpy()})
+    for name in shares.columns.drop(class_name):
+        out[f"as_{name}"] = shares[name].to_numpy()
+    return out
 
 
 def wide_ratio_table(ratios: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
