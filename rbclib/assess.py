@@ -415,6 +415,7 @@ class OpticsOptions:
     wavelength_m: float | None = None
     pixel_size_m: float | None = None
     n_medium: float | None = None
+    numerical_aperture: float | None = None
 
     def overrides(self) -> dict[str, float]:
         return {k: v for k, v in vars(self).items() if v is not None}

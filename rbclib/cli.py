@@ -5,6 +5,7 @@ Each subcommand is a thin wrapper over a library function; ``rbc CMD --help`` do
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def _cmd_assess(args: argparse.Namespace) -> int:
     if note:
         print(f"rbc assess: {note}", file=sys.stderr)
     result = assess(args.input, args.out, model_dir=model, model_note=note, day_map=args.day_map,
-                    optics=OpticsOptions(args.wavelength, args.pixel_size, args.medium_index),
+                    optics=OpticsOptions(args.wavelength, args.pixel_size, args.medium_index, args.numerical_aperture),
                     schemes=load_schemes(args.schemes) if args.schemes else None,
                     overlays=not args.no_overlays, seed=args.seed)
     import matplotlib.pyplot as plt
@@ -43,26 +44,75 @@ def _cmd_assess(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from rbclib.simulate import simulate_dataset, simulate_storage_series
+    from rbclib.simulate import HologramSettings, simulate_dataset, simulate_storage_series
 
+    realism = {k: getattr(args, k) for k in _SIMULATE_RANGES if getattr(args, k) is not None}
+    hologram = {k: realism.pop(k) for k in ("noise_nm", "noise_corr_um", "coherence", "beam_ratio") if k in realism}
+    if args.dust is not None:
+        hologram["dust"] = (int(args.dust), int(args.dust))
+    if args.carrier is not None:
+        hologram["carrier"] = args.carrier
+    settings = HologramSettings(**hologram)
     if args.storage_series:
         if args.day is not None or args.mixture is not None:
-            raise ValueError("--storage-series uses the storage model for every day; drop --day/--mixture")
+            raise ValueError("--storage-series sets the class mixture per storage day; drop --day / --mixture")
         out = simulate_storage_series(args.out, seed=args.seed, images_per_day=args.n_fields, field_px=args.field_px,
-                                      cells_per_field=args.cells_per_field, progress=not args.quiet)
+                                      cells_per_field=args.cells_per_field, progress=not args.quiet,
+                                      settings=settings, **realism)
     else:
         out = simulate_dataset(args.out, n_fields=args.n_fields, seed=args.seed, field_px=args.field_px,
                                cells_per_field=args.cells_per_field, mixture=args.mixture, day=args.day,
-                               touching_fraction=args.touching_fraction, defocus_m=args.defocus_um * 1e-6,
-                               bit_depth=args.bit_depth, progress=not args.quiet)
+                               bit_depth=args.bit_depth, progress=not args.quiet, settings=settings, **realism)
     print(f"rbc simulate: dataset written to {out}")
     return 0
+
+
+_SIMULATE_RANGES = {
+    # option: (low, high, unit, help); each takes X (pinned) or LOW,HIGH (drawn per field)
+    "density_per_1000um2": (0.0, 20.0, "cells per 1000 um^2", "cell density (default 2,10)"),
+    "touching_fraction": (0.0, 1.0, "", "share of cells touching another (default 0.1,0.6)"),
+    "overlap_fraction": (0.0, 0.5, "", "share of cells lying on another (default 0,0.12)"),
+    "platelets_per_cell": (0.0, 2.0, "", "platelets per cell, background class (default 0,0.08)"),
+    "debris_per_1000um2": (0.0, 50.0, "per 1000 um^2", "debris specks, background class (default 0,3)"),
+    "defocus_um": (-20.0, 20.0, "um", "object-plane defocus [um] (default -2.5,2.5)"),
+    "noise_nm": (0.0, 200.0, "nm", "coherent (speckle) noise, optical path s.d. [nm] (default 2,25, log-uniform)"),
+    "noise_corr_um": (0.05, 20.0, "um", "correlation length of that noise [um] (default 0.3,1.5)"),
+    "coherence": (0.05, 1.0, "", "fringe contrast factor (default 0.5,0.95)"),
+    "beam_ratio": (0.05, 20.0, "", "reference / object amplitude (default 0.5,2)"),
+}
+
+
+def _range_arg(option: str, lo: float, hi: float, unit: str):
+    """argparse type: X or LOW,HIGH within [lo, hi], the message naming ``--option``."""
+    def parse(text: str) -> float | tuple[float, float]:
+        from rbclib.simulate import check_range
+
+        try:
+            values = [float(v) for v in text.split(",")]
+            value = values[0] if len(values) == 1 else tuple(values)
+            check_range("--" + option.replace("_", "-"), value, lo, hi, unit)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc) if "allowed range" in str(exc) else
+                                             f"expected X or LOW,HIGH (numbers), got {text!r}") from None
+        return value
+    return parse
+
+
+def _carrier_arg(text: str) -> tuple[float, float]:
+    try:
+        fy, fx = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--carrier takes FY,FX in cycles/px, got {text!r}") from None
+    if not (0.1 <= math.hypot(fy, fx) and max(abs(fy), abs(fx)) <= 0.45 and fx > 0):
+        raise argparse.ArgumentTypeError(f"--carrier {text}: need |f| >= 0.1, |fy|, |fx| <= 0.45 and fx > 0 cycles/px")
+    return fy, fx
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from rbclib.holography import reconstruct_files
 
-    overrides = {"wavelength_m": args.wavelength, "pixel_size_m": args.pixel_size, "n_medium": args.medium_index}
+    overrides = {"wavelength_m": args.wavelength, "pixel_size_m": args.pixel_size, "n_medium": args.medium_index,
+                 "numerical_aperture": args.numerical_aperture}
     refocus = None if args.refocus is None else ("auto" if args.refocus == "auto" else float(args.refocus))
     written = reconstruct_files(args.holograms, args.out, background=args.background, refocus=refocus,
                                 optics_overrides={k: v for k, v in overrides.items() if v is not None},
@@ -105,6 +155,8 @@ def _add_optics_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wavelength", type=float, metavar="M", help="illumination wavelength [m], e.g. 682.5e-9")
     p.add_argument("--pixel-size", type=float, metavar="M", help="pixel size at the sample [m], e.g. 0.1441e-6")
     p.add_argument("--medium-index", type=float, metavar="N", help="refractive index of the medium, e.g. 1.3334")
+    p.add_argument("--numerical-aperture", type=float, metavar="NA",
+                   help="objective NA, e.g. 0.65 (sets the sideband filter radius NA/wavelength; default 0.7)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,9 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "echinocyte=0.1,stomatocyte=0.1 (default: day 8)")
     p.add_argument("--field-px", type=int, default=900, metavar="PX", help="field side in pixels (default 900)")
     p.add_argument("--cells-per-field", type=_cells_range, metavar="MIN,MAX",
-                   help="cells per field (default 40,85 scaled to the field area)")
-    p.add_argument("--touching-fraction", type=float, default=0.1, help="share of cells in touching pairs (0..1)")
-    p.add_argument("--defocus-um", type=float, default=0.0, help="defocus of the object plane [um]")
+                   help="cells per field (default: from --density-per-1000um2)")
+    for option, (lo, hi, unit, text) in _SIMULATE_RANGES.items():
+        p.add_argument("--" + option.replace("_", "-"), type=_range_arg(option, lo, hi, unit), metavar="X|LO,HI",
+                       help=f"{text}; X pins it, LO,HI draws it per field")
+    p.add_argument("--dust", type=int, metavar="N", help="out-of-focus dust particles per field (default 0..6)")
+    p.add_argument("--carrier", type=_carrier_arg, metavar="FY,FX",
+                   help="pin the carrier [cycles/px] (default: drawn per field, |f| 0.28-0.36)")
     p.add_argument("--bit-depth", type=int, default=8, choices=[8, 12], help="camera bit depth")
     p.add_argument("--storage-series", action="store_true",
                    help="write the storage study instead: day_08/ ... day_57/ with N fields each")
@@ -172,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="propagate by M metres, or 'auto' (minimum average amplitude gradient within +-10 um)")
     p.add_argument("--filter", default="smooth disk", choices=["smooth disk", "disk", "gauss"],
                    help="sideband filter (default: smooth disk)")
-    p.add_argument("--filter-size", type=float, default=1 / 3, metavar="F",
-                   help="filter radius as a fraction of the carrier distance (default 1/3)")
+    p.add_argument("--filter-size", type=float, default=None, metavar="F",
+                   help="filter radius as a fraction of the carrier distance (default: the objective's "
+                        "cut-off NA/wavelength, at most half the carrier distance)")
     p.add_argument("--sign", type=int, choices=[1, -1], help="force the phase sign (default: cells positive, automatic)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_reconstruct)

@@ -20,6 +20,7 @@ OPTICS_SOURCES = {
     "pixel_size_m": "Park et al. 2025: 900 px over 129.68 um, i.e. 0.1441 um/px at the sample",
     "n_medium": "HEPA buffer, 1.3334 (Rappaz et al., Cytometry A 73, 895 (2008))",
     "n_cell": "assumed: n_medium + alpha * MCHC for a normal MCHC of 33 g/dL (reference range 32-36 g/dL), i.e. 1.396; used only for thickness and volume",
+    "numerical_aperture": "objective NA assumed 0.7: 40x/0.65-0.75 objectives are usual for RBC DHM (Rappaz et al., Cytometry A 73, 895 (2008)); sets the coherent cut-off NA/wavelength and so the sideband filter radius",
     "alpha_m3_per_kg": "specific refraction increment of haemoglobin 0.19 mL/g (Barer, Nature 169, 366 (1952); Popescu et al., AJP Cell 295, C538 (2008))",
 }
 
@@ -31,6 +32,7 @@ class Optics:
     wavelength_m: illumination wavelength [m]; pixel_size_m: camera pixel at the sample [m];
     n_medium: refractive index of the medium; n_cell: assumed mean cell index (thickness and
     volume only); alpha_m3_per_kg: specific refraction increment [m^3/kg];
+    numerical_aperture: objective NA (coherent cut-off NA / wavelength: the sideband's radius);
     provenance: where each value came from (field name -> text).
     """
 
@@ -39,6 +41,7 @@ class Optics:
     n_medium: float = 1.3334
     n_cell: float = 1.396
     alpha_m3_per_kg: float = 1.9e-4
+    numerical_aperture: float = 0.7
     provenance: dict[str, str] = field(default_factory=lambda: dict(OPTICS_SOURCES))
 
     def __post_init__(self) -> None:
@@ -48,11 +51,17 @@ class Optics:
             "n_medium": 1.0 <= self.n_medium <= 2.0,
             "n_cell": 1.0 <= self.n_cell <= 2.5,
             "alpha_m3_per_kg": 1e-5 <= self.alpha_m3_per_kg <= 1e-3,
+            "numerical_aperture": 0.01 <= self.numerical_aperture <= 1.7,
         }
         for name, ok in checks.items():
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and ok):
                 raise ValueError(f"Optics.{name}={value!r} is outside the physical range (SI units expected)")
+
+    @property
+    def cutoff_cycles_per_px(self) -> float:
+        """Coherent imaging cut-off NA / wavelength in cycles per pixel."""
+        return self.numerical_aperture * self.pixel_size_m / self.wavelength_m
 
     @property
     def delta_n(self) -> float:

@@ -10,8 +10,10 @@ Steps (:class:`Reconstructor`, one optical set-up, reused across holograms):
    is not an off-axis hologram and raises :class:`~rbclib.io.ImageFileError`.
 3. Spectral filter around the sideband: ``"smooth disk"`` (default; raised-cosine edge
    over +-10 % of the radius, less ringing than a hard edge), ``"disk"`` or ``"gauss"``
-   (sigma = radius / 2); radius = ``filter_size`` x carrier distance (default 1/3, as
-   qpretrieve).
+   (sigma = radius / 2). Radius: by default the optics' coherent cut-off NA / wavelength
+   (``Optics.numerical_aperture``), which keeps every frequency the objective passes, capped
+   at half the carrier distance (clear of the DC term); or ``filter_size`` x the carrier
+   distance (qpretrieve's convention, e.g. 1/3).
 4. Demodulation and inverse FFT: the filtered sideband, cropped to a small box and
    moved to frequency 0, is transformed back to full resolution in two passes (columns
    of the box only, then rows), which is exact and cheaper than a full 2-D inverse FFT.
@@ -362,7 +364,8 @@ class Reconstructor:
     set-up (its field is computed once), or None for numerical compensation;
     sideband: carrier (fy, fx) [cycles/px] (None: detected on the first hologram and
     re-detected if a later hologram's sideband moved); filter / filter_size: filter shape
-    and radius relative to the carrier distance; sign: +1 / -1 to force the phase sign
+    and radius relative to the carrier distance (None: the optics' cut-off NA / wavelength,
+    at most half the carrier distance); sign: +1 / -1 to force the phase sign
     (None: chosen by skewness on the first hologram with cells); compensation: "auto"
     (background if given, else numerical), "background", "numerical" or "none";
     poly_order: order of the numerical aberration polynomial (2 covers spherical phase);
@@ -373,12 +376,12 @@ class Reconstructor:
 
     def __init__(self, shape: tuple[int, int], *, optics: Optics | None = None,
                  background: np.ndarray | None = None, sideband: tuple[float, float] | None = None,
-                 filter: FilterName = "smooth disk", filter_size: float = 1 / 3, sign: int | None = None,
+                 filter: FilterName = "smooth disk", filter_size: float | None = None, sign: int | None = None,
                  compensation: str = "auto", poly_order: int = 2, residual_order: int | None = 1,
                  refocus: float | str | None = None, refocus_range_m: tuple[float, float] = (-10e-6, 10e-6), background_source: str = "<background>"):
         if filter not in FILTERS:
             raise ValueError(f"unknown filter {filter!r}; choose one of {FILTERS}")
-        if not 0 < filter_size <= 0.5:
+        if filter_size is not None and not 0 < filter_size <= 0.5:
             raise ValueError(f"filter_size={filter_size} must lie in (0, 0.5] (fraction of the carrier distance)")
         if sign not in (None, 1, -1):
             raise ValueError(f"sign must be +1, -1 or None (automatic), got {sign!r}")
@@ -389,7 +392,7 @@ class Reconstructor:
         self.shape = tuple(int(s) for s in shape)
         self.optics = optics or Optics()
         self.filter = filter
-        self.filter_size = float(filter_size)
+        self.filter_size = None if filter_size is None else float(filter_size)
         self.sign = sign
         self.compensation = compensation
         self.poly_order = int(poly_order)
@@ -415,7 +418,8 @@ class Reconstructor:
         h, w = self.shape
         cy, cx = carrier
         dist = math.hypot(cy, cx)
-        radius = self.filter_size * dist
+        radius = (min(self.optics.cutoff_cycles_per_px, 0.5 * dist) if self.filter_size is None
+                  else self.filter_size * dist)
         reach = radius * (1 + _SMOOTH_EDGE) if self.filter == "smooth disk" else (
             2 * radius if self.filter == "gauss" else radius)
         reach = min(reach, 0.5)

@@ -36,6 +36,8 @@ _META_KEYS = {
     "n_medium": "n_medium",
     "n_cell": "n_cell",
     "alpha_m3_per_kg": "alpha_m3_per_kg",
+    "numerical aperture": "numerical_aperture",
+    "numerical_aperture": "numerical_aperture",
 }
 
 

@@ -57,9 +57,25 @@ the Nyquist square (0.26 + 0.147 < 0.5). A modelling choice."""
 
 DEFAULT_FIELD_PX = 900
 """Paper's image size: 900 x 900 px over 129.68 um (0.1441 um/px), Park et al. 2025, Sec. 7."""
-DEFAULT_CELLS_PER_FIELD = (40, 85)
-"""Cells per 900 x 900 field; chosen so that 66 storage images hold about 3,200 cells as in
-the paper's Fig. 9 (2469 + 335 + 312 + 143 cells) with well-separated cells (Sec. 7)."""
+DENSITY_PER_1000_UM2 = (2.0, 10.0)
+"""Cells per 1000 um^2 of field, drawn per field: from sparse to dense. Real RBC holograms
+reconstructed by this project hold up to ~9 cells per 1000 um^2 with most cells touching
+(``../shared/data/holograms/rbc_pydhm_field_2021.png``: about 95 cells in 1200 x 1200 px at
+~0.1465 um/px); a 900 px field of the paper at 2-10 per 1000 um^2 holds 34-168 cells."""
+TOUCHING_FRACTION = (0.1, 0.6)
+"""Share of cells placed in contact with another cell, drawn per field (sparse smears to
+clusters); a modelling choice bracketing the real fields above."""
+OVERLAP_FRACTION = (0.0, 0.12)
+"""Share of cells lying partly on top of another cell (their thickness adds; the top cell
+owns the shared pixels in the labels), drawn per field; a modelling choice."""
+PLATELETS_PER_CELL = (0.0, 0.08)
+DEBRIS_PER_1000_UM2 = (0.0, 3.0)
+"""Background objects (class 0): platelets (discs 1.5-3.5 um, 0.5-1.2 um thick; normal
+blood has 1 platelet per 10-20 RBCs, fewer in a washed RBC unit) and debris (irregular
+specks 0.5-3 um, microvesicles and dust on the slide), drawn per field; modelling choices."""
+DEFOCUS_UM = (-2.5, 2.5)
+"""Object-plane defocus [um], drawn per field: real recordings are a little out of focus
+(edge 10-90 % rise 0.77-1.4 um on the real holograms vs 0.69 um in focus, issue 13)."""
 
 # ---------------------------------------------------------------------------------------
 # Cell models (lengths in um)
@@ -72,10 +88,12 @@ C2*x^2 + C4*x^4), x = r/R0, R0 = 3.91 um: centre 0.81 um, rim 2.58 um, D = 7.82 
 DISCOCYTE_DIAMETER_UM = (7.8, 0.5)
 """Mean, s.d. of discocyte diameter: 7.82 +/- 0.62 um (Evans & Fung 1972); 7.8 +/- 0.5 um
 (issue 2, after Canham & Burton, Circ. Res. 22, 405 (1968))."""
-DISCOCYTE_CENTRE_UM = (0.8, 1.4)
-DISCOCYTE_RIM_UM = (2.4, 2.6)
-"""Centre (dimple) and rim thickness ranges: Evans & Fung 1972 (0.81 +/- 0.35 um, 2.58 +/-
-0.27 um); Park et al., PNAS 105, 13730 (2008) tomography, 0.8-1.4 um / 2.4-2.6 um."""
+DISCOCYTE_CENTRE_UM = (0.2, 1.4)
+DISCOCYTE_RIM_UM = (2.3, 2.7)
+"""Centre (dimple) and rim thickness ranges: Evans & Fung 1972 (centre 0.81 +/- 0.35 um, i.e.
+about 0.2-1.4 um over +-1.7 s.d.; rim 2.58 +/- 0.27 um). The centre/peak phase ratio of real
+reconstructed discocytes spans about 0.10-0.48 (10th-90th percentile, issue 13), wider than
+Park et al. PNAS 2008's 0.8-1.4 um, so the Evans-Fung spread is used."""
 
 SPHEROCYTE_DIAMETER_UM = (5.5, 6.8)
 SPHEROCYTE_HEIGHT_UM = (3.3, 4.3)
@@ -96,21 +114,38 @@ ECHINOCYTE_SPICULES = ((10, 30), (30, 50))
 """Spicule counts: echinocyte II/III 10-30 short spicules, sphero-echinocyte 30-50
 (Bessis 1973; Brecher & Bessis, Blood 40, 333 (1972)); the stage s in [0, 1] moves the
 range linearly from the first to the second."""
+RIM_SPICULES = (8, 16)
+RIM_SPICULE_PROTRUSION_UM = (0.5, 1.0)
+RIM_SPICULE_HALF_WIDTH_UM = (0.35, 0.6)
+"""Spicules seen on the outline of an echinocyte (the others sit on its upper surface):
+8-16 of them, 1.4-3 um apart along a ~24 um outline, each sticking out 0.5-1 um beyond the
+disc (issue 13, real reconstructed echinocytes; Brecher & Bessis 1972: spicules ~1 um
+long), base half-width 0.35-0.6 um, so they survive the ~1 um resolution of the optics."""
+CRENATED_DISCOCYTE_FRACTION = 0.15
+CRENATED_PROTRUSION_UM = (0.05, 0.2)
+"""Labelling rule for the earliest crenation (echinocyte I: an irregular, barely crenated
+disc): a cell whose spicules stick out less than 0.25 um (a quarter of the optical
+resolution) leaves no visible trace in the phase image, so it is labelled as what it looks
+like, a discocyte. The twin draws this share of discocytes with such invisible crenation
+(0.05-0.2 um); every cell labelled echinocyte carries visible spicules (0.5-1 um)."""
 
-MCHC_G_PER_DL = {DISCOCYTE: (33.0, 1.2), SPHEROCYTE: (35.5, 1.2), ECHINOCYTE: (34.0, 1.2), STOMATOCYTE: (32.0, 1.2)}
-"""Mean cell haemoglobin concentration (mean, s.d.) [g/dL]: normal 32-36 g/dL (clinical
-reference range); spherocytes are dehydrated (hyperchromic), stomatocytes over-hydrated
-(Bessis 1973; Park et al. 2016 for storage). n_cell = n_medium + alpha * MCHC
-(Barer, Nature 169, 366 (1952)); 33 g/dL with alpha 0.19 mL/g gives n_cell = 1.396."""
+HB_PER_CELL_PG = (29.5, 2.0)
+"""Haemoglobin per cell (MCH, mean, s.d.) [pg], one distribution for every class: normal MCH
+27-33 pg (clinical reference range); shape changes in storage do not change a cell's
+haemoglobin, so dry mass must not separate the classes (see :data:`MCHC_RANGE_G_PER_DL`)."""
+
+MCHC_RANGE_G_PER_DL = (29.0, 38.0)
+"""Range of a cell's haemoglobin concentration [g/dL]: a cell's haemoglobin is fixed
+(:data:`HB_PER_CELL_PG`) and its concentration is MCH / volume; normal MCHC is 32-36 g/dL
+(clinical reference range), dehydrated spherocytes reach ~38, over-hydrated stomatocytes
+~29 (Bessis 1973; Park et al. 2016 for storage). A drawn shape whose volume would leave
+this range is scaled in 3-D to its edge. n_cell = n_medium + alpha * MCHC (Barer, Nature
+169, 366 (1952)); 33 g/dL with alpha 0.19 mL/g gives n_cell = 1.396."""
 
 HBO2_EXTINCTION_CM_PER_M = 276.0
 HB_MOLAR_MASS_G = 64_500.0
 """Absorption: HbO2 molar extinction at ~680 nm, 276 /cm/M (Prahl, 'Optical absorption of
 hemoglobin', OMLC 1999); Hb 64.5 kg/mol. Intensity attenuation mu = ln(10)*eps*c."""
-
-IMAGING_NA = 0.7
-"""Objective numerical aperture (coherent cut-off NA/lambda): an assumption; 40x/0.65-0.75
-objectives are usual for RBC DHM (Rappaz et al., Cytometry A 73, 895 (2008))."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +167,9 @@ class CellSpec:
     @property
     def extent_um(self) -> float:
         """Radius [um] of a circle holding the whole cell (outline, tilt and spicules)."""
-        return self.a_um * 1.08 + float(self.params.get("spicule_reach_um", 0.0)) + 0.2
+        rim = self.params.get("rim_spicules")
+        protrusion = float(rim[:, 1].max()) * self.a_um if rim is not None and len(rim) else 0.0
+        return self.a_um * 1.08 + protrusion + float(self.params.get("spicule_reach_um", 0.0)) + 0.2
 
 
 def _ef_scale(h0: float, hr: float) -> float:
@@ -163,16 +200,38 @@ def _outline(rng: np.random.Generator, diameter_um: float, ratio: tuple[float, f
     return r / math.sqrt(q), r * math.sqrt(q), rng.uniform(0, math.pi)
 
 
+def _rim_spicules(rng: np.random.Generator, radius_um: float, protrusion_um: tuple[float, float]) -> np.ndarray:
+    """(n, 3) spicules of the outline: angle [rad], protrusion and angular half-width, both
+    relative to ``radius_um`` (so they scale with the cell); counts and widths as
+    :data:`RIM_SPICULES`, :data:`RIM_SPICULE_HALF_WIDTH_UM`."""
+    n = int(rng.integers(RIM_SPICULES[0], RIM_SPICULES[1] + 1))
+    angle = (np.arange(n) + rng.uniform(-0.25, 0.25, n)) * 2 * math.pi / n + rng.uniform(0, 2 * math.pi)
+    protrusion = rng.uniform(*protrusion_um, n) / radius_um
+    width = rng.uniform(*RIM_SPICULE_HALF_WIDTH_UM, n) / radius_um
+    return np.stack([angle, protrusion, width], axis=1)
+
+
+def _shape_volume(cell: CellSpec, step_um: float = 0.1) -> float:
+    """Volume [um^3] of ``cell``, integrated on a ``step_um`` grid."""
+    r = cell.extent_um
+    y, x = np.mgrid[-r:r:step_um, -r:r:step_um]
+    return float(cell_thickness(cell, y, x).sum()) * step_um**2
+
+
 def draw_cell(class_id: int, rng: np.random.Generator) -> CellSpec:
-    """Draw the random parameters of one cell of class ``class_id`` (1..4), literature ranges above."""
-    mu, sd = MCHC_G_PER_DL[class_id]
-    mchc = float(np.clip(rng.normal(mu, sd), mu - 2.5 * sd, mu + 2.5 * sd))
+    """Draw the random parameters of one cell of class ``class_id`` (1..4), literature ranges above.
+
+    The shape is drawn first; the cell's haemoglobin (:data:`HB_PER_CELL_PG`) then sets its
+    concentration MCH / volume, and a shape too small or too large for
+    :data:`MCHC_RANGE_G_PER_DL` is scaled in 3-D (outline and thickness alike) to fit."""
     tilt = (rng.uniform(-0.08, 0.08), rng.uniform(-0.08, 0.08))  # cell lying slightly tilted
     if class_id == DISCOCYTE:
         d = float(np.clip(rng.normal(*DISCOCYTE_DIAMETER_UM), 6.6, 9.0))
         a, b, ang = _outline(rng, d, (0.88, 1.0))
         h0, hr = rng.uniform(*DISCOCYTE_CENTRE_UM), rng.uniform(*DISCOCYTE_RIM_UM)
         params = {"h0_um": h0, "rim_um": hr, "s": _ef_scale(h0, hr), "tilt": tilt}
+        if rng.random() < CRENATED_DISCOCYTE_FRACTION:   # invisible crenation: still a discocyte
+            params["rim_spicules"] = _rim_spicules(rng, a, CRENATED_PROTRUSION_UM)
     elif class_id == STOMATOCYTE:
         d = float(np.clip(rng.normal(*STOMATOCYTE_DIAMETER_UM), 6.3, 8.5))
         a, b, ang = _outline(rng, d, (0.85, 1.0))
@@ -189,38 +248,55 @@ def draw_cell(class_id: int, rng: np.random.Generator) -> CellSpec:
                   "tilt": (tilt[0] / 2, tilt[1] / 2)}
     elif class_id == ECHINOCYTE:
         stage = rng.uniform(0.0, 1.0)
-        d = float(np.clip(rng.normal(7.7 - 1.2 * stage, 0.4), 6.0, 8.8))
+        d = float(np.clip(rng.normal(7.5 - 1.2 * stage, 0.4), 5.8, 8.6))
         a, b, ang = _outline(rng, d, (0.88, 1.0))
         h0, hr = rng.uniform(*DISCOCYTE_CENTRE_UM), rng.uniform(*DISCOCYTE_RIM_UM)
+        rim = _rim_spicules(rng, a, RIM_SPICULE_PROTRUSION_UM)
         (lo0, hi0), (lo1, hi1) = ECHINOCYTE_SPICULES
         n = int(rng.integers(round(lo0 + (lo1 - lo0) * stage), round(hi0 + (hi1 - hi0) * stage) + 1))
-        n_rim = max(3, int(round(n * (1.0 - 0.6 * stage))))
-        n_surf = n - n_rim
-        height = rng.uniform(0.25, 0.5, n) * (1 + 0.6 * stage)       # spicule height [um]
-        width = rng.uniform(0.18, 0.28, n) * (1 - 0.25 * stage)      # gaussian sigma [um]
-        ang_rim = (np.arange(n_rim) + rng.uniform(-0.3, 0.3, n_rim)) * 2 * math.pi / n_rim + rng.uniform(0, 2 * math.pi)
-        rho_rim = rng.uniform(0.93, 1.02, n_rim)
+        n_surf = max(n - len(rim), 0)
+        height = rng.uniform(0.25, 0.5, n_surf) * (1 + 0.6 * stage)       # surface spicule height [um]
+        width = rng.uniform(0.18, 0.28, n_surf) * (1 - 0.25 * stage)      # gaussian sigma [um]
         k = np.arange(n_surf) + 0.5  # sunflower (golden-angle) spread over the upper surface
-        rho_surf = 0.85 * np.sqrt(k / max(n_surf, 1)) + rng.uniform(-0.04, 0.04, n_surf)
-        ang_surf = k * math.pi * (3 - math.sqrt(5)) + rng.uniform(0, 2 * math.pi) + rng.uniform(-0.2, 0.2, n_surf)
-        rho = np.concatenate([rho_rim, np.clip(rho_surf, 0, 0.9)])
-        phi = np.concatenate([ang_rim, ang_surf])
+        rho = np.clip(0.8 * np.sqrt(k / max(n_surf, 1)) + rng.uniform(-0.04, 0.04, n_surf), 0, 0.85)
+        phi = k * math.pi * (3 - math.sqrt(5)) + rng.uniform(0, 2 * math.pi) + rng.uniform(-0.2, 0.2, n_surf)
         params = {"stage": stage, "h0_um": h0, "rim_um": hr, "s": _ef_scale(h0, hr), "tilt": tilt,
-                  "dome_um": rng.uniform(2.6, 3.2), "n_spicules": n,
+                  "dome_um": rng.uniform(2.6, 3.2), "rim_spicules": rim,
                   "spicules": np.stack([rho * np.cos(phi), rho * np.sin(phi), height, width], axis=1),
-                  "spicule_reach_um": float(np.max(2.5 * width) + 0.1)}
+                  "spicule_reach_um": float(np.max(2.5 * width, initial=0.0))}
     else:
         raise ValueError(f"class id {class_id} is not a cell class; expected one of {list(CELL_CLASSES)}")
-    return CellSpec(class_id, a, b, ang, mchc, params)
+    mu, sd = HB_PER_CELL_PG
+    mch = float(np.clip(rng.normal(mu, sd), mu - 2.5 * sd, mu + 2.5 * sd))
+    cell = CellSpec(class_id, a, b, ang, 0.0, params)
+    volume = _shape_volume(cell)                                     # [um^3 = fL]
+    mchc = float(np.clip(100.0 * mch / volume, *MCHC_RANGE_G_PER_DL))  # MCHC [g/dL] = 100 * MCH [pg] / V [fL]
+    scale = (100.0 * mch / mchc / volume) ** (1 / 3)
+    return dataclasses.replace(cell, a_um=a * scale, b_um=b * scale, mchc_g_dl=mchc, params={**params, "h_scale": scale})
+
+
+def n_spicules(cell: CellSpec) -> int:
+    """Spicules of ``cell`` (outline and surface; 0 for a smooth cell)."""
+    return sum(len(cell.params.get(k, ())) for k in ("rim_spicules", "spicules"))
 
 
 def cell_thickness(cell: CellSpec, y_um: np.ndarray, x_um: np.ndarray) -> np.ndarray:
-    """Thickness h [um] of ``cell`` centred at (0, 0) on coordinates (y, x) [um]; 0 outside."""
+    """Thickness h [um] of ``cell`` centred at (0, 0) on coordinates (y, x) [um]; 0 outside.
+
+    Outline spicules (``rim_spicules``) stretch the cell radially within their angular
+    width, so the whole profile, rim included, sticks out beyond the disc."""
     p = cell.params
     c, s = math.cos(cell.angle), math.sin(cell.angle)
     u = (x_um * c + y_um * s) / cell.a_um           # normalised cell frame (outline: u^2+v^2 = 1)
     v = (-x_um * s + y_um * c) / cell.b_um
     x2 = u * u + v * v
+    rim = p.get("rim_spicules")
+    if rim is not None and len(rim):
+        theta = np.arctan2(v, u)
+        stretch = np.ones_like(x2)
+        for angle, protrusion, width in rim:
+            stretch += protrusion * np.exp((np.cos(theta - angle) - 1.0) / width**2)
+        x2 = x2 / stretch**2
     inside = x2 < 1.0
     cid = cell.class_id
     if cid == SPHEROCYTE:
@@ -239,7 +315,7 @@ def cell_thickness(cell: CellSpec, y_um: np.ndarray, x_um: np.ndarray) -> np.nda
             h = (1 - st) * h + st * dome
     h = np.where(inside, h * (1 + p["tilt"][0] * u + p["tilt"][1] * v), 0.0)
     if cid == ECHINOCYTE:
-        # spicules: truncated gaussian bumps (radius 2.5 sigma) on the rim and upper surface
+        # surface spicules: truncated gaussian bumps (radius 2.5 sigma) on the upper surface
         xr = u * cell.a_um
         yr = v * cell.b_um
         for sx, sy, height, width in p["spicules"]:
@@ -247,7 +323,7 @@ def cell_thickness(cell: CellSpec, y_um: np.ndarray, x_um: np.ndarray) -> np.nda
             cut = (2.5 * width) ** 2
             bump = height * (np.exp(-d2 / (2 * width**2)) - math.exp(-cut / (2 * width**2)))
             h = h + np.where(d2 < cut, bump, 0.0)
-    return np.clip(h, 0.0, None)
+    return np.clip(h, 0.0, None) * p.get("h_scale", 1.0)
 
 
 def _render(cell: CellSpec, pixel_um: float, frac: tuple[float, float]) -> tuple[np.ndarray, float, float]:
@@ -328,64 +404,89 @@ _GAP_PX = 2
 _DIL1 = np.ones((3, 3), bool)
 
 
-def _place(masks: list[np.ndarray], field_px: int, pairs: list[tuple[int, int]], rng: np.random.Generator,
-           max_tries: int = 400) -> list[tuple[int, int] | None]:
-    """Top-left corners of the masks in a ``field_px`` square, no overlap; each (partner, cell)
-    pair in ``pairs`` touching (8-connected) and every other pair >= ``_GAP_PX`` + 1 px apart.
-    Cells that do not fit are dropped (None)."""
+def _place(masks: list[np.ndarray], field_px: int, roles: Sequence[str], rng: np.random.Generator,
+           max_tries: int = 400) -> tuple[list[tuple[int, int] | None], list[int], dict[int, int]]:
+    """Place the masks in a ``field_px`` square by role: ``"free"`` cells first (>= ``_GAP_PX``
+    + 1 px from any other), then ``"contact"`` cells (slid in from a random direction until
+    they touch an already placed cell, without overlap), then ``"overlap"`` cells (lying on
+    one placed cell, 15-45 % of their summed radii into it, clear of every other cell).
+    Returns top-left corners (None: did not fit, dropped), the placement order (later cells
+    lie on top) and {top cell: the cell under it}."""
     g = _GAP_PX
     occ = np.zeros((field_px + 2 * g, field_px + 2 * g), np.int32)   # instance ids, padded by g
     pad = [np.pad(m, g) for m in masks]
     dil_g = [ndi.binary_dilation(p, _DIL1, iterations=g) for p in pad]
     dil_1 = [ndi.binary_dilation(p, _DIL1) for p in pad]
-    partner_of = {cell: partner for partner, cell in pairs}
     pos: list[tuple[int, int] | None] = [None] * len(masks)
-    # pairs first (each second cell right after its partner, while there is room), then the rest
-    paired = {i for pair in pairs for i in pair}
-    order = [i for pair in pairs for i in pair] + [i for i in range(len(masks)) if i not in paired]
+    placed: list[int] = []
+    under: dict[int, int] = {}
 
     def window(i: int, y0: int, x0: int) -> np.ndarray:
         h, w = pad[i].shape
         return occ[y0: y0 + h, x0: x0 + w]
 
+    def fits(i: int, y0: int, x0: int) -> bool:
+        h, w = masks[i].shape
+        return 0 <= y0 <= field_px - h and 0 <= x0 <= field_px - w
+
     def put(i: int, y0: int, x0: int) -> None:
         window(i, y0, x0)[pad[i]] = i + 1
         pos[i] = (y0, x0)
+        placed.append(i)
 
-    for i in order:
+    def centre(j: int) -> tuple[float, float, float]:
+        (py, px), (ph, pw) = pos[j], masks[j].shape
+        return py + ph / 2, px + pw / 2, max(ph, pw) / 2
+
+    def place_free(i: int) -> None:
         h, w = masks[i].shape
-        if h > field_px or w > field_px:
-            continue
-        partner = partner_of.get(i)
-        if partner is not None and pos[partner] is not None:
-            py, px = pos[partner]
-            ph, pw = masks[partner].shape
-            pcy, pcx = py + ph / 2, px + pw / 2
-            for _ in range(40):
-                theta = rng.uniform(0, 2 * math.pi)
-                dy, dx = math.sin(theta), math.cos(theta)
-                dist = (max(h, w) + max(ph, pw)) / 2 + g + 2
-                while dist > 0:
-                    y0, x0 = int(round(pcy + dist * dy - h / 2)), int(round(pcx + dist * dx - w / 2))
-                    if not (0 <= y0 <= field_px - h and 0 <= x0 <= field_px - w):
-                        break
-                    hits = window(i, y0, x0)[dil_1[i]]
-                    if hits.any():
-                        ids = set(np.unique(window(i, y0, x0)[dil_g[i]]).tolist()) - {0}
-                        if ids == {partner + 1} and set(np.unique(hits).tolist()) - {0} == {partner + 1}:
-                            put(i, y0, x0)
-                        break
-                    dist -= 0.5
-                if pos[i] is not None:
-                    break
-            if pos[i] is not None:
-                continue
         for _ in range(max_tries):
             y0, x0 = int(rng.integers(0, field_px - h + 1)), int(rng.integers(0, field_px - w + 1))
             if not window(i, y0, x0)[dil_g[i]].any():
                 put(i, y0, x0)
-                break
-    return pos
+                return
+
+    def place_contact(i: int) -> None:
+        h, w = masks[i].shape
+        for _ in range(60):
+            pcy, pcx, pr = centre(placed[int(rng.integers(len(placed)))])
+            theta = rng.uniform(0, 2 * math.pi)
+            dist = max(h, w) / 2 + pr + g + 2
+            while dist > 0:
+                y0, x0 = int(round(pcy + dist * math.sin(theta) - h / 2)), int(round(pcx + dist * math.cos(theta) - w / 2))
+                if not fits(i, y0, x0):
+                    break
+                if window(i, y0, x0)[dil_1[i]].any():
+                    if not window(i, y0, x0)[pad[i]].any():
+                        put(i, y0, x0)
+                        return
+                    break
+                dist -= 0.5
+
+    def place_overlap(i: int) -> None:
+        h, w = masks[i].shape
+        for _ in range(60):
+            j = placed[int(rng.integers(len(placed)))]
+            if j in under or j in under.values():
+                continue
+            pcy, pcx, pr = centre(j)
+            theta = rng.uniform(0, 2 * math.pi)
+            dist = (max(h, w) / 2 + pr) * rng.uniform(0.55, 0.85)
+            y0, x0 = int(round(pcy + dist * math.sin(theta) - h / 2)), int(round(pcx + dist * math.cos(theta) - w / 2))
+            if fits(i, y0, x0) and set(np.unique(window(i, y0, x0)[dil_g[i]]).tolist()) <= {0, j + 1}:
+                put(i, y0, x0)
+                under[i] = j
+                return
+
+    for role, place in (("free", place_free), ("contact", place_contact), ("overlap", place_overlap)):
+        for i in [k for k, r in enumerate(roles) if r == role]:
+            if max(masks[i].shape) > field_px:
+                continue
+            if role == "free" or not placed:
+                place_free(i)
+            else:
+                place(i)
+    return pos, placed, under
 
 
 def touching_cells(instances: np.ndarray) -> dict[int, bool]:
@@ -404,25 +505,60 @@ def touching_cells(instances: np.ndarray) -> dict[int, bool]:
 # ---------------------------------------------------------------------------------------
 # Hologram formation
 # ---------------------------------------------------------------------------------------
+def draw(rng: np.random.Generator, value: float | Sequence[float], *, log: bool = False) -> float:
+    """One value of a per-field setting: a number pins it, a (low, high) pair draws it
+    uniformly (log-uniformly with ``log=True``)."""
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    lo, hi = (float(v) for v in value)
+    if log and lo > 0:
+        return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    return float(rng.uniform(lo, hi))
+
+
+def check_range(name: str, value: float | Sequence[float], lo: float, hi: float, unit: str = "") -> None:
+    """Raise ValueError naming ``name`` unless ``value`` (a number or a (low, high) pair) lies in [lo, hi]."""
+    values = [value] if isinstance(value, (int, float, np.integer, np.floating)) else list(value)
+    ok = len(values) in (1, 2) and all(isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+                                       and lo <= v <= hi for v in values) and values == sorted(values)
+    if not ok:
+        raise ValueError(f"{name}={value!r} is outside the allowed range {lo:g}..{hi:g}{' ' + unit if unit else ''} "
+                         "(a number, or low,high with low <= high)")
+
+
 @dataclass(frozen=True)
 class HologramSettings:
-    """Camera and interferometer parameters (ranges are drawn per field; assumptions unless cited).
+    """Camera and interferometer parameters; a pair (low, high) is drawn per field (domain
+    randomisation), a number pins the setting. Assumptions unless cited.
 
-    carrier: (fy, fx) [cycles/px], see the module docstring; na: objective NA (cut-off NA/lambda);
-    coherence: fringe contrast factor gamma range (partial coherence, vibration);
-    beam_ratio: |R|/|O| range (visibility 2*gamma*beta/(1+beta^2) < 1);
+    carrier: (fy, fx) [cycles/px] of the +1 order, or None: drawn per field with magnitude
+    ``carrier_magnitude`` and angle ``carrier_angle_deg`` (+-, from the x axis), inside the
+    Nyquist square with room for the pupil (the objective's NA is ``Optics.numerical_aperture``);
+    coherence: fringe contrast factor gamma (partial coherence, vibration);
+    beam_ratio: |R|/|O| (visibility 2*gamma*beta/(1+beta^2) < 1);
     tilt_rad / curvature_rad: peak low-order aberration phase across the field;
     parasitic: relative amplitude of a parasitic fringe pattern (0 disables);
-    full_well_e / read_noise_e: sensor electrons (typical scientific CMOS, an assumption);
+    noise_nm: optical-path s.d. [nm] of the sample's coherent noise (speckle of the slide,
+    medium and optics, spatially correlated over ``noise_corr_um``), drawn log-uniformly;
+    2-25 nm brackets the real holograms (background 9-21 nm after reconstruction, issue 13);
+    dust: count of out-of-focus dust particles (0.5-2.5 um) 15-80 um from the object plane,
+    whose diffraction rings are the parasitic ring fringes of real recordings;
+    envelope_waist: Gaussian beam waist over the half field (illumination gradient);
+    full_well_e / read_noise_e: sensor electrons (typical scientific CMOS);
     bit_depth: 8 or 12 (12-bit stored in uint16)."""
 
-    carrier: tuple[float, float] = CARRIER_CYCLES_PER_PX
-    na: float = IMAGING_NA
-    coherence: tuple[float, float] = (0.6, 0.9)
-    beam_ratio: tuple[float, float] = (0.8, 1.5)
+    carrier: tuple[float, float] | None = None
+    carrier_magnitude: tuple[float, float] = (0.28, 0.36)
+    carrier_angle_deg: tuple[float, float] = (15.0, 75.0)
+    coherence: tuple[float, float] = (0.5, 0.95)
+    beam_ratio: tuple[float, float] = (0.5, 2.0)
     tilt_rad: float = 6.0
     curvature_rad: float = 8.0
     parasitic: float = 0.02
+    noise_nm: float | tuple[float, float] = (2.0, 25.0)
+    noise_corr_um: float | tuple[float, float] = (0.3, 1.5)
+    dust: tuple[int, int] = (0, 6)
+    envelope_waist: tuple[float, float] = (0.6, 1.6)
     full_well_e: float = 10_000.0
     read_noise_e: float = 6.0
     bit_depth: int = 8
@@ -430,31 +566,53 @@ class HologramSettings:
     def __post_init__(self) -> None:
         if self.bit_depth not in (8, 12):
             raise ValueError(f"bit_depth must be 8 or 12, got {self.bit_depth!r}")
-        fy, fx = self.carrier
-        if not (0 < math.hypot(fy, fx) and max(abs(fy), abs(fx)) < 0.5):
-            raise ValueError(f"carrier {self.carrier} must be nonzero and inside the Nyquist square (|f| < 0.5 cycles/px)")
+        if self.carrier is not None:
+            fy, fx = self.carrier
+            if not (0 < math.hypot(fy, fx) and max(abs(fy), abs(fx)) < 0.5):
+                raise ValueError(f"carrier {self.carrier} must be nonzero and inside the Nyquist square (|f| < 0.5 cycles/px)")
+        check_range("noise_nm", self.noise_nm, 0.0, 200.0, "nm")
+        check_range("noise_corr_um", self.noise_corr_um, 0.05, 20.0, "um")
+        check_range("coherence", self.coherence, 0.05, 1.0)
+        check_range("beam_ratio", self.beam_ratio, 0.05, 20.0)
+        check_range("dust", self.dust, 0, 100)
+
+    def draw_carrier(self, rng: np.random.Generator) -> tuple[float, float]:
+        """The field's carrier (fy, fx) [cycles/px]: the pinned one, or a random one."""
+        if self.carrier is not None:
+            return tuple(float(c) for c in self.carrier)
+        mag = rng.uniform(*self.carrier_magnitude)
+        ang = math.radians(rng.uniform(*self.carrier_angle_deg)) * rng.choice([-1, 1])
+        return float(mag * math.sin(ang)), float(mag * math.cos(ang))
 
 
-@functools.lru_cache(maxsize=8)
+def _propagator(shape: tuple[int, int], pixel_m: float, wavelength_m: float, n_medium: float,
+                distance_m: float) -> np.ndarray:
+    """Angular-spectrum propagation over ``distance_m`` in the medium (complex64, FFT layout)."""
+    fy = np.fft.fftfreq(shape[0], d=pixel_m)[:, None]
+    fx = np.fft.fftfreq(shape[1], d=pixel_m)[None, :]
+    kz = np.sqrt(np.clip((n_medium / wavelength_m) ** 2 - fy**2 - fx**2, 0, None))
+    return np.exp(2j * np.pi * distance_m * (kz - n_medium / wavelength_m)).astype(np.complex64)
+
+
+@functools.lru_cache(maxsize=4)
 def _transfer(shape: tuple[int, int], pixel_m: float, wavelength_m: float, n_medium: float, na: float,
               defocus_m: float) -> np.ndarray:
     """Coherent transfer function: pupil NA/lambda times angular-spectrum propagation over defocus_m."""
     fy = np.fft.fftfreq(shape[0], d=pixel_m)[:, None]
     fx = np.fft.fftfreq(shape[1], d=pixel_m)[None, :]
-    f2 = fy**2 + fx**2
-    pupil = f2 <= (na / wavelength_m) ** 2
-    kz = np.sqrt(np.clip((n_medium / wavelength_m) ** 2 - f2, 0, None))
-    prop = np.exp(2j * np.pi * defocus_m * (kz - n_medium / wavelength_m))
-    return (pupil * prop).astype(np.complex64)
+    pupil = fy**2 + fx**2 <= (na / wavelength_m) ** 2
+    if not defocus_m:
+        return pupil.astype(np.complex64)
+    return pupil * _propagator(shape, pixel_m, wavelength_m, n_medium, defocus_m)
 
 
-def _smooth_envelope(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """Beam amplitude: an off-centre Gaussian (waist 0.9-1.6 x the half field) times a few %
-    of smooth low-frequency ripple; separable products only, float32 (H, W)."""
+def _smooth_envelope(rng: np.random.Generator, shape: tuple[int, int], waist: tuple[float, float]) -> np.ndarray:
+    """Beam amplitude: an off-centre Gaussian (waist drawn from ``waist`` x the half field) times
+    a few % of smooth low-frequency ripple; separable products only, float32 (H, W)."""
     ny = (np.arange(shape[0], dtype=np.float32) - shape[0] / 2) / (shape[0] / 2)
     nx = (np.arange(shape[1], dtype=np.float32) - shape[1] / 2) / (shape[1] / 2)
     c0 = rng.uniform(-0.25, 0.25, 2)
-    w = rng.uniform(0.9, 1.6)
+    w = rng.uniform(*waist)
     env = np.outer(np.exp(-((ny - c0[0]) ** 2) / (2 * w**2)), np.exp(-((nx - c0[1]) ** 2) / (2 * w**2)))
     for _ in range(3):
         k = rng.uniform(0.3, 1.5, 2) * math.pi
@@ -464,14 +622,66 @@ def _smooth_envelope(rng: np.random.Generator, shape: tuple[int, int]) -> np.nda
     return env.astype(np.float32)
 
 
+def coherent_noise(rng: np.random.Generator, shape: tuple[int, int], *, sigma_rad: float, corr_px: float) -> np.ndarray:
+    """Complex transmission (H, W) of spatially correlated coherent noise: phase of s.d.
+    ``sigma_rad`` and relative amplitude of s.d. ``sigma_rad``/2, both Gaussian random fields
+    with a Gaussian correlation of ``corr_px`` pixels (the speckle of slide, medium and optics)."""
+    def field() -> np.ndarray:
+        f = ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), corr_px, mode="wrap")
+        return f / (float(f.std()) + 1e-12)
+    return ((1 + 0.5 * sigma_rad * field()) * np.exp(1j * sigma_rad * field())).astype(np.complex64)
+
+
+def dust_rings(rng: np.random.Generator, shape: tuple[int, int], n: int, *, optics: Optics, na: float) -> np.ndarray:
+    """Complex transmission (H, W) of ``n`` absorbing dust particles (0.5-2.5 um, opacity
+    0.2-0.8) on one plane 15-80 um out of focus, propagated to the object plane: ring fringes."""
+    px_um = optics.pixel_size_m * 1e6
+    yy, xx = np.mgrid[0: shape[0], 0: shape[1]]
+    plane = np.ones(shape, np.float32)
+    for _ in range(n):
+        r = max(rng.uniform(0.5, 2.5) / 2 / px_um, 0.7)
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        plane -= rng.uniform(0.2, 0.8) * (np.hypot(yy - cy, xx - cx) <= r)
+    distance = float(rng.uniform(15e-6, 80e-6) * rng.choice([-1, 1]))
+    pupil = _transfer(shape, optics.pixel_size_m, optics.wavelength_m, optics.n_medium, na, 0.0)
+    kz = _propagator(shape, optics.pixel_size_m, optics.wavelength_m, optics.n_medium, distance)
+    return sfft.ifft2(sfft.fft2(np.clip(plane, 0, 1).astype(np.complex64)) * pupil * kz).astype(np.complex64)
+
+
+@dataclass(frozen=True)
+class FieldConditions:
+    """What one field drew from the ranges (recorded in ``fields.csv``): carrier (fy, fx)
+    [cycles/px], defocus [um], coherent noise s.d. [nm] and correlation [um], dust
+    particles, fringe contrast gamma and beam ratio |R|/|O|."""
+
+    carrier: tuple[float, float]
+    defocus_um: float
+    noise_nm: float
+    noise_corr_um: float
+    dust: int
+    coherence: float
+    beam_ratio: float
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, settings: HologramSettings, defocus_um: float | Sequence[float]) -> "FieldConditions":
+        """Draw every per-field setting of ``settings`` (and the defocus range [um])."""
+        return cls(carrier=settings.draw_carrier(rng), defocus_um=draw(rng, defocus_um),
+                   noise_nm=draw(rng, settings.noise_nm, log=True), noise_corr_um=draw(rng, settings.noise_corr_um),
+                   dust=int(rng.integers(settings.dust[0], settings.dust[1] + 1)),
+                   coherence=draw(rng, settings.coherence), beam_ratio=draw(rng, settings.beam_ratio))
+
+
 def form_holograms(phase: np.ndarray, rng: np.random.Generator, *, optics: Optics, settings: HologramSettings,
-                   attenuation: np.ndarray | None = None, defocus_m: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                   conditions: FieldConditions, attenuation: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Camera hologram and matching background hologram of an object phase [rad].
 
     attenuation: amplitude attenuation (optical depth/2, >= 0) per pixel, or None;
-    defocus_m: object plane distance from focus [m] (angular-spectrum propagation in the medium).
-    Both images share the reference, envelopes, aberrations (tilt, curvature, astigmatism),
-    fringe contrast and parasitic fringes; camera noise is drawn independently.
+    conditions: the field's drawn carrier, defocus (angular-spectrum propagation in the
+    medium), coherent noise, dust and fringe visibility.
+    The object wave carries the sample's coherent noise and dust rings (they come with the
+    slide, so the background hologram does not hold them); both images share the reference,
+    envelopes, aberrations (tilt, curvature, astigmatism), fringe contrast and parasitic
+    fringes; camera noise is drawn independently.
     Camera: Poisson shot noise (approximated by a Gaussian of equal variance, exact enough
     at the >= 100 electrons per pixel of these exposures) plus Gaussian read noise, the
     brightest background pixel at 80 % of full well, quantised to ``settings.bit_depth``.
@@ -482,18 +692,25 @@ def form_holograms(phase: np.ndarray, rng: np.random.Generator, *, optics: Optic
     obj = np.exp(1j * np.asarray(phase, np.float32))
     if attenuation is not None:
         obj *= np.exp(-np.asarray(attenuation, np.float32))
-    tf = _transfer(shape, optics.pixel_size_m, optics.wavelength_m, optics.n_medium, settings.na, float(defocus_m))
+    sigma_rad = 2 * math.pi * conditions.noise_nm * 1e-9 / optics.wavelength_m
+    if sigma_rad > 0:
+        obj *= coherent_noise(rng, shape, sigma_rad=sigma_rad,
+                              corr_px=conditions.noise_corr_um * 1e-6 / optics.pixel_size_m)
+    tf = _transfer(shape, optics.pixel_size_m, optics.wavelength_m, optics.n_medium, optics.numerical_aperture,
+                   conditions.defocus_um * 1e-6)
     obj = sfft.ifft2(sfft.fft2(obj) * tf)
+    if conditions.dust:
+        obj *= dust_rings(rng, shape, conditions.dust, optics=optics, na=optics.numerical_aperture)
     # phase of O*conj(R) without the object: carrier + tilt + curvature + astigmatism (separable)
     t = rng.uniform(-1, 1, 2) * settings.tilt_rad / 2
     cc = rng.uniform(-1, 1, 2) * settings.curvature_rad / 2
-    fy, fx = settings.carrier
+    fy, fx = conditions.carrier
     ay = t[0] * ny + (cc[0] - 0.3 * cc[1]) * ny**2 + 2 * np.pi * fy * np.arange(shape[0])
     ax = t[1] * nx + (cc[0] + 0.3 * cc[1]) * nx**2 + 2 * np.pi * fx * np.arange(shape[1])
     carrier = np.outer(np.exp(1j * ay), np.exp(1j * ax)).astype(np.complex64)
-    env_o = _smooth_envelope(rng, shape)
-    env_r = _smooth_envelope(rng, shape) * np.float32(rng.uniform(*settings.beam_ratio))
-    gamma = np.float32(rng.uniform(*settings.coherence))
+    env_o = _smooth_envelope(rng, shape, settings.envelope_waist)
+    env_r = _smooth_envelope(rng, shape, settings.envelope_waist) * np.float32(conditions.beam_ratio)
+    gamma = np.float32(conditions.coherence)
     para = np.float32(1.0)
     if settings.parasitic > 0:   # weak low-frequency fringes from a parasitic reflection
         kp = rng.uniform(0.005, 0.03, 2) * rng.choice([-1, 1], 2)
@@ -520,16 +737,20 @@ def form_holograms(phase: np.ndarray, rng: np.random.Generator, *, optics: Optic
 # Fields and datasets
 # ---------------------------------------------------------------------------------------
 CELL_COLUMNS = ("cell_id", "class_id", "class_name", "centre_y_px", "centre_x_px", "diameter_um", "volume_um3",
-                "dry_mass_pg", "touching", "peak_phase_rad", "mchc_g_dl", "n_cell", "echinocyte_stage", "n_spicules")
+                "dry_mass_pg", "touching", "overlapping", "peak_phase_rad", "mchc_g_dl", "n_cell", "echinocyte_stage",
+                "n_spicules")
 
 
 @dataclass
 class SimulatedField:
     """One simulated field. hologram/background: camera images (uint8 or uint16, (H, W));
-    phase: true phase [rad] float32, medium 0; labels: uint8 class map 0..4; instances: int32
-    ids 1..N (= ``cells.cell_id``); cells: per-cell table (:data:`CELL_COLUMNS`; volume_um3 is the
-    integral of the true thickness, dry_mass_pg = optical volume / alpha); carrier (fy, fx)
-    [cycles/px] of the +1 order; thickness: true thickness [um] float32."""
+    phase: true phase [rad] float32, medium 0 (cells, platelets and debris); labels: uint8
+    class map 0..4 (platelets and debris are background, 0); instances: int32 ids 1..N
+    (= ``cells.cell_id``; where cells overlap, the top one); cells: per-cell table
+    (:data:`CELL_COLUMNS`; volume_um3 is the integral of the cell's own true thickness,
+    dry_mass_pg = optical volume / alpha); carrier (fy, fx) [cycles/px] of the +1 order;
+    thickness: true thickness [um] float32 (overlapping cells add); conditions: what the field
+    drew (density, touching and overlap shares, background objects, :class:`FieldConditions`)."""
 
     hologram: np.ndarray
     background: np.ndarray
@@ -541,96 +762,173 @@ class SimulatedField:
     carrier: tuple[float, float]
     thickness: np.ndarray
     mixture: dict[str, float] = field(default_factory=dict)
+    conditions: dict[str, Any] = field(default_factory=dict)
 
 
-def _default_cells_per_field(field_px: int) -> tuple[int, int]:
-    """(40, 85) cells per 900 px field, scaled with the field area."""
-    f = (field_px / DEFAULT_FIELD_PX) ** 2
-    return max(1, int(round(DEFAULT_CELLS_PER_FIELD[0] * f))), max(1, int(round(DEFAULT_CELLS_PER_FIELD[1] * f)))
+def _background_objects(rng: np.random.Generator, n_platelets: int, n_debris: int, pixel_um: float,
+                        k0: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(thickness [um], phase [rad]) boxes of platelets (ellipsoidal discs 1.5-3.5 um across,
+    0.5-1.2 um thick, index +0.04-0.065 over the medium) and debris (1-4 gaussian specks,
+    sigma 0.2-0.8 um, 0.05-0.8 rad)."""
+    out = []
+    for _ in range(n_platelets):
+        a, b = rng.uniform(0.75, 1.75), rng.uniform(0.75, 1.75)
+        r = int(math.ceil(max(a, b) / pixel_um)) + 2
+        y, x = (np.mgrid[-r: r + 1, -r: r + 1] + rng.uniform(-0.5, 0.5, (2, 1, 1))) * pixel_um
+        h = rng.uniform(0.5, 1.2) * np.sqrt(np.clip(1 - (y / a) ** 2 - (x / b) ** 2, 0, None))
+        out.append((h.astype(np.float32), (k0 * rng.uniform(0.04, 0.065) * h).astype(np.float32)))
+    for _ in range(n_debris):
+        r = int(math.ceil(2.5 / pixel_um))
+        y, x = np.mgrid[-r: r + 1, -r: r + 1] * pixel_um
+        ph = np.zeros(y.shape)
+        for _ in range(int(rng.integers(1, 5))):
+            sig = rng.uniform(0.2, 0.8)
+            cy, cx = rng.uniform(-0.8, 0.8, 2)
+            ph += np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * sig**2))
+        ph *= rng.uniform(0.05, 0.8) / ph.max()
+        ph[ph < 0.02] = 0
+        out.append(((ph / (k0 * 0.05)).astype(np.float32), ph.astype(np.float32)))
+    return out
+
+
+def _check_field_args(field_px: int, density_per_1000um2, touching_fraction, overlap_fraction, platelets_per_cell,
+                      debris_per_1000um2, defocus_um) -> None:
+    if not isinstance(field_px, (int, np.integer)) or not 32 <= field_px <= 8192:
+        raise ValueError(f"field_px={field_px!r} is outside the allowed range 32..8192 px (an integer)")
+    check_range("density_per_1000um2", density_per_1000um2, 0.0, 20.0, "cells per 1000 um^2")
+    check_range("touching_fraction", touching_fraction, 0.0, 1.0)
+    check_range("overlap_fraction", overlap_fraction, 0.0, 0.5)
+    check_range("platelets_per_cell", platelets_per_cell, 0.0, 2.0)
+    check_range("debris_per_1000um2", debris_per_1000um2, 0.0, 50.0, "per 1000 um^2")
+    check_range("defocus_um", defocus_um, -20.0, 20.0, "um")
 
 
 def simulate_field(seed_or_rng: int | np.random.Generator | np.random.SeedSequence, *, field_px: int = DEFAULT_FIELD_PX,
                    optics: Optics | None = None, mixture: str | dict[str, float] | None = None, day: float | None = None,
                    n_cells: int | None = None, cells_per_field: Sequence[int] | None = None,
-                   touching_fraction: float = 0.1, defocus_m: float = 0.0, bit_depth: int = 8,
+                   density_per_1000um2: float | Sequence[float] = DENSITY_PER_1000_UM2,
+                   touching_fraction: float | Sequence[float] = TOUCHING_FRACTION,
+                   overlap_fraction: float | Sequence[float] = OVERLAP_FRACTION,
+                   platelets_per_cell: float | Sequence[float] = PLATELETS_PER_CELL,
+                   debris_per_1000um2: float | Sequence[float] = DEBRIS_PER_1000_UM2,
+                   defocus_um: float | Sequence[float] = DEFOCUS_UM, bit_depth: int = 8,
                    holograms: bool = True, settings: HologramSettings | None = None) -> SimulatedField:
     """Simulate one field of ``field_px`` x ``field_px`` pixels.
 
+    Every setting given as a (low, high) pair is drawn per field; a number pins it.
     mixture: class fractions (dict or ``"discocyte=0.7,..."``) or ``day``: storage day (8..57,
-    :func:`storage_mixture`); neither: day 8. n_cells: exact count, else drawn uniformly from
-    ``cells_per_field`` (default (40, 85) scaled to the field area). touching_fraction: share of
-    cells placed in touching pairs (0..1). bit_depth (8 or 12) overrides ``settings.bit_depth``.
-    Optics: wavelength, pixel size, n_medium and alpha are used; each cell's index is
-    n_medium + alpha*MCHC (its own haemoglobin), so ``optics.n_cell`` (the assumed mean used
-    downstream for thickness) is not. holograms=False skips hologram formation (the images
-    are then empty arrays). Cells that do not fit are dropped (the table says how many exist)."""
+    :func:`storage_mixture`); neither: day 8. Cell count: ``n_cells`` if given, else drawn
+    uniformly from ``cells_per_field`` (min, max) if given, else ``density_per_1000um2`` [cells
+    per 1000 um^2] times the field area. touching_fraction / overlap_fraction: shares of cells
+    in contact with / lying on another cell (0..1); platelets_per_cell, debris_per_1000um2:
+    background objects (mean counts, Poisson); defocus_um: object-plane defocus [um].
+    bit_depth (8 or 12) overrides ``settings.bit_depth``. Optics: wavelength, pixel size,
+    n_medium and alpha are used; each cell's index is n_medium + alpha*MCHC (its own
+    haemoglobin), so ``optics.n_cell`` (the assumed mean used downstream for thickness) is
+    not. holograms=False skips hologram formation (the images are then empty arrays). Cells
+    that do not fit are dropped (the table says which exist). Defaults: the module's ranges."""
     rng = seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
     optics = optics or Optics()
-    if not isinstance(field_px, (int, np.integer)) or field_px < 32:
-        raise ValueError(f"field_px must be an integer >= 32, got {field_px!r}")
-    if not 0.0 <= float(touching_fraction) <= 1.0:
-        raise ValueError(f"touching_fraction must lie in 0..1, got {touching_fraction!r}")
+    _check_field_args(field_px, density_per_1000um2, touching_fraction, overlap_fraction, platelets_per_cell,
+                      debris_per_1000um2, defocus_um)
     settings = dataclasses.replace(settings or HologramSettings(), bit_depth=bit_depth)
     mix = _resolve_mixture(mixture, day)
+    pixel_um = optics.pixel_size_m * 1e6
+    area_um2 = (field_px * pixel_um) ** 2
+    density = draw(rng, density_per_1000um2)
     if n_cells is None:
-        lo, hi = tuple(cells_per_field) if cells_per_field is not None else _default_cells_per_field(field_px)
-        if not (0 <= lo <= hi):
-            raise ValueError(f"cells_per_field must be (min, max) with 0 <= min <= max, got {cells_per_field!r}")
-        n_cells = int(rng.integers(lo, hi + 1))
+        if cells_per_field is not None:
+            lo, hi = tuple(cells_per_field)
+            if not (0 <= lo <= hi):
+                raise ValueError(f"cells_per_field must be (min, max) with 0 <= min <= max, got {cells_per_field!r}")
+            n_cells = int(rng.integers(lo, hi + 1))
+        else:
+            n_cells = int(round(density * area_um2 / 1000))
     if n_cells < 0:
         raise ValueError(f"n_cells must be >= 0, got {n_cells}")
+    touching, overlap = draw(rng, touching_fraction), draw(rng, overlap_fraction)
     names = list(mix)
     classes = rng.choice([CLASS_IDS[n] for n in names], size=n_cells, p=[mix[n] for n in names])
     cells = [draw_cell(int(c), rng) for c in classes]
-    pixel_um = optics.pixel_size_m * 1e6
     rendered = [_render(c, pixel_um, tuple(rng.uniform(0, 1, 2))) for c in cells]
-    n_pair_f = touching_fraction * n_cells / 2
-    n_pairs = min(int(n_pair_f) + int(rng.random() < n_pair_f - int(n_pair_f)), n_cells // 2)
-    members = rng.permutation(n_cells)[: 2 * n_pairs]
-    pairs = [(int(members[2 * k]), int(members[2 * k + 1])) for k in range(n_pairs)]
-    pos = _place([r[0] > 0 for r in rendered], field_px, pairs, rng)
+    n_overlap = min(int(round(overlap * n_cells / 2)), n_cells // 2)
+    n_contact = min(int(round(touching * n_cells / 2)), n_cells - n_overlap)
+    roles = np.array(["free"] * n_cells, dtype=object)
+    order = rng.permutation(n_cells)
+    roles[order[:n_overlap]] = "overlap"
+    roles[order[n_overlap: n_overlap + n_contact]] = "contact"
+    pos, stacking, under = _place([r[0] > 0 for r in rendered], field_px, list(roles), rng)
 
     thickness = np.zeros((field_px, field_px), np.float32)
     phase = np.zeros((field_px, field_px), np.float32)
     labels = np.zeros((field_px, field_px), np.uint8)
-    hb_molar = np.zeros((field_px, field_px), np.float32)      # haemoglobin concentration [mol/L]
+    depth = np.zeros((field_px, field_px), np.float32)       # haemoglobin [mol/L] x thickness [um]
     instances = np.zeros((field_px, field_px), np.int32)
     k0 = 2 * math.pi / optics.wavelength_m * 1e-6      # rad per (um of thickness * index difference)
-    rows = []
-    for cell, (h, cy, cx), p in zip(cells, rendered, pos):
-        if p is None:
-            continue
-        cid = len(rows) + 1
-        y0, x0 = p
+    ids = {i: k + 1 for k, i in enumerate(sorted(stacking))}   # cell ids in drawing order
+    rows = {}
+    for i in stacking:                                  # bottom to top
+        cell, (h, cy, cx), (y0, x0) = cells[i], rendered[i], pos[i]
+        cid = ids[i]
         sl = (slice(y0, y0 + h.shape[0]), slice(x0, x0 + h.shape[1]))
         m = h > 0
         dn = optics.alpha_m3_per_kg * cell.mchc_g_dl * 10.0         # alpha [m^3/kg] * C [kg/m^3]
         ph = k0 * dn * h
-        thickness[sl][m] = h[m]
-        phase[sl][m] = ph[m]
+        thickness[sl] += h.astype(np.float32)
+        phase[sl] += ph.astype(np.float32)
         labels[sl][m] = cell.class_id
         instances[sl][m] = cid
-        hb_molar[sl][m] = cell.mchc_g_dl * 10.0 / HB_MOLAR_MASS_G
+        depth[sl] += (cell.mchc_g_dl * 10.0 / HB_MOLAR_MASS_G * h).astype(np.float32)
         vol = float(h.sum()) * pixel_um**2
-        rows.append({"cell_id": cid, "class_id": cell.class_id, "class_name": CLASS_NAMES[cell.class_id],
+        rows[cid] = {"cell_id": cid, "class_id": cell.class_id, "class_name": CLASS_NAMES[cell.class_id],
                      "centre_y_px": y0 + cy, "centre_x_px": x0 + cx, "diameter_um": cell.diameter_um,
                      "volume_um3": vol, "dry_mass_pg": vol * dn / (optics.alpha_m3_per_kg * 1e3),
-                     "touching": False, "peak_phase_rad": float(ph.max()), "mchc_g_dl": cell.mchc_g_dl,
-                     "n_cell": optics.n_medium + dn,
-                     "echinocyte_stage": cell.params.get("stage", np.nan),
-                     "n_spicules": int(cell.params.get("n_spicules", 0))})
-    table = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
+                     "touching": False, "overlapping": i in under or i in under.values(),
+                     "peak_phase_rad": float(ph.max()), "mchc_g_dl": cell.mchc_g_dl,
+                     "n_cell": optics.n_medium + dn, "echinocyte_stage": cell.params.get("stage", np.nan),
+                     "n_spicules": n_spicules(cell)}
+    table = pd.DataFrame([rows[k] for k in sorted(rows)], columns=list(CELL_COLUMNS))
     if rows:
         touch = touching_cells(instances)
         table["touching"] = [touch.get(i, False) for i in table["cell_id"]]
+    n_platelets = int(rng.poisson(draw(rng, platelets_per_cell) * len(rows)))
+    n_debris = int(rng.poisson(draw(rng, debris_per_1000um2) * area_um2 / 1000))
+    free = ~ndi.binary_dilation(instances > 0, _DIL1, iterations=_GAP_PX)
+    for h, ph in _background_objects(rng, n_platelets, n_debris, pixel_um, k0):
+        for _ in range(50):
+            y0, x0 = (int(v) for v in rng.integers(0, field_px - np.array(h.shape) + 1))
+            sl = (slice(y0, y0 + h.shape[0]), slice(x0, x0 + h.shape[1]))
+            if h.shape[0] <= field_px and free[sl][h > 0].all():
+                thickness[sl] += h
+                phase[sl] += ph
+                free[sl] &= ~(h > 0)
+                break
+    conditions: dict[str, Any] = {"n_cells": len(rows), "density_per_1000um2": len(rows) / area_um2 * 1000,
+                                  "touching_fraction": touching, "overlap_fraction": overlap,
+                                  "n_platelets": n_platelets, "n_debris": n_debris}
+    carrier = settings.carrier or CARRIER_CYCLES_PER_PX
     if holograms:
+        cond = FieldConditions.draw(rng, settings, defocus_um)
+        carrier = cond.carrier
+        conditions.update(dataclasses.asdict(cond))
         mu = math.log(10) * HBO2_EXTINCTION_CM_PER_M * 100.0  # intensity attenuation [1/m per mol/L]
-        atten = 0.5 * mu * hb_molar * thickness * 1e-6          # amplitude optical depth
-        holo, bg = form_holograms(phase, rng, optics=optics, settings=settings, attenuation=atten, defocus_m=defocus_m)
+        atten = 0.5 * mu * depth * 1e-6                       # amplitude optical depth
+        holo, bg = form_holograms(phase, rng, optics=optics, settings=settings, conditions=cond, attenuation=atten)
     else:
         holo = bg = np.zeros((0, 0), np.uint8)
     return SimulatedField(hologram=holo, background=bg, phase=phase, labels=labels, instances=instances,
-                          cells=table, optics=optics, carrier=settings.carrier, thickness=thickness, mixture=mix)
+                          cells=table, optics=optics, carrier=carrier, thickness=thickness, mixture=mix,
+                          conditions=conditions)
+
+
+def _json_ready(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return _json_ready(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items() if k != "provenance"}
+    if isinstance(value, (tuple, list)):
+        return [_json_ready(v) for v in value]
+    return value
 
 
 def _write_fields(out_dir: Path, seeds: Sequence[np.random.SeedSequence], *, progress: bool, desc: str,
@@ -641,8 +939,7 @@ def _write_fields(out_dir: Path, seeds: Sequence[np.random.SeedSequence], *, pro
 
     out_dir = Path(out_dir)
     optics = field_kw.get("optics") or Optics()
-    tables, stems = [], []
-    carrier = None
+    tables, stems, conditions = [], [], []
     for i, ss in enumerate(tqdm(seeds, desc=desc, disable=not progress)):
         f = simulate_field(np.random.default_rng(ss), **field_kw)
         stem = f"field_{i:04d}"
@@ -653,10 +950,13 @@ def _write_fields(out_dir: Path, seeds: Sequence[np.random.SeedSequence], *, pro
         io.write_instances(out_dir / "instances" / f"{stem}.png", f.instances)
         tables.append(f.cells.assign(image=stem))
         stems.append(stem)
-        carrier = f.carrier
+        cond = {k: v for k, v in f.conditions.items() if k != "carrier"}
+        carrier = f.conditions.get("carrier", f.carrier)
+        conditions.append({"image": stem, **cond, "carrier_fy": carrier[0], "carrier_fx": carrier[1]})
     cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["image", *CELL_COLUMNS])
     cells = cells[["image", *CELL_COLUMNS]]
     io.write_csv(out_dir / "cells.csv", cells)
+    io.write_csv(out_dir / "fields.csv", pd.DataFrame(conditions))
     optics.to_json(out_dir / "optics.json")
     order = np.random.default_rng(split_seed).permutation(len(stems))
     n_test = int(round(test_fraction * len(stems))) if len(stems) > 1 else 0
@@ -665,41 +965,42 @@ def _write_fields(out_dir: Path, seeds: Sequence[np.random.SeedSequence], *, pro
                                             "seed": split_seed, "method": f"random, test fraction {test_fraction:.3f}"})
     io.write_json(out_dir / "simulation.json", {
         "generator": "rbclib.simulate", "seed": split_seed, "n_fields": len(stems),
-        "carrier_cycles_per_px": list(carrier or field_kw.get("settings", HologramSettings()).carrier),
+        "per_field_conditions": "fields.csv (carrier [cycles/px], defocus, noise, density, ... each field drew)",
         "sign_convention": "+1 order at +carrier (fx > 0) holds exp(+i*phase): cells positive after background division",
-        **{k: v for k, v in field_kw.items() if k in ("field_px", "mixture", "day", "cells_per_field", "touching_fraction",
-                                                       "defocus_m", "bit_depth")}})
+        **{k: _json_ready(v) for k, v in field_kw.items() if k != "optics"}})
     return cells
 
 
 def simulate_dataset(out_dir: str | Path, *, n_fields: int, seed: int, field_px: int = DEFAULT_FIELD_PX,
-                     cells_per_field: Sequence[int] | None = None, mixture: str | dict[str, float] | None = None,
-                     day: float | None = None, optics: Optics | None = None, touching_fraction: float = 0.1,
-                     defocus_m: float = 0.0, bit_depth: int = 8, test_fraction: float = 40 / 219,
-                     progress: bool = True) -> Path:
+                     test_fraction: float = 40 / 219, progress: bool = True, **field_kw: Any) -> Path:
     """Write ``n_fields`` simulated fields to ``out_dir`` and return it.
 
     Layout: ``holograms/`` and ``backgrounds/`` (PNG camera images), ``phase/`` (float32 TIFF
     [rad]), ``labels/`` (uint8 PNG), ``instances/`` (uint16 PNG), stems ``field_0000``...;
-    ``cells.csv`` (``image`` = stem + :data:`CELL_COLUMNS`), ``optics.json``, ``splits.json``
-    (random, paper's 40/219 test share) and ``simulation.json`` (parameters, carrier).
-    ``cells_per_field=None`` (default) is (40, 85) for 900 px fields, scaled to the field area. Field i uses child i of
-    ``SeedSequence(seed)``, so a field does not depend on how many are written."""
-    if not isinstance(n_fields, (int, np.integer)) or n_fields < 1:
-        raise ValueError(f"n_fields must be a positive integer, got {n_fields!r}")
-    _resolve_mixture(mixture, day)  # fail before writing anything
+    ``cells.csv`` (``image`` = stem + :data:`CELL_COLUMNS`), ``fields.csv`` (what each field
+    drew: density, defocus, noise, carrier...), ``optics.json``, ``splits.json`` (random,
+    paper's 40/219 test share) and ``simulation.json`` (parameters). ``field_kw`` go to
+    :func:`simulate_field` (mixture, day, optics, cells_per_field, density_per_1000um2,
+    touching_fraction, overlap_fraction, defocus_um, settings, ...; defaults: the module's
+    ranges). Field i uses child i of ``SeedSequence(seed)``, so a field does not depend on
+    how many are written. Everything is checked before anything is written."""
+    if not isinstance(n_fields, (int, np.integer)) or not 1 <= n_fields <= 100_000:
+        raise ValueError(f"n_fields={n_fields!r} is outside the allowed range 1..100000 (an integer)")
+    _resolve_mixture(field_kw.get("mixture"), field_kw.get("day"))  # fail before writing anything
+    _check_field_args(field_px, *(field_kw.get(k, d) for k, d in (
+        ("density_per_1000um2", DENSITY_PER_1000_UM2), ("touching_fraction", TOUCHING_FRACTION),
+        ("overlap_fraction", OVERLAP_FRACTION), ("platelets_per_cell", PLATELETS_PER_CELL),
+        ("debris_per_1000um2", DEBRIS_PER_1000_UM2), ("defocus_um", DEFOCUS_UM))))
     seeds = np.random.SeedSequence(int(seed)).spawn(int(n_fields))
-    _write_fields(Path(out_dir), seeds, progress=progress, desc="simulate", split_seed=int(seed), test_fraction=test_fraction,
-                  field_px=field_px, cells_per_field=cells_per_field, mixture=mixture, day=day, optics=optics,
-                  touching_fraction=touching_fraction, defocus_m=defocus_m, bit_depth=bit_depth)
+    _write_fields(Path(out_dir), seeds, progress=progress, desc="simulate", split_seed=int(seed),
+                  test_fraction=test_fraction, field_px=field_px, **field_kw)
     return Path(out_dir)
 
 
 def simulate_storage_series(out_dir: str | Path, *, seed: int, images_per_day: int = 6, days: Iterable[int] = STORAGE_DAYS,
-                            field_px: int = DEFAULT_FIELD_PX, cells_per_field: Sequence[int] | None = None,
-                            optics: Optics | None = None, progress: bool = True) -> Path:
+                            field_px: int = DEFAULT_FIELD_PX, progress: bool = True, **field_kw: Any) -> Path:
     """The storage study: one dataset folder per day (``day_08/``, ...) of ``images_per_day`` fields
-    with :func:`storage_mixture` (a modelling assumption; cells_per_field as in
+    with :func:`storage_mixture` (a modelling assumption; other ``field_kw`` as in
     :func:`simulate_dataset`), plus ``cells.csv`` with ``storage_day``
     and ``dataset`` columns. Returns ``out_dir``."""
     from tqdm.auto import tqdm
@@ -710,11 +1011,13 @@ def simulate_storage_series(out_dir: str | Path, *, seed: int, images_per_day: i
     days = [int(d) for d in days]
     for d in days:
         storage_mixture(d)
+    if not isinstance(images_per_day, (int, np.integer)) or images_per_day < 1:
+        raise ValueError(f"images_per_day={images_per_day!r} must be a positive integer")
     tables = []
     for d in tqdm(days, desc="storage days", disable=not progress):
         seeds = np.random.SeedSequence([int(seed), d]).spawn(int(images_per_day))
         cells = _write_fields(out_dir / f"day_{d:02d}", seeds, progress=False, desc=f"day {d}", split_seed=int(seed),
-                              test_fraction=0.0, field_px=field_px, cells_per_field=cells_per_field, day=d, optics=optics)
+                              test_fraction=0.0, field_px=field_px, day=d, **field_kw)
         tables.append(cells.assign(storage_day=d, dataset=f"day_{d:02d}"))
     io.write_csv(out_dir / "cells.csv", pd.concat(tables, ignore_index=True))
     return out_dir

@@ -13,7 +13,9 @@ def test_paper_defaults_and_units():
     assert o.pixel_size_m == pytest.approx(129.68e-6 / 900, rel=1e-3)  # paper: 900 px over 129.68 um
     assert o.alpha_m3_per_kg == pytest.approx(0.19e-6 / 1e-3)  # 0.19 mL/g in m^3/kg
     assert o.delta_n == pytest.approx(o.n_cell - o.n_medium)
-    assert set(o.provenance) == {"wavelength_m", "pixel_size_m", "n_medium", "n_cell", "alpha_m3_per_kg"}
+    assert set(o.provenance) == {"wavelength_m", "pixel_size_m", "n_medium", "n_cell", "alpha_m3_per_kg",
+                                 "numerical_aperture"}
+    assert o.cutoff_cycles_per_px == pytest.approx(0.7 * 0.1441 / 0.6825, rel=1e-3)   # 0.148 cycles/px
 
 
 def test_json_round_trip(tmp_path):

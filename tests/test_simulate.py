@@ -1,6 +1,7 @@
 """Tests of the digital twin (rbclib.simulate): values, not just shapes."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ from rbclib.cli import main
 from rbclib.config import Optics
 from rbclib.labels import CLASS_IDS, DISCOCYTE, SPHEROCYTE
 from rbclib.simulate import (CARRIER_CYCLES_PER_PX, EVANS_FUNG_C, EVANS_FUNG_R0_UM, STORAGE_DAYS, CellSpec, cell_thickness,
-                             draw_cell, parse_mixture, simulate_dataset, simulate_field, simulate_storage_series,
+                             HologramSettings, draw_cell, parse_mixture, simulate_dataset, simulate_field, simulate_storage_series,
                              storage_mixture, storage_reference)
 
 EQUAL = {"discocyte": 0.25, "spherocyte": 0.25, "echinocyte": 0.25, "stomatocyte": 0.25}
@@ -34,8 +35,11 @@ def test_deterministic_by_seed():
     assert not np.array_equal(a.phase, c.phase)
 
 
+CLEAN = {"overlap_fraction": 0.0, "platelets_per_cell": 0.0, "debris_per_1000um2": 0.0}
+
+
 def test_field_consistency_and_no_overlap():
-    f = simulate_field(3, field_px=512, n_cells=30, mixture=EQUAL, touching_fraction=0.3, holograms=False)
+    f = simulate_field(3, field_px=512, n_cells=30, mixture=EQUAL, touching_fraction=0.3, holograms=False, **CLEAN)
     assert f.phase.dtype == np.float32 and f.labels.dtype == np.uint8 and f.instances.dtype == np.int32
     assert f.phase.min() == 0.0 and np.all((f.phase > 0) == (f.instances > 0)) and np.all((f.labels > 0) == (f.instances > 0))
     assert sorted(np.unique(f.instances)[1:]) == f.cells.cell_id.tolist()
@@ -49,20 +53,52 @@ def test_field_consistency_and_no_overlap():
         assert abs(cy - row.centre_y_px) < 3 and abs(cx - row.centre_x_px) < 3
     # nothing was overwritten: the instance pixels add up to the rendered volumes
     assert math.isclose(f.thickness.sum() * px2, f.cells.volume_um3.sum(), rel_tol=1e-4)
+    assert not f.cells.overlapping.any()
 
 
-@pytest.mark.parametrize("fraction", [0.0, 0.4])
+def test_overlaps_add_thickness_and_top_cell_owns_pixels():
+    f = simulate_field(5, field_px=512, n_cells=40, mixture=EQUAL, touching_fraction=0.2, overlap_fraction=0.4,
+                       platelets_per_cell=0.0, debris_per_1000um2=0.0, holograms=False)
+    over = f.cells[f.cells.overlapping]
+    assert len(over) >= 8 and len(over) % 2 == 0                         # pairs: one on top, one under
+    px2 = (f.optics.pixel_size_m * 1e6) ** 2
+    # every cell's own volume is in the thickness map: stacked cells add up, nothing lost
+    assert math.isclose(f.thickness.sum() * px2, f.cells.volume_um3.sum(), rel_tol=1e-4)
+    under = [r for r in over.itertuples() if f.thickness[f.instances == r.cell_id].sum() * px2 < 0.97 * r.volume_um3]
+    assert len(under) == len(over) // 2                                    # the lower cell of each pair is partly hidden
+    gain = [f.phase[f.instances == r.cell_id].max() - r.peak_phase_rad for r in over.itertuples()]
+    assert sum(g > 0.3 for g in gain) >= len(over) // 2 - 1                # thickness adds where they overlap
+
+
+def test_background_objects_are_class_zero():
+    f = simulate_field(2, field_px=512, n_cells=20, platelets_per_cell=1.0, debris_per_1000um2=10.0,
+                       touching_fraction=0.0, overlap_fraction=0.0, holograms=False)
+    junk = (f.phase > 0.02) & (f.instances == 0)
+    n_objects = ndi.label(junk, np.ones((3, 3)))[1]
+    assert f.conditions["n_platelets"] + f.conditions["n_debris"] >= 40
+    assert n_objects >= 0.7 * (f.conditions["n_platelets"] + f.conditions["n_debris"])
+    assert np.all(f.labels[junk] == 0)
+    assert 0.05 < np.percentile(f.phase[junk], 95) < 1.5                  # platelets and specks: faint
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5])
 def test_touching_fraction_honoured(fraction):
-    f = simulate_field(11, field_px=900, n_cells=60, touching_fraction=fraction, holograms=False)
+    f = simulate_field(11, field_px=900, n_cells=60, touching_fraction=fraction, holograms=False, **CLEAN)
     assert len(f.cells) == 60
     share = f.cells.touching.mean()
-    assert abs(share - fraction) <= 0.07, share
+    assert abs(share - fraction) <= 0.12, share
     if fraction == 0.0:   # every pair at least 3 px apart
         for cid in f.cells.cell_id:
             grown = ndi.binary_dilation(f.instances == cid, np.ones((3, 3)), iterations=2)
             assert set(np.unique(f.instances[grown]).tolist()) <= {0, cid}
-    small = simulate_field(0, field_px=256, n_cells=10, touching_fraction=2 * fraction / 4, holograms=False)
-    assert small.cells.touching.sum() == (2 if fraction else 0)      # pairs get room in small fields too
+
+
+def test_density_drawn_per_field():
+    densities = [simulate_field(s, field_px=512, holograms=False).conditions["density_per_1000um2"] for s in range(12)]
+    assert 1.5 <= min(densities) and max(densities) <= 10.5 and np.ptp(densities) > 4    # sparse to dense
+    area = (512 * Optics().pixel_size_m * 1e6) ** 2
+    pinned = simulate_field(0, field_px=512, density_per_1000um2=8.0, holograms=False)
+    assert abs(len(pinned.cells) - 8.0 * area / 1000) <= 2
 
 
 def test_class_statistics(many_cells):
@@ -75,10 +111,12 @@ def test_class_statistics(many_cells):
     assert peak.mean()["stomatocyte"] > peak.mean()["discocyte"]                      # thicker than a disc
     assert 1.2 < peak.median()["discocyte"] < 1.8
     assert many_cells.volume_um3.between(40, 160).all()
-    assert 27 < g.dry_mass_pg.mean()["discocyte"] < 34                                # MCH 27-33 pg
+    assert 27 < g.dry_mass_pg.mean()["discocyte"] < 32                                # MCH 27-33 pg
+    mass = g.dry_mass_pg.median()
+    assert (abs(mass / mass["discocyte"] - 1) < 0.05).all(), mass                    # one Hb-per-cell distribution
     ech = many_cells[many_cells.class_name == "echinocyte"]
     early, late = ech[ech.echinocyte_stage < 0.3], ech[ech.echinocyte_stage > 0.7]
-    assert early.n_spicules.between(10, 36).all() and late.n_spicules.between(24, 50).all()
+    assert early.n_spicules.between(8, 36).all() and late.n_spicules.between(24, 50).all()
     assert early.n_spicules.mean() < late.n_spicules.mean()
 
 
@@ -89,12 +127,43 @@ def test_discocyte_dip_and_stomatocyte_slit():
         disc = draw_cell(DISCOCYTE, rng)
         h = cell_thickness(disc, y, x)
         centre, rim = h[60, 60], h.max()
-        assert 0.75 <= centre <= 1.55 and 2.25 <= rim <= 2.8 and 0.25 < centre / rim < 0.65
+        assert 0.15 <= centre <= 1.65 and 2.0 <= rim <= 3.1 and 0.05 < centre / rim < 0.65
         stom = draw_cell(CLASS_IDS["stomatocyte"], rng)
         hs = cell_thickness(stom, y, x)
         assert hs.max() > 2.6 and hs[55:66, 55:66].min() < 0.6 * hs.max()          # slit in the middle
         sph = cell_thickness(draw_cell(SPHEROCYTE, rng), y, x)
         assert sph[60, 60] >= 0.95 * sph.max()                                         # no dip
+
+
+def _outline_radius(h: np.ndarray, step_um: float) -> np.ndarray:
+    """Radius [um] of the h > 0 support at 360 angles (from the centre of the grid)."""
+    c = h.shape[0] // 2
+    r = np.arange(0, c) * step_um
+    theta = np.linspace(0, 2 * np.pi, 360, endpoint=False)
+    yy = np.clip(np.rint(c + np.outer(np.sin(theta), r / step_um)).astype(int), 0, h.shape[0] - 1)
+    xx = np.clip(np.rint(c + np.outer(np.cos(theta), r / step_um)).astype(int), 0, h.shape[1] - 1)
+    inside = h[yy, xx] > 0
+    return np.array([r[np.nonzero(row)[0].max()] for row in inside])
+
+
+def test_echinocyte_spicules_stick_out_and_invisible_crenation_is_discocyte():
+    rng = np.random.default_rng(4)
+    step = 0.05
+    y, x = np.mgrid[-140:141, -140:141] * step
+    def protrusion(cell: CellSpec) -> np.ndarray:
+        plain = dataclasses.replace(cell, params={k: v for k, v in cell.params.items() if k != "rim_spicules"})
+        return _outline_radius(cell_thickness(cell, y, x), step) - _outline_radius(cell_thickness(plain, y, x), step)
+
+    for _ in range(10):
+        cell = draw_cell(CLASS_IDS["echinocyte"], rng)
+        out = protrusion(cell)
+        assert 0.4 <= out.max() <= 1.3                                     # spicules 0.5-1 um beyond the disc
+        assert np.std(out) / np.sqrt(cell.a_um * cell.b_um) > 0.03        # a scalloped outline
+    discs = [draw_cell(DISCOCYTE, rng) for _ in range(200)]
+    crenated = [d for d in discs if d.params.get("rim_spicules") is not None]
+    assert 0.08 < len(crenated) / len(discs) < 0.25                         # the labelling rule's share
+    for d in crenated[:5]:
+        assert protrusion(d).max() < 0.3                                   # below the optics' resolution
 
 
 def test_true_volume_of_analytic_cells():
@@ -148,10 +217,12 @@ def test_storage_model():
             parse_mixture(bad)
 
 
-def test_hologram_carrier_and_sign():
-    f = simulate_field(2, field_px=256, n_cells=6, bit_depth=12)
+@pytest.mark.parametrize("carrier", [None, CARRIER_CYCLES_PER_PX])
+def test_hologram_carrier_and_sign(carrier):
+    f = simulate_field(2, field_px=256, n_cells=6, bit_depth=12, defocus_um=0.0,
+                       settings=HologramSettings(carrier=carrier, noise_nm=2.0, dust=(0, 0)), **CLEAN)
     assert f.hologram.dtype == np.uint16 and f.hologram.max() <= 4095 and f.background.shape == (256, 256)
-    assert f.carrier == CARRIER_CYCLES_PER_PX
+    assert f.carrier == (carrier or f.conditions["carrier"])
     holo, bg = f.hologram.astype(float), f.background.astype(float)
     spec = np.fft.fft2(holo - holo.mean())
     fy, fx = np.fft.fftfreq(256)[:, None], np.fft.fftfreq(256)[None, :]
@@ -173,8 +244,35 @@ def test_hologram_carrier_and_sign():
     assert simulate_field(2, field_px=256, n_cells=6).hologram.dtype == np.uint8
 
 
+def test_noise_and_defocus_follow_their_settings():
+    """Coherent noise raises the medium's phase scatter in proportion; defocus blurs edges."""
+    from rbclib.holography import reconstruct
+
+    def scatter(noise_nm: float, defocus: float = 0.0) -> tuple[float, float]:
+        f = simulate_field(9, field_px=256, n_cells=4, defocus_um=defocus, mixture={"spherocyte": 1.0},
+                           settings=HologramSettings(noise_nm=noise_nm, noise_corr_um=0.8, dust=(0, 0)), **CLEAN)
+        rec = reconstruct(f.hologram, background=f.background, optics=f.optics)
+        medium = ~ndi.binary_dilation(f.instances > 0, iterations=15)
+        err = rec.phase - f.phase
+        return float(np.std(err[medium])), float(np.abs(err[f.instances > 0]).mean())
+
+    quiet, loud = scatter(2.0), scatter(20.0)
+    opd_nm = loud[0] * Optics().wavelength_m / (2 * np.pi) * 1e9
+    assert loud[0] > 4 * quiet[0] and 8 < opd_nm < 25, (quiet, loud, opd_nm)
+    assert scatter(2.0, defocus=3.0)[1] > 1.5 * quiet[1]                   # out of focus: a worse phase
+
+
+def test_realism_settings_refused_out_of_range():
+    for kwargs, msg in [({"noise_nm": -1.0}, "noise_nm"), ({"noise_corr_um": (2.0, 1.0)}, "noise_corr_um"),
+                        ({"dust": (0, 1000)}, "dust")]:
+        with pytest.raises(ValueError, match=msg):
+            HologramSettings(**kwargs)
+
+
 def test_bad_arguments():
     for kwargs, msg in [({"field_px": 8}, "field_px"), ({"touching_fraction": 1.5}, "touching_fraction"),
+                        ({"density_per_1000um2": (5, 40)}, "density_per_1000um2"), ({"defocus_um": math.inf}, "defocus_um"),
+                        ({"overlap_fraction": -0.1}, "overlap_fraction"), ({"debris_per_1000um2": 99}, "debris"),
                         ({"bit_depth": 10}, "bit_depth"), ({"mixture": EQUAL, "day": 8}, "not both"),
                         ({"cells_per_field": (5, 2)}, "cells_per_field"), ({"day": 3}, "outside")]:
         with pytest.raises(ValueError, match=msg):
@@ -205,7 +303,9 @@ def test_dataset_files(tmp_path):
     splits = io.read_json(out / "splits.json")
     assert sorted(splits["train"] + splits["test"]) == stems["phase"] and len(splits["test"]) == 1
     assert Optics.from_json(out / "optics.json") == Optics()
-    assert io.read_json(out / "simulation.json")["carrier_cycles_per_px"] == list(CARRIER_CYCLES_PER_PX)
+    fields = pd.read_csv(out / "fields.csv")
+    assert fields.image.tolist() == stems["phase"] and fields.defocus_um.between(-2.5, 2.5).all()
+    assert fields.noise_nm.between(2, 25).all() and (np.hypot(fields.carrier_fy, fields.carrier_fx) > 0.27).all()
 
 
 def test_storage_series(tmp_path):
@@ -230,3 +330,13 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["simulate", "--n-fields", "1", "--seed", "3", "-o", str(tmp_path / "e"), "--cells-per-field", "9"])
     assert "MIN,MAX" in capsys.readouterr().err
+    assert main(["simulate", "--n-fields", "1", "--seed", "3", "-o", str(tmp_path / "f"), "--field-px", "128",
+                 "--noise-nm", "7", "--defocus-um", "1,2", "--density-per-1000um2", "4", "--quiet"]) == 0
+    fields = pd.read_csv(tmp_path / "f" / "fields.csv")
+    assert fields.noise_nm.tolist() == [7.0] and fields.defocus_um.between(1, 2).all()
+    for bad in (["--noise-nm", "-3"], ["--defocus-um", "inf"], ["--density-per-1000um2", "50"]):
+        with pytest.raises(SystemExit):
+            main(["simulate", "--n-fields", "1", "--seed", "3", "-o", str(tmp_path / "g"), *bad])
+        err = capsys.readouterr().err
+        assert bad[0] in err and "allowed range" in err, err
+    assert not (tmp_path / "g").exists()
