@@ -244,23 +244,32 @@ def resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return resize(image, shape, order=0, preserve_range=True, anti_aliasing=False).astype(image.dtype)
 
 
+MIN_CELL_AREA_UM2 = 15.0
+"""Smallest plausible red cell [um^2]: a disc 4.4 um across, below the smallest
+(micro)spherocytes (~5 um, 20 um^2; Bessis 1973) and far below a discocyte (~48 um^2).
+Smaller objects are fragments (pieces of a halo, debris, platelets) and are not counted."""
+
+
 def clean_instances(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: float,
-                    min_area_um2: float = 5.0, fragment_fraction: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
-    """Merge class fragments into their cell and drop specks.
+                    min_area_um2: float = MIN_CELL_AREA_UM2,
+                    fragment_fraction: float = 0.35) -> tuple[np.ndarray, np.ndarray, int]:
+    """Merge class fragments into their cell and drop fragments too small to be a cell.
 
     Instances are connected components per class, so a cell whose rim the model gives
     partly to another class splits into a cell and a small fragment that would count as a
     second cell. A component touching a larger one, with less than ``fragment_fraction``
-    of its area, joins it (taking its class); an isolated component smaller than
-    ``min_area_um2`` (an RBC covers ~30-50 um^2) becomes background.
-    Returns (labels uint8, instances int32 numbered 1..N), new arrays.
+    of its area, joins it (taking its class); any other component smaller than
+    ``min_area_um2`` (:data:`MIN_CELL_AREA_UM2`) becomes background.
+    Returns (labels uint8, instances int32 numbered 1..N, number of fragments dropped),
+    new arrays.
     """
     from scipy import ndimage as ndi
 
     labels = np.asarray(labels).astype(np.uint8).copy()
     inst = np.asarray(instances).astype(np.int32).copy()
     if not inst.any():
-        return labels, inst
+        return labels, inst, 0
+    dropped = 0
     areas = np.bincount(inst.ravel())
     min_px = min_area_um2 / (pixel_size_m * 1e6) ** 2
     slices = ndi.find_objects(inst)
@@ -285,13 +294,14 @@ def clean_instances(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: 
                 areas[big] += areas[i]
                 areas[i] = 0
                 continue
-        if areas[i] < min_px and not neighbours.size:
+        if areas[i] < min_px:
             labels[grown][own] = 0
             win[own] = 0
             areas[i] = 0
+            dropped += 1
     from skimage.segmentation import relabel_sequential
 
-    return labels, relabel_sequential(inst)[0].astype(np.int32)
+    return labels, relabel_sequential(inst)[0].astype(np.int32), dropped
 
 
 def split_touching(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: float,
@@ -338,7 +348,7 @@ class Segmenter:
     """
 
     def __init__(self, model_dir: str | Path, *, predict_options: Mapping[str, Any] | None = None,
-                 min_area_um2: float = 5.0, fragment_fraction: float = 0.35, split: bool = True):
+                 min_area_um2: float = MIN_CELL_AREA_UM2, fragment_fraction: float = 0.35, split: bool = True):
         from rbclib.infer import load_model
 
         self.model_dir = Path(model_dir)
@@ -349,23 +359,26 @@ class Segmenter:
         self.fragment_fraction = float(fragment_fraction)
         self.split = bool(split)
 
-    def __call__(self, phase: np.ndarray, pixel_size_m: float) -> tuple[np.ndarray, np.ndarray, dict[int, float], float]:
+    def __call__(self, phase: np.ndarray,
+                 pixel_size_m: float) -> tuple[np.ndarray, np.ndarray, dict[int, float], float, int]:
         """Segment a phase map [rad] sampled at ``pixel_size_m``.
 
-        Returns (labels uint8, instances int32, {instance id: class confidence}, scale)
-        with the maps on the input grid; scale = pixel_size_m / model pixel size.
+        Returns (labels uint8, instances int32, {instance id: class confidence}, scale,
+        fragments dropped) with the maps on the input grid; scale = pixel_size_m / model
+        pixel size.
         """
         from rbclib.infer import predict_image
 
         scale = pixel_size_m / self.pixel_size_m
         small = resample(phase.astype(np.float32), scale, order=1)
         pred = predict_image(self.model, small, config=self.config, **self.predict_options)
-        labels, instances = clean_instances(pred.labels, pred.instances, pixel_size_m=self.pixel_size_m,
-                                            min_area_um2=self.min_area_um2, fragment_fraction=self.fragment_fraction)
+        labels, instances, dropped = clean_instances(pred.labels, pred.instances, pixel_size_m=self.pixel_size_m,
+                                                     min_area_um2=self.min_area_um2,
+                                                     fragment_fraction=self.fragment_fraction)
         if self.split:
             instances = split_touching(labels, instances, pixel_size_m=self.pixel_size_m)
         conf = class_confidence(np.asarray(pred.probs), labels, instances)
-        return resize_to(labels, phase.shape), resize_to(instances, phase.shape), conf, scale
+        return resize_to(labels, phase.shape), resize_to(instances, phase.shape), conf, scale, dropped
 
 
 def model_pixel_size(config: Mapping[str, Any], model_dir: str | Path | None = None) -> tuple[float, str]:
@@ -481,7 +494,7 @@ def assess_image(job: ImageJob, segmenter: Segmenter, *, optics: OpticsOptions |
         compensation = "background hologram" if bg is not None else "numerical"
     else:
         kind, phase, compensation = "phase", img.data.astype(np.float32), ""
-    labels, instances, conf, scale = segmenter(phase, opt.pixel_size_m)
+    labels, instances, conf, scale, dropped = segmenter(phase, opt.pixel_size_m)
     cells = measure_cells(phase, instances, optics=opt, labels=labels)
     cells = cells[cells["class_id"] > 0].reset_index(drop=True)
     cells.insert(0, "image", job.image)
@@ -490,7 +503,8 @@ def assess_image(job: ImageJob, segmenter: Segmenter, *, optics: OpticsOptions |
     cells["delta_n_assumed"] = opt.delta_n
     info = {"image": job.image, "file": str(job.path), "day": job.day, "kind": kind, "compensation": compensation,
             "shape": list(phase.shape), "optics": {k: getattr(opt, k) for k in ("wavelength_m", "pixel_size_m", "n_medium")},
-            "optics_provenance": provenance, "scale_to_model": scale, "n_cells": int(len(cells))}
+            "optics_provenance": provenance, "scale_to_model": scale, "n_cells": int(len(cells)),
+            "fragments_dropped": int(dropped), "min_cell_area_um2": segmenter.min_area_um2}
     result = ImageResult(cells=cells, phase=phase, labels=labels, instances=instances, info=info)
     if job.truth_labels is not None:
         from rbclib.metrics import cell_confusion
@@ -542,7 +556,7 @@ def _stderr(msg: str) -> None:
 def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path | None = None,
            day_map: Mapping[str, float] | str | Path | None = None, optics: OpticsOptions | None = None,
            schemes: Mapping[str, Any] | None = None, predict_options: Mapping[str, Any] | None = None,
-           runs_roots: list[str | Path] | None = None, min_area_um2: float = 5.0,
+           runs_roots: list[str | Path] | None = None, min_area_um2: float = MIN_CELL_AREA_UM2,
            fragment_fraction: float = 0.35, split: bool = True, n_boot: int = 2000, seed: int = 0,
            overlays: bool = True, progress: bool = True, model_note: str | None = None,
            on_error: Callable[[str], None] | None = _stderr) -> AssessResult:
@@ -730,6 +744,10 @@ def _source_lines(infos: list[dict]) -> list[str]:
         if not any(w in prov.get("pixel_size_m", "") for w in ("metadata", "user", "optics.json")):
             lines.append("**The pixel size is the built-in default, not a value of your microscope: give "
                          "`--pixel-size` (and `--wavelength`) for correct sizes, masses and resampling.**")
+    dropped = sum(int(i.get("fragments_dropped", 0)) for i in infos)
+    lines.append(f"Fragments: {dropped} object(s) smaller than a plausible cell "
+                 f"({infos[0].get('min_cell_area_um2', MIN_CELL_AREA_UM2):g} um^2: halo pieces, debris, platelets) "
+                 "were dropped and not counted.")
     scales = sorted({round(float(i["scale_to_model"]), 4) for i in infos})
     mpx = infos[0].get("model_pixel_size_m")
     lines.append(f"Resampling: the model works at {mpx * 1e6:.4f} um/px ({infos[0].get('model_pixel_size_source')}); "

@@ -197,11 +197,17 @@ class BalancedCropDataset(Dataset):
     holding 4 % of the cells is seen as often as one holding 76 %) and rotated by a random
     multiple of 90 degrees, all drawn from ``(seed, e, i)``: reproducible, resumable, and
     independent of the DataLoader's order. Call :meth:`set_epoch` before each epoch.
-    ``length``: items per epoch. Items as in :class:`PatchDataset`.
+    ``length``: items per epoch. ``phase_gain`` (low, high): each crop's phase is multiplied
+    by a gain drawn log-uniformly from it (real instruments disagree on absolute phase
+    through wavelength, medium and calibration, so a class must be told by its shape, not its
+    phase level); (1, 1) leaves the phase as it is. Items as in :class:`PatchDataset`.
     """
 
     def __init__(self, pairs: Sequence[Pair], *, patch: int, length: int, seed: int, in_channels: int = 3,
-                 cell_fraction: float = 0.9, phase_range: tuple[float, float] = PHASE_RANGE_RAD):
+                 cell_fraction: float = 0.9, phase_range: tuple[float, float] = PHASE_RANGE_RAD,
+                 phase_gain: tuple[float, float] = (1.0, 1.0)):
+        if not 0 < phase_gain[0] <= phase_gain[1]:
+            raise ValueError(f"phase_gain must be (low, high) with 0 < low <= high, got {phase_gain!r}")
         if not pairs:
             raise ValueError("BalancedCropDataset: no pairs given")
         self.phases = [pad_to_min(np.asarray(p.phase, np.float32), patch, value=0.0) for p in pairs]
@@ -209,6 +215,7 @@ class BalancedCropDataset(Dataset):
         self.picker = CropPicker(self.labels, cell_fraction=cell_fraction, class_balanced=True)
         self.patch, self.length, self.seed, self.epoch = int(patch), int(length), int(seed), 0
         self.in_channels, self.phase_range = in_channels, phase_range
+        self.log_gain = (float(np.log(phase_gain[0])), float(np.log(phase_gain[1])))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -222,5 +229,7 @@ class BalancedCropDataset(Dataset):
         sl = (slice(y, y + self.patch), slice(x, x + self.patch))
         turns = int(rng.integers(4))
         phase, labels = np.rot90(self.phases[k][sl], turns), np.rot90(self.labels[k][sl], turns)
-        x_in = phase_to_input(np.ascontiguousarray(phase), in_channels=self.in_channels, phase_range=self.phase_range)
+        gain = np.float32(np.exp(rng.uniform(*self.log_gain)))
+        x_in = phase_to_input(np.ascontiguousarray(phase) * gain, in_channels=self.in_channels,
+                              phase_range=self.phase_range)
         return torch.from_numpy(x_in), torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))

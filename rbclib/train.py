@@ -55,6 +55,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "val_batch_size": 8,
     "autocast_bf16": False,  # bfloat16 autocast of the training forward pass (weights stay float32)
     "phase_range": list(PHASE_RANGE_RAD),
+    "phase_gain": [1.0, 1.0],  # balanced crops: phase x a log-uniform gain from this range (instrument disagreement)
 }
 
 
@@ -67,6 +68,7 @@ def make_config(config: dict[str, Any] | None = None, **overrides: Any) -> dict[
             raise ValueError(f"unknown training config keys {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}")
         cfg.update(src)
     cfg["phase_range"] = [float(v) for v in cfg["phase_range"]]
+    cfg["phase_gain"] = [float(v) for v in cfg["phase_gain"]]
     if cfg["patch_mode"] not in PATCH_MODES:
         raise ValueError(f"patch_mode {cfg['patch_mode']!r}: expected one of {PATCH_MODES}")
     if cfg["model_name"] != "resunet":
@@ -160,7 +162,8 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
                         rotations=int(cfg["rotations"]), **kw)
     if cfg["patch_mode"] == "balanced":  # as many class-balanced random crops per epoch as the grid has patches
         grid = BalancedCropDataset(train_pairs, patch=int(cfg["patch"]), length=len(grid), seed=int(seed),
-                                   in_channels=int(cfg["in_channels"]), phase_range=tuple(cfg["phase_range"]))
+                                   in_channels=int(cfg["in_channels"]), phase_range=tuple(cfg["phase_range"]),
+                                   phase_gain=tuple(cfg["phase_gain"]))
     sets: list[Dataset] = [grid]
     if extra_pairs_dir:
         extra = load_pairs_folder(extra_pairs_dir)

@@ -159,16 +159,24 @@ def test_clean_instances_merges_fragments_and_drops_specks():
     labels[50:52, 50:52] = 2          # an isolated speck (4 px = 0.08 um^2)
     labels[45:60, 0:15] = 2           # a real isolated cell (225 px = 4.7 um^2 at 0.1441 um/px)
     inst = instances_from_labels(labels)
-    lab2, inst2 = A.clean_instances(labels, inst, pixel_size_m=PAPER_PX, min_area_um2=4.0)
-    assert len(np.unique(inst2[inst2 > 0])) == 2
+    lab2, inst2, dropped = A.clean_instances(labels, inst, pixel_size_m=PAPER_PX, min_area_um2=4.0)
+    assert len(np.unique(inst2[inst2 > 0])) == 2 and dropped == 1
     assert (lab2[10:40, 40:44] == 1).all() and inst2[20, 42] == inst2[20, 20]
     assert lab2[51, 51] == 0 and inst2[51, 51] == 0
     assert lab2[50, 5] == 2
     # two touching cells of similar size stay two cells
     two = np.zeros((40, 80), np.uint8)
     two[5:35, 5:40], two[5:35, 40:75] = 1, 2
-    _, i2 = A.clean_instances(two, instances_from_labels(two), pixel_size_m=PAPER_PX)
-    assert len(np.unique(i2[i2 > 0])) == 2
+    _, i2, dropped = A.clean_instances(two, instances_from_labels(two), pixel_size_m=PAPER_PX)
+    assert len(np.unique(i2[i2 > 0])) == 2 and dropped == 0
+    # by default anything below a plausible cell (15 um^2) is a fragment: halo pieces go
+    halo = np.zeros((80, 80), np.uint8)
+    halo[5:45, 5:45] = 1              # a cell, 33 um^2
+    halo[60:75, 60:75] = 1            # a halo piece, 4.7 um^2, apart from it
+    halo[5:45, 45:70] = 2             # a piece of another class touching the cell, 21 um^2 (not merged: too big)
+    lab3, i3, dropped = A.clean_instances(halo, instances_from_labels(halo), pixel_size_m=PAPER_PX)
+    assert A.MIN_CELL_AREA_UM2 == 15.0 and dropped == 1 and lab3[67, 67] == 0
+    assert len(np.unique(i3[i3 > 0])) == 2
 
 
 def test_split_touching_cells():
@@ -263,6 +271,7 @@ def test_assess_series_end_to_end_resumable(tmp_path, oracle):
     assert read_instances(out / "instances" / "day_57" / "f1.png").max() == 4
     report = (out / "report.md").read_text()
     assert "f9.tif" in report and "75.0 (" in report and "rescaled by 0.652" in report
+    assert "Fragments: 0 object(s) smaller than a plausible cell (15 um^2" in report
     # second run: nothing recomputed, same outputs, bad file reported again
     before = (out / "cells.csv").read_text()
     r2 = A.assess(series, out, model_dir=model, n_boot=100, progress=False, on_error=None)

@@ -106,3 +106,24 @@ def test_balanced_crops_favour_rare_classes_and_are_reproducible():
         assert torch.equal(x[0] == float(normalise_phase(np.float32(1.0))), y > 0)
     ds.set_epoch(1)
     assert any(not torch.equal(ds[i][1], items[i][1]) for i in range(20))
+
+
+def test_balanced_crops_randomise_the_phase_scale():
+    """phase_gain multiplies each crop's phase by a log-uniform gain; (1, 1) keeps it."""
+    phase = np.zeros((64, 64), np.float32)
+    phase[16:48, 16:48] = 1.0                       # a flat 1 rad block, class 1
+    lab = (phase > 0).astype(np.uint8)
+    pairs = [Pair(phase, lab, "a")]
+    plain = BalancedCropDataset(pairs, patch=32, length=40, seed=0, in_channels=1)
+    gained = BalancedCropDataset(pairs, patch=32, length=40, seed=0, in_channels=1, phase_gain=(0.75, 1.35))
+
+    def cell_levels(ds):   # the 1 rad cell back in rad: normalised x -> phase
+        lo, hi = ds.phase_range
+        return np.array([float(((x[0][y == 1] + 1) / 2 * (hi - lo) + lo).mean()) for x, y in (ds[i] for i in range(40))])
+
+    assert np.allclose(cell_levels(plain), 1.0, atol=1e-5)
+    gains = cell_levels(gained)
+    assert 0.75 - 1e-5 <= gains.min() and gains.max() <= 1.35 + 1e-5 and gains.std() > 0.1
+    assert np.allclose(cell_levels(gained), gains)   # reproducible by (seed, epoch, item)
+    with pytest.raises(ValueError, match="phase_gain"):
+        BalancedCropDataset(pairs, patch=32, length=4, seed=0, phase_gain=(1.2, 0.8))
