@@ -74,11 +74,11 @@ _SIMULATE_RANGES = {
     "overlap_fraction": (0.0, 0.5, "", "share of cells lying on another (default 0,0.12)"),
     "platelets_per_cell": (0.0, 2.0, "", "platelets per cell, background class (default 0,0.08)"),
     "debris_per_1000um2": (0.0, 50.0, "per 1000 um^2", "debris specks, background class (default 0,3)"),
-    "defocus_um": (-20.0, 20.0, "um", "object-plane defocus [um] (default -2.5,2.5)"),
-    "noise_nm": (0.0, 200.0, "nm", "coherent (speckle) noise, optical path s.d. [nm] (default 2,25, log-uniform)"),
+    "defocus_um": (-20.0, 20.0, "um", "object-plane defocus [um] (default -6,6)"),
+    "noise_nm": (0.0, 200.0, "nm", "coherent (speckle) noise, optical path s.d. [nm] (default 3,25, log-uniform)"),
     "noise_corr_um": (0.05, 20.0, "um", "correlation length of that noise [um] (default 0.3,1.5)"),
-    "coherence": (0.05, 1.0, "", "fringe contrast factor (default 0.5,0.95)"),
-    "beam_ratio": (0.05, 20.0, "", "reference / object amplitude (default 0.5,2)"),
+    "coherence": (0.05, 1.0, "", "fringe contrast factor (default 0.6,0.95)"),
+    "beam_ratio": (0.05, 20.0, "", "reference / object amplitude (default 0.6,1.7)"),
 }
 
 

@@ -73,9 +73,12 @@ DEBRIS_PER_1000_UM2 = (0.0, 3.0)
 """Background objects (class 0): platelets (discs 1.5-3.5 um, 0.5-1.2 um thick; normal
 blood has 1 platelet per 10-20 RBCs, fewer in a washed RBC unit) and debris (irregular
 specks 0.5-3 um, microvesicles and dust on the slide), drawn per field; modelling choices."""
-DEFOCUS_UM = (-2.5, 2.5)
-"""Object-plane defocus [um], drawn per field: real recordings are a little out of focus
-(edge 10-90 % rise 0.77-1.4 um on the real holograms vs 0.69 um in focus, issue 13)."""
+DEFOCUS_UM = (-6.0, 6.0)
+"""Object-plane defocus [um], drawn per field: real recordings are out of focus. Measured by
+``benchmarks/bench_realism.py`` (10-90 % edge rise, median of an image's cells): the real
+RBC holograms 1.8-2.4 um, the twin ~1.15 um in focus and ~1.75 um at 5 um defocus. More
+defocus would blur the echinocytes' spicules below visibility (roughness AUC < 0.95 at
++-8 um), so +-6 um is the compromise: the twin's edges span 0.9-2.2 um."""
 
 # ---------------------------------------------------------------------------------------
 # Cell models (lengths in um)
@@ -115,12 +118,12 @@ ECHINOCYTE_SPICULES = ((10, 30), (30, 50))
 (Bessis 1973; Brecher & Bessis, Blood 40, 333 (1972)); the stage s in [0, 1] moves the
 range linearly from the first to the second."""
 RIM_SPICULES = (8, 16)
-RIM_SPICULE_PROTRUSION_UM = (0.5, 1.0)
+RIM_SPICULE_PROTRUSION_UM = (0.6, 1.1)
 RIM_SPICULE_HALF_WIDTH_UM = (0.35, 0.6)
 """Spicules seen on the outline of an echinocyte (the others sit on its upper surface):
-8-16 of them, 1.4-3 um apart along a ~24 um outline, each sticking out 0.5-1 um beyond the
-disc (issue 13, real reconstructed echinocytes; Brecher & Bessis 1972: spicules ~1 um
-long), base half-width 0.35-0.6 um, so they survive the ~1 um resolution of the optics."""
+8-16 of them, 1.4-3 um apart along a ~24 um outline, each sticking out 0.6-1.1 um beyond the
+disc (Brecher & Bessis 1972: spicules ~1 um long; real reconstructed echinocytes show them
+0.5-1 um beyond the rim after the optics' blur, issue 13), base half-width 0.35-0.6 um."""
 CRENATED_DISCOCYTE_FRACTION = 0.15
 CRENATED_PROTRUSION_UM = (0.05, 0.2)
 """Labelling rule for the earliest crenation (echinocyte I: an irregular, barely crenated
@@ -533,14 +536,17 @@ class HologramSettings:
 
     carrier: (fy, fx) [cycles/px] of the +1 order, or None: drawn per field with magnitude
     ``carrier_magnitude`` and angle ``carrier_angle_deg`` (+-, from the x axis), inside the
-    Nyquist square with room for the pupil (the objective's NA is ``Optics.numerical_aperture``);
+    Nyquist square with room for the pupil; na: the recording objective's NA, drawn per field
+    (0.55-0.75: the 40x/0.65-0.75 objectives usual for RBC DHM, Rappaz et al. 2008; the
+    reconstruction's filter follows ``Optics.numerical_aperture``, the user's stated value);
     coherence: fringe contrast factor gamma (partial coherence, vibration);
     beam_ratio: |R|/|O| (visibility 2*gamma*beta/(1+beta^2) < 1);
     tilt_rad / curvature_rad: peak low-order aberration phase across the field;
     parasitic: relative amplitude of a parasitic fringe pattern (0 disables);
     noise_nm: optical-path s.d. [nm] of the sample's coherent noise (speckle of the slide,
     medium and optics, spatially correlated over ``noise_corr_um``), drawn log-uniformly;
-    2-25 nm brackets the real holograms (background 9-21 nm after reconstruction, issue 13);
+    3-25 nm, with the camera's noise, gives ~4-40 nm in the reconstructed background,
+    bracketing the real RBC holograms' 20-25 nm (``benchmarks/bench_realism.py``);
     dust: count of out-of-focus dust particles (0.5-2.5 um) 15-80 um from the object plane,
     whose diffraction rings are the parasitic ring fringes of real recordings;
     envelope_waist: Gaussian beam waist over the half field (illumination gradient);
@@ -550,12 +556,13 @@ class HologramSettings:
     carrier: tuple[float, float] | None = None
     carrier_magnitude: tuple[float, float] = (0.28, 0.36)
     carrier_angle_deg: tuple[float, float] = (15.0, 75.0)
-    coherence: tuple[float, float] = (0.5, 0.95)
-    beam_ratio: tuple[float, float] = (0.5, 2.0)
+    na: float | tuple[float, float] = (0.55, 0.75)
+    coherence: tuple[float, float] = (0.6, 0.95)
+    beam_ratio: tuple[float, float] = (0.6, 1.7)
     tilt_rad: float = 6.0
     curvature_rad: float = 8.0
     parasitic: float = 0.02
-    noise_nm: float | tuple[float, float] = (2.0, 25.0)
+    noise_nm: float | tuple[float, float] = (3.0, 25.0)
     noise_corr_um: float | tuple[float, float] = (0.3, 1.5)
     dust: tuple[int, int] = (0, 6)
     envelope_waist: tuple[float, float] = (0.6, 1.6)
@@ -572,6 +579,7 @@ class HologramSettings:
                 raise ValueError(f"carrier {self.carrier} must be nonzero and inside the Nyquist square (|f| < 0.5 cycles/px)")
         check_range("noise_nm", self.noise_nm, 0.0, 200.0, "nm")
         check_range("noise_corr_um", self.noise_corr_um, 0.05, 20.0, "um")
+        check_range("na", self.na, 0.05, 1.5)
         check_range("coherence", self.coherence, 0.05, 1.0)
         check_range("beam_ratio", self.beam_ratio, 0.05, 20.0)
         check_range("dust", self.dust, 0, 100)
@@ -651,10 +659,11 @@ def dust_rings(rng: np.random.Generator, shape: tuple[int, int], n: int, *, opti
 @dataclass(frozen=True)
 class FieldConditions:
     """What one field drew from the ranges (recorded in ``fields.csv``): carrier (fy, fx)
-    [cycles/px], defocus [um], coherent noise s.d. [nm] and correlation [um], dust
-    particles, fringe contrast gamma and beam ratio |R|/|O|."""
+    [cycles/px], recording NA, defocus [um], coherent noise s.d. [nm] and correlation [um],
+    dust particles, fringe contrast gamma and beam ratio |R|/|O|."""
 
     carrier: tuple[float, float]
+    na: float
     defocus_um: float
     noise_nm: float
     noise_corr_um: float
@@ -665,7 +674,7 @@ class FieldConditions:
     @classmethod
     def draw(cls, rng: np.random.Generator, settings: HologramSettings, defocus_um: float | Sequence[float]) -> "FieldConditions":
         """Draw every per-field setting of ``settings`` (and the defocus range [um])."""
-        return cls(carrier=settings.draw_carrier(rng), defocus_um=draw(rng, defocus_um),
+        return cls(carrier=settings.draw_carrier(rng), na=draw(rng, settings.na), defocus_um=draw(rng, defocus_um),
                    noise_nm=draw(rng, settings.noise_nm, log=True), noise_corr_um=draw(rng, settings.noise_corr_um),
                    dust=int(rng.integers(settings.dust[0], settings.dust[1] + 1)),
                    coherence=draw(rng, settings.coherence), beam_ratio=draw(rng, settings.beam_ratio))
@@ -696,11 +705,11 @@ def form_holograms(phase: np.ndarray, rng: np.random.Generator, *, optics: Optic
     if sigma_rad > 0:
         obj *= coherent_noise(rng, shape, sigma_rad=sigma_rad,
                               corr_px=conditions.noise_corr_um * 1e-6 / optics.pixel_size_m)
-    tf = _transfer(shape, optics.pixel_size_m, optics.wavelength_m, optics.n_medium, optics.numerical_aperture,
+    tf = _transfer(shape, optics.pixel_size_m, optics.wavelength_m, optics.n_medium, conditions.na,
                    conditions.defocus_um * 1e-6)
     obj = sfft.ifft2(sfft.fft2(obj) * tf)
     if conditions.dust:
-        obj *= dust_rings(rng, shape, conditions.dust, optics=optics, na=optics.numerical_aperture)
+        obj *= dust_rings(rng, shape, conditions.dust, optics=optics, na=conditions.na)
     # phase of O*conj(R) without the object: carrier + tilt + curvature + astigmatism (separable)
     t = rng.uniform(-1, 1, 2) * settings.tilt_rad / 2
     cc = rng.uniform(-1, 1, 2) * settings.curvature_rad / 2

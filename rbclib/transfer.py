@@ -22,9 +22,9 @@ OTHER_OPTICS = Optics().replace(wavelength_m=633e-9, pixel_size_m=0.094e-6,
                                 provenance={"wavelength_m": "HeNe laser, another DHM",
                                             "pixel_size_m": "60x objective, another DHM"})
 """A second microscope (issue 13): 633 nm, 0.094 um/px at the sample, same 0.7 NA."""
-OTHER_SETTINGS = HologramSettings(carrier=(0.12, 0.30), noise_nm=(10.0, 30.0))
+OTHER_SETTINGS = HologramSettings(carrier=(0.12, 0.30), noise_nm=(20.0, 60.0))
 """Its holograms: another carrier (|f| 0.32 cycles/px, 3.1x its cut-off 0.104) and noisier
-(10-30 nm instead of 2-25 nm optical path)."""
+(coherent noise 20-60 nm instead of the twin's 3-45 nm optical path)."""
 FIELD_UM = 512 * 0.1441
 """Side of every test field [um]: the quick profile's 512 px at 0.1441 um/px."""
 

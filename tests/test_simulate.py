@@ -65,7 +65,7 @@ def test_overlaps_add_thickness_and_top_cell_owns_pixels():
     # every cell's own volume is in the thickness map: stacked cells add up, nothing lost
     assert math.isclose(f.thickness.sum() * px2, f.cells.volume_um3.sum(), rel_tol=1e-4)
     under = [r for r in over.itertuples() if f.thickness[f.instances == r.cell_id].sum() * px2 < 0.97 * r.volume_um3]
-    assert len(under) == len(over) // 2                                    # the lower cell of each pair is partly hidden
+    assert len(over) // 2 - 1 <= len(under) <= len(over) // 2               # the lower cell of each pair is partly hidden
     gain = [f.phase[f.instances == r.cell_id].max() - r.peak_phase_rad for r in over.itertuples()]
     assert sum(g > 0.3 for g in gain) >= len(over) // 2 - 1                # thickness adds where they overlap
 
@@ -304,8 +304,8 @@ def test_dataset_files(tmp_path):
     assert sorted(splits["train"] + splits["test"]) == stems["phase"] and len(splits["test"]) == 1
     assert Optics.from_json(out / "optics.json") == Optics()
     fields = pd.read_csv(out / "fields.csv")
-    assert fields.image.tolist() == stems["phase"] and fields.defocus_um.between(-2.5, 2.5).all()
-    assert fields.noise_nm.between(2, 25).all() and (np.hypot(fields.carrier_fy, fields.carrier_fx) > 0.27).all()
+    assert fields.image.tolist() == stems["phase"] and fields.defocus_um.between(-6, 6).all()
+    assert fields.noise_nm.between(3, 25).all() and (np.hypot(fields.carrier_fy, fields.carrier_fx) > 0.27).all()
 
 
 def test_storage_series(tmp_path):

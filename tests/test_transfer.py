@@ -8,7 +8,7 @@ from rbclib.config import Optics
 from rbclib.transfer import OTHER_OPTICS, OTHER_SETTINGS, dice_drop_ok, transfer_table, twin_dice
 
 DISCS = {"mixture": {"discocyte": 1.0}, "density_per_1000um2": 4.0, "overlap_fraction": 0.0,
-         "platelets_per_cell": 0.0, "debris_per_1000um2": 0.0}
+         "platelets_per_cell": 0.0, "debris_per_1000um2": 0.0, "defocus_um": 0.0}
 
 
 def threshold_segmenter(phase: np.ndarray, pixel_size_m: float) -> np.ndarray:
