@@ -258,8 +258,10 @@ def clean_instances(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: 
     Instances are connected components per class, so a cell whose rim the model gives
     partly to another class splits into a cell and a small fragment that would count as a
     second cell. A component touching a larger one, with less than ``fragment_fraction``
-    of its area, joins it (taking its class); any other component smaller than
-    ``min_area_um2`` (:data:`MIN_CELL_AREA_UM2`) becomes background.
+    of its area, joins it (taking its class), and so does one enclosed by a larger one
+    whatever its size (a cell's centre given another class than its ring, as on defocused
+    real holograms); any other component smaller than ``min_area_um2``
+    (:data:`MIN_CELL_AREA_UM2`) becomes background.
     Returns (labels uint8, instances int32 numbered 1..N, number of fragments dropped),
     new arrays.
     """
@@ -274,8 +276,7 @@ def clean_instances(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: 
     min_px = min_area_um2 / (pixel_size_m * 1e6) ** 2
     slices = ndi.find_objects(inst)
     order = np.argsort(areas[1:], kind="stable") + 1
-    limit = max(min_px, fragment_fraction * areas[1:].max())
-    for i in order[areas[order] < limit]:
+    for i in order:
         sl = slices[i - 1]
         if sl is None or areas[i] == 0:
             continue
@@ -287,7 +288,8 @@ def clean_instances(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: 
         neighbours = neighbours[(neighbours > 0) & (neighbours != i)]
         if neighbours.size:
             big = int(neighbours[np.argmax(areas[neighbours])])
-            if areas[i] < fragment_fraction * areas[big]:
+            enclosed = neighbours.size == 1 and not (win[ring] == 0).any() and areas[i] < areas[big]
+            if areas[i] < fragment_fraction * areas[big] or enclosed:
                 lab = labels[grown]
                 lab[own] = lab[win == big][0]
                 win[own] = big
@@ -302,6 +304,34 @@ def clean_instances(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: 
     from skimage.segmentation import relabel_sequential
 
     return labels, relabel_sequential(inst)[0].astype(np.int32), dropped
+
+
+FAINT_FRACTION = 0.5
+"""An object whose mean phase is below this fraction of the image's median object is not a
+cell: every red cell carries about the same haemoglobin (MCH 27-33 pg) over a similar area,
+so cells of one image share their mean phase within about +-40 % (spherocytes highest),
+while the halos between touching cells, platelets and debris are far fainter. On the real
+RBC holograms of ../shared/data, the quick model's objects split into cells (0.9-1.1 of the
+median) and faint halo pieces (0.25-0.45), 2026-12-01."""
+
+
+def drop_faint_objects(labels: np.ndarray, instances: np.ndarray, phase: np.ndarray, *,
+                       min_fraction: float = FAINT_FRACTION) -> tuple[np.ndarray, np.ndarray, int]:
+    """Drop objects of ``instances`` (H, W) whose mean ``phase`` [rad] (medium 0) is below
+    ``min_fraction`` of the median over the image's objects (:data:`FAINT_FRACTION`; needs at
+    least three objects). Returns (labels uint8, instances int32 1..N, number dropped)."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import relabel_sequential
+
+    labels, inst = np.asarray(labels).astype(np.uint8).copy(), np.asarray(instances).astype(np.int32).copy()
+    ids = np.unique(inst[inst > 0])
+    if len(ids) < 3:
+        return labels, inst, 0
+    mean = np.asarray(ndi.mean(np.asarray(phase, np.float64), inst, ids))
+    faint = ids[mean < min_fraction * float(np.median(mean))]
+    gone = np.isin(inst, faint)
+    labels[gone], inst[gone] = 0, 0
+    return labels, relabel_sequential(inst)[0].astype(np.int32), int(len(faint))
 
 
 def split_touching(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: float,
@@ -343,8 +373,9 @@ class Segmenter:
 
     model_dir: a model folder of :func:`rbclib.infer.load_model`; predict_options: passed
     to :func:`rbclib.infer.predict_image` (tile, overlap, batch_size, fast);
-    min_area_um2 / fragment_fraction: see :func:`clean_instances`; split: split touching
-    cells (:func:`split_touching`) after the clean-up.
+    min_area_um2 / fragment_fraction: see :func:`clean_instances`; objects far fainter than
+    the image's typical cell are dropped too (:func:`drop_faint_objects`); split: split
+    touching cells (:func:`split_touching`) after the clean-up.
     """
 
     def __init__(self, model_dir: str | Path, *, predict_options: Mapping[str, Any] | None = None,
@@ -375,6 +406,8 @@ class Segmenter:
         labels, instances, dropped = clean_instances(pred.labels, pred.instances, pixel_size_m=self.pixel_size_m,
                                                      min_area_um2=self.min_area_um2,
                                                      fragment_fraction=self.fragment_fraction)
+        labels, instances, faint = drop_faint_objects(labels, instances, small)
+        dropped += faint
         if self.split:
             instances = split_touching(labels, instances, pixel_size_m=self.pixel_size_m)
         conf = class_confidence(np.asarray(pred.probs), labels, instances)
@@ -746,8 +779,9 @@ def _source_lines(infos: list[dict]) -> list[str]:
                          "`--pixel-size` (and `--wavelength`) for correct sizes, masses and resampling.**")
     dropped = sum(int(i.get("fragments_dropped", 0)) for i in infos)
     lines.append(f"Fragments: {dropped} object(s) smaller than a plausible cell "
-                 f"({infos[0].get('min_cell_area_um2', MIN_CELL_AREA_UM2):g} um^2: halo pieces, debris, platelets) "
-                 "were dropped and not counted.")
+                 f"({infos[0].get('min_cell_area_um2', MIN_CELL_AREA_UM2):g} um^2) or with less than "
+                 f"{FAINT_FRACTION:.0%} of the typical cell's mean phase (halo pieces, debris, platelets) were "
+                 "dropped and not counted.")
     scales = sorted({round(float(i["scale_to_model"]), 4) for i in infos})
     mpx = infos[0].get("model_pixel_size_m")
     lines.append(f"Resampling: the model works at {mpx * 1e6:.4f} um/px ({infos[0].get('model_pixel_size_source')}); "
