@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def main() -> int:
     import pandas as pd
@@ -31,7 +29,7 @@ def main() -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model folder (default: the best of the latest run)")
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="real data folder")
+    p.add_argument("--data", type=Path, default=realism.shared_data_dir(), help="real data folder")
     p.add_argument("--figures", type=Path, help="copy each overlay to FIGURES/real_<hologram>.png")
     args = p.parse_args()
     paths = realism.real_hologram_paths(args.data)

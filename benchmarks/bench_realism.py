@@ -26,8 +26,6 @@ matplotlib.use("Agg")
 
 from rbclib import realism  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def _keyword(text: str) -> tuple[str, object]:
     """``key=value`` (value a Python literal, else a string) -> (key, value)."""
@@ -43,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fields", type=int, default=24, help="twin fields")
     parser.add_argument("--field-px", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", type=Path, default=SHARED_DATA, help="folder holding holograms/ (real data)")
+    parser.add_argument("--data", type=Path, default=realism.shared_data_dir(), help="folder holding holograms/ (real data)")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rbc_realism" / "realism.png",
                         help="figure path")
     parser.add_argument("--sim", type=_keyword, action="append", default=[], metavar="KEY=VALUE",

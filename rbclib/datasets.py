@@ -1,7 +1,8 @@
 """Phase normalisation, phase/label pairs of a run folder and the training patch dataset.
 
-Phase is mapped to [-1, 1] by a fixed physical range (not per-image min-max), so that
-absolute phase, which tells a spherocyte from a discocyte, survives normalisation.
+Phase is mapped to [-1, 1] by a fixed physical range (not per-image min-max); training crops
+may be given a random phase gain (:class:`BalancedCropDataset`'s ``phase_gain``) so that a
+model does not rely on the absolute phase level, on which real instruments disagree.
 """
 from __future__ import annotations
 

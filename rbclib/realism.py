@@ -417,6 +417,13 @@ def twin_statistics(n_fields: int = 12, *, seed: int = 0, field_px: int = 512, o
     return phase_statistics(phases, optics=opts, name="twin", instances=insts, classes=classes)
 
 
+def shared_data_dir() -> Path:
+    """``../shared/data`` beside the repository (the real data of tests and benchmarks)."""
+    from rbclib.pipeline import default_notebooks_dir
+
+    return default_notebooks_dir().resolve().parent.parent / "shared" / "data"
+
+
 def real_hologram_paths(data_dir: str | Path) -> list[Path]:
     """The holograms of :data:`REAL_OPTICS` present in ``data_dir/holograms`` (empty when absent)."""
     folder = Path(data_dir) / "holograms"
