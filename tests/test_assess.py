@@ -211,6 +211,21 @@ def test_split_touching_cells():
     one |= (np.abs(yy - 5.8) < 0.3) & (np.abs(xx - 13.5) < 0.6)  # a spicule
     labels = one.astype(np.uint8)
     assert A.split_touching(labels, instances_from_labels(labels), pixel_size_m=px).max() == 1
+    # among other cells, a split that would leave a piece under half a typical cell is refused,
+    # while a merged pair of typical cells is still split
+    yy, xx = np.mgrid[:200, :280] * px * 1e6
+
+    def disc(cy, cx, r):
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
+
+    field = disc(5, 5, 3.8) | disc(5, 14, 3.8) | disc(16, 5, 3.8)          # three separate cells
+    lobed = disc(16, 16, 3.8) | disc(16, 21.5, 2.2)                           # a cell with a small lobe
+    pair = disc(5, 23, 3.8) | disc(5, 30, 3.8)                                # two touching cells
+    labels = (field | lobed | pair).astype(np.uint8)
+    out = A.split_touching(labels, instances_from_labels(labels), pixel_size_m=px)
+    assert out.max() == 6
+    cell = lambda y, x: out[int(y / (px * 1e6)), int(x / (px * 1e6))]      # noqa: E731
+    assert cell(16, 16) == cell(16, 21.5) and cell(5, 23) != cell(5, 30)
 
 
 def test_class_confidence_is_mean_prob_of_winning_class():
