@@ -8,6 +8,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -68,29 +69,38 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 _SIMULATE_RANGES = {
-    # option: (low, high, unit, help); each takes X (pinned) or LOW,HIGH (drawn per field)
-    "density_per_1000um2": (0.0, 20.0, "cells per 1000 um^2", "cell density (default 2,10)"),
-    "touching_fraction": (0.0, 1.0, "", "share of cells touching another (default 0.1,0.6)"),
-    "overlap_fraction": (0.0, 0.5, "", "share of cells lying on another (default 0,0.12)"),
-    "platelets_per_cell": (0.0, 2.0, "", "platelets per cell, background class (default 0,0.08)"),
-    "debris_per_1000um2": (0.0, 50.0, "per 1000 um^2", "debris specks, background class (default 0,3)"),
-    "defocus_um": (-20.0, 20.0, "um", "object-plane defocus [um] (default -6,6)"),
-    "noise_nm": (0.0, 200.0, "nm", "coherent (speckle) noise, optical path s.d. [nm] (default 3,25, log-uniform)"),
-    "noise_corr_um": (0.05, 20.0, "um", "correlation length of that noise [um] (default 0.3,1.5)"),
-    "coherence": (0.05, 1.0, "", "fringe contrast factor (default 0.6,0.95)"),
-    "beam_ratio": (0.05, 20.0, "", "reference / object amplitude (default 0.6,1.7)"),
+    # option: help; each takes X (pinned) or LOW,HIGH (drawn per field), limits: rbclib.simulate.SETTING_LIMITS
+    "density_per_1000um2": "cell density (default 2,10)",
+    "touching_fraction": "share of cells touching another (default 0.1,0.6)",
+    "overlap_fraction": "share of cells lying on another (default 0,0.12)",
+    "platelets_per_cell": "platelets per cell, background class (default 0,0.08)",
+    "debris_per_1000um2": "debris specks, background class (default 0,3)",
+    "defocus_um": "object-plane defocus [um] (default -6,6)",
+    "noise_nm": "coherent (speckle) noise, optical path s.d. [nm] (default 3,25, log-uniform)",
+    "noise_corr_um": "correlation length of that noise [um] (default 0.3,1.5)",
+    "coherence": "fringe contrast factor (default 0.6,0.95)",
+    "beam_ratio": "reference / object amplitude (default 0.6,1.7)",
 }
 
 
-def _range_arg(option: str, lo: float, hi: float, unit: str):
-    """argparse type: X or LOW,HIGH within [lo, hi], the message naming ``--option``."""
+def _number_pair(text: str, cast: type, expected: str) -> tuple[Any, Any]:
+    """``A,B`` -> (cast(A), cast(B)); else an argparse error saying what was ``expected``."""
+    try:
+        a, b = (cast(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    return a, b
+
+
+def _range_arg(option: str):
+    """argparse type: X or LOW,HIGH within the setting's limits, the message naming ``--option``."""
     def parse(text: str) -> float | tuple[float, float]:
-        from rbclib.simulate import check_range
+        from rbclib.simulate import check_setting
 
         try:
             values = [float(v) for v in text.split(",")]
             value = values[0] if len(values) == 1 else tuple(values)
-            check_range("--" + option.replace("_", "-"), value, lo, hi, unit)
+            check_setting(option, value, label="--" + option.replace("_", "-"))
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc) if "allowed range" in str(exc) else
                                              f"expected X or LOW,HIGH (numbers), got {text!r}") from None
@@ -99,10 +109,7 @@ def _range_arg(option: str, lo: float, hi: float, unit: str):
 
 
 def _carrier_arg(text: str) -> tuple[float, float]:
-    try:
-        fy, fx = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--carrier takes FY,FX in cycles/px, got {text!r}") from None
+    fy, fx = _number_pair(text, float, "FY,FX in cycles/px (two numbers) for --carrier")
     if not (0.1 <= math.hypot(fy, fx) and max(abs(fy), abs(fx)) <= 0.45 and fx > 0):
         raise argparse.ArgumentTypeError(f"--carrier {text}: need |f| >= 0.1, |fy|, |fx| <= 0.45 and fx > 0 cycles/px")
     return fy, fx
@@ -141,10 +148,7 @@ def _refocus_arg(text: str) -> str:
 
 
 def _cells_range(text: str) -> tuple[int, int]:
-    try:
-        lo, hi = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MIN,MAX (two integers), got {text!r}") from None
+    lo, hi = _number_pair(text, int, "MIN,MAX (two integers)")
     if not 0 <= lo <= hi:
         raise argparse.ArgumentTypeError(f"need 0 <= MIN <= MAX, got {text!r}")
     return lo, hi
@@ -202,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--field-px", type=int, default=900, metavar="PX", help="field side in pixels (default 900)")
     p.add_argument("--cells-per-field", type=_cells_range, metavar="MIN,MAX",
                    help="cells per field (default: from --density-per-1000um2)")
-    for option, (lo, hi, unit, text) in _SIMULATE_RANGES.items():
-        p.add_argument("--" + option.replace("_", "-"), type=_range_arg(option, lo, hi, unit), metavar="X|LO,HI",
+    for option, text in _SIMULATE_RANGES.items():
+        p.add_argument("--" + option.replace("_", "-"), type=_range_arg(option), metavar="X|LO,HI",
                        help=f"{text}; X pins it, LO,HI draws it per field")
     p.add_argument("--dust", type=int, metavar="N", help="out-of-focus dust particles per field (default 0..6)")
     p.add_argument("--carrier", type=_carrier_arg, metavar="FY,FX",

@@ -519,6 +519,23 @@ def draw(rng: np.random.Generator, value: float | Sequence[float], *, log: bool 
     return float(rng.uniform(lo, hi))
 
 
+SETTING_LIMITS: dict[str, tuple[float, float, str]] = {
+    "density_per_1000um2": (0.0, 20.0, "cells per 1000 um^2"), "touching_fraction": (0.0, 1.0, ""),
+    "overlap_fraction": (0.0, 0.5, ""), "platelets_per_cell": (0.0, 2.0, ""),
+    "debris_per_1000um2": (0.0, 50.0, "per 1000 um^2"), "defocus_um": (-20.0, 20.0, "um"),
+    "noise_nm": (0.0, 200.0, "nm"), "noise_corr_um": (0.05, 20.0, "um"), "na": (0.05, 1.5, ""),
+    "coherence": (0.05, 1.0, ""), "beam_ratio": (0.05, 20.0, ""), "dust": (0, 100, ""),
+}
+"""Allowed (low, high, unit) of every per-field setting of :func:`simulate_field` and
+:class:`HologramSettings` (sane limits, far wider than the defaults)."""
+
+
+def check_setting(name: str, value: float | Sequence[float], *, label: str | None = None) -> None:
+    """:func:`check_range` of setting ``name`` against :data:`SETTING_LIMITS` (``label`` names it in errors)."""
+    lo, hi, unit = SETTING_LIMITS[name]
+    check_range(label or name, value, lo, hi, unit)
+
+
 def check_range(name: str, value: float | Sequence[float], lo: float, hi: float, unit: str = "") -> None:
     """Raise ValueError naming ``name`` unless ``value`` (a number or a (low, high) pair) lies in [lo, hi]."""
     values = [value] if isinstance(value, (int, float, np.integer, np.floating)) else list(value)
@@ -577,12 +594,8 @@ class HologramSettings:
             fy, fx = self.carrier
             if not (0 < math.hypot(fy, fx) and max(abs(fy), abs(fx)) < 0.5):
                 raise ValueError(f"carrier {self.carrier} must be nonzero and inside the Nyquist square (|f| < 0.5 cycles/px)")
-        check_range("noise_nm", self.noise_nm, 0.0, 200.0, "nm")
-        check_range("noise_corr_um", self.noise_corr_um, 0.05, 20.0, "um")
-        check_range("na", self.na, 0.05, 1.5)
-        check_range("coherence", self.coherence, 0.05, 1.0)
-        check_range("beam_ratio", self.beam_ratio, 0.05, 20.0)
-        check_range("dust", self.dust, 0, 100)
+        for name in ("noise_nm", "noise_corr_um", "na", "coherence", "beam_ratio", "dust"):
+            check_setting(name, getattr(self, name))
 
     def draw_carrier(self, rng: np.random.Generator) -> tuple[float, float]:
         """The field's carrier (fy, fx) [cycles/px]: the pinned one, or a random one."""
@@ -800,16 +813,13 @@ def _background_objects(rng: np.random.Generator, n_platelets: int, n_debris: in
     return out
 
 
-def _check_field_args(field_px: int, density_per_1000um2, touching_fraction, overlap_fraction, platelets_per_cell,
-                      debris_per_1000um2, defocus_um) -> None:
+def _check_field_args(field_px: int, **settings: Any) -> None:
+    """Refuse an impossible field size or a per-field setting (given by keyword) out of :data:`SETTING_LIMITS`."""
     if not isinstance(field_px, (int, np.integer)) or not 32 <= field_px <= 8192:
         raise ValueError(f"field_px={field_px!r} is outside the allowed range 32..8192 px (an integer)")
-    check_range("density_per_1000um2", density_per_1000um2, 0.0, 20.0, "cells per 1000 um^2")
-    check_range("touching_fraction", touching_fraction, 0.0, 1.0)
-    check_range("overlap_fraction", overlap_fraction, 0.0, 0.5)
-    check_range("platelets_per_cell", platelets_per_cell, 0.0, 2.0)
-    check_range("debris_per_1000um2", debris_per_1000um2, 0.0, 50.0, "per 1000 um^2")
-    check_range("defocus_um", defocus_um, -20.0, 20.0, "um")
+    for name, value in settings.items():
+        if name in SETTING_LIMITS:
+            check_setting(name, value)
 
 
 def simulate_field(seed_or_rng: int | np.random.Generator | np.random.SeedSequence, *, field_px: int = DEFAULT_FIELD_PX,
@@ -838,8 +848,9 @@ def simulate_field(seed_or_rng: int | np.random.Generator | np.random.SeedSequen
     that do not fit are dropped (the table says which exist). Defaults: the module's ranges."""
     rng = seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
     optics = optics or Optics()
-    _check_field_args(field_px, density_per_1000um2, touching_fraction, overlap_fraction, platelets_per_cell,
-                      debris_per_1000um2, defocus_um)
+    _check_field_args(field_px, density_per_1000um2=density_per_1000um2, touching_fraction=touching_fraction,
+                      overlap_fraction=overlap_fraction, platelets_per_cell=platelets_per_cell,
+                      debris_per_1000um2=debris_per_1000um2, defocus_um=defocus_um)
     settings = dataclasses.replace(settings or HologramSettings(), bit_depth=bit_depth)
     mix = _resolve_mixture(mixture, day)
     pixel_um = optics.pixel_size_m * 1e6
@@ -996,10 +1007,7 @@ def simulate_dataset(out_dir: str | Path, *, n_fields: int, seed: int, field_px:
     if not isinstance(n_fields, (int, np.integer)) or not 1 <= n_fields <= 100_000:
         raise ValueError(f"n_fields={n_fields!r} is outside the allowed range 1..100000 (an integer)")
     _resolve_mixture(field_kw.get("mixture"), field_kw.get("day"))  # fail before writing anything
-    _check_field_args(field_px, *(field_kw.get(k, d) for k, d in (
-        ("density_per_1000um2", DENSITY_PER_1000_UM2), ("touching_fraction", TOUCHING_FRACTION),
-        ("overlap_fraction", OVERLAP_FRACTION), ("platelets_per_cell", PLATELETS_PER_CELL),
-        ("debris_per_1000um2", DEBRIS_PER_1000_UM2), ("defocus_um", DEFOCUS_UM))))
+    _check_field_args(field_px, **field_kw)
     seeds = np.random.SeedSequence(int(seed)).spawn(int(n_fields))
     _write_fields(Path(out_dir), seeds, progress=progress, desc="simulate", split_seed=int(seed),
                   test_fraction=test_fraction, field_px=field_px, **field_kw)

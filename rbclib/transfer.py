@@ -105,7 +105,7 @@ def real_hologram_check(path: str | Path, model_dir: str | Path, out_dir: str | 
                     optics=OpticsOptions(changes.get("wavelength_m"), changes.get("pixel_size_m")))
     if result.failures:
         raise ValueError(f"{path}: rbc assess failed: {result.failures[0][1]}")
-    optics = Optics().replace(**changes) if changes else Optics()
+    optics = Optics().replace(**changes)
     phase = reconstruct(read_image(path).data, optics=optics, source=str(path)).phase
     independent = int(realism.find_cells(phase, pixel_size_m=optics.pixel_size_m).max())
     cells = result.cells
