@@ -37,7 +37,7 @@ import pandas as pd
 from rbclib.config import Optics
 from rbclib.io import IMAGE_SUFFIXES, ImageFileError, read_image, read_instances, read_json, read_labels, \
     write_csv, write_instances, write_json, write_labels, write_text
-from rbclib.labels import CLASS_NAMES, instance_classes
+from rbclib.labels import CLASS_NAMES, instance_classes, instances_from_labels
 from rbclib.paths import SEG_ARMS
 
 ARM_PREFERENCE: tuple[str, ...] = ("da_ssl", "ssl", "da", "backbone")
@@ -306,6 +306,42 @@ def clean_instances(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: 
     return labels, relabel_sequential(inst)[0].astype(np.int32), dropped
 
 
+HALO_CORE_FRACTION = 0.4
+HALO_REACH_UM = 1.0
+"""A cell pixel lies within ``HALO_REACH_UM`` of its cell's bright body: phase above
+``HALO_CORE_FRACTION`` of the image's typical cell peak (holes in the body, a discocyte's
+dimple, count as body). Real holograms carry halos and slow background bumps next to cells
+that a model trained on the twin can paint as cell, merging neighbours into one object (the
+non-telecentric real hologram: 16 objects against 41 cells); the optics' blur spreads a
+cell's edge over 1.1-2.4 um 10-90 % (benchmarks/bench_realism.py), so 1 um beyond the 40 %
+level keeps the edge."""
+
+
+def trim_halo(labels: np.ndarray, phase: np.ndarray, *, pixel_size_m: float,
+              core_fraction: float = HALO_CORE_FRACTION, reach_um: float = HALO_REACH_UM) -> np.ndarray:
+    """Set to background the cell pixels of ``labels`` (H, W) farther than ``reach_um`` from
+    any bright cell body of ``phase`` [rad] (medium 0): see :data:`HALO_CORE_FRACTION`. The
+    typical peak is the median, over the connected cell regions of at least
+    :data:`MIN_CELL_AREA_UM2`, of their 95th-percentile phase (needs three such regions,
+    else nothing is trimmed). Returns new labels uint8."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import disk
+
+    labels = np.asarray(labels).astype(np.uint8).copy()
+    regions, n = ndi.label(labels > 0)
+    area_um2 = np.bincount(regions.ravel(), minlength=n + 1)[1:] * (pixel_size_m * 1e6) ** 2
+    big = np.flatnonzero(area_um2 >= MIN_CELL_AREA_UM2) + 1
+    if len(big) < 3:
+        return labels
+    phase = np.asarray(phase, np.float64)
+    peaks = ndi.labeled_comprehension(phase, regions, big, lambda v: np.percentile(v, 95), float, 0.0)
+    body = ndi.binary_fill_holes(phase > core_fraction * float(np.median(peaks)))
+    reach_px = max(1, int(round(reach_um / (pixel_size_m * 1e6))))
+    allowed = ndi.binary_dilation(body, structure=disk(reach_px))
+    labels[~allowed] = 0
+    return labels
+
+
 FAINT_FRACTION = 0.5
 """An object whose mean phase is below this fraction of the image's median object is not a
 cell: every red cell carries about the same haemoglobin (MCH 27-33 pg) over a similar area,
@@ -389,11 +425,13 @@ class Segmenter:
     to :func:`rbclib.infer.predict_image` (tile, overlap, batch_size, fast);
     min_area_um2 / fragment_fraction: see :func:`clean_instances`; objects far fainter than
     the image's typical cell are dropped too (:func:`drop_faint_objects`); split: split
-    touching cells (:func:`split_touching`) after the clean-up.
+    touching cells (:func:`split_touching`) after the clean-up; trim_halo: first set to
+    background what lies beyond a cell's bright body (:func:`trim_halo`).
     """
 
     def __init__(self, model_dir: str | Path, *, predict_options: Mapping[str, Any] | None = None,
-                 min_area_um2: float = MIN_CELL_AREA_UM2, fragment_fraction: float = 0.35, split: bool = True):
+                 min_area_um2: float = MIN_CELL_AREA_UM2, fragment_fraction: float = 0.35, split: bool = True,
+                 trim_halo: bool = True):
         from rbclib.infer import load_model
 
         self.model_dir = Path(model_dir)
@@ -403,6 +441,7 @@ class Segmenter:
         self.min_area_um2 = float(min_area_um2)
         self.fragment_fraction = float(fragment_fraction)
         self.split = bool(split)
+        self.trim_halo = bool(trim_halo)
 
     def __call__(self, phase: np.ndarray,
                  pixel_size_m: float) -> tuple[np.ndarray, np.ndarray, dict[int, float], float, int]:
@@ -417,7 +456,11 @@ class Segmenter:
         scale = pixel_size_m / self.pixel_size_m
         small = resample(phase.astype(np.float32), scale, order=1)
         pred = predict_image(self.model, small, config=self.config, **self.predict_options)
-        labels, instances, dropped = clean_instances(pred.labels, pred.instances, pixel_size_m=self.pixel_size_m,
+        labels, instances = pred.labels, pred.instances
+        if self.trim_halo:
+            labels = trim_halo(labels, small, pixel_size_m=self.pixel_size_m)
+            instances = instances_from_labels(labels)
+        labels, instances, dropped = clean_instances(labels, instances, pixel_size_m=self.pixel_size_m,
                                                      min_area_um2=self.min_area_um2,
                                                      fragment_fraction=self.fragment_fraction)
         labels, instances, faint = drop_faint_objects(labels, instances, small)
@@ -563,8 +606,6 @@ def assess_image(job: ImageJob, segmenter: Segmenter, *, optics: OpticsOptions |
                                  f"{labels.shape}")
         result.confusion, _ = cell_confusion(labels, t_lab, true_instances=t_inst)
         if t_inst is None:
-            from rbclib.labels import instances_from_labels
-
             t_inst = instances_from_labels(t_lab)
         result.truth_classes = [CLASS_NAMES[c] for c in instance_classes(t_lab, t_inst).values() if c > 0]
     return result

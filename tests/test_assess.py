@@ -199,6 +199,30 @@ def test_drop_faint_objects_keeps_cells_of_any_phase_scale():
     assert A.drop_faint_objects(labels, few, phase)[2] == 0  # fewer than three objects: no median to judge by
 
 
+def test_trim_halo_cuts_painted_background_and_keeps_cells():
+    px_um = 0.144
+    yy, xx = np.mgrid[:240, :240]
+    phase = np.zeros((240, 240))
+    labels = np.zeros((240, 240), np.uint8)
+    for cy, cx in [(50, 50), (50, 150), (150, 60), (170, 170)]:
+        r_um = np.hypot(yy - cy, xx - cx) * px_um
+        cell = np.clip(4 - 1.3 * np.maximum(r_um - 2.5, 0), 0, 4) * (1 - 0.6 * np.exp(-(r_um / 1.2) ** 2))
+        phase += cell                                                  # flat top, deep dimple, 3 um edge ramp
+        labels[r_um < 5.5] = 1                                         # the model's mask reaches the foot
+    halo = (np.abs(yy - 110) < 12) & (xx > 60) & (xx < 170)           # painted background strip, 0.8 rad
+    phase[halo] += 0.8
+    labels[halo] = 1
+    out = A.trim_halo(labels, phase, pixel_size_m=px_um * 1e-6)
+    r_first = np.hypot(yy - 50, xx - 50) * px_um
+    assert out[r_first < 4.0].all()                                    # body, dimple and edge (to 40 % + 1 um) kept
+    assert out[110, 110] == 0                                          # the strip's middle goes
+    assert (out[halo] > 0).mean() < 0.2
+    assert (A.trim_halo(labels, phase * 3.0, pixel_size_m=px_um * 1e-6) == out).all()  # phase scale does not matter
+    two = labels.copy()
+    two[:, 120:] = 0
+    assert (A.trim_halo(two, phase, pixel_size_m=px_um * 1e-6) == two).all()           # < 3 cells: untouched
+
+
 def test_split_touching_cells():
     px = PAPER_PX
     yy, xx = np.mgrid[:80, :120] * px * 1e6
