@@ -646,7 +646,7 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
            schemes: Mapping[str, Any] | None = None, predict_options: Mapping[str, Any] | None = None,
            runs_roots: list[str | Path] | None = None, min_area_um2: float = MIN_CELL_AREA_UM2,
            fragment_fraction: float = 0.35, split: bool = True, n_boot: int = 2000, seed: int = 0,
-           overlays: bool = True, progress: bool = True, model_note: str | None = None,
+           target_pp: float = 3.0, overlays: bool = True, progress: bool = True, model_note: str | None = None,
            on_error: Callable[[str], None] | None = _stderr) -> AssessResult:
     """Assess every image under ``input_path`` and write the study to ``out_dir``.
 
@@ -655,7 +655,8 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
     ``overlays/<image>.png``, ``labels/`` and ``instances/`` maps and, with ground truth,
     ``confusion.csv`` and ``ratio_errors.csv``. min_area_um2 / fragment_fraction: cell
     clean-up (:func:`clean_instances`); split: split touching cells (:func:`split_touching`);
-    n_boot / seed: bootstrap of the confidence intervals. Finished images (``per_image/<image>.json``
+    n_boot / seed: bootstrap of the confidence intervals; target_pp: largest ratio error
+    [percentage points] counted as within target, with ground truth. Finished images (``per_image/<image>.json``
     whose input files are unchanged and whose model is the same) are not recomputed.
     A file that fails is reported through ``on_error`` and in ``report.md``, then skipped.
     model_dir None: the best model of the latest run (:func:`find_latest_model`);
@@ -706,7 +707,8 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
                              model_px=segmenter.pixel_size_m, model_px_source=segmenter.pixel_size_source)
         processed.append(job.image)
     return _finish(out, jobs, failures=failures, skipped=skipped, processed=processed, model_path=model_path,
-                   model_note=model_note, input_path=Path(input_path), schemes=schemes, n_boot=n_boot, seed=seed)
+                   model_note=model_note, input_path=Path(input_path), schemes=schemes, n_boot=n_boot, seed=seed,
+                   target_pp=target_pp)
 
 
 def _finished(out: Path, job: ImageJob, key: dict) -> bool:
@@ -742,7 +744,7 @@ def _write_image_outputs(out: Path, job: ImageJob, res: ImageResult, *, key: dic
 
 
 def _finish(out: Path, jobs: list[ImageJob], *, failures, skipped, processed, model_path: Path, model_note: str,
-            input_path: Path, schemes, n_boot: int, seed: int) -> AssessResult:
+            input_path: Path, schemes, n_boot: int, seed: int, target_pp: float = 3.0) -> AssessResult:
     """Gather every finished image's results and write tables, figures and report."""
     from rbclib import storage
 
@@ -776,7 +778,7 @@ def _finish(out: Path, jobs: list[ImageJob], *, failures, skipped, processed, mo
         truth = pd.DataFrame(truth_rows) if truth_rows else None
         summary = storage.summarise(cells, images_by_day=images_by_day, truth_cells=truth,
                                     confusion=confusion.astype(int) if confusion is not None else None,
-                                    schemes=schemes, n_boot=n_boot, seed=seed)
+                                    schemes=schemes, n_boot=n_boot, seed=seed, target_pp=target_pp)
     write_csv(out / "cells.csv", cells)
     figures: dict[str, Any] = {}
     fig_paths: dict[str, str] = {}

@@ -116,17 +116,26 @@ PROFILE_NAMES = ("smoke", "quick", "paper")
 
 def load_profiles() -> dict[str, dict[str, dict[str, Any]]]:
     """All profiles: {profile: {stage: {key: value}}}, from ``profiles/<stage>.toml``."""
+    from rbclib.profile_schema import ProfileError, check_table
+
     out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in PROFILE_NAMES}
     folder = resources.files("rbclib").joinpath("profiles")
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if not entry.name.endswith(".toml"):
             continue
-        stage = entry.name[: -len(".toml")]
-        tables = tomllib.loads(entry.read_text())
+        stage, where = entry.name[: -len(".toml")], f"rbclib/profiles/{entry.name}"
+        try:
+            tables = tomllib.loads(entry.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ProfileError(f"{where}: not valid TOML: {exc}") from None
         missing = [n for n in PROFILE_NAMES if n not in tables]
         if missing:
-            raise ValueError(f"rbclib/profiles/{entry.name}: no table for profile(s) {missing}")
+            raise ProfileError(f"{where}: no table for profile(s) {missing}")
+        extra = sorted(set(tables) - set(PROFILE_NAMES))
+        if extra:
+            raise ProfileError(f"{where}: unknown table(s) {extra}; expected {list(PROFILE_NAMES)}")
         for name in PROFILE_NAMES:
+            check_table(stage, tables[name], where=f"{where} [{name}]")
             out[name][stage] = tables[name]
     return out
 

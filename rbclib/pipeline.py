@@ -102,7 +102,7 @@ def run_notebooks(
 
     from rbclib.config import get_profile
 
-    get_profile(profile)  # fail early on an unknown profile
+    get_profile(profile)  # fail early on an unknown profile or a profile file off its schema
     if not kernel_available(kernel_name):
         raise RuntimeError(f"Jupyter kernel {kernel_name!r} is not registered; run `make setup` "
                            f"(python -m ipykernel install --sys-prefix --name {kernel_name})")

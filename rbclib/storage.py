@@ -492,6 +492,7 @@ class StorageSummary:
 
     ratios / indices / trends: estimates from the segmented cells; truth_ratios,
     errors, confusion, accuracy: only when ground truth exists (else None / {}).
+    target_pp: ratio errors up to this many percentage points count as within target.
     """
 
     ratios: pd.DataFrame
@@ -503,6 +504,7 @@ class StorageSummary:
     confusion: pd.DataFrame | None = None
     accuracy: dict[str, float] | None = None
     ci_confidence: float = 0.95
+    target_pp: float = 3.0
 
 
 def summarise(cells: pd.DataFrame, *, images_by_day: Mapping[float, list[str]] | None = None,
@@ -522,7 +524,8 @@ def summarise(cells: pd.DataFrame, *, images_by_day: Mapping[float, list[str]] |
     summary = StorageSummary(
         ratios=ratios,
         indices=morphology_indices(cells, schemes=schemes, images_by_day=images_by_day, **kw),
-        trends=measurement_trends(cells), schemes=schemes, ci_confidence=confidence)
+        trends=measurement_trends(cells), schemes=schemes, ci_confidence=confidence,
+        target_pp=target_pp)
     if truth_cells is not None and len(truth_cells):
         summary.truth_ratios = class_ratios(truth_cells, images_by_day=images_by_day, **kw)
         summary.errors = ratio_errors(ratios, summary.truth_ratios, target_pp=target_pp)
@@ -619,7 +622,7 @@ def render_report(summary: StorageSummary, context: ReportContext) -> str:
         e = summary.errors.dropna(subset=["abs_error_pp"])
         out.append(f"- Estimated class ratios differ from the ground truth by at most {e['abs_error_pp'].max():.1f} "
                    f"percentage points (mean {e['abs_error_pp'].mean():.1f}); {int(e['within_target'].sum())} of "
-                   f"{len(e)} day/class pairs lie within 3 points.")
+                   f"{len(e)} day/class pairs lie within {summary.target_pp:g} points.")
     out += ["", "## What was analysed", "", f"- Input: {context.input}", f"- Model: {context.model}",
             *[f"- {s}" for s in context.sources], "",
             "Each image was turned into a phase map (radians; holograms are reconstructed first), resampled "

@@ -196,3 +196,14 @@ def test_accuracy_by_attribute_splits_one_class_by_a_truth_column(tmp_path):
     assert "as_echinocyte" not in out and "as_background" in out
     with pytest.raises(ValueError, match="missing columns"):
         storage.accuracy_by_attribute(series, labels_dir, column="nope")
+
+
+def test_ratio_error_target_is_the_callers():
+    truth = _cells({(8, "a"): {"discocyte": 90, "spherocyte": 10}})
+    est = _cells({(8, "a"): {"discocyte": 85, "spherocyte": 15}})          # 5 points off
+    ctx = storage.ReportContext(input="`x`", model="`m`", n_images=1, sources=[], failures=[], figures={},
+                                files={}, generated="today")
+    for target, inside in ((3.0, 2), (6.0, 4)):
+        s = storage.summarise(est, truth_cells=truth, n_boot=10, target_pp=target)
+        assert int(s.errors["within_target"].sum()) == inside
+        assert f"{inside} of 4 day/class pairs lie within {target:g} points" in storage.render_report(s, ctx)
