@@ -44,6 +44,7 @@ from typing import Any, Iterable, Literal
 import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage, optimize
+from scipy.stats import median_abs_deviation
 
 from rbclib.config import Optics
 from rbclib.io import ImageFileError, check_image, list_images, read_image, write_json, write_phase
@@ -303,13 +304,20 @@ def _unwrap_where_wrapped(phase: np.ndarray, *, margin: int = 6) -> bool:
     return True
 
 
+def robust_std(values: np.ndarray) -> float:
+    """Robust standard deviation of ``values`` (any shape; NaN when empty): the
+    normal-scaled median absolute deviation (scipy.stats.median_abs_deviation, 1.4826 x MAD)."""
+    v = np.asarray(values).ravel()
+    return float(median_abs_deviation(v, scale="normal")) if v.size else math.nan
+
+
 def _robust_background(phase: np.ndarray, *, n_sigma: float = 3.0, iterations: int = 4) -> np.ndarray:
     """Mask of background pixels: iteratively drop pixels beyond n_sigma robust sigma."""
     mask = np.ones(phase.shape, bool)
     for _ in range(iterations):
         vals = phase[mask]
         med = np.median(vals)
-        sigma = 1.4826 * np.median(np.abs(vals - med)) + 1e-9
+        sigma = robust_std(vals) + 1e-9
         new = np.abs(phase - med) < n_sigma * sigma
         if new.sum() < 0.05 * phase.size or np.array_equal(new, mask):
             break
@@ -327,7 +335,7 @@ def _iterative_fit(terms: np.ndarray, values: np.ndarray, mask: np.ndarray, vali
         coef = np.linalg.solve(a.T @ a, a.T @ values[mask])  # normal equations: K is small
         resid = values - terms @ coef
         med = np.median(resid[mask])
-        sigma = 1.4826 * np.median(np.abs(resid[mask] - med)) + 1e-9
+        sigma = robust_std(resid[mask]) + 1e-9
         new = (np.abs(resid - med) < n_sigma * sigma) & valid
         if new.sum() < terms.shape[1] * 10 or np.array_equal(new, mask):
             break
@@ -567,7 +575,7 @@ class Reconstructor:
         phase -= np.float32(offset)
         coarse = phase[::step, ::step]
         vals = coarse[coarse_bg]
-        sigma = 1.4826 * float(np.median(np.abs(vals - np.median(vals)))) + 1e-9
+        sigma = robust_std(vals) + 1e-9
         grow = int(math.ceil(1 / max(self._setup["radius"], 1e-3) / step))
         mask = _background_mask(coarse, sigma, grow)
         carrier = self._setup["carrier"]
@@ -626,7 +634,7 @@ class Reconstructor:
             return self.sign
         sub = phase.astype(np.float64)  # a coarse grid of the phase
         sub = sub - np.median(sub)
-        scale = 1.4826 * np.median(np.abs(sub)) + 1e-9
+        scale = robust_std(sub) + 1e-9
         sub = np.clip(sub / scale, -50, 50)
         skew = float(np.mean(sub ** 3) / max(np.mean(sub ** 2), 1e-12) ** 1.5)
         sign = 1 if skew >= 0 else -1

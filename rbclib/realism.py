@@ -27,6 +27,7 @@ from scipy import fft as sfft
 from scipy import ndimage as ndi
 
 from rbclib.config import Optics
+from rbclib.holography import robust_std
 from rbclib.labels import CELL_CLASSES, CLASS_COLOURS, CLASS_IDS, CLASS_NAMES
 
 EQUAL_MIXTURE: dict[str, float] = {CLASS_NAMES[c]: 1 / len(CELL_CLASSES) for c in CELL_CLASSES}
@@ -50,12 +51,6 @@ TARGETS: dict[str, float] = {
 
 
 # ----------------------------------------------------------------------------- small helpers
-def robust_std(values: np.ndarray) -> float:
-    """Robust standard deviation: 1.4826 x median absolute deviation of ``values`` (any shape)."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else math.nan
-
-
 def rank_auc(positive: np.ndarray, negative: np.ndarray) -> float:
     """Area under the ROC curve of a score that should be higher for ``positive`` (1-D) than
     for ``negative`` samples: P(pos > neg) + P(pos == neg) / 2 (Mann-Whitney, ranks with ties)."""
