@@ -727,7 +727,7 @@ def _write_image_outputs(out: Path, job: ImageJob, res: ImageResult, *, key: dic
     from PIL import Image
 
     from rbclib.io import atomic_path
-    from rbclib.storage import overlay_rgb
+    from rbclib.labels import overlay_rgb
 
     write_labels(out / "labels" / f"{job.image}.png", res.labels)
     write_instances(out / "instances" / f"{job.image}.png", res.instances)

@@ -26,7 +26,7 @@ from rbclib.config import Optics
 from rbclib.datasets import PHASE_RANGE_RAD
 from rbclib.diffusion_eval import CELL_THRESHOLD_RAD, consistency_score, mask_counts
 from rbclib.io import read_json, read_labels, read_phase, write_csv, write_json, write_labels, write_phase
-from rbclib.labels import CELL_CLASSES, CLASS_NAMES, colourize
+from rbclib.labels import CELL_CLASSES, CLASS_NAMES, overlay_rgb
 
 CELL_NAMES = tuple(CLASS_NAMES[c] for c in CELL_CLASSES)
 COUNT_COLS = tuple(f"n_{name}" for name in CELL_NAMES)
@@ -213,16 +213,6 @@ def write_synthetic_train(candidates: str | Path, ids: Iterable[str], out_dir: s
 
 
 # ----------------------------------------------------------------------------- display
-def overlay_rgb(phase: np.ndarray, labels: np.ndarray, *, alpha: float = 0.4,
-                phase_range_rad: tuple[float, float] = PHASE_RANGE_RAD) -> np.ndarray:
-    """Phase in grey with cells tinted in the paper's class colours; (H, W, 3) uint8."""
-    lo, hi = phase_range_rad
-    grey = np.clip((np.asarray(phase, np.float32) - lo) / (hi - lo), 0, 1)[..., None].repeat(3, -1)
-    cells = (np.asarray(labels) > 0)[..., None]
-    rgb = np.where(cells, (1 - alpha) * grey + alpha * colourize(labels), grey)
-    return (rgb * 255).round().astype(np.uint8)
-
-
 def _png(rgb: np.ndarray, size: int) -> bytes:
     from PIL import Image
 
@@ -348,7 +338,8 @@ class CurationWidget:
         state = self.store.decisions.get(cid, {}).get("decision", "undecided")
         colour = {"accept": "#2a2", "reject": "#c22"}.get(state, "#999")
         counts = " ".join(f"{n[0].upper()}{int(row[f'n_{n}'])}" for n in CELL_NAMES)
-        img = w.Image(value=_png(overlay_rgb(phase, labels), self.thumb_px), format="png",
+        rgb = overlay_rgb(phase, labels, phase_range=PHASE_RANGE_RAD)
+        img = w.Image(value=_png(rgb, self.thumb_px), format="png",
                       width=self.thumb_px, height=self.thumb_px)
         acc = self._button("accept", f"rbc-curate-accept-{cid}", lambda: self.decide(cid, "accept"))
         rej = self._button("reject", f"rbc-curate-reject-{cid}", lambda: self.decide(cid, "reject"))

@@ -463,26 +463,6 @@ def plot_indices(indices: pd.DataFrame, *, schemes: Mapping[str, IndexScheme] | 
     return fig
 
 
-def overlay_rgb(phase: np.ndarray, labels: np.ndarray, *, instances: np.ndarray | None = None,
-                alpha: float = 0.4, phase_range: tuple[float, float] | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 picture: phase in grey with the class map in the paper's colours on top
-    and cell outlines (instance boundaries) in white."""
-    from skimage.segmentation import find_boundaries
-
-    from rbclib.labels import colourize
-
-    phase = np.asarray(phase, dtype=np.float32)
-    lo, hi = phase_range or (float(np.percentile(phase, 1)), float(np.percentile(phase, 99.5)))
-    grey = np.clip((phase - lo) / max(hi - lo, 1e-6), 0, 1)[..., None].repeat(3, axis=-1)
-    colour = colourize(labels)
-    cell = (np.asarray(labels) > 0)[..., None]
-    rgb = np.where(cell, (1 - alpha) * grey + alpha * colour, grey)
-    if instances is not None:
-        edge = find_boundaries(np.asarray(instances), mode="inner")
-        rgb[edge] = 1.0
-    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
-
-
 # ---------------------------------------------------------------- whole study
 
 

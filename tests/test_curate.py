@@ -14,6 +14,7 @@ from ddgan_toy import toy_field  # noqa: E402
 
 from rbclib import curate as cu  # noqa: E402
 from rbclib.io import read_labels, read_phase  # noqa: E402
+from rbclib.labels import overlay_rgb  # noqa: E402
 
 
 @pytest.fixture()
@@ -117,6 +118,6 @@ def test_selection_and_rotated_train_pairs(candidates, tmp_path):
 
 def test_overlay_colours():
     labels = np.array([[0, 1], [2, 4]], np.uint8)
-    rgb = cu.overlay_rgb(np.zeros((2, 2)), labels, alpha=1.0)
+    rgb = overlay_rgb(np.zeros((2, 2)), labels, alpha=1.0, phase_range=(0.0, 1.0))
     assert rgb.dtype == np.uint8 and tuple(rgb[0, 1]) == (255, 0, 0) and tuple(rgb[1, 0]) == (0, 0, 255)
     assert tuple(rgb[1, 1]) == (255, 255, 0) and rgb[0, 0, 0] == rgb[0, 0, 1]

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from rbclib import storage
+from rbclib.labels import overlay_rgb
 from rbclib.storage import CELL_CLASS_NAMES, IndexScheme
 
 
@@ -165,7 +166,7 @@ def test_overlay_rgb():
     labels = np.zeros((20, 20), np.uint8)
     labels[5:10, 5:10] = 2  # spherocyte: blue
     inst = (labels > 0).astype(np.int32)
-    rgb = storage.overlay_rgb(phase, labels, instances=inst)
+    rgb = overlay_rgb(phase, labels, instances=inst)
     assert rgb.shape == (20, 20, 3) and rgb.dtype == np.uint8
     assert rgb[7, 7, 2] > rgb[7, 7, 0]          # tinted blue inside
     assert tuple(rgb[5, 5]) == (255, 255, 255)  # outline
