@@ -22,6 +22,7 @@ from rbclib.datasets import Pair
 from rbclib.infer import Prediction, check_mask_classes, predict_image, predict_paper_protocol
 from rbclib.labels import instances_from_labels
 from rbclib.metrics import CELL_CLASS_NAMES, aji_per_class, dice_per_class, mean_scores
+from rbclib.markdown import markdown_table
 
 # Table rows in the paper's order; model folder name -> method name.
 METHOD_NAMES: dict[str, str] = {
@@ -160,7 +161,8 @@ def compute_table(rows: dict[str, dict[str, float]]) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame, *, digits: int = 4) -> str:
-    """A DataFrame as a GitHub Markdown table (floats with ``digits`` decimals, NaN as "-")."""
+    """A score table as Markdown (:func:`rbclib.markdown.markdown_table`; floats with
+    ``digits`` decimals, NaN as "-", integers with thousands separators)."""
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return "-" if math.isnan(v) else f"{v:.{digits}f}"
@@ -168,10 +170,7 @@ def to_markdown(table: pd.DataFrame, *, digits: int = 4) -> str:
             return f"{int(v):,}"
         return str(v)
 
-    head = "| " + " | ".join(map(str, table.columns)) + " |"
-    sep = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.columns))) + "|"
-    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join([head, sep, *body]) + "\n"
+    return markdown_table(table, fmt=fmt, right_align=True)
 
 
 def plot_comparison(pairs: Sequence[Pair], predictions: dict[str, dict[str, np.ndarray]]):

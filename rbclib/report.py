@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from rbclib.io import ImageFileError, read_json, write_text
+from rbclib.markdown import markdown_table
 from rbclib.paths import RunPaths
 
 # Distributions whose versions the report lists (import name differs for some).
@@ -97,7 +98,7 @@ class _Doc:
         rows = [[_fmt(v) for v in row] for row in df.itertuples(index=False)]
         if caption:
             self.md.append(f"**{caption}**\n")
-        self.md.append(_md_table(header, rows))
+        self.md.append(markdown_table(df, fmt=_fmt))
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows)
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
@@ -122,13 +123,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
-
-    return "\n".join([line(header), "|" + "---|" * len(header)] + [line(r) for r in rows]) + "\n"
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from rbclib.labels import CELL_CLASSES, CLASS_COLOURS, CLASS_NAMES
+from rbclib.markdown import markdown_table
 
 CELL_CLASS_NAMES: tuple[str, ...] = tuple(CLASS_NAMES[c] for c in CELL_CLASSES)
 LATE_STAGE_CLASSES: tuple[str, ...] = ("spherocyte", "echinocyte")
@@ -547,17 +548,13 @@ class ReportContext:
 
 
 def _md_table(frame: pd.DataFrame) -> str:
-    cols = [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(_md_cell(v) for v in row) + " |")
-    return "\n".join(lines)
+    return markdown_table(frame, fmt=_md_cell).rstrip("\n")
 
 
 def _md_cell(v: Any) -> str:
     if isinstance(v, float):
         return "-" if math.isnan(v) else f"{v:.3g}"
-    return str(v).replace("|", "\\|")
+    return str(v)
 
 
 def _headline(summary: StorageSummary) -> list[str]:

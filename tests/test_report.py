@@ -198,3 +198,15 @@ def test_pipeline_writes_the_report_only_after_a_full_run(tmp_path: Path):
     md = (full / "report.md").read_text()
     assert "| 01_first |" in _section(md, "Time per stage") and "Profile: smoke." in md
     assert (full / "report.html").exists()
+
+
+def test_markdown_table_escapes_pipes_and_newlines():
+    import pandas as pd
+
+    from rbclib.markdown import markdown_table
+
+    md = markdown_table(pd.DataFrame({"file": ["a|b.tif", "evil\n## Heading.tif"], "n": [1.5, 2.0]}),
+                        fmt=lambda v: f"{v:.1f}" if isinstance(v, float) else str(v), right_align=True)
+    lines = md.splitlines()
+    assert lines[1] == "|---|---:|" and len(lines) == 4                 # a name cannot add a line
+    assert lines[2] == "| a\\|b.tif | 1.5 |" and lines[3] == "| evil ## Heading.tif | 2.0 |"
