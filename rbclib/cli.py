@@ -1,4 +1,4 @@
-"""The ``rbc`` command: ``run``, ``simulate``, ``reconstruct``, ``assess``.
+"""The ``rbc`` command: ``run``, ``simulate``, ``reconstruct``, ``assess``, ``report``.
 
 Each subcommand is a thin wrapper over a library function; ``rbc CMD --help`` documents it.
 """

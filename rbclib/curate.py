@@ -26,10 +26,9 @@ from rbclib.config import Optics
 from rbclib.datasets import PHASE_RANGE_RAD
 from rbclib.diffusion_eval import CELL_THRESHOLD_RAD, consistency_score, mask_counts
 from rbclib.io import read_json, read_labels, read_phase, write_csv, write_json, write_labels, write_phase
-from rbclib.labels import CELL_CLASSES, CLASS_NAMES, overlay_rgb
+from rbclib.labels import CELL_CLASS_NAMES, overlay_rgb
 
-CELL_NAMES = tuple(CLASS_NAMES[c] for c in CELL_CLASSES)
-COUNT_COLS = tuple(f"n_{name}" for name in CELL_NAMES)
+COUNT_COLS = tuple(f"n_{name}" for name in CELL_CLASS_NAMES)
 
 SELECTION_RULE = (
     "Targeted sampling favouring rare classes (greedy). Candidates must pass the active "
@@ -100,7 +99,7 @@ def class_balance(table: pd.DataFrame, ids: Iterable[str] | None = None) -> pd.D
     sub = table if ids is None else table.loc[list(ids)]
     counts = np.array([sub[c].sum() if len(sub) else 0 for c in COUNT_COLS], dtype=float)
     share = counts / counts.sum() if counts.sum() else np.zeros_like(counts)
-    return pd.DataFrame({"class": CELL_NAMES, "cells": counts.astype(int), "share": share})
+    return pd.DataFrame({"class": CELL_CLASS_NAMES, "cells": counts.astype(int), "share": share})
 
 
 def auto_select_balanced(table: pd.DataFrame, n_select: int, *, baseline_counts: dict[str, float] | None = None,
@@ -122,8 +121,8 @@ def auto_select_balanced(table: pd.DataFrame, n_select: int, *, baseline_counts:
     keep = counts.sum(1) > 0
     ids, counts = pool["id"].to_numpy()[keep], counts[keep]
     consistency = pool["consistency"].to_numpy(float)[keep]
-    base = np.array([float((baseline_counts or {}).get(name, 0.0)) for name in CELL_NAMES])
-    accepted = table.loc[already, list(COUNT_COLS)].to_numpy(float).sum(0) if already else np.zeros(len(CELL_NAMES))
+    base = np.array([float((baseline_counts or {}).get(name, 0.0)) for name in CELL_CLASS_NAMES])
+    accepted = table.loc[already, list(COUNT_COLS)].to_numpy(float).sum(0) if already else np.zeros(len(CELL_CLASS_NAMES))
     free = np.ones(len(ids), bool)
     chosen: list[str] = []
     totals = counts.sum(1)
@@ -240,8 +239,8 @@ class CurationWidget:
         self.store = DecisionStore(decisions_path)
         self.baseline_counts = dict(baseline_counts or {})
         self.page_size, self.thumb_px, self.page = page_size, thumb_px, 0
-        self.f_classes = w.SelectMultiple(options=CELL_NAMES, description="must hold")
-        self.f_count_class = w.Dropdown(options=CELL_NAMES, value=CELL_NAMES[-1], description="min count of")
+        self.f_classes = w.SelectMultiple(options=CELL_CLASS_NAMES, description="must hold")
+        self.f_count_class = w.Dropdown(options=CELL_CLASS_NAMES, value=CELL_CLASS_NAMES[-1], description="min count of")
         self.f_min_count = w.BoundedIntText(value=0, min=0, max=1000, description="cells >=")
         self.f_consistency = w.FloatSlider(value=min_consistency, min=0.0, max=1.0, step=0.05,
                                            description="consistency >=")
@@ -337,7 +336,7 @@ class CurationWidget:
         row = self.table.loc[cid]
         state = self.store.decisions.get(cid, {}).get("decision", "undecided")
         colour = {"accept": "#2a2", "reject": "#c22"}.get(state, "#999")
-        counts = " ".join(f"{n[0].upper()}{int(row[f'n_{n}'])}" for n in CELL_NAMES)
+        counts = " ".join(f"{n[0].upper()}{int(row[f'n_{n}'])}" for n in CELL_CLASS_NAMES)
         rgb = overlay_rgb(phase, labels, phase_range=PHASE_RANGE_RAD)
         img = w.Image(value=_png(rgb, self.thumb_px), format="png",
                       width=self.thumb_px, height=self.thumb_px)

@@ -17,6 +17,7 @@ CLASS_NAMES: dict[int, str] = {
 }
 CLASS_IDS: dict[str, int] = {name: cid for cid, name in CLASS_NAMES.items()}
 CELL_CLASSES: tuple[int, ...] = (DISCOCYTE, SPHEROCYTE, ECHINOCYTE, STOMATOCYTE)
+CELL_CLASS_NAMES: tuple[str, ...] = tuple(CLASS_NAMES[c] for c in CELL_CLASSES)
 N_CLASSES = 5
 # Paper colours (RGB 0..1): black, red, blue, green, yellow.
 CLASS_COLOURS: dict[int, tuple[float, float, float]] = {

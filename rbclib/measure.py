@@ -1,4 +1,4 @@
-"""Per-cell physical measurements from a phase map and an instance map (DESIGN.md physics).
+"""Per-cell physical measurements from a phase map and an instance map (the equations below).
 
 From the phase phi [rad] over a cell's mask M (pixel area dA):
 OPD = lambda * phi / (2 pi); optical volume OV = sum_M OPD dA; dry mass m = OV / alpha.

@@ -30,9 +30,9 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from rbclib.labels import BACKGROUND, CELL_CLASSES, CLASS_NAMES, N_CLASSES, check_labels, instances_from_labels
+from rbclib.labels import (BACKGROUND, CELL_CLASS_NAMES, CELL_CLASSES, CLASS_NAMES, N_CLASSES, check_labels,
+                           instances_from_labels)
 
-CELL_CLASS_NAMES: tuple[str, ...] = tuple(CLASS_NAMES[c] for c in CELL_CLASSES)
 
 
 def _check_pair(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-# DESIGN.md "Models": the ResUnet decoder of the paper (Table 3: 73,688,197 parameters).
+# The ResUnet decoder of the paper (Table 3: 73,688,197 parameters).
 RESUNET_DECODER_CHANNELS = (1024, 512, 256, 128, 64)
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101")
 

@@ -1,4 +1,4 @@
-"""The layout of a run folder, defined once (DESIGN.md, 'The pipeline').
+"""The layout of a run folder, defined once (docs/ARCHITECTURE.md, section 2).
 
 A stage reads the artefacts of earlier stages and writes its own; all live below one
 run folder, ``runs/<profile>/`` by default.

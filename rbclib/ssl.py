@@ -47,6 +47,7 @@ from torch.utils.data import Dataset, Subset
 
 from rbclib.config import check_known_fields
 from rbclib.datasets import normalise_phase
+from rbclib.infer import pick_device
 from rbclib.io import ImageFileError, atomic_path, list_images, write_csv, write_json
 
 WEIGHTS_FILE = "encoder_decoder.pt"
@@ -624,7 +625,7 @@ def pretrain_ssl(corpus: Dataset, *, out_dir: str | Path, config: SSLConfig | di
     out.mkdir(parents=True, exist_ok=True)
     if len(corpus) < 2:
         raise ValueError(f"corpus has {len(corpus)} image(s); contrastive pretraining needs at least 2")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(device)
     ident = {"ssl": cfg.to_dict(), "seed": int(seed), "corpus": describe_corpus(corpus), "corpus_kind": corpus_kind(corpus)}
 
     torch.manual_seed(seed)
@@ -802,7 +803,7 @@ def probe_pretrained_vs_random(ssl_dir: str | Path, images: torch.Tensor, labels
                                test_fraction: float = 0.3, k: int = 10, device: str | None = None) -> pd.DataFrame:
     """:func:`probe_encoder` for the pretrained encoder of ``ssl_dir`` and for a randomly
     initialised encoder of the same architecture (torch seed ``seed``); one row each.
-    Features are computed on ``device`` (default: cuda if available, else cpu)."""
+    Features are computed on ``device`` (default: :func:`rbclib.infer.pick_device`)."""
     from rbclib.models import build_resunet
 
     cfg = SSLConfig.from_dict(load_ssl_weights(ssl_dir)["config"])
@@ -812,7 +813,7 @@ def probe_pretrained_vs_random(ssl_dir: str | Path, images: torch.Tensor, labels
         model = build_resunet(cfg.encoder, in_channels=cfg.in_channels, decoder_channels=cfg.decoder_channels)
         if name == "pretrained":
             load_into_resunet(model, ssl_dir)
-        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model.to(pick_device(device))
         res = probe_encoder(model.encoder, images, labels, test_fraction=test_fraction, k=k, seed=seed,
                             in_channels=cfg.in_channels)
         rows.append({"encoder": name, "architecture": cfg.encoder, **res})

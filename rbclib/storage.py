@@ -28,10 +28,9 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from rbclib.labels import CELL_CLASSES, CLASS_COLOURS, CLASS_NAMES
+from rbclib.labels import CELL_CLASS_NAMES, CELL_CLASSES, CLASS_COLOURS, CLASS_NAMES
 from rbclib.markdown import markdown_table
 
-CELL_CLASS_NAMES: tuple[str, ...] = tuple(CLASS_NAMES[c] for c in CELL_CLASSES)
 LATE_STAGE_CLASSES: tuple[str, ...] = ("spherocyte", "echinocyte")
 # Measurements followed over storage (column -> axis label); missing columns are skipped.
 TREND_MEASUREMENTS: dict[str, str] = {

@@ -119,7 +119,7 @@ def test_notebook_smoke(stage, run_dir):
         raise
 
 
-NBVAL_STAGES = ("01", "02")  # cheap, fully seeded stages re-run by nbval (DESIGN.md: nbval's job)
+NBVAL_STAGES = ("01", "02")  # cheap, fully seeded stages re-run by nbval (nbval checks that their outputs repeat)
 
 
 @pytest.mark.slow
