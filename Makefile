@@ -6,7 +6,7 @@ STAMP := $(VENV)/.rbc-installed
 PROFILE ?= quick
 KERNEL := rbc-holo
 
-.PHONY: setup run test test-fast test-e2e bench clean-runs
+.PHONY: setup run test test-fast test-e2e bench ablation clean-runs
 
 setup: $(STAMP)
 
@@ -27,8 +27,12 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not e2e"
 
+# Every benchmark but the multi-seed ablation (30-40 min per seed on 2 cores): that one is `make ablation`.
 bench: setup
-	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in benchmarks/bench_*.py; do [ "$$b" = benchmarks/bench_ablation.py ] && continue; echo "== $$b"; $(PY) $$b || exit 1; done
+
+ablation: setup
+	$(PY) benchmarks/bench_ablation.py --profile $(PROFILE) --seeds 0 1 2
 
 clean-runs:
 	rm -rf runs/

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from rbclib.config import Optics
-from rbclib.io import IMAGE_SUFFIXES, ImageFileError, read_image, read_instances, read_json, read_labels, \
+from rbclib.io import IMAGE_SUFFIXES, ImageFileError, check_output_dir, read_image, read_instances, read_json, read_labels, \
     write_csv, write_instances, write_json, write_labels, write_text
 from rbclib.labels import CLASS_NAMES, instance_classes, instances_from_labels
 from rbclib.paths import SEG_ARMS
@@ -665,7 +665,14 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
     from tqdm.auto import tqdm
 
     out = Path(out_dir).expanduser()
+    source = Path(input_path).expanduser()
+    source_dir = source if source.is_dir() else source.parent
+    if out.resolve() == source_dir.resolve():
+        raise ValueError(f"{out}: the output folder is the input folder; rbc assess would write its labels/, "
+                         "instances/ and cells.csv over the input's (e.g. a dataset's ground truth). "
+                         "Choose another -o folder")
     jobs = discover_inputs(input_path, day_map=day_map)
+    check_output_dir(out)
     if model_dir is None:
         model_path, model_note = find_latest_model(runs_roots)
     else:

@@ -45,8 +45,10 @@ def _cmd_assess(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    from rbclib.io import check_output_dir
     from rbclib.simulate import HologramSettings, simulate_dataset, simulate_storage_series
 
+    check_output_dir(args.out)
     realism = {k: getattr(args, k) for k in _SIMULATE_RANGES if getattr(args, k) is not None}
     hologram = {k: realism.pop(k) for k in ("noise_nm", "noise_corr_um", "coherence", "beam_ratio") if k in realism}
     if args.dust is not None:
@@ -117,7 +119,9 @@ def _carrier_arg(text: str) -> tuple[float, float]:
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from rbclib.holography import reconstruct_files
+    from rbclib.io import check_output_dir
 
+    check_output_dir(args.out)
     overrides = {"wavelength_m": args.wavelength, "pixel_size_m": args.pixel_size, "n_medium": args.medium_index,
                  "numerical_aperture": args.numerical_aperture}
     refocus = None if args.refocus is None else ("auto" if args.refocus == "auto" else float(args.refocus))
@@ -165,6 +169,7 @@ def _add_optics_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rbc", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full Python traceback")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the numbered notebooks headless with papermill")
@@ -254,11 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import pickle
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError, pickle.UnpicklingError) as exc:
+        if args.debug:
+            raise
         print(f"rbc {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -72,7 +72,14 @@ def load_model(model_dir: str | Path, *, checkpoint: str = "best.pt",
     for key in ("model_name", "encoder", "in_channels", "classes"):
         if key not in config:
             raise ValueError(f"{cfg_path}: missing {key!r}")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise ValueError(f"{ckpt_path}: not a readable checkpoint ({type(exc).__name__}); "
+                         "was it written by rbclib.train and copied completely?") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise ValueError(f"{ckpt_path}: not an rbclib.train checkpoint (expected a dict with the weights "
+                         "under 'model', e.g. best.pt or last.pt of a model folder)")
     model = model_from_config(config)
     result = model.load_state_dict(ckpt["model"], strict=False)
     bad_shapes = [k for k, v in ckpt["model"].items()

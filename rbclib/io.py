@@ -91,6 +91,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def check_output_dir(path: str | Path) -> Path:
+    """Check, before any work is done and without creating anything, that ``path`` is or can
+    become a writable folder; ValueError naming it otherwise. Returns ``path``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: output path exists and is not a folder")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{path}: cannot create the output folder: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: output folder is not writable ({existing} does not allow writing)")
+    return path
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

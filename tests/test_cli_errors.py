@@ -1,0 +1,61 @@
+"""CLI error hygiene: an expected failure is one line naming the problem and exit 2;
+``rbc --debug`` shows the traceback instead."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rbclib.cli import main
+from rbclib.io import write_camera_image
+
+
+def _hologram(tmp_path):
+    path = tmp_path / "h.png"
+    yy, xx = np.mgrid[:64, :64]
+    write_camera_image(path, (127 + 100 * np.cos(2 * np.pi * (0.3 * xx + 0.1 * yy))).astype(np.uint8))
+    return path
+
+
+def test_output_path_that_is_a_file_is_one_line(tmp_path, capsys):
+    holo = _hologram(tmp_path)
+    blocker = tmp_path / "out"
+    blocker.write_text("not a folder")
+    assert main(["reconstruct", str(holo), "-o", str(blocker)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rbc reconstruct: error:") and "out" in err[0], err
+    assert blocker.read_text() == "not a folder"                     # nothing written over
+
+
+def test_unreadable_checkpoint_is_one_line_and_debug_shows_traceback(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_name": "resunet", "encoder": "resnet18", "in_channels": 3, "classes": 5}')
+    (model / "best.pt").write_bytes(b"\x80\x04random bytes, not a checkpoint")
+    args = ["assess", str(_hologram(tmp_path)), "-o", str(tmp_path / "study"), "--model", str(model)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rbc assess: error:"), err
+    with pytest.raises(Exception):
+        main(["--debug", *args])
+
+
+def test_assess_refuses_to_write_into_its_input_folder(tmp_path, capsys):
+    holo = _hologram(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["assess", str(tmp_path), "-o", str(tmp_path), "--model", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "output folder is the input folder" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and holo.is_file()
+
+
+def test_plain_state_dict_checkpoint_is_named(tmp_path):
+    import torch
+
+    from rbclib.infer import load_model
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_name": "resunet", "encoder": "resnet18", "in_channels": 3, "classes": 5}')
+    torch.save({"encoder.weight": torch.zeros(2)}, model / "best.pt")
+    with pytest.raises(ValueError, match=r"best\.pt: not an rbclib\.train checkpoint"):
+        load_model(model)
