@@ -740,6 +740,30 @@ def reconstruct_files(paths: Iterable[str | Path], out_dir: str | Path, *, backg
     return written
 
 
+def reconstruction_errors(phase_paths: Iterable[str | Path], truth_dir: str | Path) -> "pd.DataFrame":
+    """Error of reconstructed phase images against a simulated dataset's true phase.
+
+    phase_paths: reconstructed ``<stem>.tif`` files; truth_dir: the dataset folder (its
+    ``phase/<stem>.tif`` in-focus truth and ``labels/<stem>.png`` cell masks). One row per
+    image: ``image``, ``rmse_cells_rad``, ``rmse_background_rad``, ``max_abs_error_rad``,
+    ``cell_fraction``."""
+    import pandas as pd
+
+    truth_dir = Path(truth_dir)
+    rows = []
+    for path in map(Path, phase_paths):
+        phase = read_image(path).data
+        truth = read_image(truth_dir / "phase" / path.name).data
+        cells = read_image(truth_dir / "labels" / f"{path.stem}.png", allow_constant=True).data > 0
+        if phase.shape != truth.shape:
+            raise ImageFileError(path, f"shape {phase.shape} differs from its truth {truth.shape}")
+        err = phase.astype(np.float64) - truth
+        rows.append({"image": path.stem, "rmse_cells_rad": float(np.sqrt(np.mean(err[cells] ** 2))),
+                     "rmse_background_rad": float(np.sqrt(np.mean(err[~cells] ** 2))),
+                     "max_abs_error_rad": float(np.abs(err).max()), "cell_fraction": float(cells.mean())})
+    return pd.DataFrame(rows)
+
+
 def figure_reconstruction(hologram: np.ndarray, rec: Reconstruction, *, true_phase: np.ndarray | None = None,
                           title: str = "") -> "Any":
     """Figure: hologram, spectrum with the sideband and filter marked, phase, and the

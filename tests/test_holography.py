@@ -375,3 +375,22 @@ def test_real_hl60_field_autofocus_agrees_with_nrefocus():
     d = autofocus(field, optics, interval_m=(-5e-6, 5e-6))
     # nrefocus (average-gradient metric) finds -0.878 um on this field
     assert d == pytest.approx(-0.878e-6, abs=0.3e-6)
+
+
+def test_reconstruction_errors_against_the_truth(tmp_path):
+    from rbclib.holography import reconstruction_errors
+    from rbclib.io import write_labels, write_phase
+
+    truth = np.zeros((20, 30), np.float32)
+    labels = np.zeros((20, 30), np.uint8)
+    labels[5:10, 5:15] = 1                                    # 50 of 600 pixels are cell
+    truth[labels > 0] = 2.0
+    write_phase(tmp_path / "sim" / "phase" / "f0.tif", truth)
+    write_labels(tmp_path / "sim" / "labels" / "f0.png", labels)
+    recon = truth + np.where(labels > 0, 0.1, -0.05).astype(np.float32)
+    recon[0, 0] = 1.0                                         # one bad background pixel
+    write_phase(tmp_path / "rec" / "f0.tif", recon)
+    row = reconstruction_errors([tmp_path / "rec" / "f0.tif"], tmp_path / "sim").iloc[0]
+    assert row["image"] == "f0" and row["cell_fraction"] == pytest.approx(50 / 600)
+    assert row["rmse_cells_rad"] == pytest.approx(0.1, abs=1e-6) and row["max_abs_error_rad"] == pytest.approx(1.0)
+    assert row["rmse_background_rad"] == pytest.approx(np.sqrt((549 * 0.05**2 + 1.0) / 550), rel=1e-3)

@@ -157,3 +157,26 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
     sync = json.loads((tmp_path / "m" / "ddp_sync.json").read_text())
     assert sync == {"world_size": 2, "max_abs_weight_diff": 0.0}
     assert json.loads((tmp_path / "m" / "config.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_a_small_resunet_overfits_a_few_fields(tmp_path):
+    """Learning happens: on four fields of two disc classes the training loss falls to a
+    third of the first epoch's and the model then segments those fields (Dice >= 0.8)."""
+    import pandas as pd
+
+    from rbclib.infer import load_model, predict_image
+    from rbclib.metrics import dice_per_class
+
+    torch.manual_seed(0)
+    pairs = _disk_pairs(4, seed=3)
+    cfg = train.make_config({**TINY, "decoder_channels": [64, 32, 16, 16, 8], "patch": 64, "rotations": 4,
+                             "epochs": 24, "lr": 1e-2, "autocast_bf16": False}, model_name="resunet")
+    folder = train.train_segmenter(pairs, pairs[:1], model_name="resunet", out_dir=tmp_path / "m", config=cfg,
+                                   seed=0, progress=False)
+    log = pd.read_csv(folder / "log.csv")
+    model, config = load_model(folder, checkpoint="last.pt")
+    dice = [dice_per_class(predict_image(model, p.phase, config=config).labels, p.labels) for p in pairs]
+    assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0] / 3, log["train_loss"].tolist()
+    for cls in ("discocyte", "spherocyte"):
+        assert np.mean([d[cls] for d in dice]) >= 0.8, dice
