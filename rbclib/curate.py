@@ -185,6 +185,20 @@ class DecisionStore:
         write_json(self.path, {"decisions": self.decisions, "history": self.history})
 
 
+def auto_curate(store: "DecisionStore", table: pd.DataFrame, n_select: int, *,
+                baseline_counts: dict[str, float] | None = None, min_consistency: float = 0.0) -> list[str]:
+    """The automatic curation of 04, recorded in ``store``: reject every undecided candidate
+    below ``min_consistency``, then accept by :func:`auto_select_balanced` until ``n_select``
+    pairs are accepted in all (earlier decisions, by hand or not, are kept). Returns the ids
+    accepted now."""
+    broken = table.loc[table["consistency"] < min_consistency, "id"]
+    store.record_many([c for c in broken if c not in store.decisions], "reject", by="auto: consistency")
+    picked = auto_select_balanced(table, n_select, baseline_counts=baseline_counts, already=store.ids("accept"),
+                                  exclude=store.ids("reject"), min_consistency=min_consistency)
+    store.record_many(picked, "accept", by="auto: balanced")
+    return picked
+
+
 def write_selection(path: str | Path, store: DecisionStore, *, mode: str, rule: str = SELECTION_RULE,
                     **extra: Any) -> dict[str, Any]:
     """Write ``selection.json``: accepted / rejected ids, who selected each, the rule, extras."""

@@ -121,3 +121,18 @@ def test_overlay_colours():
     rgb = overlay_rgb(np.zeros((2, 2)), labels, alpha=1.0, phase_range=(0.0, 1.0))
     assert rgb.dtype == np.uint8 and tuple(rgb[0, 1]) == (255, 0, 0) and tuple(rgb[1, 0]) == (0, 0, 255)
     assert tuple(rgb[1, 1]) == (255, 255, 0) and rgb[0, 0, 0] == rgb[0, 0, 1]
+
+
+def test_auto_curate_rejects_broken_keeps_hand_decisions_and_fills_to_n_select(tmp_path):
+    ids = [f"c{i}" for i in range(6)]
+    table = pd.DataFrame({"id": ids, "consistency": [0.9, 0.2, 0.8, 0.7, 0.95, 0.1],
+                          "n_discocyte": [3, 1, 0, 2, 1, 1], "n_spherocyte": [0, 0, 2, 0, 0, 0],
+                          "n_echinocyte": [0, 0, 0, 1, 0, 0], "n_stomatocyte": [0, 0, 0, 0, 1, 0]}).set_index("id", drop=False)
+    store = cu.DecisionStore(tmp_path / "d.json")
+    store.record("c4", "reject", by="user")                      # a hand rejection is respected
+    store.record("c0", "accept", by="user")                      # and so is a hand acceptance
+    picked = cu.auto_curate(store, table, 3, baseline_counts={"discocyte": 100.0}, min_consistency=0.5)
+    assert set(store.ids("reject")) == {"c1", "c4", "c5"}       # below 0.5 rejected automatically, c4 by hand
+    assert len(picked) == 2 and set(picked) <= {"c2", "c3"} and set(store.ids("accept")) == {"c0", *picked}
+    assert all(store.decisions[c]["by"] == "auto: balanced" for c in picked)
+    assert cu.auto_curate(store, table, 3, min_consistency=0.5) == []          # already complete: nothing more
