@@ -607,6 +607,13 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
 
 
+def queue_size_for(n_images: int, *, queue_size: int, batch_size: int) -> int:
+    """The negatives queue K (eq. 10) a corpus of ``n_images`` allows: at most ``queue_size``,
+    below ``n_images - batch_size`` (a longer queue still holds keys of the images of the
+    current batch, which then count as their own negatives), and at least one batch."""
+    return max(int(batch_size), min(int(queue_size), int(n_images) - int(batch_size)))
+
+
 def pretrain_ssl(corpus: Dataset, *, out_dir: str | Path, config: SSLConfig | dict[str, Any], seed: int,
                  progress: bool = True, device: str | None = None) -> Path:
     """Pretrain the ResUnet encoder+decoder with MoCo v2 + reconstruction on ``corpus``.

@@ -330,3 +330,11 @@ def test_prepare_ssl_data_bloodmnist(tmp_path):
     data = prepare_ssl_data("bloodmnist", image_px=32, seed=0, medmnist_root=tmp_path, max_images=4)
     assert data.kind == "bloodmnist" and len(data.pretrain) == 4 and data.probe_images.shape == (3, 1, 32, 32)
     assert data.class_names[3] == "ig"
+
+
+def test_queue_size_fits_the_corpus():
+    from rbclib.ssl import queue_size_for
+
+    assert queue_size_for(10_000, queue_size=1024, batch_size=32) == 1024      # large corpus: as configured
+    assert queue_size_for(300, queue_size=1024, batch_size=32) == 268          # below corpus minus one batch
+    assert queue_size_for(40, queue_size=1024, batch_size=32) == 32            # never below one batch
