@@ -61,10 +61,14 @@ def check_03(run: Path) -> None:
 
 
 def check_04(run: Path) -> None:
+    from rbclib.config import get_profile
+
     sel = json.loads((run / "synthetic" / "selection.json").read_text())
-    assert sel
+    n_select = get_profile("smoke")["diffusion"]["n_select"]
+    assert sel["mode"] == "automatic" and 0 < len(sel["accepted"]) <= n_select
+    assert not set(sel["accepted"]) & set(sel["rejected"])
     phases = _files(run, "synthetic/train/phase/*.tif")
-    assert phases and len(phases) == len(_files(run, "synthetic/train/labels/*.png"))
+    assert len(phases) == 4 * len(sel["accepted"]) == len(_files(run, "synthetic/train/labels/*.png"))  # x4 rotations
 
 
 def check_05(run: Path) -> None:
