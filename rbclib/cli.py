@@ -61,11 +61,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             raise ValueError("--storage-series sets the class mixture per storage day; drop --day / --mixture")
         out = simulate_storage_series(args.out, seed=args.seed, images_per_day=args.n_fields, field_px=args.field_px,
                                       cells_per_field=args.cells_per_field, progress=not args.quiet,
-                                      settings=settings, **realism)
+                                      overwrite=args.overwrite, settings=settings, **realism)
     else:
         out = simulate_dataset(args.out, n_fields=args.n_fields, seed=args.seed, field_px=args.field_px,
                                cells_per_field=args.cells_per_field, mixture=args.mixture, day=args.day,
-                               bit_depth=args.bit_depth, progress=not args.quiet, settings=settings, **realism)
+                               bit_depth=args.bit_depth, progress=not args.quiet, overwrite=args.overwrite,
+                               settings=settings, **realism)
     print(f"rbc simulate: dataset written to {out}")
     return 0
 
@@ -221,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-series", action="store_true",
                    help="write the storage study instead: day_08/ ... day_57/ with N fields each")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier simulation in the output folder (refused without this flag)")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("reconstruct", help="off-axis holograms -> phase images (float32 TIFF, rad)",

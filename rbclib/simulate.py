@@ -1010,8 +1010,29 @@ def _write_fields(out_dir: Path, seeds: Sequence[np.random.SeedSequence], *, pro
     return cells
 
 
+DATASET_ENTRIES = ("holograms", "backgrounds", "phase", "labels", "instances", "cells.csv", "fields.csv",
+                   "optics.json", "splits.json", "simulation.json")
+"""What :func:`simulate_dataset` writes into its folder (and only these are replaced)."""
+
+
+def _clear_previous(out_dir: Path, entries: Sequence[Path], *, overwrite: bool) -> None:
+    """Refuse to mix a new simulation with an earlier one in ``out_dir`` (stale fields that
+    ``cells.csv`` no longer lists); with ``overwrite``, remove the earlier ``entries`` first."""
+    import shutil
+
+    present = [e for e in entries if e.exists()]
+    if not present:
+        return
+    if not overwrite:
+        raise ValueError(f"{out_dir}: already holds a simulation ({', '.join(e.name for e in present[:4])}); "
+                         "choose a new folder, or overwrite it (overwrite=True, rbc simulate --overwrite)")
+    for e in present:
+        shutil.rmtree(e) if e.is_dir() else e.unlink()
+
+
 def simulate_dataset(out_dir: str | Path, *, n_fields: int, seed: int, field_px: int = DEFAULT_FIELD_PX,
-                     test_fraction: float = 40 / 219, progress: bool = True, **field_kw: Any) -> Path:
+                     test_fraction: float = 40 / 219, progress: bool = True, overwrite: bool = False,
+                     **field_kw: Any) -> Path:
     """Write ``n_fields`` simulated fields to ``out_dir`` and return it.
 
     Layout: ``holograms/`` and ``backgrounds/`` (PNG camera images), ``phase/`` (float32 TIFF
@@ -1022,11 +1043,14 @@ def simulate_dataset(out_dir: str | Path, *, n_fields: int, seed: int, field_px:
     :func:`simulate_field` (mixture, day, optics, cells_per_field, density_per_1000um2,
     touching_fraction, overlap_fraction, defocus_um, settings, ...; defaults: the module's
     ranges). Field i uses child i of ``SeedSequence(seed)``, so a field does not depend on
-    how many are written. Everything is checked before anything is written."""
+    how many are written. Everything is checked before anything is written. A folder that
+    already holds a simulation is refused, or with ``overwrite`` cleared of it (only
+    :data:`DATASET_ENTRIES`) first."""
     if not isinstance(n_fields, (int, np.integer)) or not 1 <= n_fields <= 100_000:
         raise ValueError(f"n_fields={n_fields!r} is outside the allowed range 1..100000 (an integer)")
     _resolve_mixture(field_kw.get("mixture"), field_kw.get("day"))  # fail before writing anything
     _check_field_args(field_px, **field_kw)
+    _clear_previous(Path(out_dir), [Path(out_dir) / e for e in DATASET_ENTRIES], overwrite=overwrite)
     seeds = np.random.SeedSequence(int(seed)).spawn(int(n_fields))
     _write_fields(Path(out_dir), seeds, progress=progress, desc="simulate", split_seed=int(seed),
                   test_fraction=test_fraction, field_px=field_px, **field_kw)
@@ -1034,11 +1058,13 @@ def simulate_dataset(out_dir: str | Path, *, n_fields: int, seed: int, field_px:
 
 
 def simulate_storage_series(out_dir: str | Path, *, seed: int, images_per_day: int = 6, days: Iterable[int] = STORAGE_DAYS,
-                            field_px: int = DEFAULT_FIELD_PX, progress: bool = True, **field_kw: Any) -> Path:
+                            field_px: int = DEFAULT_FIELD_PX, progress: bool = True, overwrite: bool = False,
+                            **field_kw: Any) -> Path:
     """The storage study: one dataset folder per day (``day_08/``, ...) of ``images_per_day`` fields
     with :func:`storage_mixture` (a modelling assumption; other ``field_kw`` as in
     :func:`simulate_dataset`), plus ``cells.csv`` with ``storage_day``
-    and ``dataset`` columns. Returns ``out_dir``."""
+    and ``dataset`` columns. Returns ``out_dir``. An earlier series there (``day_*/``,
+    ``cells.csv``) is refused, or removed first with ``overwrite``."""
     from tqdm.auto import tqdm
 
     from rbclib import io
@@ -1049,6 +1075,9 @@ def simulate_storage_series(out_dir: str | Path, *, seed: int, images_per_day: i
         storage_mixture(d)
     if not isinstance(images_per_day, (int, np.integer)) or images_per_day < 1:
         raise ValueError(f"images_per_day={images_per_day!r} must be a positive integer")
+    _check_field_args(field_px, **field_kw)
+    earlier = sorted(out_dir.glob("day_*")) + [out_dir / "cells.csv"] if out_dir.is_dir() else []
+    _clear_previous(out_dir, earlier, overwrite=overwrite)
     tables = []
     for d in tqdm(days, desc="storage days", disable=not progress):
         seeds = np.random.SeedSequence([int(seed), d]).spawn(int(images_per_day))

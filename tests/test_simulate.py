@@ -348,3 +348,29 @@ def test_cli(tmp_path, capsys):
         err = capsys.readouterr().err
         assert bad[0] in err and "allowed range" in err, err
     assert not (tmp_path / "g").exists()
+
+
+def test_simulating_into_an_earlier_simulation_is_refused_or_replaced(tmp_path, capsys):
+    from rbclib.cli import main
+
+    out = tmp_path / "sim"
+    simulate_dataset(out, n_fields=3, seed=0, field_px=64, cells_per_field=(1, 2), progress=False)
+    (out / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in (out / "holograms").iterdir())
+    with pytest.raises(ValueError, match="already holds a simulation"):
+        simulate_dataset(out, n_fields=1, seed=1, field_px=64, cells_per_field=(1, 2), progress=False)
+    assert sorted(p.name for p in (out / "holograms").iterdir()) == before            # nothing touched
+    assert main(["simulate", "-o", str(out), "--n-fields", "1", "--seed", "1", "--field-px", "64", "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["simulate", "-o", str(out), "--n-fields", "1", "--seed", "1", "--field-px", "64", "--quiet",
+                 "--overwrite"]) == 0
+    assert [p.name for p in (out / "holograms").iterdir()] == ["field_0000.png"]      # no stale fields left
+    assert set(pd.read_csv(out / "cells.csv")["image"]) <= {"field_0000"} and (out / "notes.txt").read_text() == "mine"
+    series = tmp_path / "series"
+    simulate_storage_series(series, seed=0, images_per_day=1, days=(8, 57), field_px=64, cells_per_field=(1, 2),
+                            progress=False)
+    with pytest.raises(ValueError, match="already holds a simulation"):
+        simulate_storage_series(series, seed=0, images_per_day=1, days=(8,), field_px=64, progress=False)
+    simulate_storage_series(series, seed=0, images_per_day=1, days=(8,), field_px=64, cells_per_field=(1, 2),
+                            progress=False, overwrite=True)
+    assert sorted(p.name for p in series.iterdir()) == ["cells.csv", "day_08"]
