@@ -693,7 +693,7 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
         except OSError as exc:
             failures.append((str(job.path), f"cannot read file ({exc})"))
             continue
-        if _finished(out, job, key):
+        if _finished(out, job, key, overlays=overlays):
             skipped.append(job.image)
         else:
             pending.append((job, key))
@@ -718,10 +718,13 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
                    target_pp=target_pp)
 
 
-def _finished(out: Path, job: ImageJob, key: dict) -> bool:
-    """True when ``job`` was finished earlier with the same inputs, model and optics."""
+def _finished(out: Path, job: ImageJob, key: dict, *, overlays: bool) -> bool:
+    """True when ``job`` was finished earlier with the same inputs, model and optics, and its
+    overlay exists if ``overlays`` are wanted now."""
     record = out / "per_image" / f"{job.image}.json"
     if not (record.exists() and (out / "per_image" / f"{job.image}.csv").exists()):
+        return False
+    if overlays and not (out / "overlays" / f"{job.image}.png").exists():
         return False
     try:
         return read_json(record).get("key") == key

@@ -341,6 +341,12 @@ def test_assess_series_end_to_end_resumable(tmp_path, oracle):
     write_phase(series / "day_08" / "phase" / "f1.tif", phase, Optics().replace(pixel_size_m=0.094e-6))
     r3 = A.assess(series, out, model_dir=model, n_boot=100, progress=False, on_error=None)
     assert r3.processed == ["day_08/f1"] and len(r3.skipped) == 3
+    # a run without overlays, resumed with overlays: the missing overlays are made, not listed unmade
+    out2 = tmp_path / "out2"
+    A.assess(series, out2, model_dir=model, n_boot=100, progress=False, on_error=None, overlays=False)
+    assert not (out2 / "overlays").exists()
+    r4 = A.assess(series, out2, model_dir=model, n_boot=100, progress=False, on_error=None)
+    assert len(r4.processed) == 4 and (out2 / "overlays" / "day_57" / "f1.png").is_file()
 
 
 def test_assess_optics_override_and_no_temp_files(tmp_path, oracle):
