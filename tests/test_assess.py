@@ -371,6 +371,16 @@ def test_assess_all_bad_writes_report(tmp_path, oracle):
     assert "NaN" in text and "No image could be analysed" in text
 
 
+def test_float_camera_image_is_not_taken_for_phase(tmp_path, oracle):
+    model, _ = oracle
+    phase, _ = _disk_field(FIELD, 3.0, PAPER_PX)
+    write_phase(tmp_path / "in" / "ok.tif", phase)
+    write_phase(tmp_path / "in" / "holo.tif", (127 + 100 * np.cos(np.arange(phase.size) * 2.1)).reshape(phase.shape))
+    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False, on_error=None)
+    assert r.processed == ["ok"] and len(r.failures) == 1
+    assert "holo.tif" in r.failures[0][0] and "not a phase map in radians" in r.failures[0][1]
+
+
 def test_cli_assess(tmp_path, oracle, capsys):
     from rbclib.cli import main
 
