@@ -126,12 +126,21 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     overrides = {"wavelength_m": args.wavelength, "pixel_size_m": args.pixel_size, "n_medium": args.medium_index,
                  "numerical_aperture": args.numerical_aperture}
     refocus = None if args.refocus is None else ("auto" if args.refocus == "auto" else float(args.refocus))
+    failed: list[str] = []
+
+    def skip(path, problem: str) -> None:
+        failed.append(str(path))
+        print(f"rbc reconstruct: skipped {path}: {problem}", file=sys.stderr)
+
     written = reconstruct_files(args.holograms, args.out, background=args.background, refocus=refocus,
                                 optics_overrides={k: v for k, v in overrides.items() if v is not None},
                                 filter=args.filter, filter_size=args.filter_size, sign=args.sign,
-                                progress=not args.quiet)
-    print(f"rbc reconstruct: {len(written)} phase image(s) written to {args.out}")
-    return 0
+                                progress=not args.quiet, on_error=skip)
+    if not written:
+        raise ValueError(f"no hologram could be reconstructed ({len(failed)} file(s) skipped)")
+    print(f"rbc reconstruct: {len(written)} phase image(s) written to {args.out}"
+          + (f"; {len(failed)} file(s) skipped (listed above)" if failed else ""))
+    return 1 if failed else 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

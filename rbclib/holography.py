@@ -39,7 +39,7 @@ import functools
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 import scipy.fft as sfft
@@ -47,7 +47,7 @@ from scipy import ndimage, optimize
 from scipy.stats import median_abs_deviation
 
 from rbclib.config import Optics
-from rbclib.io import ImageFileError, check_image, list_images, read_image, write_json, write_phase
+from rbclib.io import ImageFileError, LoadedImage, check_image, list_images, read_image, write_json, write_phase
 
 FilterName = Literal["disk", "smooth disk", "gauss"]
 FILTERS = ("disk", "smooth disk", "gauss")
@@ -688,7 +688,8 @@ def _background_for(folder: Path, stem: str) -> Path:
 
 def reconstruct_files(paths: Iterable[str | Path], out_dir: str | Path, *, background: str | Path | None = None,
                       optics: Optics | None = None, refocus: float | str | None = None, progress: bool = True,
-                      optics_overrides: dict[str, float] | None = None, **options: Any) -> list[Path]:
+                      optics_overrides: dict[str, float] | None = None,
+                      on_error: Callable[[Path, str], None] | None = None, **options: Any) -> list[Path]:
     """Reconstruct hologram files (or folders of them) into ``out_dir/<stem>.tif``.
 
     background: one background hologram file for all holograms, or a folder holding one
@@ -699,6 +700,8 @@ def reconstruct_files(paths: Iterable[str | Path], out_dir: str | Path, *, backg
     phase TIFFs (optics in their description) and ``out_dir/optics.json`` (optics of the
     first file). Holograms of one shape and optics share one :class:`Reconstructor`
     (sideband, filter and sign found once). Returns the written phase paths.
+    on_error: called with (file, problem) for a hologram that cannot be reconstructed, and
+    the batch goes on (default None: the first such file raises).
     """
     from tqdm.auto import tqdm
 
@@ -712,32 +715,48 @@ def reconstruct_files(paths: Iterable[str | Path], out_dir: str | Path, *, backg
     written: list[Path] = []
     first_optics: Optics | None = None
     for f in tqdm(files, desc="reconstruct", disable=not progress):
-        img = read_image(f)
-        opt = img.optics(default=optics, **(optics_overrides or {}))
-        if shared_bg is not None:
-            bg, bg_name = shared_bg.data, str(shared_bg.path)
-        elif background is not None:
-            bg_img = read_image(_background_for(background, f.stem))
-            bg, bg_name = bg_img.data, str(bg_img.path)
-        elif img.background is not None:
-            bg, bg_name = img.background, f"{f} [background]"
-        else:
-            bg, bg_name = None, ""
-        key = (img.data.shape, repr(sorted(opt.to_dict().items())), bg is not None)
-        if key not in recons:
-            if shared_bg is not None and shared_bg.data.shape != img.data.shape:
-                raise ImageFileError(shared_bg.path, f"background hologram of shape {shared_bg.data.shape} does "
-                                     f"not match the shape {img.data.shape} of {f}")
-            recons[key] = Reconstructor(img.data.shape, optics=opt, refocus=refocus, background_source=bg_name,
-                                        background=shared_bg.data if shared_bg is not None else None, **options)
-        rec = recons[key](img.data, background=None if shared_bg is not None else bg, source=str(f),
-                          background_source=bg_name)
-        out = out_dir / f"{f.stem}.tif"
-        write_phase(out, rec.phase, opt)
+        try:
+            out, opt = _reconstruct_one(f, out_dir, recons, background=background, shared_bg=shared_bg, optics=optics,
+                                        optics_overrides=optics_overrides, refocus=refocus, options=options)
+        except (ImageFileError, ValueError) as exc:
+            if on_error is None:
+                raise
+            on_error(f, getattr(exc, "problem", None) or str(exc))
+            continue
         written.append(out)
         first_optics = first_optics or opt
-    write_json(out_dir / "optics.json", first_optics.to_dict())
+    if first_optics is not None:
+        write_json(out_dir / "optics.json", first_optics.to_dict())
     return written
+
+
+def _reconstruct_one(f: Path, out_dir: Path, recons: dict[tuple, Reconstructor], *, background: Path | None,
+                     shared_bg: LoadedImage | None, optics: Optics | None, optics_overrides: dict[str, float] | None,
+                     refocus: float | str | None, options: dict[str, Any]) -> tuple[Path, Optics]:
+    """One file of :func:`reconstruct_files` -> (written phase path, its optics)."""
+    img = read_image(f)
+    opt = img.optics(default=optics, **(optics_overrides or {}))
+    if shared_bg is not None:
+        bg, bg_name = shared_bg.data, str(shared_bg.path)
+    elif background is not None:
+        bg_img = read_image(_background_for(background, f.stem))
+        bg, bg_name = bg_img.data, str(bg_img.path)
+    elif img.background is not None:
+        bg, bg_name = img.background, f"{f} [background]"
+    else:
+        bg, bg_name = None, ""
+    key = (img.data.shape, repr(sorted(opt.to_dict().items())), bg is not None)
+    if key not in recons:
+        if shared_bg is not None and shared_bg.data.shape != img.data.shape:
+            raise ImageFileError(shared_bg.path, f"background hologram of shape {shared_bg.data.shape} does "
+                                 f"not match the shape {img.data.shape} of {f}")
+        recons[key] = Reconstructor(img.data.shape, optics=opt, refocus=refocus, background_source=bg_name,
+                                    background=shared_bg.data if shared_bg is not None else None, **options)
+    rec = recons[key](img.data, background=None if shared_bg is not None else bg, source=str(f),
+                      background_source=bg_name)
+    out = out_dir / f"{f.stem}.tif"
+    write_phase(out, rec.phase, opt)
+    return out, opt
 
 
 def reconstruction_errors(phase_paths: Iterable[str | Path], truth_dir: str | Path) -> "pd.DataFrame":

@@ -59,3 +59,15 @@ def test_plain_state_dict_checkpoint_is_named(tmp_path):
     torch.save({"encoder.weight": torch.zeros(2)}, model / "best.pt")
     with pytest.raises(ValueError, match=r"best\.pt: not an rbclib\.train checkpoint"):
         load_model(model)
+
+
+def test_reconstruct_batch_goes_past_a_broken_file(tmp_path, capsys):
+    folder = tmp_path / "holos"
+    folder.mkdir()
+    for name in ("a", "c"):
+        _hologram(tmp_path).rename(folder / f"{name}.png")
+    (folder / "b.png").write_bytes(b"broken")
+    assert main(["reconstruct", str(folder), "-o", str(tmp_path / "phase"), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert sorted(p.name for p in (tmp_path / "phase").iterdir()) == ["a.tif", "c.tif", "optics.json"]
+    assert "skipped" in captured.err and "b.png" in captured.err and "1 file(s) skipped" in captured.out
