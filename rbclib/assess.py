@@ -477,8 +477,13 @@ def model_pixel_size(config: Mapping[str, Any], model_dir: str | Path | None = N
     was trained in (``<run>/models/<name>/`` -> ``<run>/optics.json``), else the paper's
     0.1441 um/px (said so)."""
     for holder in (config, config.get("optics") or {}):
-        if isinstance(holder, Mapping) and holder.get("pixel_size_m"):
-            return float(holder["pixel_size_m"]), "the model's config.json"
+        if isinstance(holder, Mapping) and holder.get("pixel_size_m") is not None:
+            value = holder["pixel_size_m"]
+            where = f"{Path(model_dir) / 'config.json'}" if model_dir is not None else "the model's config"
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1e-9 <= value <= 1e-5:
+                raise ValueError(f"{where}: pixel_size_m={value!r} is not a pixel size at the sample "
+                                 "(expected 1e-9..1e-5 m, e.g. 1.441e-07)")
+            return float(value), "the model's config.json"
     if model_dir is not None:
         run_optics = Path(model_dir).resolve().parent.parent / "optics.json"
         if run_optics.is_file():

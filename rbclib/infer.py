@@ -89,6 +89,10 @@ def load_model(model_dir: str | Path, *, checkpoint: str = "best.pt",
             f"{ckpt_path}: weights do not fit a {config['model_name']} / {config['encoder']} model as config.json says "
             f"({len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected, {len(bad_shapes)} mis-shaped tensors, "
             f"e.g. {(result.missing_keys + result.unexpected_keys + bad_shapes)[:3]}); was it trained with another architecture?")
+    broken = [k for k, v in ckpt["model"].items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(f"{ckpt_path}: {len(broken)} weight tensor(s) hold NaN or infinity (e.g. {broken[0]}); "
+                         "training diverged or the file is damaged")
     dev = pick_device(device)
     model = model.to(dev).to(memory_format=torch.channels_last).eval()
     return model, config

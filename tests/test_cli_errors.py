@@ -71,3 +71,27 @@ def test_reconstruct_batch_goes_past_a_broken_file(tmp_path, capsys):
     captured = capsys.readouterr()
     assert sorted(p.name for p in (tmp_path / "phase").iterdir()) == ["a.tif", "c.tif", "optics.json"]
     assert "skipped" in captured.err and "b.png" in captured.err and "1 file(s) skipped" in captured.out
+
+
+def test_nan_weights_and_impossible_pixel_size_are_refused(tmp_path):
+    import json
+
+    import torch
+
+    from rbclib.assess import model_pixel_size
+    from rbclib.infer import load_model, model_from_config
+
+    config = {"model_name": "resunet", "encoder": "resnet18", "decoder_channels": [16, 16, 8, 8, 8], "in_channels": 3,
+              "classes": 5}
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(config))
+    weights = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+               for k, v in model_from_config(config).state_dict().items()}
+    torch.save({"model": weights}, model / "best.pt")
+    with pytest.raises(ValueError, match="hold NaN or infinity"):
+        load_model(model)
+    for bad in (-1.441e-7, 0.0, 1e-3, "x"):
+        with pytest.raises(ValueError, match="pixel_size_m=.* is not a pixel size"):
+            model_pixel_size({"pixel_size_m": bad}, model)
+    assert model_pixel_size({"pixel_size_m": 1.441e-7})[0] == pytest.approx(1.441e-7)
