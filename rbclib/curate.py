@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io as _io
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -73,12 +74,26 @@ def read_candidates(folder: str | Path) -> pd.DataFrame:
     missing = {"id", "consistency", *COUNT_COLS} - set(table.columns)
     if missing:
         raise ValueError(f"{path}: missing columns {sorted(missing)}")
+    for cid in table["id"]:
+        check_candidate_id(cid, str(path))
     return table.set_index("id", drop=False)
+
+
+CANDIDATE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""A candidate id: a plain file stem (ids name files, so no separators and no "..")."""
+
+
+def check_candidate_id(cid: Any, where: str) -> str:
+    """``cid`` if it is a plain candidate id (:data:`CANDIDATE_ID`), else ValueError naming ``where``."""
+    if not isinstance(cid, str) or not CANDIDATE_ID.fullmatch(cid) or ".." in cid:
+        raise ValueError(f"{where}: {cid!r} is not a candidate id (letters, digits, '_', '-', '.'; no path)")
+    return cid
 
 
 def load_candidate(folder: str | Path, cid: str) -> tuple[np.ndarray, np.ndarray]:
     """(phase [rad], labels) of one candidate."""
     folder = Path(folder)
+    check_candidate_id(cid, str(folder))
     return read_phase(folder / "phase" / f"{cid}.tif").data, read_labels(folder / "labels" / f"{cid}.png")
 
 
@@ -152,9 +167,21 @@ class DecisionStore:
         self.history: list[str] = []
         if self.path.exists():
             data = read_json(self.path)
+            where = str(self.path)
+            if not (isinstance(data, dict) and isinstance(data.get("decisions"), dict)
+                    and isinstance(data.get("history"), list)):
+                raise ValueError(f"{where}: not a curation decisions file (expected {{'decisions': {{...}}, "
+                                 "'history': [...]}})")
+            for cid, d in data["decisions"].items():
+                check_candidate_id(cid, where)
+                if not (isinstance(d, dict) and d.get("decision") in ("accept", "reject")):
+                    raise ValueError(f"{where}: decision for {cid!r} is {d!r}; expected accept or reject")
+            if set(data["history"]) != set(data["decisions"]):
+                raise ValueError(f"{where}: history and decisions name different candidates")
             self.decisions, self.history = dict(data["decisions"]), list(data["history"])
 
     def record(self, cid: str, decision: str, *, by: str = "user") -> None:
+        check_candidate_id(cid, str(self.path))
         if decision not in ("accept", "reject"):
             raise ValueError(f"decision must be 'accept' or 'reject', got {decision!r}")
         self.decisions[cid] = {"decision": decision, "by": by,
@@ -163,6 +190,9 @@ class DecisionStore:
         self.save()
 
     def record_many(self, ids: Iterable[str], decision: str, *, by: str) -> None:
+        if decision not in ("accept", "reject"):
+            raise ValueError(f"decision must be 'accept' or 'reject', got {decision!r}")
+        ids = [check_candidate_id(cid, str(self.path)) for cid in ids]
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         for cid in ids:
             self.decisions[cid] = {"decision": decision, "by": by, "time": now}

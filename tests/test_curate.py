@@ -136,3 +136,18 @@ def test_auto_curate_rejects_broken_keeps_hand_decisions_and_fills_to_n_select(t
     assert len(picked) == 2 and set(picked) <= {"c2", "c3"} and set(store.ids("accept")) == {"c0", *picked}
     assert all(store.decisions[c]["by"] == "auto: balanced" for c in picked)
     assert cu.auto_curate(store, table, 3, min_consistency=0.5) == []          # already complete: nothing more
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"decisions": {"../../evil": {"decision": "accept"}}, "history": ["../../evil"]}', "is not a candidate id"),
+    ('{"decisions": {"c1": {"decision": "maybe"}}, "history": ["c1"]}', "expected accept or reject"),
+    ('{"decisions": {"c1": {"decision": "accept"}}, "history": []}', "history and decisions"),
+    ('[1, 2]', "not a curation decisions file"),
+])
+def test_decision_file_is_checked_before_its_ids_become_paths(tmp_path, content, message):
+    path = tmp_path / "decisions.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        cu.DecisionStore(path)
+    with pytest.raises(ValueError, match="is not a candidate id"):
+        cu.load_candidate(tmp_path, "../outside")
