@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rbclib.io import ImageFileError, read_json, read_labels, read_phase
+from rbclib.io import ImageFileError, list_images, read_json, read_labels, read_phase
 from rbclib.labels import N_CLASSES
 from rbclib.tiles import Mode, extract_patches, pad_to_min, rotations4
 
@@ -102,8 +102,9 @@ def load_pairs_folder(folder: str | Path) -> list[Pair]:
     for d in (phase_dir, labels_dir):
         if not d.is_dir():
             raise ImageFileError(d, "folder of pairs needs phase/ and labels/ sub-folders")
-    phases = {p.stem: p for p in sorted(phase_dir.glob("*.tif"))}
-    labels = {p.stem: p for p in sorted(labels_dir.glob("*.png"))}
+    # list_images skips hidden files: the temporary files of an interrupted atomic write
+    phases = {p.stem: p for p in list_images(phase_dir, (".tif",))}
+    labels = {p.stem: p for p in list_images(labels_dir, (".png",))}
     missing = sorted(set(phases) ^ set(labels))
     if missing:
         raise ImageFileError(folder, f"unmatched phase/label ids, e.g. {missing[:5]}")

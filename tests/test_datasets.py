@@ -55,6 +55,8 @@ def test_pairs_folder_needs_matching_ids(tmp_path):
     write_phase(tmp_path / "phase" / "a.tif", np.ones((40, 40), np.float32))
     write_labels(tmp_path / "labels" / "a.png", np.ones((40, 40), np.uint8))
     assert [p.name for p in load_pairs_folder(tmp_path)] == ["a"]
+    (tmp_path / "phase" / ".b.tif.x1y2.tif").write_bytes(b"half-written")  # left by a kill -9 during a save
+    assert [p.name for p in load_pairs_folder(tmp_path)] == ["a"]
     write_phase(tmp_path / "phase" / "b.tif", np.ones((40, 40), np.float32))
     with pytest.raises(ImageFileError, match="unmatched"):
         load_pairs_folder(tmp_path)
