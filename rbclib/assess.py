@@ -171,17 +171,30 @@ def _apply_day_map(job: ImageJob, root: Path, day_map: Mapping[str, float]) -> I
 # ---------------------------------------------------------------- choosing a model
 
 
+def training_finished(model_dir: str | Path) -> bool:
+    """Whether the training that writes ``model_dir`` has run all its epochs (one ``log.csv``
+    row per epoch against ``epochs`` in ``config.json``)."""
+    folder = Path(model_dir)
+    try:
+        epochs = int(read_json(folder / "config.json")["epochs"])
+        return len(pd.read_csv(folder / "log.csv")) >= epochs
+    except (OSError, KeyError, TypeError, ValueError, ImageFileError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return False
+
+
 def best_model_in(models_dir: str | Path) -> Path:
     """The segmentation model of one run's ``models/`` folder to deploy: among the
     ``seg_<arm>`` folders with a ``best.pt``, the one with the highest validation Dice
     (``val_dice_overall`` in its ``log.csv``; validation images come from the train split,
     so the test split never chooses); ties and missing logs fall back to the order
-    ``seg_da_ssl`` > ``seg_ssl`` > ``seg_da`` > ``seg_backbone``."""
+    ``seg_da_ssl`` > ``seg_ssl`` > ``seg_da`` > ``seg_backbone``. A model still training
+    (fewer ``log.csv`` rows than its ``config.json`` epochs) is passed over."""
     models_dir = Path(models_dir)
-    candidates = [models_dir / f"seg_{arm}" for arm in ARM_PREFERENCE
-                  if (models_dir / f"seg_{arm}" / "best.pt").is_file()]
+    present = [models_dir / f"seg_{arm}" for arm in ARM_PREFERENCE if (models_dir / f"seg_{arm}" / "best.pt").is_file()]
+    candidates = [folder for folder in present if training_finished(folder)]
     if not candidates:
-        raise FileNotFoundError(f"{models_dir}: no trained segmentation model (looked for "
+        still = f" ({', '.join(f.name for f in present)} still training)" if present else ""
+        raise FileNotFoundError(f"{models_dir}: no trained segmentation model{still} (looked for "
                                 f"{', '.join(f'seg_{a}/best.pt' for a in ARM_PREFERENCE)})")
 
     def validation_dice(folder: Path) -> float:
@@ -207,7 +220,7 @@ def find_latest_model(runs_roots: list[str | Path] | None = None) -> tuple[Path,
     runs: dict[Path, float] = {}
     for root in roots:
         for pt in root.glob("*/models/seg_*/best.pt"):
-            if pt.parent.name[len("seg_"):] in SEG_ARMS:
+            if pt.parent.name[len("seg_"):] in SEG_ARMS and training_finished(pt.parent):
                 run = pt.parents[2].resolve()
                 runs[run] = max(runs.get(run, 0.0), pt.stat().st_mtime)
     if not runs:

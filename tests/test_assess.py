@@ -276,11 +276,13 @@ def test_model_pixel_size_from_config_or_run(tmp_path):
 
 
 def test_best_and_latest_model(tmp_path):
-    def make(run, arm, t):
+    def make(run, arm, t, dice=(0.5, 0.5), epochs=2):
         d = tmp_path / "runs" / run / "models" / f"seg_{arm}"
         d.mkdir(parents=True)
         (d / "best.pt").write_bytes(b"x")
         os.utime(d / "best.pt", (t, t))
+        (d / "config.json").write_text(json.dumps({"epochs": epochs}))
+        (d / "log.csv").write_text("epoch,val_dice_overall\n" + "".join(f"{i},{v}\n" for i, v in enumerate(dice)))
         return d
 
     make("quick", "backbone", 1000)
@@ -288,14 +290,17 @@ def test_best_and_latest_model(tmp_path):
     newest_ssl = make("smoke", "ssl", 2000)
     make("smoke", "backbone", 2000)
     (tmp_path / "runs" / "smoke" / "models" / "seg_da_ssl").mkdir()  # no best.pt: not finished
+    make("training", "backbone", 3000, dice=(0.9,), epochs=10)        # newest, but still training
     model, why = A.find_latest_model([tmp_path / "runs"])
     assert model == newest_ssl and "most recent run" in why and str(newest_ssl) in why
-    assert A.best_model_in(tmp_path / "runs" / "quick" / "models").name == "seg_da"  # no logs: preference order
     quick = tmp_path / "runs" / "quick" / "models"
+    assert A.best_model_in(quick).name == "seg_da"  # equal Dice: preference order
     for arm, dice in (("backbone", [0.5, 0.71]), ("da", [0.6, 0.65])):
         (quick / f"seg_{arm}" / "log.csv").write_text("epoch,val_dice_overall\n" + "".join(
             f"{i},{d}\n" for i, d in enumerate(dice)))
     assert A.best_model_in(quick).name == "seg_backbone"  # the highest validation Dice wins
+    with pytest.raises(FileNotFoundError, match="seg_backbone still training"):
+        A.best_model_in(tmp_path / "runs" / "training" / "models")
     with pytest.raises(FileNotFoundError, match="make run"):
         A.find_latest_model([tmp_path / "nowhere"])
 
