@@ -185,6 +185,10 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+KEEP_BACKUPS = 10
+"""Backups of a decisions file kept beside it (the newest ones)."""
+
+
 class DecisionStore:
     """Annotation decisions of one image set, persisted to JSON after every change.
 
@@ -192,7 +196,9 @@ class DecisionStore:
     parameters, an ordered list of actions (``label`` / ``merge`` / ``split``, each with
     its image) and a cursor (where the person stopped). Opening an existing file checks
     it was made for the same images and proposal parameters (:class:`DecisionsError`
-    otherwise) and copies it to ``<name>.<UTC time>.bak.json`` before anything is written.
+    otherwise) and copies it to ``<name>.<UTC time>.bak.json`` before anything is written,
+    unless the newest backup already holds the same content; the :data:`KEEP_BACKUPS` newest
+    backups are kept.
     """
 
     def __init__(self, path: str | Path, images: Mapping[str, str], *, proposal_params: Mapping[str, Any]):
@@ -202,14 +208,26 @@ class DecisionStore:
         if self.path.exists():
             data = read_json(self.path)
             self._validate(data, params)
-            self.backup = self.path.with_name(f"{self.path.stem}.{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%S%fZ}.bak.json")
-            shutil.copy2(self.path, self.backup)
+            self.backup = self._back_up()
             self.data = data
         else:
             self.backup = None
             self.data = {"format": DECISIONS_FORMAT, "created": _now(), "updated": _now(), "images": self.images,
                          "proposal_params": params, "actions": [], "cursor": None}
             self.save()
+
+    def _back_up(self) -> Path:
+        """Copy the file to a new timestamped backup unless the newest one is identical; prune
+        to :data:`KEEP_BACKUPS`. Returns the backup holding the current content."""
+        backups = sorted(self.path.parent.glob(f"{self.path.stem}.*.bak.json"))
+        if backups and backups[-1].read_bytes() == self.path.read_bytes():
+            return backups[-1]
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        backup = self.path.with_name(f"{self.path.stem}.{stamp}.bak.json")
+        shutil.copy2(self.path, backup)
+        for old in [*backups, backup][:-KEEP_BACKUPS]:
+            old.unlink(missing_ok=True)
+        return backup
 
     def _validate(self, data: Any, params: dict[str, Any]) -> None:
         where = str(self.path)

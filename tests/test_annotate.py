@@ -119,7 +119,10 @@ def test_widget_labels_undo_merge_split_resume_export(run):
     w2 = AnnotationWidget(AnnotationSession(sorted(run.phase.glob("*.tif")), dec), run_paths=run)
     assert w2.position == ("field_0001", 1) and len(_actions(dec)) == n_before
     assert w2.session.state("field_0000")[1] == {1: 1, 3: 3, 4: 1}
-    assert list(dec.parent.glob("decisions.*.bak.json"))  # backup of the resumed file
+    backups = list(dec.parent.glob("decisions.*.bak.json"))
+    assert len(backups) == 1 and backups[0].read_bytes() == dec.read_bytes()  # backup of the resumed file
+    AnnotationWidget(AnnotationSession(sorted(run.phase.glob("*.tif")), dec), run_paths=run)
+    assert list(dec.parent.glob("decisions.*.bak.json")) == backups              # unchanged file: no new copy
     assert "discocyte: 2" in w2.status.value
 
     # export writes only complete images
