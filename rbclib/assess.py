@@ -134,7 +134,9 @@ def discover_inputs(input_path: str | Path, *, day_map: Mapping[str, float] | st
     root = Path(input_path).expanduser()
     if not root.exists():
         raise ImageFileError(root, "input not found")
+    map_source = "the day map"
     if day_map is not None and not isinstance(day_map, Mapping):
+        map_source = str(day_map)
         day_map = read_day_map(day_map)
     if root.is_file():
         day = parse_day(root.parent.name)
@@ -149,7 +151,11 @@ def discover_inputs(input_path: str | Path, *, day_map: Mapping[str, float] | st
         for d in day_dirs:
             jobs += _dataset_jobs(d, root, parse_day(d.name))
     if day_map:
-        jobs = [_apply_day_map(j, root, day_map) for j in jobs]
+        mapped = [_apply_day_map(j, root, day_map) for j in jobs]
+        if jobs and all(m is j for m, j in zip(mapped, jobs)):
+            raise ImageFileError(Path(map_source), f"no entry matches an image under {root} (entries such as "
+                                 f"{list(day_map)[:3]}; images such as {[j.image for j in jobs[:3]]})")
+        jobs = mapped
     if not jobs:
         raise ImageFileError(root, f"no images found (looked for {', '.join(IMAGE_SUFFIXES)} files, in "
                              "holograms/ or phase/ sub-folders and in day_NN/ folders)")

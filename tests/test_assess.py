@@ -123,6 +123,9 @@ def test_discover_day_map_and_errors(tmp_path):
     (tmp_path / "map.csv").write_text("file,day\na.tif,3\nb,10\n")
     jobs = A.discover_inputs(tmp_path / "unit", day_map=tmp_path / "map.csv")
     assert {j.image: j.day for j in jobs} == {"a": 3.0, "b": 10.0}
+    (tmp_path / "typo.csv").write_text("file,day\nA.tif,3\nc.tif,10\n")
+    with pytest.raises(A.ImageFileError, match=r"typo\.csv: no entry matches an image"):
+        A.discover_inputs(tmp_path / "unit", day_map=tmp_path / "typo.csv")
     single = A.discover_inputs(tmp_path / "unit" / "a.tif")
     assert len(single) == 1 and math.isnan(single[0].day)
     (tmp_path / "bad.csv").write_text("name,when\na,3\n")
