@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -234,7 +235,7 @@ def read_image(path: str | Path, *, dataset: str | None = None, allow_constant: 
             import h5py
 
             with h5py.File(path, "r") as h5:
-                name = dataset or _first_2d_dataset(h5)
+                name = dataset or _first_2d_dataset(h5, path)
                 if name is None:
                     raise ImageFileError(path, "no 2-D dataset in the HDF5 file")
                 if name not in h5:
@@ -256,14 +257,18 @@ def read_image(path: str | Path, *, dataset: str | None = None, allow_constant: 
     return LoadedImage(path=path, data=data, meta=meta, background=background)
 
 
-def _first_2d_dataset(h5: Any) -> str | None:
+def _first_2d_dataset(h5: Any, path: Path) -> str | None:
+    """The first 2-D dataset of an HDF5 file; a warning names it when there are several."""
     found: list[str] = []
 
     def visit(name: str, obj: Any) -> None:
-        if not found and hasattr(obj, "shape") and len(obj.shape) == 2:
+        if hasattr(obj, "shape") and len(obj.shape) == 2:
             found.append(name)
 
     h5.visititems(visit)
+    if len(found) > 1:
+        warnings.warn(f"{path}: {len(found)} 2-D datasets {found[:5]}; using the first, {found[0]!r} "
+                      "(read_image(..., dataset=NAME) picks another)", stacklevel=3)
     return found[0] if found else None
 
 

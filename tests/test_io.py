@@ -71,6 +71,11 @@ def test_hdf5_qpformat_metadata(tmp_path):
     optics = img.optics()
     assert (optics.wavelength_m, optics.pixel_size_m, optics.n_medium) == (5.32e-7, 8.5e-8, 1.333)
     assert "h.h5" in optics.provenance["wavelength_m"]
+    with h5py.File(path, "a") as h5:
+        h5.create_dataset("1", data=np.eye(8, dtype=np.uint8))
+    with pytest.warns(UserWarning, match=r"2 2-D datasets \['0', '1'\]; using the first, '0'"):
+        assert read_image(path).data.max() == 63
+    assert read_image(path, dataset="1").data.max() == 1
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
