@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from rbclib.config import Optics
+from rbclib.config import PIXEL_SIZE_RANGE_M, Optics
 from rbclib.io import IMAGE_SUFFIXES, ImageFileError, check_output_dir, read_image, read_instances, read_json, read_labels, \
     write_csv, write_instances, write_json, write_labels, write_text
 from rbclib.labels import CLASS_NAMES, instance_classes, instances_from_labels
@@ -499,9 +499,10 @@ def model_pixel_size(config: Mapping[str, Any], model_dir: str | Path | None = N
         if isinstance(holder, Mapping) and holder.get("pixel_size_m") is not None:
             value = holder["pixel_size_m"]
             where = f"{Path(model_dir) / 'config.json'}" if model_dir is not None else "the model's config"
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1e-9 <= value <= 1e-5:
+            lo, hi = PIXEL_SIZE_RANGE_M
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
                 raise ValueError(f"{where}: pixel_size_m={value!r} is not a pixel size at the sample "
-                                 "(expected 1e-9..1e-5 m, e.g. 1.441e-07)")
+                                 f"(expected {lo:g}..{hi:g} m, e.g. 1.441e-07)")
             return float(value), "the model's config.json"
     if model_dir is not None:
         run_optics = Path(model_dir).resolve().parent.parent / "optics.json"

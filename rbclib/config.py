@@ -25,6 +25,10 @@ OPTICS_SOURCES = {
 }
 
 
+PIXEL_SIZE_RANGE_M = (10e-9, 5e-6)
+"""Pixel sizes at the sample a red-cell image can have: a 7.5 um cell spans 1.5-750 px."""
+
+
 @dataclass(frozen=True)
 class Optics:
     """Optical parameters of a DHM set-up, SI units.
@@ -47,7 +51,7 @@ class Optics:
     def __post_init__(self) -> None:
         checks = {
             "wavelength_m": 100e-9 <= self.wavelength_m <= 2e-6,
-            "pixel_size_m": 1e-9 <= self.pixel_size_m <= 1e-3,
+            "pixel_size_m": PIXEL_SIZE_RANGE_M[0] <= self.pixel_size_m <= PIXEL_SIZE_RANGE_M[1],
             "n_medium": 1.0 <= self.n_medium <= 2.0,
             "n_cell": 1.0 <= self.n_cell <= 2.5,
             "alpha_m3_per_kg": 1e-5 <= self.alpha_m3_per_kg <= 1e-3,

@@ -365,6 +365,11 @@ def _background_mask(phase: np.ndarray, sigma: float, grow_px: int) -> np.ndarra
 
 
 # ----------------------------------------------------------------------------- reconstructor
+MAX_REFOCUS_M = 500e-6
+"""Largest refocusing distance accepted: a cell layer 0.5 mm out of focus is far beyond what
+an objective's working range and a sample chamber allow (and its phase beyond recovery)."""
+
+
 class Reconstructor:
     """Reconstruct many holograms of one set-up, reusing sideband, filter and FFT sizes.
 
@@ -397,6 +402,10 @@ class Reconstructor:
             raise ValueError(f"compensation={compensation!r}; choose auto, background, numerical or none")
         if isinstance(refocus, str) and refocus != "auto":
             raise ValueError(f"refocus={refocus!r}; give a distance in metres, 'auto' or None")
+        if refocus is not None and not isinstance(refocus, str) and not (
+                math.isfinite(float(refocus)) and abs(float(refocus)) <= MAX_REFOCUS_M):
+            raise ValueError(f"refocus={refocus!r} m is outside -{MAX_REFOCUS_M:g}..{MAX_REFOCUS_M:g} m "
+                             "(a distance in metres, e.g. -2e-6)")
         self.shape = tuple(int(s) for s in shape)
         self.optics = optics or Optics()
         self.filter = filter

@@ -181,6 +181,26 @@ def _rgb_to_grey(arr: np.ndarray) -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
+MAX_IMAGE_PIXELS = 100_000_000
+"""Largest image read (10,000 x 10,000 px, 400 MB as float32); a file declaring more is
+refused before its pixels are read (a 1 kB TIFF can declare gigabytes)."""
+
+
+def _check_size(shape: tuple[int, ...], path: Path) -> None:
+    n = int(np.prod(shape, dtype=np.float64)) if len(shape) else 0
+    if n > MAX_IMAGE_PIXELS:
+        raise ImageFileError(path, f"declares {'x'.join(map(str, shape))} values, more than the "
+                             f"{MAX_IMAGE_PIXELS:,} pixels an image may have")
+
+
+def _npz_member_shape(npz: Any, key: str) -> tuple[int, ...]:
+    """Shape of array ``key`` of an open NPZ file, from its header only."""
+    with npz.zip.open(f"{key}.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return tuple(reader(fh)[0])
+
+
 def read_image(path: str | Path, *, dataset: str | None = None, allow_constant: bool = False) -> LoadedImage:
     """Read one 2-D image (hologram or phase) from TIFF, PNG, JPEG, BMP, NPZ or HDF5.
 
@@ -203,6 +223,8 @@ def read_image(path: str | Path, *, dataset: str | None = None, allow_constant: 
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
+                if tif.series:
+                    _check_size(tuple(tif.series[0].shape), path)
                 data = tif.asarray()
                 desc = tif.pages[0].description if tif.pages else ""
             meta.update(_meta_from_description(desc))
@@ -227,9 +249,11 @@ def read_image(path: str | Path, *, dataset: str | None = None, allow_constant: 
                     key = keys[0]
                 if key not in keys:
                     raise ImageFileError(path, f"no array {key!r} (has {keys})")
+                _check_size(_npz_member_shape(npz, key), path)
                 data = npz[key]
                 for bkey in ("bg_data", "background"):
                     if bkey in keys:
+                        _check_size(_npz_member_shape(npz, bkey), path)
                         background = npz[bkey]
         elif suffix in (".h5", ".hdf5"):
             import h5py
@@ -240,6 +264,7 @@ def read_image(path: str | Path, *, dataset: str | None = None, allow_constant: 
                     raise ImageFileError(path, "no 2-D dataset in the HDF5 file")
                 if name not in h5:
                     raise ImageFileError(path, f"no dataset {name!r} in the HDF5 file")
+                _check_size(tuple(h5[name].shape), path)
                 data = h5[name][()]
                 attrs = {**dict(h5.attrs), **dict(h5[name].attrs)}
             for key, value in attrs.items():

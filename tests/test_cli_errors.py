@@ -95,3 +95,15 @@ def test_nan_weights_and_impossible_pixel_size_are_refused(tmp_path):
         with pytest.raises(ValueError, match="pixel_size_m=.* is not a pixel size"):
             model_pixel_size({"pixel_size_m": bad}, model)
     assert model_pixel_size({"pixel_size_m": 1.441e-7})[0] == pytest.approx(1.441e-7)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--refocus", "nan"], "refocus=nan m is outside"),
+    (["--refocus", "1e9"], "refocus=1000000000.0 m is outside"),
+    (["--pixel-size", "1e-3"], "pixel_size_m=0.001 is outside"),
+    (["--pixel-size", "1e-9"], "pixel_size_m=1e-09 is outside"),
+])
+def test_impossible_scales_are_refused(tmp_path, capsys, args, message):
+    assert main(["reconstruct", str(_hologram(tmp_path)), "-o", str(tmp_path / "out"), "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and not (tmp_path / "out").exists(), err

@@ -105,3 +105,21 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     write_json(tmp_path / "b.json", {})
     mode = os.stat(tmp_path / "b.json").st_mode & 0o777
     assert mode & 0o044, f"written with mode {oct(mode)}: not readable by group/others"
+
+
+def test_huge_declared_images_are_refused_before_reading(tmp_path, monkeypatch):
+    import h5py
+    import tifffile
+
+    from rbclib import io
+
+    monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", 1000)                 # the rule, at a testable size
+    tifffile.imwrite(tmp_path / "big.tif", np.ones((40, 40), np.uint8))
+    np.savez(tmp_path / "big.npz", data=np.ones((40, 40), np.uint8))
+    with h5py.File(tmp_path / "big.h5", "w") as h5:
+        h5.create_dataset("0", data=np.ones((40, 40), np.uint8))
+    for name in ("big.tif", "big.npz", "big.h5"):
+        with pytest.raises(io.ImageFileError, match=rf"{name}: declares 40x40 values, more than the 1,000 pixels"):
+            read_image(tmp_path / name)
+    tifffile.imwrite(tmp_path / "ok.tif", np.arange(900, dtype=np.uint16).reshape(30, 30))
+    assert read_image(tmp_path / "ok.tif").data.shape == (30, 30)
