@@ -418,6 +418,7 @@ class Reconstructor:
         self.refocus_range_m = refocus_range_m
         self._bg_raw = None
         self._bg_field: np.ndarray | None = None
+        self._bg_source = background_source
         self._sideband_fixed = sideband is not None
         self._setup: dict[str, Any] | None = None
         if sideband is not None:
@@ -498,6 +499,20 @@ class Reconstructor:
                 box = self._box(spec)
         return box
 
+    def _background_field(self, bg_raw: np.ndarray, source: str) -> np.ndarray:
+        """Object-free field of a background hologram; ImageFileError naming ``source`` when it
+        has no fringes at the hologram's carrier (noise, a blank frame, another set-up)."""
+        box = self._box(self._spectrum(bg_raw))
+        mag = np.abs(box)
+        ry = max(1, int(0.25 * self._setup["radius"] * self.shape[0]))
+        rx = max(1, int(0.25 * self._setup["radius"] * self.shape[1]))
+        cy, cx = box.shape[0] // 2, box.shape[1] // 2
+        if float(mag[cy - ry:cy + ry + 1, cx - rx:cx + rx + 1].max()) < 20 * float(np.median(mag)):
+            raise ImageFileError(source, "no interference fringes at the hologram's carrier "
+                                 f"({self._setup['carrier'][0]:.3f}, {self._setup['carrier'][1]:.3f}) cycles/px: "
+                                 "not a background hologram of this set-up")
+        return self._to_full(box * self._weights)
+
     @property
     def sideband(self) -> tuple[float, float] | None:
         """Carrier (fy, fx) [cycles/px] of the sideband in use (before the sign choice)."""
@@ -533,10 +548,10 @@ class Reconstructor:
         amplitude: Any
         if mode == "background":
             if bg_raw is not None:
-                bg = self._to_full(self._box(self._spectrum(bg_raw)) * self._weights)
+                bg = self._background_field(bg_raw, background_source)
             else:
                 if self._bg_field is None:
-                    self._bg_field = self._to_full(self._box(self._spectrum(self._bg_raw)) * self._weights)
+                    self._bg_field = self._background_field(self._bg_raw, self._bg_source)
                 bg = self._bg_field
             ratio = field * np.conj(bg)  # phase of field / background field
             amplitude = functools.partial(_amplitude_ratio, field, bg)

@@ -394,3 +394,14 @@ def test_reconstruction_errors_against_the_truth(tmp_path):
     assert row["image"] == "f0" and row["cell_fraction"] == pytest.approx(50 / 600)
     assert row["rmse_cells_rad"] == pytest.approx(0.1, abs=1e-6) and row["max_abs_error_rad"] == pytest.approx(1.0)
     assert row["rmse_background_rad"] == pytest.approx(np.sqrt((549 * 0.05**2 + 1.0) / 550), rel=1e-3)
+
+
+def test_a_background_without_fringes_is_refused():
+    from rbclib.simulate import simulate_field
+
+    f = simulate_field(5, field_px=128, cells_per_field=(2, 3))
+    noise = np.random.default_rng(0).integers(0, 255, f.hologram.shape).astype(np.uint8)
+    with pytest.raises(ImageFileError, match="noise.png: no interference fringes at the hologram's carrier"):
+        reconstruct(f.hologram, background=noise, optics=f.optics, background_source="noise.png")
+    rec = reconstruct(f.hologram, background=f.background, optics=f.optics)      # its own background: fine
+    assert rec.compensation == "background"
