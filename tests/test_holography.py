@@ -405,3 +405,13 @@ def test_a_background_without_fringes_is_refused():
         reconstruct(f.hologram, background=noise, optics=f.optics, background_source="noise.png")
     rec = reconstruct(f.hologram, background=f.background, optics=f.optics)      # its own background: fine
     assert rec.compensation == "background"
+
+
+def test_another_fields_hologram_as_background_is_refused():
+    from rbclib.simulate import HologramSettings, simulate_field
+
+    settings = HologramSettings(carrier=(0.1, 0.3))                      # one set-up, two fields
+    a, b = (simulate_field(s, field_px=256, settings=settings) for s in (0, 100))
+    with pytest.raises(ImageFileError, match="other.png: holds objects of its own"):
+        reconstruct(a.hologram, background=b.hologram, optics=a.optics, background_source="other.png")
+    assert reconstruct(a.hologram, background=a.background, optics=a.optics).compensation == "background"
