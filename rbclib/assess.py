@@ -38,6 +38,7 @@ from rbclib.config import PIXEL_SIZE_RANGE_M, Optics
 from rbclib.io import IMAGE_SUFFIXES, ImageFileError, check_output_dir, read_image, read_instances, read_json, read_labels, \
     write_csv, write_instances, write_json, write_labels, write_text
 from rbclib.labels import CLASS_NAMES, instance_classes, instances_from_labels
+from rbclib.markdown import one_line
 from rbclib.paths import SEG_ARMS
 
 ARM_PREFERENCE: tuple[str, ...] = ("da_ssl", "ssl", "da", "backbone")
@@ -841,8 +842,9 @@ def _finish(out: Path, jobs: list[ImageJob], *, failures, skipped, processed, mo
             _save_figure(fig, out / "figures" / f"{name}.png")
             fig_paths[name] = f"figures/{name}.png"
     context = storage.ReportContext(
-        input=f"`{input_path}` ({len(jobs)} image file(s) found)", model=model_note,
-        n_images=len(infos), sources=_source_lines(infos), failures=failures, figures=fig_paths,
+        input=f"`{one_line(input_path)}` ({len(jobs)} image file(s) found)", model=one_line(model_note),
+        n_images=len(infos), sources=[one_line(s) for s in _source_lines(infos)],
+        failures=[(one_line(f), one_line(p)) for f, p in failures], figures=fig_paths,
         files=_file_descriptions(summary), generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     if summary is not None:
         write_text(out / "report.md", storage.render_report(summary, context))

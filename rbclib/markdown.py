@@ -17,3 +17,9 @@ def markdown_table(frame: pd.DataFrame, *, fmt: Callable[[Any], str] = str, righ
     sep = "|" + "|".join("---:" if right_align and i else "---" for i in range(len(header))) + "|"
     rows = [line([fmt(v) for v in row]) for row in frame.itertuples(index=False)]
     return "\n".join([line(header), sep, *rows]) + "\n"
+
+
+def one_line(text: Any) -> str:
+    """``text`` made safe to put inside one Markdown line: line breaks become spaces (a file
+    name holding a newline cannot start a heading or a list of its own)."""
+    return " ".join(str(text).splitlines())

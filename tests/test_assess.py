@@ -389,6 +389,16 @@ def test_float_camera_image_is_not_taken_for_phase(tmp_path, oracle):
     assert "holo.tif" in r.failures[0][0] and "not a phase map in radians" in r.failures[0][1]
 
 
+def test_a_file_name_with_a_newline_cannot_add_markdown(tmp_path, oracle):
+    model, _ = oracle
+    write_phase(tmp_path / "in" / "ok.tif", _disk_field(FIELD, 3.0, PAPER_PX)[0])
+    (tmp_path / "in" / "bad\n# Injected heading.tif").write_bytes(b"not a tiff")
+    A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False, on_error=None)
+    lines = (tmp_path / "out" / "report.md").read_text().splitlines()
+    assert not any(line.startswith("# Injected") for line in lines)
+    assert any("bad # Injected heading.tif" in line for line in lines)
+
+
 def test_cli_assess(tmp_path, oracle, capsys):
     from rbclib.cli import main
 

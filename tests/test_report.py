@@ -210,3 +210,9 @@ def test_markdown_table_escapes_pipes_and_newlines():
     lines = md.splitlines()
     assert lines[1] == "|---|---:|" and len(lines) == 4                 # a name cannot add a line
     assert lines[2] == "| a\\|b.tif | 1.5 |" and lines[3] == "| evil ## Heading.tif | 2.0 |"
+
+
+def test_one_line_flattens_line_breaks():
+    from rbclib.markdown import one_line
+
+    assert one_line("a\n# evil\r\nb.tif") == "a # evil b.tif" and one_line(3) == "3"
