@@ -135,7 +135,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     written = reconstruct_files(args.holograms, args.out, background=args.background, refocus=refocus,
                                 optics_overrides={k: v for k, v in overrides.items() if v is not None},
                                 filter=args.filter, filter_size=args.filter_size, sign=args.sign,
-                                progress=not args.quiet, on_error=skip)
+                                progress=not args.quiet, on_error=skip, overwrite=args.overwrite)
     if not written:
         raise ValueError(f"no hologram could be reconstructed ({len(failed)} file(s) skipped)")
     print(f"rbc reconstruct: {len(written)} phase image(s) written to {args.out}"
@@ -254,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "cut-off NA/wavelength, at most half the carrier distance)")
     p.add_argument("--sign", type=int, choices=[1, -1], help="force the phase sign (default: cells positive, automatic)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace phase images already in the output folder")
     p.set_defaults(func=_cmd_reconstruct)
 
     p = sub.add_parser("report", help="write <run>/report.md and report.html from what the stages left",

@@ -735,7 +735,8 @@ def _background_for(folder: Path, stem: str) -> Path:
 def reconstruct_files(paths: Iterable[str | Path], out_dir: str | Path, *, background: str | Path | None = None,
                       optics: Optics | None = None, refocus: float | str | None = None, progress: bool = True,
                       optics_overrides: dict[str, float] | None = None,
-                      on_error: Callable[[Path, str], None] | None = None, **options: Any) -> list[Path]:
+                      on_error: Callable[[Path, str], None] | None = None, overwrite: bool = False,
+                      **options: Any) -> list[Path]:
     """Reconstruct hologram files (or folders of them) into ``out_dir/<stem>.tif``.
 
     background: one background hologram file for all holograms, or a folder holding one
@@ -747,11 +748,16 @@ def reconstruct_files(paths: Iterable[str | Path], out_dir: str | Path, *, backg
     first file). Holograms of one shape and optics share one :class:`Reconstructor`
     (sideband, filter and sign found once). Returns the written phase paths.
     on_error: called with (file, problem) for a hologram that cannot be reconstructed, and
-    the batch goes on (default None: the first such file raises).
+    the batch goes on (default None: the first such file raises). Existing phase files of
+    the same names are refused (ValueError, before any work) unless ``overwrite``.
     """
     from tqdm.auto import tqdm
 
     files = _expand(paths)
+    taken = [Path(out_dir) / f"{f.stem}.tif" for f in files if (Path(out_dir) / f"{f.stem}.tif").exists()]
+    if taken and not overwrite:
+        raise ValueError(f"{out_dir}: already holds {len(taken)} of the phase images to write (e.g. {taken[0].name}); "
+                         "choose another folder, or overwrite them (overwrite=True, rbc reconstruct --overwrite)")
     background = Path(background) if background is not None else None
     if background is not None and not background.exists():
         raise ImageFileError(background, "background hologram not found")

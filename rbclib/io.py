@@ -236,6 +236,7 @@ def read_image(path: str | Path, *, dataset: str | None = None, allow_constant: 
                 mode = img.mode
                 data = np.asarray(img)
             if data.ndim == 3:
+                warnings.warn(f"{path}: colour image ({mode}) converted to grey (ITU-R 601 luma)", stacklevel=2)
                 data = _rgb_to_grey(data)
             if mode == "P":
                 raise ImageFileError(path, "palette image; masks must be stored as grey-level class maps")

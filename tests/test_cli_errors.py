@@ -107,3 +107,14 @@ def test_impossible_scales_are_refused(tmp_path, capsys, args, message):
     assert main(["reconstruct", str(_hologram(tmp_path)), "-o", str(tmp_path / "out"), "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and not (tmp_path / "out").exists(), err
+
+
+def test_reconstruct_does_not_overwrite_without_asking(tmp_path, capsys):
+    holo = _hologram(tmp_path)
+    out = tmp_path / "phase"
+    assert main(["reconstruct", str(holo), "-o", str(out), "--quiet"]) == 0
+    first = (out / "h.tif").read_bytes()
+    assert main(["reconstruct", str(holo), "-o", str(out), "--quiet", "--refocus", "1e-6"]) == 2
+    assert "already holds 1 of the phase images" in capsys.readouterr().err and (out / "h.tif").read_bytes() == first
+    assert main(["reconstruct", str(holo), "-o", str(out), "--quiet", "--refocus", "1e-6", "--overwrite"]) == 0
+    assert (out / "h.tif").read_bytes() != first
