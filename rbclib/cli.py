@@ -34,14 +34,16 @@ def _cmd_assess(args: argparse.Namespace) -> int:
     result = assess(args.input, args.out, model_dir=model, model_note=note, day_map=args.day_map,
                     optics=OpticsOptions(args.wavelength, args.pixel_size, args.medium_index, args.numerical_aperture),
                     schemes=load_schemes(args.schemes) if args.schemes else None,
-                    overlays=not args.no_overlays, seed=args.seed)
+                    overlays=not args.no_overlays, seed=args.seed, on_error=None)
     import matplotlib.pyplot as plt
 
     for fig in result.figures.values():
         plt.close(fig)
+    for path, problem in result.failures:
+        print(f"rbc assess: skipped {path}: {problem}", file=sys.stderr)
     print(f"rbc assess: {len(result.processed)} image(s) analysed, {len(result.skipped)} already done, "
           f"{len(result.failures)} skipped with problems; {len(result.cells)} cells; report: {result.out_dir / 'report.md'}")
-    return 1 if result.failures and not (result.processed or result.skipped) else 0
+    return 1 if result.failures else 0
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -129,17 +131,18 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     failed: list[str] = []
 
     def skip(path, problem: str) -> None:
-        failed.append(str(path))
-        print(f"rbc reconstruct: skipped {path}: {problem}", file=sys.stderr)
+        failed.append(f"rbc reconstruct: skipped {path}: {problem}")
 
     written = reconstruct_files(args.holograms, args.out, background=args.background, refocus=refocus,
                                 optics_overrides={k: v for k, v in overrides.items() if v is not None},
                                 filter=args.filter, filter_size=args.filter_size, sign=args.sign,
                                 progress=not args.quiet, on_error=skip, overwrite=args.overwrite)
+    for line in failed:
+        print(line, file=sys.stderr)
     if not written:
         raise ValueError(f"no hologram could be reconstructed ({len(failed)} file(s) skipped)")
     print(f"rbc reconstruct: {len(written)} phase image(s) written to {args.out}"
-          + (f"; {len(failed)} file(s) skipped (listed above)" if failed else ""))
+          + (f"; {len(failed)} file(s) skipped (listed on stderr)" if failed else ""))
     return 1 if failed else 0
 
 
@@ -178,7 +181,10 @@ def _add_optics_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rbc", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="rbc", description=__doc__, epilog="Exit status: 0 done; 1 a problem with the input, the output folder "
+        "or a model (one line naming the file; batches go on past a bad file, list every skipped file with its "
+        "reason at the end and then exit 1); 2 a usage error (unknown option, value out of range).")
     parser.add_argument("--debug", action="store_true", help="on an error, show the full Python traceback")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -282,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"rbc {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
 
 
 if __name__ == "__main__":

@@ -413,7 +413,7 @@ def test_cli_assess(tmp_path, oracle, capsys):
     idx = pd.read_csv(tmp_path / "out" / "indices.csv")
     assert idx["scheme"].tolist() == ["sph"] and idx["value"].iloc[0] == pytest.approx(0.25)
     assert not (tmp_path / "out" / "overlays").exists()
-    assert main(["assess", str(tmp_path / "missing"), "-o", str(tmp_path / "o2"), "--model", str(model)]) == 2
+    assert main(["assess", str(tmp_path / "missing"), "-o", str(tmp_path / "o2"), "--model", str(model)]) == 1
 
 
 def test_assess_with_a_real_tiny_model(tmp_path):

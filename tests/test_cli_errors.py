@@ -20,7 +20,7 @@ def test_output_path_that_is_a_file_is_one_line(tmp_path, capsys):
     holo = _hologram(tmp_path)
     blocker = tmp_path / "out"
     blocker.write_text("not a folder")
-    assert main(["reconstruct", str(holo), "-o", str(blocker)]) == 2
+    assert main(["reconstruct", str(holo), "-o", str(blocker)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rbc reconstruct: error:") and "out" in err[0], err
     assert blocker.read_text() == "not a folder"                     # nothing written over
@@ -32,7 +32,7 @@ def test_unreadable_checkpoint_is_one_line_and_debug_shows_traceback(tmp_path, c
     (model / "config.json").write_text('{"model_name": "resunet", "encoder": "resnet18", "in_channels": 3, "classes": 5}')
     (model / "best.pt").write_bytes(b"\x80\x04random bytes, not a checkpoint")
     args = ["assess", str(_hologram(tmp_path)), "-o", str(tmp_path / "study"), "--model", str(model)]
-    assert main(args) == 2
+    assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rbc assess: error:"), err
     with pytest.raises(Exception):
@@ -42,7 +42,7 @@ def test_unreadable_checkpoint_is_one_line_and_debug_shows_traceback(tmp_path, c
 def test_assess_refuses_to_write_into_its_input_folder(tmp_path, capsys):
     holo = _hologram(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
-    assert main(["assess", str(tmp_path), "-o", str(tmp_path), "--model", str(tmp_path / "none")]) == 2
+    assert main(["assess", str(tmp_path), "-o", str(tmp_path), "--model", str(tmp_path / "none")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "output folder is the input folder" in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == before and holo.is_file()
@@ -104,7 +104,7 @@ def test_nan_weights_and_impossible_pixel_size_are_refused(tmp_path):
     (["--pixel-size", "1e-9"], "pixel_size_m=1e-09 is outside"),
 ])
 def test_impossible_scales_are_refused(tmp_path, capsys, args, message):
-    assert main(["reconstruct", str(_hologram(tmp_path)), "-o", str(tmp_path / "out"), "--quiet", *args]) == 2
+    assert main(["reconstruct", str(_hologram(tmp_path)), "-o", str(tmp_path / "out"), "--quiet", *args]) == 1
     err = capsys.readouterr().err
     assert message in err and not (tmp_path / "out").exists(), err
 
@@ -114,7 +114,7 @@ def test_reconstruct_does_not_overwrite_without_asking(tmp_path, capsys):
     out = tmp_path / "phase"
     assert main(["reconstruct", str(holo), "-o", str(out), "--quiet"]) == 0
     first = (out / "h.tif").read_bytes()
-    assert main(["reconstruct", str(holo), "-o", str(out), "--quiet", "--refocus", "1e-6"]) == 2
+    assert main(["reconstruct", str(holo), "-o", str(out), "--quiet", "--refocus", "1e-6"]) == 1
     assert "already holds 1 of the phase images" in capsys.readouterr().err and (out / "h.tif").read_bytes() == first
     assert main(["reconstruct", str(holo), "-o", str(out), "--quiet", "--refocus", "1e-6", "--overwrite"]) == 0
     assert (out / "h.tif").read_bytes() != first

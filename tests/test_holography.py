@@ -230,7 +230,7 @@ def test_reconstruct_files_and_cli(tmp_path):
                "--background", str(bg_dir / "field_0000.png"), "--wavelength", "5.32e-7", "--refocus", "0"])
     assert rc == 0
     assert read_phase(tmp_path / "cli" / "field_0000.tif").meta["wavelength_m"] == pytest.approx(5.32e-7)
-    assert main(["reconstruct", str(tmp_path / "missing.png"), "-o", str(tmp_path / "cli2"), "--quiet"]) == 2
+    assert main(["reconstruct", str(tmp_path / "missing.png"), "-o", str(tmp_path / "cli2"), "--quiet"]) == 1
     assert not (tmp_path / "cli2").exists()
 
 

@@ -176,7 +176,7 @@ def test_errors_name_the_file(tmp_path: Path):
 def test_cli_report(full_run: Path, capsys):
     assert main(["report", "--run-dir", str(full_run)]) == 0
     assert "report.md" in capsys.readouterr().out and (full_run / "report.html").exists()
-    assert main(["report", "--run-dir", str(full_run / "absent")]) == 2
+    assert main(["report", "--run-dir", str(full_run / "absent")]) == 1
     assert "run folder not found" in capsys.readouterr().err
 
 
