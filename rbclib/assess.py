@@ -582,6 +582,19 @@ class _Reconstructors:
         return self._cache[key](hologram, source=source)
 
 
+def has_sideband(image: np.ndarray) -> bool:
+    """Whether ``image`` (H, W) is an off-axis hologram: its spectrum holds a sideband
+    (:func:`rbclib.holography.find_sideband`). Decides, for floating-point files, between a
+    hologram and a phase map; integer files are camera images, so holograms, anyway."""
+    from rbclib.holography import find_sideband
+
+    try:
+        find_sideband(image)
+    except ImageFileError:
+        return False
+    return True
+
+
 PHASE_LIMIT_RAD = 60.0
 """A floating-point image with larger values is not a phase map: a spherocyte 4.3 um high at
 an index step of 0.1 and 405 nm reaches about 6.7 rad, three stacked cells about 20; camera
@@ -604,7 +617,7 @@ def assess_image(job: ImageJob, segmenter: Segmenter, *, optics: OpticsOptions |
                                   provenance={k: f"{job.optics_json}" for k in ("wavelength_m", "pixel_size_m", "n_medium")})
     opt = img.optics(default, **overrides)
     provenance = {k: opt.provenance.get(k, "") for k in ("wavelength_m", "pixel_size_m", "n_medium")}
-    if np.issubdtype(img.data.dtype, np.integer) or img.data.dtype == bool:
+    if np.issubdtype(img.data.dtype, np.integer) or img.data.dtype == bool or has_sideband(img.data):
         kind = "hologram"
         # Holograms without a background of their own share one reconstructor per shape and optics.
         bg, bg_name = img.background, (f"{job.path} [background]" if img.background is not None else "")
@@ -618,9 +631,9 @@ def assess_image(job: ImageJob, segmenter: Segmenter, *, optics: OpticsOptions |
         kind, phase, compensation = "phase", img.data.astype(np.float32), ""
         top = float(np.nanmax(np.abs(phase))) if phase.size else 0.0
         if top > PHASE_LIMIT_RAD:
-            raise ImageFileError(job.path, f"a floating-point image with values up to {top:.4g}: not a phase map in "
-                                 f"radians (no cell reaches {PHASE_LIMIT_RAD:g} rad); if it is a hologram, save it "
-                                 "as an 8- or 16-bit integer image")
+            raise ImageFileError(job.path, f"a floating-point image with values up to {top:.4g} and no off-axis "
+                                 f"sideband: neither a phase map in radians (no cell reaches {PHASE_LIMIT_RAD:g} rad) "
+                                 "nor a hologram")
     labels, instances, conf, scale, dropped = segmenter(phase, opt.pixel_size_m)
     cells = measure_cells(phase, instances, optics=opt, labels=labels)
     cells = cells[cells["class_id"] > 0].reset_index(drop=True)
@@ -708,6 +721,9 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
         raise ValueError(f"{out}: the output folder is the input folder; rbc assess would write its labels/, "
                          "instances/ and cells.csv over the input's (e.g. a dataset's ground truth). "
                          "Choose another -o folder")
+    if source.is_dir() and out.resolve().is_relative_to(source_dir.resolve()):
+        raise ValueError(f"{out}: the output folder lies inside the input folder {source_dir}, so a later run "
+                         "would read the outputs as inputs. Choose a folder outside it")
     jobs = discover_inputs(input_path, day_map=day_map)
     check_output_dir(out)
     if model_dir is None:

@@ -383,10 +383,15 @@ def test_float_camera_image_is_not_taken_for_phase(tmp_path, oracle):
     model, _ = oracle
     phase, _ = _disk_field(FIELD, 3.0, PAPER_PX)
     write_phase(tmp_path / "in" / "ok.tif", phase)
-    write_phase(tmp_path / "in" / "holo.tif", (127 + 100 * np.cos(np.arange(phase.size) * 2.1)).reshape(phase.shape))
+    counts = np.random.default_rng(0).uniform(0, 255, phase.shape)         # camera counts as float, no fringes
+    write_phase(tmp_path / "in" / "counts.tif", counts)
+    yy, xx = np.mgrid[:phase.shape[0], :phase.shape[1]]
+    write_phase(tmp_path / "in" / "holo.tif", 127 + 100 * np.cos(2 * np.pi * (0.1 * yy + 0.3 * xx) + phase))
     r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False, on_error=None)
-    assert r.processed == ["ok"] and len(r.failures) == 1
-    assert "holo.tif" in r.failures[0][0] and "not a phase map in radians" in r.failures[0][1]
+    assert sorted(r.processed) == ["holo", "ok"] and len(r.failures) == 1            # a float hologram is a hologram
+    assert "counts.tif" in r.failures[0][0] and "neither a phase map in radians" in r.failures[0][1]
+    info = json.loads((tmp_path / "out" / "per_image" / "holo.json").read_text())
+    assert info["kind"] == "hologram" and json.loads((tmp_path / "out" / "per_image" / "ok.json").read_text())["kind"] == "phase"
 
 
 def test_a_file_name_with_a_newline_cannot_add_markdown(tmp_path, oracle):

@@ -46,6 +46,8 @@ def test_assess_refuses_to_write_into_its_input_folder(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "output folder is the input folder" in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == before and holo.is_file()
+    assert main(["assess", str(tmp_path), "-o", str(tmp_path / "study"), "--model", str(tmp_path / "none")]) == 1
+    assert "lies inside the input folder" in capsys.readouterr().err and not (tmp_path / "study").exists()
 
 
 def test_plain_state_dict_checkpoint_is_named(tmp_path):
