@@ -763,8 +763,16 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
                 on_error(f"rbc assess: skipped {job.path}: {problem}")
             (out / "per_image" / f"{job.image}.json").unlink(missing_ok=True)
             continue
-        _write_image_outputs(out, job, res, key=key, overlays=overlays,
-                             model_px=segmenter.pixel_size_m, model_px_source=segmenter.pixel_size_source)
+        try:
+            _write_image_outputs(out, job, res, key=key, overlays=overlays,
+                                 model_px=segmenter.pixel_size_m, model_px_source=segmenter.pixel_size_source)
+        except OSError as exc:  # disk full, folder made read-only...: this image is not done, the rest go on
+            (out / "per_image" / f"{job.image}.json").unlink(missing_ok=True)
+            problem = f"cannot write its results ({exc.strerror or exc})"
+            failures.append((str(job.path), problem))
+            if on_error is not None:
+                on_error(f"rbc assess: skipped {job.path}: {problem}")
+            continue
         processed.append(job.image)
     return _finish(out, jobs, failures=failures, skipped=skipped, processed=processed, model_path=model_path,
                    model_note=model_note, input_path=Path(input_path), schemes=schemes, n_boot=n_boot, seed=seed,
