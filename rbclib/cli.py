@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rbc", description=__doc__, epilog="Exit status: 0 done; 1 a problem with the input, the output folder "
         "or a model (one line naming the file; batches go on past a bad file, list every skipped file with its "
-        "reason at the end and then exit 1); 2 a usage error (unknown option, value out of range).")
+        "reason at the end and then exit 1); 2 a usage error found while reading the command line.")
     parser.add_argument("--debug", action="store_true", help="on an error, show the full Python traceback")
     sub = parser.add_subparsers(dest="command", required=True)
 
