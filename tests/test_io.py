@@ -123,3 +123,14 @@ def test_huge_declared_images_are_refused_before_reading(tmp_path, monkeypatch):
             read_image(tmp_path / name)
     tifffile.imwrite(tmp_path / "ok.tif", np.arange(900, dtype=np.uint16).reshape(30, 30))
     assert read_image(tmp_path / "ok.tif").data.shape == (30, 30)
+
+
+def test_colour_image_is_converted_with_a_warning(tmp_path):
+    from PIL import Image
+
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[..., 1] = np.arange(16, dtype=np.uint8)[None, :] * 10
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    with pytest.warns(UserWarning, match=r"colour\.png: colour image \(RGB\) converted to grey"):
+        grey = read_image(tmp_path / "colour.png").data
+    assert grey.shape == (16, 16) and grey[0, 15] > grey[0, 0]

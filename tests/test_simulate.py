@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -287,6 +288,11 @@ def test_bad_arguments():
             simulate_field(0, field_px=kwargs.pop("field_px", 64), **kwargs)
     with pytest.raises(ValueError, match="n_fields"):
         simulate_dataset("/nonexistent/never", n_fields=0, seed=0)
+    with pytest.raises(ValueError, match=r"field_px=100000 is outside the allowed range 32\.\.8192"):
+        simulate_dataset("/nonexistent/never", n_fields=1, seed=0, field_px=100_000)       # ~37 GiB otherwise
+    with pytest.raises(ValueError, match="images_per_day=0 must be a positive integer"):
+        simulate_storage_series("/nonexistent/never", seed=0, images_per_day=0)          # 11 empty days otherwise
+    assert not Path("/nonexistent/never").exists()
 
 
 def test_dataset_files(tmp_path):
