@@ -27,6 +27,10 @@ OPTICS_SOURCES = {
 
 PIXEL_SIZE_RANGE_M = (10e-9, 5e-6)
 """Pixel sizes at the sample a red-cell image can have: a 7.5 um cell spans 1.5-750 px."""
+OPTICS_RANGES: dict[str, tuple[float, float]] = {
+    "wavelength_m": (100e-9, 2e-6), "pixel_size_m": PIXEL_SIZE_RANGE_M, "n_medium": (1.0, 2.0),
+    "n_cell": (1.0, 2.5), "alpha_m3_per_kg": (1e-5, 1e-3), "numerical_aperture": (0.01, 1.7)}
+"""Physically possible range of each Optics field (SI units); values outside are refused."""
 
 
 @dataclass(frozen=True)
@@ -49,18 +53,12 @@ class Optics:
     provenance: dict[str, str] = field(default_factory=lambda: dict(OPTICS_SOURCES))
 
     def __post_init__(self) -> None:
-        checks = {
-            "wavelength_m": 100e-9 <= self.wavelength_m <= 2e-6,
-            "pixel_size_m": PIXEL_SIZE_RANGE_M[0] <= self.pixel_size_m <= PIXEL_SIZE_RANGE_M[1],
-            "n_medium": 1.0 <= self.n_medium <= 2.0,
-            "n_cell": 1.0 <= self.n_cell <= 2.5,
-            "alpha_m3_per_kg": 1e-5 <= self.alpha_m3_per_kg <= 1e-3,
-            "numerical_aperture": 0.01 <= self.numerical_aperture <= 1.7,
-        }
-        for name, ok in checks.items():
+        for name, (lo, hi) in OPTICS_RANGES.items():
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and ok):
-                raise ValueError(f"Optics.{name}={value!r} is outside the physical range (SI units expected)")
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                    and lo <= value <= hi):
+                raise ValueError(f"Optics.{name}={value!r} is outside the physical range {lo:g}..{hi:g} "
+                                 "(SI units)")
 
     @property
     def cutoff_cycles_per_px(self) -> float:
