@@ -102,7 +102,7 @@ def test_nan_weights_and_impossible_pixel_size_are_refused(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--refocus", "nan"], "refocus=nan m is outside"),
     (["--refocus", "1e9"], "refocus=1000000000.0 m is outside"),
-    (["--pixel-size", "1e-3"], r"pixel_size_m=0.001 is outside the physical range 1e-08\.\.5e-06"),
+    (["--pixel-size", "1e-3"], "pixel_size_m=0.001 is outside the physical range 1e-08..5e-06"),
     (["--pixel-size", "1e-9"], "pixel_size_m=1e-09 is outside"),
 ])
 def test_impossible_scales_are_refused(tmp_path, capsys, args, message):
