@@ -253,6 +253,14 @@ def test_split_touching_cells():
     assert out.max() == 6
     cell = lambda y, x: out[int(y / (px * 1e6)), int(x / (px * 1e6))]      # noqa: E731
     assert cell(16, 16) == cell(16, 21.5) and cell(5, 23) != cell(5, 30)
+    # two cells pressed together along a flat contact (waist 0.4 um shallower than the cells,
+    # 2.2x a typical cell) are split at the gentler depth; a single large round cell (1.9x) has
+    # one maximum and stays one
+    pressed = disc(16, 14, 3.8) | disc(16, 21.6, 3.8) | ((np.abs(yy - 16) < 3.4) & (xx > 14) & (xx < 21.6))
+    big = disc(5, 26, 5.2)
+    labels = (field | pressed | big).astype(np.uint8)
+    out = A.split_touching(labels, instances_from_labels(labels), pixel_size_m=px)
+    assert out.max() == 6 and cell(16, 13) != cell(16, 22.5) and cell(5, 23) == cell(5, 29)
 
 
 def test_class_confidence_is_mean_prob_of_winning_class():
