@@ -126,7 +126,7 @@ def test_discocyte_dip_and_stomatocyte_slit():
     y, x = np.mgrid[-60:61, -60:61] * 0.1
     flat = 0
     for _ in range(40):
-        disc = draw_cell(DISCOCYTE, rng)
+        disc = draw_cell(DISCOCYTE, rng, flat_fraction=0.4)
         h = cell_thickness(disc, y, x)
         centre, rim = h[60, 60], h.max()
         assert 2.0 <= rim <= 3.1, rim
@@ -141,7 +141,8 @@ def test_discocyte_dip_and_stomatocyte_slit():
         assert hs.max() > 2.6 and hs[55:66, 55:66].min() < 0.6 * hs.max()          # slit in the middle
         sph = cell_thickness(draw_cell(SPHEROCYTE, rng), y, x)
         assert sph[60, 60] >= 0.95 * sph.max()                                         # no dip
-    assert 0.2 * 40 <= flat <= 0.6 * 40    # FLAT_DISCOCYTE_FRACTION = 0.4 of the discocytes
+    assert 0.2 * 40 <= flat <= 0.6 * 40    # flat_fraction = 0.4 of the discocytes
+    assert all("edge_power" not in draw_cell(DISCOCYTE, rng).params for _ in range(20))   # opt-in: default 0
 
 
 def _outline_radius(h: np.ndarray, step_um: float) -> np.ndarray:
