@@ -148,11 +148,24 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    import shutil
+
+    from rbclib.io import read_json
     from rbclib.report import write_run_report
+    from rbclib.summary import update_readme, write_summary
 
     run_dir = args.run_dir or Path("runs") / (args.profile or "quick")
     md, html = write_run_report(run_dir, profile=args.profile)
-    print(f"rbc report: {md} and {html}")
+    summary = write_summary(run_dir)
+    print(f"rbc report: {md}, {html} and {summary}")
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(summary, args.results)
+        print(f"rbc report: copied to {args.results}")
+    if args.readme:
+        data = read_json(summary)
+        update_readme(args.readme, data, data.get("profile") or args.profile or "quick")
+        print(f"rbc report: measured block of {args.readme} updated")
     return 0
 
 
@@ -266,11 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write <run>/report.md and report.html from what the stages left",
                        description="Gather the tables, figures, timings, optics, profile and software versions of "
-                                   "a run folder into report.md (figures linked) and report.html (self-contained). "
-                                   "`rbc run` does this after the last notebook; this re-makes it for any run.")
+                                   "a run folder into report.md (figures linked) and report.html (self-contained), "
+                                   "and its headline numbers into summary.json. `rbc run` does this after the last "
+                                   "notebook; this re-makes it for any run.")
     p.add_argument("--run-dir", type=Path, help="run folder (default runs/<profile>)")
     p.add_argument("--profile", choices=["smoke", "quick", "paper"],
                    help="profile to describe (default: the one recorded in timings.json)")
+    p.add_argument("--results", type=Path, metavar="JSON",
+                   help="also copy summary.json here (the committed docs/results/<profile>.json)")
+    p.add_argument("--readme", type=Path, metavar="README",
+                   help="replace the README's <!-- measured:<profile>:start/end --> block with the summary table")
     p.set_defaults(func=_cmd_report)
 
     # Further subcommands (simulate, reconstruct, assess) are added above this line,

@@ -4,7 +4,8 @@ Each notebook ``notebooks/NN_name.ipynb`` gets the parameters ``profile``, ``run
 and ``seed`` injected; its executed copy lands in ``<run_dir>/notebooks/``. The run stops
 at the first failing notebook and names it and the failing cell. Wall time per stage is
 recorded in ``<run_dir>/timings.json``. A run that reaches the last notebook ends by writing
-``<run_dir>/report.md`` and ``report.html`` (:func:`rbclib.report.write_run_report`).
+``<run_dir>/report.md`` and ``report.html`` (:func:`rbclib.report.write_run_report`) and
+``summary.json`` (:func:`rbclib.summary.write_summary`).
 """
 from __future__ import annotations
 
@@ -133,9 +134,11 @@ def run_notebooks(
         executed.append(target)
     if only is None:  # the pipeline ran to its last notebook: gather every stage in one report
         from rbclib.report import write_run_report
+        from rbclib.summary import write_summary
 
         report_md, _ = write_run_report(paths.root, profile=profile)
-        print(f"[rbc run] report: {report_md} (and report.html)", flush=True)
+        write_summary(paths.root)
+        print(f"[rbc run] report: {report_md} (and report.html, summary.json)", flush=True)
     return executed
 
 
