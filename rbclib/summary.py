@@ -21,16 +21,18 @@ STAGE_LABELS = {"01": "reconstruct", "02": "annotate", "03": "diffusion GANs", "
                 "06": "fine-tune (9 models)", "07": "evaluate", "08": "storage study"}
 
 
-def _csv(path: Path) -> pd.DataFrame | None:
+def _csv(path: Path, columns: tuple[str, ...] = ()) -> pd.DataFrame | None:
+    """The table at ``path`` if it can be read, holds ``columns`` and has rows; else None."""
     try:
-        return pd.read_csv(path)
+        table = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
+    return table if len(table) and set(columns) <= set(table.columns) else None
 
 
 def _overall(path: Path) -> dict[str, float]:
-    table = _csv(path)
-    if table is None or "Overall" not in table:
+    table = _csv(path, ("Overall",))
+    if table is None:
         return {}
     return {str(m): round(float(v), 3) for m, v in zip(table.iloc[:, 0], table["Overall"])}
 
@@ -48,22 +50,22 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
         out["finished"] = max(t.get("finished", "") for t in timings.values())
         out["minutes"] = {k[:2]: round(float(t["seconds"]) / 60, 1) for k, t in sorted(timings.items())}
         out["minutes_total"] = round(sum(out["minutes"].values()), 1)
-    rec = _csv(paths.tables / "reconstruction_error.csv")
-    if rec is not None and len(rec):
+    rec = _csv(paths.tables / "reconstruction_error.csv", ("rmse_cells_rad", "rmse_background_rad"))
+    if rec is not None:
         out["reconstruction_rmse_rad"] = {"cells": round(float(rec["rmse_cells_rad"].mean()), 3),
                                           "medium": round(float(rec["rmse_background_rad"].mean()), 3)}
     for name in ("dice", "aji"):
         scores = _overall(paths.tables / f"{name}.csv")
         if scores:
             out[name] = scores
-    err = _csv(paths.storage / "ratio_errors.csv")
+    err = _csv(paths.storage / "ratio_errors.csv", ("abs_error_pp", "within_target"))
     if err is not None and len(err.dropna(subset=["abs_error_pp"])):
         e = err.dropna(subset=["abs_error_pp"])
         out["storage"] = {"pairs": int(len(e)), "within_target": int(e["within_target"].sum()),
                           "mean_error_pp": round(float(e["abs_error_pp"].mean()), 1),
                           "max_error_pp": round(float(e["abs_error_pp"].max()), 1)}
-    probe = _csv(paths.tables / "ssl_probe.csv")
-    if probe is not None and len(probe):
+    probe = _csv(paths.tables / "ssl_probe.csv", ("probe_set", "encoder", "knn_accuracy"))
+    if probe is not None:
         first = probe[probe["probe_set"] == probe["probe_set"].iloc[0]].set_index("encoder")["knn_accuracy"]
         out["ssl_probe"] = {"set": str(probe["probe_set"].iloc[0]),
                             **{k: round(float(v), 3) for k, v in first.items()}}
