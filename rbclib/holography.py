@@ -754,6 +754,11 @@ def reconstruct_files(paths: Iterable[str | Path], out_dir: str | Path, *, backg
     from tqdm.auto import tqdm
 
     files = _expand(paths)
+    inputs = {f.resolve() for f in files}
+    clash = [f for f in files if (Path(out_dir) / f"{f.stem}.tif").resolve() in inputs]
+    if clash:
+        raise ValueError(f"{out_dir}: writing {clash[0].stem}.tif there would replace the input hologram {clash[0]}; "
+                         "choose another output folder")
     taken = [Path(out_dir) / f"{f.stem}.tif" for f in files if (Path(out_dir) / f"{f.stem}.tif").exists()]
     if taken and not overwrite:
         raise ValueError(f"{out_dir}: already holds {len(taken)} of the phase images to write (e.g. {taken[0].name}); "

@@ -120,3 +120,16 @@ def test_reconstruct_does_not_overwrite_without_asking(tmp_path, capsys):
     assert "already holds 1 of the phase images" in capsys.readouterr().err and (out / "h.tif").read_bytes() == first
     assert main(["reconstruct", str(holo), "-o", str(out), "--quiet", "--refocus", "1e-6", "--overwrite"]) == 0
     assert (out / "h.tif").read_bytes() != first
+
+
+def test_reconstruct_never_writes_over_an_input_hologram(tmp_path, capsys):
+    import tifffile
+
+    folder = tmp_path / "holos"
+    folder.mkdir()
+    yy, xx = np.mgrid[:64, :64]
+    tifffile.imwrite(folder / "h.tif", (127 + 100 * np.cos(2 * np.pi * (0.3 * xx + 0.1 * yy))).astype(np.uint8))
+    before = (folder / "h.tif").read_bytes()
+    assert main(["reconstruct", str(folder), "-o", str(folder), "--quiet", "--overwrite"]) == 1
+    assert "would replace the input hologram" in capsys.readouterr().err
+    assert (folder / "h.tif").read_bytes() == before
