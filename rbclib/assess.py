@@ -780,25 +780,25 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
     processed: list[str] = []
     segmenter = Segmenter(model_path, predict_options=predict_options, min_area_um2=min_area_um2,
                           fragment_fraction=fragment_fraction, split=split) if pending else None
+
+    def skip(job: ImageJob, problem: str) -> None:
+        """Report ``job`` as skipped and make sure it is not marked done."""
+        failures.append((str(job.path), problem))
+        if on_error is not None:
+            on_error(f"rbc assess: skipped {job.path}: {problem}")
+        (out / "per_image" / f"{job.image}.json").unlink(missing_ok=True)
+
     for job, key in tqdm(pending, desc="assess", unit="image", disable=not progress):
         try:
             res = assess_image(job, segmenter, optics=optics, reconstructors=recon)
         except Exception as exc:  # noqa: BLE001 - a bad file is reported and skipped, never stops the batch
-            problem = getattr(exc, "problem", None) or f"{type(exc).__name__}: {exc}"
-            failures.append((str(job.path), problem))
-            if on_error is not None:
-                on_error(f"rbc assess: skipped {job.path}: {problem}")
-            (out / "per_image" / f"{job.image}.json").unlink(missing_ok=True)
+            skip(job, getattr(exc, "problem", None) or f"{type(exc).__name__}: {exc}")
             continue
         try:
             _write_image_outputs(out, job, res, key=key, overlays=overlays,
                                  model_px=segmenter.pixel_size_m, model_px_source=segmenter.pixel_size_source)
         except OSError as exc:  # disk full, folder made read-only...: this image is not done, the rest go on
-            (out / "per_image" / f"{job.image}.json").unlink(missing_ok=True)
-            problem = f"cannot write its results ({exc.strerror or exc})"
-            failures.append((str(job.path), problem))
-            if on_error is not None:
-                on_error(f"rbc assess: skipped {job.path}: {problem}")
+            skip(job, f"cannot write its results ({exc.strerror or exc})")
             continue
         processed.append(job.image)
     return _finish(out, jobs, failures=failures, skipped=skipped, processed=processed, model_path=model_path,

@@ -47,10 +47,8 @@ def _cmd_assess(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from rbclib.io import check_output_dir
     from rbclib.simulate import HologramSettings, simulate_dataset, simulate_storage_series
 
-    check_output_dir(args.out)
     realism = {k: getattr(args, k) for k in _SIMULATE_RANGES if getattr(args, k) is not None}
     hologram = {k: realism.pop(k) for k in ("noise_nm", "noise_corr_um", "coherence", "beam_ratio") if k in realism}
     if args.dust is not None:
@@ -123,9 +121,7 @@ def _carrier_arg(text: str) -> tuple[float, float]:
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from rbclib.holography import reconstruct_files
-    from rbclib.io import check_output_dir
 
-    check_output_dir(args.out)
     overrides = {"wavelength_m": args.wavelength, "pixel_size_m": args.pixel_size, "n_medium": args.medium_index,
                  "numerical_aperture": args.numerical_aperture}
     refocus = None if args.refocus is None else ("auto" if args.refocus == "auto" else float(args.refocus))

@@ -181,13 +181,7 @@ class DecisionStore:
             self.decisions, self.history = dict(data["decisions"]), list(data["history"])
 
     def record(self, cid: str, decision: str, *, by: str = "user") -> None:
-        check_candidate_id(cid, str(self.path))
-        if decision not in ("accept", "reject"):
-            raise ValueError(f"decision must be 'accept' or 'reject', got {decision!r}")
-        self.decisions[cid] = {"decision": decision, "by": by,
-                               "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        self.history = [h for h in self.history if h != cid] + [cid]
-        self.save()
+        self.record_many([cid], decision, by=by)
 
     def record_many(self, ids: Iterable[str], decision: str, *, by: str) -> None:
         if decision not in ("accept", "reject"):

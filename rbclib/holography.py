@@ -47,7 +47,7 @@ from scipy import ndimage, optimize
 from scipy.stats import median_abs_deviation
 
 from rbclib.config import Optics
-from rbclib.io import ImageFileError, LoadedImage, check_image, list_images, read_image, write_json, write_phase
+from rbclib.io import ImageFileError, LoadedImage, check_image, check_output_dir, list_images, read_image, write_json, write_phase
 
 FilterName = Literal["disk", "smooth disk", "gauss"]
 FILTERS = ("disk", "smooth disk", "gauss")
@@ -748,11 +748,13 @@ def reconstruct_files(paths: Iterable[str | Path], out_dir: str | Path, *, backg
     first file). Holograms of one shape and optics share one :class:`Reconstructor`
     (sideband, filter and sign found once). Returns the written phase paths.
     on_error: called with (file, problem) for a hologram that cannot be reconstructed, and
-    the batch goes on (default None: the first such file raises). Existing phase files of
+    the batch goes on (default None: the first such file raises). ``out_dir`` is checked
+    before any work (:func:`rbclib.io.check_output_dir`). Existing phase files of
     the same names are refused (ValueError, before any work) unless ``overwrite``.
     """
     from tqdm.auto import tqdm
 
+    check_output_dir(out_dir)
     files = _expand(paths)
     inputs = {f.resolve() for f in files}
     clash = [f for f in files if (Path(out_dir) / f"{f.stem}.tif").resolve() in inputs]

@@ -1056,10 +1056,13 @@ def simulate_dataset(out_dir: str | Path, *, n_fields: int, seed: int, field_px:
     how many are written. Everything is checked before anything is written. A folder that
     already holds a simulation is refused, or with ``overwrite`` cleared of it (only
     :data:`DATASET_ENTRIES`) first."""
+    from rbclib import io
+
     if not isinstance(n_fields, (int, np.integer)) or not 1 <= n_fields <= 100_000:
         raise ValueError(f"n_fields={n_fields!r} is outside the allowed range 1..100000 (an integer)")
     _resolve_mixture(field_kw.get("mixture"), field_kw.get("day"))  # fail before writing anything
     _check_field_args(field_px, **field_kw)
+    io.check_output_dir(out_dir)
     _clear_previous(Path(out_dir), [Path(out_dir) / e for e in DATASET_ENTRIES], overwrite=overwrite)
     seeds = np.random.SeedSequence(int(seed)).spawn(int(n_fields))
     _write_fields(Path(out_dir), seeds, progress=progress, desc="simulate", split_seed=int(seed),
@@ -1086,6 +1089,7 @@ def simulate_storage_series(out_dir: str | Path, *, seed: int, images_per_day: i
     if not isinstance(images_per_day, (int, np.integer)) or images_per_day < 1:
         raise ValueError(f"images_per_day={images_per_day!r} must be a positive integer")
     _check_field_args(field_px, **field_kw)
+    io.check_output_dir(out_dir)
     earlier = sorted(out_dir.glob("day_*")) + [out_dir / "cells.csv"] if out_dir.is_dir() else []
     _clear_previous(out_dir, earlier, overwrite=overwrite)
     tables = []
