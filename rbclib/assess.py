@@ -27,6 +27,7 @@ import math
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -40,6 +41,7 @@ from rbclib.io import IMAGE_SUFFIXES, ImageFileError, check_output_dir, read_ima
 from rbclib.labels import CLASS_NAMES, instance_classes, instances_from_labels
 from rbclib.markdown import one_line
 from rbclib.paths import SEG_ARMS
+from rbclib.prefetch import prefetched
 
 ARM_PREFERENCE: tuple[str, ...] = ("da_ssl", "ssl", "da", "backbone")
 _DAY_RE = re.compile(r"^(?:day|d)[ _-]?(\d+(?:\.\d+)?)(?:$|[ _-])", re.IGNORECASE)
@@ -462,12 +464,20 @@ def split_touching(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: f
     return relabel_sequential(out)[0].astype(np.int32)
 
 
+PREDICT_OPTIONS = {"fast": None}
+"""Default inference options of ``rbc assess`` (:func:`rbclib.infer.predict_images`): the
+training patch's tiles, bfloat16 where the hardware runs it. On 12 reconstructed twin
+holograms (quick model, 2-core CPU with AVX-512-bf16, 2026-12-01) bfloat16 segmented 1.4x
+faster than fp32, 99.97 % of pixels agreeing, test Dice 0.7341 -> 0.7340
+(``benchmarks/bench_assess.py``)."""
+
+
 class Segmenter:
     """A trained segmentation model plus its pixel size; segments phase maps of any pixel size.
 
     model_dir: a model folder of :func:`rbclib.infer.load_model`; predict_options: passed
-    to :func:`rbclib.infer.predict_image` (tile, overlap, batch_size, fast);
-    min_area_um2 / fragment_fraction: see :func:`clean_instances`; objects far fainter than
+    to :func:`rbclib.infer.predict_images` over :data:`PREDICT_OPTIONS` (tile, overlap,
+    batch_size, fast); min_area_um2 / fragment_fraction: see :func:`clean_instances`; objects far fainter than
     the image's typical cell are dropped too (:func:`drop_faint_objects`); split: split
     touching cells (:func:`split_touching`) after the clean-up; trim_halo: first set to
     background what lies beyond a cell's bright body (:func:`trim_halo`). Off by default: with
@@ -484,7 +494,7 @@ class Segmenter:
         self.model_dir = Path(model_dir)
         self.model, self.config = load_model(self.model_dir)
         self.pixel_size_m, self.pixel_size_source = model_pixel_size(self.config, self.model_dir)
-        self.predict_options = dict(predict_options or {})
+        self.predict_options = {**PREDICT_OPTIONS, **(predict_options or {})}
         self.min_area_um2 = float(min_area_um2)
         self.fragment_fraction = float(fragment_fraction)
         self.split = bool(split)
@@ -498,11 +508,26 @@ class Segmenter:
         fragments dropped) with the maps on the input grid; scale = pixel_size_m / model
         pixel size.
         """
-        from rbclib.infer import predict_image
+        return self.segment_many([phase], [pixel_size_m])[0]
 
-        scale = pixel_size_m / self.pixel_size_m
-        small = resample(phase.astype(np.float32), scale, order=1)
-        pred = predict_image(self.model, small, config=self.config, **self.predict_options)
+    def segment_many(self, phases: list[np.ndarray], pixel_sizes_m: list[float]) -> list[tuple]:
+        """:meth:`__call__` for several phase maps, their tiles batched together through the model."""
+        return [self.finish(p, phase.shape) for p, phase in zip(self.predict_many(phases, pixel_sizes_m), phases)]
+
+    def predict_many(self, phases: list[np.ndarray], pixel_sizes_m: list[float]) -> list[tuple]:
+        """The model's part of :meth:`segment_many`: (prediction, phase at the model's pixel
+        size, scale) per phase map; :meth:`finish` does the rest (it may run in another thread)."""
+        from rbclib.infer import predict_images
+
+        scales = [px / self.pixel_size_m for px in pixel_sizes_m]
+        smalls = [resample(p.astype(np.float32), s, order=1) for p, s in zip(phases, scales)]
+        preds = predict_images(self.model, smalls, config=self.config, **self.predict_options)
+        return list(zip(preds, smalls, scales))
+
+    def finish(self, predicted: tuple, shape: tuple[int, int]) -> tuple:
+        """Clean-up of one :meth:`predict_many` result, mapped back to the input grid ``shape``:
+        the :meth:`__call__` tuple."""
+        pred, small, scale = predicted
         labels, instances = pred.labels, pred.instances
         if self.trim_halo:
             labels = trim_halo(labels, small, pixel_size_m=self.pixel_size_m)
@@ -515,7 +540,7 @@ class Segmenter:
         if self.split:
             instances = split_touching(labels, instances, pixel_size_m=self.pixel_size_m)
         conf = class_confidence(np.asarray(pred.probs), labels, instances)
-        return resize_to(labels, phase.shape), resize_to(instances, phase.shape), conf, scale, dropped
+        return resize_to(labels, shape), resize_to(instances, shape), conf, scale, dropped
 
 
 def model_pixel_size(config: Mapping[str, Any], model_dir: str | Path | None = None) -> tuple[float, str]:
@@ -591,7 +616,9 @@ class ImageResult:
 
 
 class _Reconstructors:
-    """One :class:`rbclib.holography.Reconstructor` per (shape, background, optics)."""
+    """One :class:`rbclib.holography.Reconstructor` per (shape, optics): the sideband found on
+    one hologram serves the next (re-detected only if it moved); a background hologram is
+    passed with each hologram."""
 
     def __init__(self) -> None:
         self._cache: dict[tuple, Any] = {}
@@ -600,13 +627,12 @@ class _Reconstructors:
                  optics: Optics, source: str):
         from rbclib.holography import Reconstructor
 
-        key = (hologram.shape, background_name, repr(sorted(optics.to_dict().items())))
+        key = (hologram.shape, repr(sorted(optics.to_dict().items())))
         if key not in self._cache:
             if len(self._cache) > 8:
                 self._cache.clear()
-            self._cache[key] = Reconstructor(hologram.shape, optics=optics, background=background,
-                                             background_source=background_name)
-        return self._cache[key](hologram, source=source)
+            self._cache[key] = Reconstructor(hologram.shape, optics=optics)
+        return self._cache[key](hologram, background=background, source=source, background_source=background_name)
 
 
 def has_sideband(image: np.ndarray) -> bool:
@@ -628,13 +654,22 @@ an index step of 0.1 and 405 nm reaches about 6.7 rad, three stacked cells about
 counts (0-255 or 0-65535) stored as float go far beyond."""
 
 
-def assess_image(job: ImageJob, segmenter: Segmenter, *, optics: OpticsOptions | None = None,
-                 reconstructors: _Reconstructors | None = None) -> ImageResult:
-    """Phase (reconstructed if the file is a hologram), segmentation, per-cell table and,
-    when ground truth exists, its per-cell confusion counts. Raises ImageFileError /
-    ValueError for bad input."""
-    from rbclib.measure import measure_cells
+@dataclass
+class LoadedImage:
+    """An input file as phase: ``phase`` (H, W) float32 [rad], its ``optics``, ``kind``
+    ("hologram" or "phase"), ``compensation`` and where each optics value came from."""
 
+    phase: np.ndarray
+    optics: Optics
+    kind: str
+    compensation: str
+    provenance: dict[str, str]
+
+
+def load_phase(job: ImageJob, *, optics: OpticsOptions | None = None,
+               reconstructors: _Reconstructors | None = None) -> LoadedImage:
+    """Read ``job``'s file and reconstruct it if it is a hologram. Raises ImageFileError /
+    ValueError for bad input."""
     overrides = (optics or OpticsOptions()).overrides()
     img = read_image(job.path)
     default = None
@@ -645,33 +680,40 @@ def assess_image(job: ImageJob, segmenter: Segmenter, *, optics: OpticsOptions |
     opt = img.optics(default, **overrides)
     provenance = {k: opt.provenance.get(k, "") for k in ("wavelength_m", "pixel_size_m", "n_medium")}
     if np.issubdtype(img.data.dtype, np.integer) or img.data.dtype == bool or has_sideband(img.data):
-        kind = "hologram"
-        # Holograms without a background of their own share one reconstructor per shape and optics.
         bg, bg_name = img.background, (f"{job.path} [background]" if img.background is not None else "")
         if job.background is not None:
             bg, bg_name = read_image(job.background).data, str(job.background)
         rec = (reconstructors or _Reconstructors())(img.data, background=bg, background_name=bg_name,
                                                     optics=opt, source=str(job.path))
-        phase = rec.phase.astype(np.float32)
-        compensation = "background hologram" if bg is not None else "numerical"
-    else:
-        kind, phase, compensation = "phase", img.data.astype(np.float32), ""
-        top = float(np.nanmax(np.abs(phase))) if phase.size else 0.0
-        if top > PHASE_LIMIT_RAD:
-            raise ImageFileError(job.path, f"a floating-point image with values up to {top:.4g} and no off-axis "
-                                 f"sideband: neither a phase map in radians (no cell reaches {PHASE_LIMIT_RAD:g} rad) "
-                                 "nor a hologram")
-    labels, instances, conf, scale, dropped = segmenter(phase, opt.pixel_size_m)
+        return LoadedImage(rec.phase.astype(np.float32), opt, "hologram",
+                           "background hologram" if bg is not None else "numerical", provenance)
+    phase = img.data.astype(np.float32)
+    top = float(np.nanmax(np.abs(phase))) if phase.size else 0.0
+    if top > PHASE_LIMIT_RAD:
+        raise ImageFileError(job.path, f"a floating-point image with values up to {top:.4g} and no off-axis "
+                             f"sideband: neither a phase map in radians (no cell reaches {PHASE_LIMIT_RAD:g} rad) "
+                             "nor a hologram")
+    return LoadedImage(phase, opt, "phase", "", provenance)
+
+
+def analyse_image(job: ImageJob, loaded: LoadedImage, segmented: tuple, *, min_area_um2: float) -> ImageResult:
+    """Per-cell table of a segmented image (``segmented``: a :meth:`Segmenter.__call__` result)
+    and, when ground truth exists, its per-cell confusion counts."""
+    from rbclib.measure import measure_cells
+
+    phase, opt = loaded.phase, loaded.optics
+    labels, instances, conf, scale, dropped = segmented
     cells = measure_cells(phase, instances, optics=opt, labels=labels)
     cells = cells[cells["class_id"] > 0].reset_index(drop=True)
     cells.insert(0, "image", job.image)
     cells.insert(1, "day", job.day)
     cells.insert(4, "class_confidence", [conf.get(int(i), math.nan) for i in cells["cell_id"]])
     cells["delta_n_assumed"] = opt.delta_n
-    info = {"image": job.image, "file": str(job.path), "day": job.day, "kind": kind, "compensation": compensation,
-            "shape": list(phase.shape), "optics": {k: getattr(opt, k) for k in ("wavelength_m", "pixel_size_m", "n_medium")},
-            "optics_provenance": provenance, "scale_to_model": scale, "n_cells": int(len(cells)),
-            "fragments_dropped": int(dropped), "min_cell_area_um2": segmenter.min_area_um2}
+    info = {"image": job.image, "file": str(job.path), "day": job.day, "kind": loaded.kind,
+            "compensation": loaded.compensation, "shape": list(phase.shape),
+            "optics": {k: getattr(opt, k) for k in ("wavelength_m", "pixel_size_m", "n_medium")},
+            "optics_provenance": loaded.provenance, "scale_to_model": scale, "n_cells": int(len(cells)),
+            "fragments_dropped": int(dropped), "min_cell_area_um2": min_area_um2}
     result = ImageResult(cells=cells, phase=phase, labels=labels, instances=instances, info=info)
     if job.truth_labels is not None:
         from rbclib.metrics import cell_confusion
@@ -686,6 +728,15 @@ def assess_image(job: ImageJob, segmenter: Segmenter, *, optics: OpticsOptions |
             t_inst = instances_from_labels(t_lab)
         result.truth_classes = [CLASS_NAMES[c] for c in instance_classes(t_lab, t_inst).values() if c > 0]
     return result
+
+
+def assess_image(job: ImageJob, segmenter: Segmenter, *, optics: OpticsOptions | None = None,
+                 reconstructors: _Reconstructors | None = None) -> ImageResult:
+    """One image end to end: :func:`load_phase`, the segmenter, :func:`analyse_image`.
+    Raises ImageFileError / ValueError for bad input."""
+    loaded = load_phase(job, optics=optics, reconstructors=reconstructors)
+    return analyse_image(job, loaded, segmenter(loaded.phase, loaded.optics.pixel_size_m),
+                         min_area_um2=segmenter.min_area_um2)
 
 
 # ---------------------------------------------------------------- the batch
@@ -724,7 +775,7 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
            runs_roots: list[str | Path] | None = None, min_area_um2: float = MIN_CELL_AREA_UM2,
            fragment_fraction: float = 0.35, split: bool = True, n_boot: int = 2000, seed: int = 0,
            target_pp: float = 3.0, overlays: bool = True, progress: bool = True, model_note: str | None = None,
-           on_error: Callable[[str], None] | None = _stderr) -> AssessResult:
+           on_error: Callable[[str], None] | None = _stderr, batch_images: int = 2) -> AssessResult:
     """Assess every image under ``input_path`` and write the study to ``out_dir``.
 
     Writes ``cells.csv`` (one row per cell), ``ratios.csv`` (class ratios with 95 % CI
@@ -737,7 +788,8 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
     whose input files are unchanged and whose model is the same) are not recomputed.
     A file that fails is reported through ``on_error`` and in ``report.md``, then skipped.
     model_dir None: the best model of the latest run (:func:`find_latest_model`);
-    model_note: how the model was chosen, for the report.
+    model_note: how the model was chosen, for the report; batch_images: images segmented
+    together (their tiles share forward passes).
     """
     from tqdm.auto import tqdm
 
@@ -762,7 +814,7 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
     model_key = {"model": str(model_path), "best_pt_mtime_ns": (model_path / "best.pt").stat().st_mtime_ns
                  if (model_path / "best.pt").exists() else None, "min_area_um2": min_area_um2,
                  "fragment_fraction": fragment_fraction, "split": split,
-                 "predict_options": dict(predict_options or {})}
+                 "predict_options": {**PREDICT_OPTIONS, **(predict_options or {})}}
     recon = _Reconstructors()
     failures: list[tuple[str, str]] = []
     skipped: list[str] = []
@@ -788,19 +840,71 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
             on_error(f"rbc assess: skipped {job.path}: {problem}")
         (out / "per_image" / f"{job.image}.json").unlink(missing_ok=True)
 
-    for job, key in tqdm(pending, desc="assess", unit="image", disable=not progress):
+    def problem_of(exc: BaseException) -> str:
+        return getattr(exc, "problem", None) or f"{type(exc).__name__}: {exc}"
+
+    def predict(chunk: list[tuple[ImageJob, dict, LoadedImage]]) -> list[tuple | BaseException]:
+        """The model on a chunk at once; if that fails, image by image, so one bad image fails alone."""
         try:
-            res = assess_image(job, segmenter, optics=optics, reconstructors=recon)
+            return segmenter.predict_many([ld.phase for _, _, ld in chunk],
+                                          [ld.optics.pixel_size_m for _, _, ld in chunk])
+        except Exception:  # noqa: BLE001 - retried image by image below
+            outcomes: list[tuple | BaseException] = []
+            for _, _, ld in chunk:
+                try:
+                    outcomes += segmenter.predict_many([ld.phase], [ld.optics.pixel_size_m])
+                except Exception as exc:  # noqa: BLE001
+                    outcomes.append(exc)
+            return outcomes
+
+    def finish(job: ImageJob, key: dict, loaded: LoadedImage, predicted: tuple) -> str | None:
+        """Clean-up, measurement and files of one image; returns its problem, if any."""
+        try:
+            res = analyse_image(job, loaded, segmenter.finish(predicted, loaded.phase.shape),
+                                min_area_um2=segmenter.min_area_um2)
         except Exception as exc:  # noqa: BLE001 - a bad file is reported and skipped, never stops the batch
-            skip(job, getattr(exc, "problem", None) or f"{type(exc).__name__}: {exc}")
-            continue
+            return problem_of(exc)
         try:
-            _write_image_outputs(out, job, res, key=key, overlays=overlays,
-                                 model_px=segmenter.pixel_size_m, model_px_source=segmenter.pixel_size_source)
+            _write_image_outputs(out, job, res, key=key, overlays=overlays, model_px=segmenter.pixel_size_m,
+                                 model_px_source=segmenter.pixel_size_source)
         except OSError as exc:  # disk full, folder made read-only...: this image is not done, the rest go on
-            skip(job, f"cannot write its results ({exc.strerror or exc})")
-            continue
-        processed.append(job.image)
+            return f"cannot write its results ({exc.strerror or exc})"
+        return None
+
+    # A pipeline of three threads: a loader reads and reconstructs the next holograms, the
+    # main thread runs the model on ``batch_images`` at a time (their tiles share forward
+    # passes), a finisher cleans up, measures and writes the images the model is done with.
+    progress_bar = tqdm(total=len(pending), desc="assess", unit="image", disable=not progress)
+    finishing: list[tuple[ImageJob, Any]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="assess-finisher") as finisher:
+        chunk: list[tuple[ImageJob, dict, LoadedImage]] = []
+        loads = prefetched(lambda item: load_phase(item[0], optics=optics, reconstructors=recon), pending,
+                           depth=max(2, batch_images))
+        for n, ((job, key), fut) in enumerate(loads, start=1):
+            try:
+                chunk.append((job, key, fut.result()))
+            except Exception as exc:  # noqa: BLE001 - a bad file is reported and skipped, never stops the batch
+                skip(job, problem_of(exc))
+                progress_bar.update()
+            if chunk and (len(chunk) >= batch_images or n == len(pending)):
+                for (job, key, loaded), predicted in zip(chunk, predict(chunk)):
+                    if isinstance(predicted, BaseException):
+                        skip(job, problem_of(predicted))
+                    else:
+                        finishing.append((job, finisher.submit(finish, job, key, loaded, predicted)))
+                    progress_bar.update()
+                chunk = []
+                # bounded memory: wait for the finisher when it lags more than two chunks behind
+                unfinished = [f for _, f in finishing if not f.done()]
+                for f in unfinished[:max(0, len(unfinished) - 2 * batch_images)]:
+                    f.result()
+    progress_bar.close()
+    for job, fut in finishing:
+        problem = fut.result()
+        if problem is None:
+            processed.append(job.image)
+        else:
+            skip(job, problem)
     return _finish(out, jobs, failures=failures, skipped=skipped, processed=processed, model_path=model_path,
                    model_note=model_note, input_path=Path(input_path), schemes=schemes, n_boot=n_boot, seed=seed,
                    target_pp=target_pp)
@@ -832,7 +936,8 @@ def _write_image_outputs(out: Path, job: ImageJob, res: ImageResult, *, key: dic
     if overlays:
         rgb = overlay_rgb(res.phase, res.labels, instances=res.instances)
         with atomic_path(out / "overlays" / f"{job.image}.png") as tmp:
-            Image.fromarray(rgb).save(tmp, format="PNG")
+            # a preview: zlib level 1 encodes in 20 ms instead of 44 ms, 30 % larger
+            Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
     write_csv(out / "per_image" / f"{job.image}.csv", res.cells)
     extra = {"model_pixel_size_m": model_px, "model_pixel_size_source": model_px_source,
              "truth_classes": res.truth_classes,

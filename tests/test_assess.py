@@ -28,8 +28,12 @@ class _Pred:
         self.labels, self.probs, self.instances = labels, probs, instances_from_labels(labels)
 
 
-def _oracle_predict(model, phase, *, config, **kw):
+def _oracle_predict(model, phases, *, config, **kw):
     """Discocyte where 0.3 < phase <= 1.5 rad, spherocyte above; probabilities 0.9 / 0.025."""
+    return [_oracle_one(phase) for phase in phases]
+
+
+def _oracle_one(phase):
     labels = np.zeros(phase.shape, np.uint8)
     labels[phase > 0.3] = 1
     labels[phase > 1.5] = 2
@@ -57,7 +61,7 @@ def oracle(monkeypatch, tmp_path):
         return object(), {"pixel_size_m": PAPER_PX, "patch": 64}
 
     monkeypatch.setattr(rbclib.infer, "load_model", load_model)
-    monkeypatch.setattr(rbclib.infer, "predict_image", _oracle_predict)
+    monkeypatch.setattr(rbclib.infer, "predict_images", _oracle_predict)
     model = tmp_path / "model"
     model.mkdir()
     (model / "best.pt").write_bytes(b"x")
@@ -468,3 +472,27 @@ def test_assess_real_hologram(tmp_path, oracle, shared_data):
     assert info["kind"] == "hologram" and info["compensation"] == "numerical"
     assert 5 <= (r.cells["phase_max_rad"] > 1.5).sum() <= 8
     assert "pixel size is the built-in default" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_bad_image_in_a_segmentation_batch_fails_alone(tmp_path, oracle, monkeypatch):
+    """Images are segmented batch_images at a time; an image the model refuses is skipped
+    with its own name and problem while the others of its batch are analysed."""
+    import rbclib.infer
+
+    def picky(model, phases, **kw):
+        if any(float(p.max()) > 1.9 for p in phases):
+            raise ValueError("phase too high for this test model")
+        return _oracle_predict(model, phases, **kw)
+
+    model, _ = oracle
+    monkeypatch.setattr(rbclib.infer, "predict_images", picky)
+    disco, _ = _disk_field([(c, 1) for c, _ in FIELD], 3.0, PAPER_PX)
+    sphero, _ = _disk_field(FIELD, 3.0, PAPER_PX)
+    for name, phase in (("a", disco), ("b", sphero), ("c", disco), ("d", disco), ("e", disco)):
+        write_phase(tmp_path / "in" / f"{name}.tif", phase)
+    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=50, progress=False, on_error=None,
+                 batch_images=3)
+    assert sorted(r.processed) == ["a", "c", "d", "e"]
+    assert [(Path(f).name, p) for f, p in r.failures] == [("b.tif", "ValueError: phase too high for this test model")]
+    assert len(r.cells) == 16 and set(r.cells["class_name"]) == {"discocyte"}
+    assert not (tmp_path / "out" / "per_image" / "b.json").exists()

@@ -137,3 +137,21 @@ def test_per_cell_table_of_a_prediction():
     cells = measure_prediction(pred, phase, optics=Optics())
     assert len(cells) == 2
     assert sorted(cells["class_id"]) == [1, 3]
+
+
+def test_images_batched_together_give_each_image_its_own_answer():
+    """predict_images shares forward passes between images of different sizes; each image
+    gets what predict_image gives it alone (a model with context: 3 x 3 convolutions)."""
+    from rbclib.infer import bf16_is_fast, predict_images
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 3, padding=1))
+    rng = np.random.default_rng(3)
+    phases = [rng.uniform(-0.5, 3.5, s).astype(np.float32) for s in ((150, 150), (64, 200), (40, 40))]
+    together = predict_images(model, phases, config=CFG, batch_size=5)
+    for phase, got in zip(phases, together):
+        alone = predict_image(model, phase, config=CFG, batch_size=2)
+        assert got.probs.shape == (5, *phase.shape)
+        np.testing.assert_allclose(got.probs, alone.probs, atol=1e-5)
+        assert np.array_equal(got.labels, alone.labels)
+    assert isinstance(bf16_is_fast(torch.device("cpu")), bool) and bf16_is_fast(torch.device("meta")) is False

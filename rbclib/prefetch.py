@@ -1,0 +1,32 @@
+"""Work ahead in a background thread: the next items are read and prepared while the caller
+works on the current one (``rbc assess`` reconstructs the next holograms while it segments)."""
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def prefetched(fn: Callable[[T], R], items: Iterable[T], *, depth: int = 2) -> Iterator[tuple[T, Future]]:
+    """Yield ``(item, future of fn(item))`` in the order of ``items``, with ``fn`` running in
+    one worker thread at most ``depth`` items ahead of the consumer (so memory stays bounded
+    and stateful ``fn`` sees the items in order). ``future.result()`` returns the value or
+    raises what ``fn`` raised. Leaving the loop early cancels the work not yet started."""
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1, got {depth}")
+    pending: deque[tuple[T, Future]] = deque()
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        try:
+            for item in it:
+                pending.append((item, pool.submit(fn, item)))
+                if len(pending) > depth:
+                    yield pending.popleft()
+            while pending:
+                yield pending.popleft()
+        finally:
+            for _, fut in pending:
+                fut.cancel()
