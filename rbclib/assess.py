@@ -475,7 +475,8 @@ faster than fp32, 99.97 % of pixels agreeing, test Dice 0.7341 -> 0.7340
 class Segmenter:
     """A trained segmentation model plus its pixel size; segments phase maps of any pixel size.
 
-    model_dir: a model folder of :func:`rbclib.infer.load_model`; predict_options: passed
+    model_dir: a model folder of :func:`rbclib.infer.load_model`; device: torch device (None:
+    cuda, mps or cpu, whichever is there); predict_options: passed
     to :func:`rbclib.infer.predict_images` over :data:`PREDICT_OPTIONS` (tile, overlap,
     batch_size, fast); min_area_um2 / fragment_fraction: see :func:`clean_instances`; objects far fainter than
     the image's typical cell are dropped too (:func:`drop_faint_objects`); split: split
@@ -488,11 +489,11 @@ class Segmenter:
 
     def __init__(self, model_dir: str | Path, *, predict_options: Mapping[str, Any] | None = None,
                  min_area_um2: float = MIN_CELL_AREA_UM2, fragment_fraction: float = 0.35, split: bool = True,
-                 trim_halo: bool = False):
+                 trim_halo: bool = False, device: str | None = None):
         from rbclib.infer import load_model
 
         self.model_dir = Path(model_dir)
-        self.model, self.config = load_model(self.model_dir)
+        self.model, self.config = load_model(self.model_dir, device=device)
         self.pixel_size_m, self.pixel_size_source = model_pixel_size(self.config, self.model_dir)
         self.predict_options = {**PREDICT_OPTIONS, **(predict_options or {})}
         self.min_area_um2 = float(min_area_um2)
@@ -775,7 +776,8 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
            runs_roots: list[str | Path] | None = None, min_area_um2: float = MIN_CELL_AREA_UM2,
            fragment_fraction: float = 0.35, split: bool = True, n_boot: int = 2000, seed: int = 0,
            target_pp: float = 3.0, overlays: bool = True, progress: bool = True, model_note: str | None = None,
-           on_error: Callable[[str], None] | None = _stderr, batch_images: int = 2) -> AssessResult:
+           on_error: Callable[[str], None] | None = _stderr, batch_images: int = 2,
+           device: str | None = None) -> AssessResult:
     """Assess every image under ``input_path`` and write the study to ``out_dir``.
 
     Writes ``cells.csv`` (one row per cell), ``ratios.csv`` (class ratios with 95 % CI
@@ -789,7 +791,7 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
     A file that fails is reported through ``on_error`` and in ``report.md``, then skipped.
     model_dir None: the best model of the latest run (:func:`find_latest_model`);
     model_note: how the model was chosen, for the report; batch_images: images segmented
-    together (their tiles share forward passes).
+    together (their tiles share forward passes); device: torch device of the model (None: automatic).
     """
     from tqdm.auto import tqdm
 
@@ -831,7 +833,7 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
             pending.append((job, key))
     processed: list[str] = []
     segmenter = Segmenter(model_path, predict_options=predict_options, min_area_um2=min_area_um2,
-                          fragment_fraction=fragment_fraction, split=split) if pending else None
+                          fragment_fraction=fragment_fraction, split=split, device=device) if pending else None
 
     def skip(job: ImageJob, problem: str) -> None:
         """Report ``job`` as skipped and make sure it is not marked done."""

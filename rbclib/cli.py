@@ -34,7 +34,8 @@ def _cmd_assess(args: argparse.Namespace) -> int:
     result = assess(args.input, args.out, model_dir=model, model_note=note, day_map=args.day_map,
                     optics=OpticsOptions(args.wavelength, args.pixel_size, args.medium_index, args.numerical_aperture),
                     schemes=load_schemes(args.schemes) if args.schemes else None,
-                    overlays=not args.no_overlays, seed=args.seed, on_error=None)
+                    overlays=not args.no_overlays, seed=args.seed, on_error=None, device=args.device,
+                    batch_images=args.batch_images)
     import matplotlib.pyplot as plt
 
     for fig in result.figures.values():
@@ -174,6 +175,16 @@ def _refocus_arg(text: str) -> str:
     return text
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _cells_range(text: str) -> tuple[int, int]:
     lo, hi = _number_pair(text, int, "MIN,MAX (two integers)")
     if not 0 <= lo <= hi:
@@ -221,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "([name] weights = {discocyte = 0, ...}, description = ...)")
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay PNGs")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals")
+    p.add_argument("--device", help="torch device of the model, e.g. cuda, cuda:1, cpu (default: cuda, mps or "
+                                    "cpu, whichever is there)")
+    p.add_argument("--batch-images", type=_positive_int, default=2, metavar="N",
+                   help="images whose tiles go through the model together (default 2; more on a GPU)")
     p.set_defaults(func=_cmd_assess)
 
     p = sub.add_parser("simulate", help="write a simulated dataset of RBC holograms with ground truth",

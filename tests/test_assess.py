@@ -416,21 +416,33 @@ def test_a_file_name_with_a_newline_cannot_add_markdown(tmp_path, oracle):
     assert any("bad # Injected heading.tif" in line for line in lines)
 
 
-def test_cli_assess(tmp_path, oracle, capsys):
+def test_cli_assess(tmp_path, oracle, capsys, monkeypatch):
+    import rbclib.infer
     from rbclib.cli import main
 
     model, _ = oracle
+    calls_devices = []
+    oracle_load = rbclib.infer.load_model
+
+    def load_model(model_dir, **kw):
+        calls_devices.append(kw.get("device"))
+        return oracle_load(model_dir, **kw)
+
+    monkeypatch.setattr(rbclib.infer, "load_model", load_model)
     _write_series(tmp_path / "series", days=(8,), n_img=1)
     (tmp_path / "schemes.toml").write_text(
         '[sph]\ndescription = "spherocytes only"\nweights = {discocyte = 0, spherocyte = 1, echinocyte = 0, stomatocyte = 0}\n')
     rc = main(["assess", str(tmp_path / "series"), "-o", str(tmp_path / "out"), "--model", str(model),
-               "--schemes", str(tmp_path / "schemes.toml"), "--no-overlays"])
-    assert rc == 0
+               "--schemes", str(tmp_path / "schemes.toml"), "--no-overlays", "--device", "cpu", "--batch-images", "3"])
+    assert rc == 0 and calls_devices == ["cpu"]
     assert "1 image(s) analysed" in capsys.readouterr().out
     idx = pd.read_csv(tmp_path / "out" / "indices.csv")
     assert idx["scheme"].tolist() == ["sph"] and idx["value"].iloc[0] == pytest.approx(0.25)
     assert not (tmp_path / "out" / "overlays").exists()
     assert main(["assess", str(tmp_path / "missing"), "-o", str(tmp_path / "o2"), "--model", str(model)]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(["assess", str(tmp_path / "series"), "-o", str(tmp_path / "o3"), "--batch-images", "0"])
+    assert exit_info.value.code == 2 and "at least 1" in capsys.readouterr().err
 
 
 def test_assess_with_a_real_tiny_model(tmp_path):
