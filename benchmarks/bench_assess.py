@@ -158,7 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
     from rbclib.assess import find_latest_model
     from rbclib.simulate import simulate_dataset
 
-    model = (args.model or find_latest_model([REPO / "runs"])[0]).resolve()
+    try:
+        model = (args.model or find_latest_model([REPO / "runs"])[0]).resolve()
+    except FileNotFoundError as exc:
+        raise SystemExit(f"bench_assess: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="bench_assess_") as tmp:
         tmp = Path(tmp)
         data = tmp / "data"
