@@ -467,7 +467,7 @@ def split_touching(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: f
 PREDICT_OPTIONS = {"fast": None}
 """Default inference options of ``rbc assess`` (:func:`rbclib.infer.predict_images`): the
 training patch's tiles, bfloat16 where the hardware runs it. On 12 reconstructed twin
-holograms (quick model, 2-core CPU with AVX-512-bf16, 2026-12-01) bfloat16 segmented 1.4x
+holograms (quick model, 2-core CPU with AVX-512-bf16, 2026-12-01) bfloat16 segmented 1.9x
 faster than fp32, 99.97 % of pixels agreeing, test Dice 0.7341 -> 0.7340
 (``benchmarks/bench_assess.py``)."""
 
