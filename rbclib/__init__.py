@@ -25,7 +25,7 @@ _PUBLIC: dict[str, str] = {
     "measure_cells": "rbclib.measure",
     # segmentation
     "build_resunet": "rbclib.models", "build_model": "rbclib.models", "train_segmenter": "rbclib.train",
-    "load_model": "rbclib.infer", "predict_image": "rbclib.infer",
+    "load_model": "rbclib.infer", "predict_image": "rbclib.infer", "predict_images": "rbclib.infer",
     "dice_per_class": "rbclib.metrics", "aji_per_class": "rbclib.metrics",
     # the storage study on a user's images (the function is rbclib.assess.assess: a package
     # attribute cannot be both the module rbclib.assess and its function)
