@@ -811,6 +811,8 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
     if source.is_dir() and out.resolve().is_relative_to(source_dir.resolve()):
         raise ValueError(f"{out}: the output folder lies inside the input folder {source_dir}, so a later run "
                          "would read the outputs as inputs. Choose a folder outside it")
+    if batch_images < 1:
+        raise ValueError(f"batch_images={batch_images}: at least 1 image per forward pass")
     jobs = discover_inputs(input_path, day_map=day_map)
     check_output_dir(out)
     if model_dir is None:
