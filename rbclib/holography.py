@@ -394,13 +394,6 @@ def _check_background_is_empty(coarse: np.ndarray, source: str) -> None:
                              f"lies below -{level:.2f} rad): another field's hologram rather than an empty background?")
 
 
-LOW_GRID_ENERGY = 0.95
-"""Share of the filtered sideband's energy the coarse grid of the numerical aberration fit
-must hold. Twin fields: 0.96-0.98 in the central 64 bins (of ~290), so a 64 x 64 grid
-suffices (unwrapping it takes 1 ms instead of 20 ms for the whole box); the real
-non-telecentric hologram: 0.85 there, and on 64 x 64 its curvature is not unwrapped."""
-
-
 MAX_REFOCUS_M = 500e-6
 """Largest refocusing distance accepted: a cell layer 0.5 mm out of focus is far beyond what
 an objective's working range and a sample chamber allow (and its phase beyond recovery)."""
@@ -512,27 +505,9 @@ class Reconstructor:
         full[:, self._cols] = cols
         return sfft.ifft(full, axis=1, workers=-1, overwrite_x=True)
 
-    def _to_low(self, box: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-        """The field on a coarse grid: inverse FFT of the bins around the box's strongest bin
-        (this hologram's carrier, which may sit a few bins off the set-up's), tapered by a
-        Hann window (no ringing around cells). The crop is the first of 64, 128, 256 bins
-        holding :data:`LOW_GRID_ENERGY` of the box's energy (else the whole box): a strongly
-        curved wavefront (a non-telecentric set-up) spreads the sideband and needs the finer
-        grid to be unwrapped. Returns (field, (dy, dx)): the bins by which the crop's centre
-        is off the box centre."""
-        power = np.abs(box) ** 2
-        iy, ix = np.unravel_index(int(np.argmax(power)), box.shape)
-        total = float(power.sum())
-        for size in (64, 128, 256, max(box.shape)):
-            ny, nx = min(box.shape[0], size), min(box.shape[1], size)
-            y0 = int(np.clip(iy - ny // 2, 0, box.shape[0] - ny))
-            x0 = int(np.clip(ix - nx // 2, 0, box.shape[1] - nx))
-            if float(power[y0:y0 + ny, x0:x0 + nx].sum()) >= LOW_GRID_ENERGY * total:
-                break
-        crop = box[y0:y0 + ny, x0:x0 + nx]
-        taper = np.outer(np.hanning(ny + 2)[1:-1], np.hanning(nx + 2)[1:-1]).astype(np.float32)
-        shift = (y0 + ny // 2 - box.shape[0] // 2, x0 + nx // 2 - box.shape[1] // 2)
-        return sfft.ifft2(sfft.ifftshift(crop * taper), workers=-1), shift
+    def _to_low(self, box: np.ndarray) -> np.ndarray:
+        """Inverse FFT of the box at its own size: the field on a coarse grid."""
+        return sfft.ifft2(sfft.ifftshift(box), workers=-1)
 
     def _spectrum(self, img: np.ndarray) -> np.ndarray:
         return sfft.rfft2(img, workers=-1)
@@ -678,11 +653,10 @@ class Reconstructor:
 
     def _fit_aberration(self, box: np.ndarray) -> np.ndarray:
         """Polynomial phase [rad] (H, W) fitted on the background of the low-resolution field."""
-        low, (dy, dx) = self._to_low(box)
+        low = self._to_low(box)
         from skimage.restoration import unwrap_phase
 
-        # the integer demodulation leaves a sub-bin tilt: remove it before unwrapping (the
-        # crop, centred on this hologram's carrier, already removed the whole bins)
+        # the integer demodulation leaves a sub-bin tilt: remove it before unwrapping
         my, mx = low.shape
         h, w = self.shape
         ry, rx = self._setup["residual"]
@@ -693,6 +667,9 @@ class Reconstructor:
         amp = np.abs(low)
         yn = (np.arange(my)[:, None] * (h / my) - h / 2) / (h / 2) * np.ones((1, mx))
         xn = (np.arange(mx)[None, :] * (w / mx) - w / 2) / (w / 2) * np.ones((my, 1))
+        # fit on a subsampled grid (<= ~64 x 64 points): the surface is smooth
+        sub = max(1, int(math.ceil(max(my, mx) / 64)))
+        ph, amp, yn, xn = (a[::sub, ::sub] for a in (ph, amp, yn, xn))
         valid = (amp > 0.2 * np.median(amp)).ravel()
         # tilt first, then the full order from the tilt's background: a large object
         # cannot pull a curved surface under itself
@@ -700,8 +677,8 @@ class Reconstructor:
         for order in sorted({min(1, self.poly_order), self.poly_order}):
             terms = np.stack([t.ravel() for t in _poly_terms(yn, xn, order)], axis=1)
             coef, mask = _iterative_fit(terms, ph.ravel(), mask, valid)
-        # the full-size field keeps both tilts, linear: 2 pi ry y = 2 pi ry h/2 (y_n + 1), same for x
-        ry, rx = ry + dy / h, rx + dx / w
+        # the sub-bin tilt is linear, 2 pi ry y = 2 pi ry h/2 (y_n + 1) (the same for x): one
+        # polynomial holds both
         coef = coef.copy()
         coef[0] += 2 * np.pi * (ry * h / 2 + rx * w / 2)
         coef[1] += 2 * np.pi * ry * h / 2
