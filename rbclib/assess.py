@@ -15,10 +15,11 @@ Inputs (:func:`discover_inputs`):
 Per image: integer-typed images are camera holograms and are reconstructed
 (:class:`rbclib.holography.Reconstructor`), float images are phase maps [rad]; the phase
 is resampled to the model's pixel size, segmented by tiled inference
-(:func:`rbclib.infer.predict_image`), mapped back to the image grid and measured
-(:func:`rbclib.measure.measure_cells`). Results per image are written atomically under
-``OUT/per_image/``; a finished image is skipped on the next run (resumable); a file that
-fails is reported and skipped.
+(:func:`rbclib.infer.predict_images`, several images per forward pass), mapped back to the
+image grid and measured (:func:`rbclib.measure.measure_cells`). A loader thread reconstructs
+ahead and a finisher thread measures and writes while the model runs. Results per image are
+written atomically under ``OUT/per_image/``; a finished image is skipped on the next run
+(resumable); a file that fails is reported and skipped.
 """
 from __future__ import annotations
 
