@@ -113,7 +113,8 @@ def _compare(old: Path, new: Path, data: Path) -> dict:
 
 def _stages(model: Path, data: Path, out: Path) -> dict:
     """Holograms per second of this version's stages, run one after the other (no overlap)."""
-    from rbclib.assess import Segmenter, _Reconstructors, _write_image_outputs, analyse_image, discover_inputs, load_phase
+    from rbclib.assess import _Reconstructors, _write_image_outputs, analyse_image, discover_inputs, load_phase
+    from rbclib.segmenter import Segmenter
 
     jobs = discover_inputs(data)
     seg = Segmenter(model)

@@ -29,7 +29,7 @@ _PUBLIC: dict[str, str] = {
     "dice_per_class": "rbclib.metrics", "aji_per_class": "rbclib.metrics",
     # the storage study on a user's images (the function is rbclib.assess.assess: a package
     # attribute cannot be both the module rbclib.assess and its function)
-    "Segmenter": "rbclib.assess",
+    "Segmenter": "rbclib.segmenter",
 }
 __all__ = sorted(_PUBLIC)
 

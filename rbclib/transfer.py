@@ -36,7 +36,7 @@ Segment = Callable[[np.ndarray, float], np.ndarray]
 
 def model_segmenter(model_dir: str | Path) -> Segment:
     """The ``rbc assess`` segmentation of a trained model folder, as a :data:`Segment`."""
-    from rbclib.assess import Segmenter
+    from rbclib.segmenter import Segmenter
 
     segmenter = Segmenter(model_dir)
     return lambda phase, pixel_size_m: segmenter(phase, pixel_size_m)[0]

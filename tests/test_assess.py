@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from rbclib import assess as A
+from rbclib import segmenter as S
 from rbclib.config import Optics
 from rbclib.io import read_instances, write_camera_image, write_labels, write_phase
 from rbclib.labels import instances_from_labels
@@ -151,12 +152,12 @@ def test_discover_day_map_and_errors(tmp_path):
 def test_resample_keeps_physical_area():
     # A 3 um radius disk seen by a 40x set-up (0.094 um/px), brought to the model's 0.1441 um/px.
     phase, _ = _disk_field([((13, 13), 1)], 3.0, 0.094e-6)
-    small = A.resample(phase, 0.094 / 0.1441, order=1)
+    small = S.resample(phase, 0.094 / 0.1441, order=1)
     area_um2 = (small > 0.5).sum() * 0.1441 ** 2
     assert area_um2 == pytest.approx(math.pi * 9, rel=0.05)
-    assert A.resample(phase, 1.005, order=1) is phase
+    assert S.resample(phase, 1.005, order=1) is phase
     lab = (small > 0.5).astype(np.uint8)
-    assert A.resize_to(lab, phase.shape).shape == phase.shape
+    assert S.resize_to(lab, phase.shape).shape == phase.shape
 
 
 def test_clean_instances_merges_fragments_and_drops_specks():
@@ -166,7 +167,7 @@ def test_clean_instances_merges_fragments_and_drops_specks():
     labels[50:52, 50:52] = 2          # an isolated speck (4 px = 0.08 um^2)
     labels[45:60, 0:15] = 2           # a real isolated cell (225 px = 4.7 um^2 at 0.1441 um/px)
     inst = instances_from_labels(labels)
-    lab2, inst2, dropped = A.clean_instances(labels, inst, pixel_size_m=PAPER_PX, min_area_um2=4.0)
+    lab2, inst2, dropped = S.clean_instances(labels, inst, pixel_size_m=PAPER_PX, min_area_um2=4.0)
     assert len(np.unique(inst2[inst2 > 0])) == 2 and dropped == 1
     assert (lab2[10:40, 40:44] == 1).all() and inst2[20, 42] == inst2[20, 20]
     assert lab2[51, 51] == 0 and inst2[51, 51] == 0
@@ -174,21 +175,21 @@ def test_clean_instances_merges_fragments_and_drops_specks():
     # two touching cells of similar size stay two cells
     two = np.zeros((40, 80), np.uint8)
     two[5:35, 5:40], two[5:35, 40:75] = 1, 2
-    _, i2, dropped = A.clean_instances(two, instances_from_labels(two), pixel_size_m=PAPER_PX)
+    _, i2, dropped = S.clean_instances(two, instances_from_labels(two), pixel_size_m=PAPER_PX)
     assert len(np.unique(i2[i2 > 0])) == 2 and dropped == 0
     # by default anything below a plausible cell (15 um^2) is a fragment: halo pieces go
     halo = np.zeros((80, 80), np.uint8)
     halo[5:45, 5:45] = 1              # a cell, 33 um^2
     halo[60:75, 60:75] = 1            # a halo piece, 4.7 um^2, apart from it
     halo[5:45, 45:70] = 2             # a piece of another class touching the cell, 21 um^2 (not merged: too big)
-    lab3, i3, dropped = A.clean_instances(halo, instances_from_labels(halo), pixel_size_m=PAPER_PX)
-    assert A.MIN_CELL_AREA_UM2 == 15.0 and dropped == 1 and lab3[67, 67] == 0
+    lab3, i3, dropped = S.clean_instances(halo, instances_from_labels(halo), pixel_size_m=PAPER_PX)
+    assert S.MIN_CELL_AREA_UM2 == 15.0 and dropped == 1 and lab3[67, 67] == 0
     assert len(np.unique(i3[i3 > 0])) == 2
     # a centre of another class inside its ring is the same cell, however large
     ring = np.zeros((60, 60), np.uint8)
     ring[5:55, 5:55] = 4              # ring, 1600 px
     ring[15:45, 15:45] = 3            # centre, 900 px: 56 % of the ring, enclosed by it
-    lab4, i4, dropped = A.clean_instances(ring, instances_from_labels(ring), pixel_size_m=PAPER_PX)
+    lab4, i4, dropped = S.clean_instances(ring, instances_from_labels(ring), pixel_size_m=PAPER_PX)
     assert len(np.unique(i4[i4 > 0])) == 1 and (lab4[5:55, 5:55] == 4).all() and dropped == 0
 
 
@@ -200,10 +201,10 @@ def test_drop_faint_objects_keeps_cells_of_any_phase_scale():
         phase[5:20, x0:x0 + 15] = level                     # the 0.3 rad object is a faint halo piece
     inst = instances_from_labels(labels)
     for gain in (0.5, 1.0, 3.0):                            # the rule is relative: no absolute phase level
-        lab2, inst2, n = A.drop_faint_objects(labels, inst, phase * gain)
+        lab2, inst2, n = S.drop_faint_objects(labels, inst, phase * gain)
         assert n == 1 and inst2.max() == 4 and lab2[10, 70] == 0 and lab2[10, 50] == labels[10, 50]
     few = np.where(inst <= 2, inst, 0)
-    assert A.drop_faint_objects(labels, few, phase)[2] == 0  # fewer than three objects: no median to judge by
+    assert S.drop_faint_objects(labels, few, phase)[2] == 0  # fewer than three objects: no median to judge by
 
 
 def test_trim_halo_cuts_painted_background_and_keeps_cells():
@@ -219,15 +220,15 @@ def test_trim_halo_cuts_painted_background_and_keeps_cells():
     halo = (np.abs(yy - 110) < 12) & (xx > 60) & (xx < 170)           # painted background strip, 0.8 rad
     phase[halo] += 0.8
     labels[halo] = 1
-    out = A.trim_halo(labels, phase, pixel_size_m=px_um * 1e-6)
+    out = S.trim_halo(labels, phase, pixel_size_m=px_um * 1e-6)
     r_first = np.hypot(yy - 50, xx - 50) * px_um
     assert out[r_first < 4.0].all()                                    # body, dimple and edge (to 40 % + 1 um) kept
     assert out[110, 110] == 0                                          # the strip's middle goes
     assert (out[halo] > 0).mean() < 0.2
-    assert (A.trim_halo(labels, phase * 3.0, pixel_size_m=px_um * 1e-6) == out).all()  # phase scale does not matter
+    assert (S.trim_halo(labels, phase * 3.0, pixel_size_m=px_um * 1e-6) == out).all()  # phase scale does not matter
     two = labels.copy()
     two[:, 120:] = 0
-    assert (A.trim_halo(two, phase, pixel_size_m=px_um * 1e-6) == two).all()           # < 3 cells: untouched
+    assert (S.trim_halo(two, phase, pixel_size_m=px_um * 1e-6) == two).all()           # < 3 cells: untouched
 
 
 def test_split_touching_cells():
@@ -235,13 +236,13 @@ def test_split_touching_cells():
     yy, xx = np.mgrid[:80, :120] * px * 1e6
     two = ((yy - 5.8) ** 2 + (xx - 5.0) ** 2 <= 3.8 ** 2) | ((yy - 5.8) ** 2 + (xx - 12.0) ** 2 <= 3.8 ** 2)
     labels = two.astype(np.uint8)
-    inst = A.split_touching(labels, instances_from_labels(labels), pixel_size_m=px)
+    inst = S.split_touching(labels, instances_from_labels(labels), pixel_size_m=px)
     assert inst.max() == 2 and inst[40, 35] != inst[40, 83] and (inst > 0).sum() == two.sum()
     # one elongated, irregular cell stays one
     one = ((yy - 5.8) / 3.0) ** 2 + ((xx - 8.0) / 5.0) ** 2 <= 1
     one |= (np.abs(yy - 5.8) < 0.3) & (np.abs(xx - 13.5) < 0.6)  # a spicule
     labels = one.astype(np.uint8)
-    assert A.split_touching(labels, instances_from_labels(labels), pixel_size_m=px).max() == 1
+    assert S.split_touching(labels, instances_from_labels(labels), pixel_size_m=px).max() == 1
     # among other cells, a split that would leave a piece under half a typical cell is refused,
     # while a merged pair of typical cells is still split
     yy, xx = np.mgrid[:200, :280] * px * 1e6
@@ -253,7 +254,7 @@ def test_split_touching_cells():
     lobed = disc(16, 16, 3.8) | disc(16, 21.5, 2.2)                           # a cell with a small lobe
     pair = disc(5, 23, 3.8) | disc(5, 30, 3.8)                                # two touching cells
     labels = (field | lobed | pair).astype(np.uint8)
-    out = A.split_touching(labels, instances_from_labels(labels), pixel_size_m=px)
+    out = S.split_touching(labels, instances_from_labels(labels), pixel_size_m=px)
     assert out.max() == 6
     cell = lambda y, x: out[int(y / (px * 1e6)), int(x / (px * 1e6))]      # noqa: E731
     assert cell(16, 16) == cell(16, 21.5) and cell(5, 23) != cell(5, 30)
@@ -263,7 +264,7 @@ def test_split_touching_cells():
     pressed = disc(16, 14, 3.8) | disc(16, 21.6, 3.8) | ((np.abs(yy - 16) < 3.4) & (xx > 14) & (xx < 21.6))
     big = disc(5, 26, 5.2)
     labels = (field | pressed | big).astype(np.uint8)
-    out = A.split_touching(labels, instances_from_labels(labels), pixel_size_m=px)
+    out = S.split_touching(labels, instances_from_labels(labels), pixel_size_m=px)
     assert out.max() == 6 and cell(16, 13) != cell(16, 22.5) and cell(5, 23) == cell(5, 29)
 
 
@@ -273,17 +274,17 @@ def test_class_confidence_is_mean_prob_of_winning_class():
     probs = np.zeros((5, 2, 3), np.float32)
     probs[1, 0, :2] = [0.6, 0.8]
     probs[2, 1, :] = [0.5, 0.7, 0.9]
-    assert A.class_confidence(probs, labels, inst) == pytest.approx({1: 0.7, 2: 0.7})
+    assert S.class_confidence(probs, labels, inst) == pytest.approx({1: 0.7, 2: 0.7})
 
 
 def test_model_pixel_size_from_config_or_run(tmp_path):
-    assert A.model_pixel_size({"pixel_size_m": 1e-7})[0] == 1e-7
-    assert A.model_pixel_size({"optics": {"pixel_size_m": 2e-7}})[0] == 2e-7
-    px, why = A.model_pixel_size({}, tmp_path / "run" / "models" / "seg_da")
+    assert S.model_pixel_size({"pixel_size_m": 1e-7})[0] == 1e-7
+    assert S.model_pixel_size({"optics": {"pixel_size_m": 2e-7}})[0] == 2e-7
+    px, why = S.model_pixel_size({}, tmp_path / "run" / "models" / "seg_da")
     assert px == pytest.approx(PAPER_PX) and "assumed" in why
     (tmp_path / "run").mkdir()
     Optics().replace(pixel_size_m=0.3e-6).to_json(tmp_path / "run" / "optics.json")
-    px, why = A.model_pixel_size({}, tmp_path / "run" / "models" / "seg_da")
+    px, why = S.model_pixel_size({}, tmp_path / "run" / "models" / "seg_da")
     assert px == pytest.approx(0.3e-6) and "optics.json" in why
 
 

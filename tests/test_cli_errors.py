@@ -80,7 +80,7 @@ def test_nan_weights_and_impossible_pixel_size_are_refused(tmp_path):
 
     import torch
 
-    from rbclib.assess import model_pixel_size
+    from rbclib.segmenter import model_pixel_size
     from rbclib.infer import load_model, model_from_config
 
     config = {"model_name": "resunet", "encoder": "resnet18", "decoder_channels": [16, 16, 8, 8, 8], "in_channels": 3,
