@@ -261,7 +261,7 @@ class OpticsOptions:
 
 @dataclass
 class ImageResult:
-    """What :func:`assess_image` found: cells table, maps (input grid), phase and facts."""
+    """What :func:`analyse_image` found: cells table, maps (input grid), phase and facts."""
 
     cells: pd.DataFrame
     phase: np.ndarray
@@ -385,15 +385,6 @@ def analyse_image(job: ImageJob, loaded: LoadedImage, segmented: tuple, *, min_a
             t_inst = instances_from_labels(t_lab)
         result.truth_classes = [CLASS_NAMES[c] for c in instance_classes(t_lab, t_inst).values() if c > 0]
     return result
-
-
-def assess_image(job: ImageJob, segmenter: Segmenter, *, optics: OpticsOptions | None = None,
-                 reconstructors: _Reconstructors | None = None) -> ImageResult:
-    """One image end to end: :func:`load_phase`, the segmenter, :func:`analyse_image`.
-    Raises ImageFileError / ValueError for bad input."""
-    loaded = load_phase(job, optics=optics, reconstructors=reconstructors)
-    return analyse_image(job, loaded, segmenter(loaded.phase, loaded.optics.pixel_size_m),
-                         min_area_um2=segmenter.min_area_um2)
 
 
 # ---------------------------------------------------------------- the batch

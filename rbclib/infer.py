@@ -165,11 +165,11 @@ def predict_images(model: nn.Module, phases: list[np.ndarray], *, config: dict[s
     phases = [_check_phase(p) for p in phases]
     if fast is None:
         fast = bf16_is_fast(_device_of(model))
-    plans, inputs = [], []
     side = int(tile or config["patch"])
     if side % 32:
         raise ValueError(f"tile must be a multiple of 32 px (the encoders downsample 5 times), got {side}")
     ov = int(config.get("overlap", side // 8) if overlap is None else overlap)
+    plans, inputs = [], []
     for phase in phases:
         padded = pad_to_min(phase, side, value=0.0)
         pos = tile_positions(padded.shape, side, ov)

@@ -18,10 +18,9 @@ def prefetched(fn: Callable[[T], R], items: Iterable[T], *, depth: int = 2) -> I
     if depth < 1:
         raise ValueError(f"depth must be at least 1, got {depth}")
     pending: deque[tuple[T, Future]] = deque()
-    it = iter(items)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
         try:
-            for item in it:
+            for item in items:
                 pending.append((item, pool.submit(fn, item)))
                 if len(pending) > depth:
                     yield pending.popleft()

@@ -285,15 +285,13 @@ class Segmenter:
         fragments dropped) with the maps on the input grid; scale = pixel_size_m / model
         pixel size.
         """
-        return self.segment_many([phase], [pixel_size_m])[0]
-
-    def segment_many(self, phases: list[np.ndarray], pixel_sizes_m: list[float]) -> list[tuple]:
-        """:meth:`__call__` for several phase maps, their tiles batched together through the model."""
-        return [self.finish(p, phase.shape) for p, phase in zip(self.predict_many(phases, pixel_sizes_m), phases)]
+        (predicted,) = self.predict_many([phase], [pixel_size_m])
+        return self.finish(predicted, phase.shape)
 
     def predict_many(self, phases: list[np.ndarray], pixel_sizes_m: list[float]) -> list[tuple]:
-        """The model's part of :meth:`segment_many`: (prediction, phase at the model's pixel
-        size, scale) per phase map; :meth:`finish` does the rest (it may run in another thread)."""
+        """The model's part of :meth:`__call__` for several phase maps, their tiles batched
+        together: (prediction, phase at the model's pixel size, scale) per phase map;
+        :meth:`finish` does the rest (it may run in another thread)."""
         from rbclib.infer import predict_images
 
         scales = [px / self.pixel_size_m for px in pixel_sizes_m]
