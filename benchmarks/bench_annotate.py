@@ -3,7 +3,7 @@
 1. AJI speed: ``aji_per_class`` (bincount on id pairs) against a baseline that loops
    over instances with boolean masks (the textbook implementation), same maps, same run.
 2. Proposal AJI against the simulator's instances, on the true phase and on the phase
-   reconstructed from the simulated hologram (``rbclib.holography.reconstruct``).
+   reconstructed from the simulated hologram (``rbclib.physics.holography.reconstruct``).
 3. Per-cell measurements (true instances, reconstructed phase) against the simulator's
    true dry mass and volume, isolated cells only (not touching another cell or the edge).
 
@@ -17,12 +17,12 @@ import time
 import numpy as np
 import pandas as pd
 
-from rbclib.annotate import propose_cells, proposal_quality
-from rbclib.holography import reconstruct
-from rbclib.labels import CELL_CLASSES, instances_from_labels
-from rbclib.measure import compare_with_truth, measure_cells
-from rbclib.metrics import aji_per_class
-from rbclib.simulate import simulate_field
+from rbclib.annotate.session import propose_cells, proposal_quality
+from rbclib.physics.holography import reconstruct
+from rbclib.core.labels import CELL_CLASSES, instances_from_labels
+from rbclib.physics.measure import compare_with_truth, measure_cells
+from rbclib.seg.metrics import aji_per_class
+from rbclib.physics.simulate import simulate_field
 
 
 def aji_loop(pred: np.ndarray, true: np.ndarray) -> list[float]:

@@ -1,7 +1,7 @@
 """Benchmark: `rbc assess` throughput, this version against an earlier one, same run, warm.
 
 Simulates N 900 x 900 holograms with background holograms and ground truth (a twin dataset
-folder), then runs ``rbclib.assess.assess`` on it end to end (reconstruction, segmentation,
+folder), then runs ``rbclib.study.assess.assess`` on it end to end (reconstruction, segmentation,
 measurement, per-image files, tables, figures, report) with
 
 - **baseline**: the pipeline of an earlier commit (``--baseline-rev``, default the last
@@ -41,7 +41,7 @@ def _worker(src: str, model: str, data: str, out: str, repeats: int) -> None:
     import warnings
 
     warnings.simplefilter("ignore")
-    from rbclib.assess import assess
+    from rbclib.study.assess import assess
 
     assert Path(sys.modules["rbclib"].__file__).resolve().is_relative_to(Path(src).resolve())
     warm = Path(out + "_warm")
@@ -82,8 +82,8 @@ def _compare(old: Path, new: Path, data: Path) -> dict:
     """Agreement of two assess outputs and their Dice against the dataset's ground truth."""
     import pandas as pd
 
-    from rbclib.io import read_labels
-    from rbclib.metrics import dice_per_class
+    from rbclib.core.io import read_labels
+    from rbclib.seg.metrics import dice_per_class
 
     stems = sorted(p.stem for p in (data / "labels").glob("*.png"))
     agree, truth, a, b = [], [], [], []
@@ -113,8 +113,8 @@ def _compare(old: Path, new: Path, data: Path) -> dict:
 
 def _stages(model: Path, data: Path, out: Path) -> dict:
     """Holograms per second of this version's stages, run one after the other (no overlap)."""
-    from rbclib.assess import _Reconstructors, _write_image_outputs, analyse_image, discover_inputs, load_phase
-    from rbclib.segmenter import Segmenter
+    from rbclib.study.assess import _Reconstructors, _write_image_outputs, analyse_image, discover_inputs, load_phase
+    from rbclib.study.segmenter import Segmenter
 
     jobs = discover_inputs(data)
     seg = Segmenter(model)
@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
         _worker(src, model, data, out, int(repeats))
         return {}
 
-    from rbclib.assess import find_latest_model
-    from rbclib.simulate import simulate_dataset
+    from rbclib.study.assess import find_latest_model
+    from rbclib.physics.simulate import simulate_dataset
 
     try:
         model = (args.model or find_latest_model([REPO / "runs"])[0]).resolve()
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"n": args.n, "size": args.size, "baseline_rev": args.baseline_rev, "baseline": base, "this": this,
            "speed_ratio": ratio, "agreement": agreement, "stages_holograms_per_s": stages}
     if args.json:
-        from rbclib.io import write_json
+        from rbclib.core.files import write_json
 
         write_json(args.json, out)
     return out

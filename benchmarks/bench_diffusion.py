@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rbclib import diffusion as dd
-from rbclib.config import get_profile
-from rbclib.paths import RunPaths
+from rbclib.synth import ddgan as dd
+from rbclib.core.config import get_profile
+from rbclib.core.paths import RunPaths
 
 
 def nets(run_dir: Path, profile: str):

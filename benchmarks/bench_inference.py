@@ -1,4 +1,4 @@
-"""Full-image inference speed: rbclib.infer against a naive fp32 patch-by-patch loop.
+"""Full-image inference speed: rbclib.seg.infer against a naive fp32 patch-by-patch loop.
 
 Same model, same images, same run. Three ways to segment whole phase images:
 - naive: one tile at a time, fp32, NCHW, ``torch.no_grad`` (the reference);
@@ -24,8 +24,8 @@ import torch
 
 def naive_predict(model, phase, *, config, tile, overlap):
     """Reference: every tile alone, fp32, NCHW, no_grad; blended like predict_image."""
-    from rbclib.datasets import phase_to_input
-    from rbclib.tiles import blend_window, pad_to_min, tile_positions
+    from rbclib.seg.datasets import phase_to_input
+    from rbclib.seg.tiles import blend_window, pad_to_min, tile_positions
 
     h, w = phase.shape
     padded = pad_to_min(phase, tile)
@@ -43,10 +43,10 @@ def naive_predict(model, phase, *, config, tile, overlap):
 
 
 def main() -> None:
-    from rbclib.compute import count_macs, count_parameters
-    from rbclib.infer import load_model, predict_image
-    from rbclib.metrics import dice_per_class, mean_scores
-    from rbclib.models import BASELINES, build_model
+    from rbclib.seg.compute import count_macs, count_parameters
+    from rbclib.seg.infer import load_model, predict_image
+    from rbclib.seg.metrics import dice_per_class, mean_scores
+    from rbclib.seg.models import BASELINES, build_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", help="trained model folder (default: random ResUnet)")
@@ -70,12 +70,12 @@ def main() -> None:
     naive_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
 
     if args.run_dir:
-        from rbclib.datasets import load_pairs
+        from rbclib.seg.datasets import load_pairs
 
         pairs = load_pairs(args.run_dir, "test")[: args.images]
         images, truths = [p.phase for p in pairs], [p.labels for p in pairs]
     else:
-        from rbclib.simulate import simulate_field
+        from rbclib.physics.simulate import simulate_field
 
         fields = [simulate_field(i, field_px=args.size) for i in range(args.images)]
         images, truths = [f.phase for f in fields], [f.labels for f in fields]

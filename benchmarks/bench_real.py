@@ -2,8 +2,8 @@
 share of discocytes in fresh blood (issue 13).
 
 For every real RBC hologram in ``../shared/data/holograms/`` (skipped when absent), ``rbc
-assess`` runs with the optics assumed for the file (``rbclib.realism.REAL_OPTICS``); an
-independent threshold + watershed finder (``rbclib.realism.find_cells``) counts the cells of
+assess`` runs with the optics assumed for the file (``rbclib.physics.realism.REAL_OPTICS``); an
+independent threshold + watershed finder (``rbclib.physics.realism.find_cells``) counts the cells of
 the same reconstruction. Targets: the model's count within 15 % of the independent one, and
 at least 80 % discocytes (the holograms show fresh blood). Exit 1 when a target fails.
 
@@ -23,9 +23,9 @@ from pathlib import Path
 def main() -> int:
     import pandas as pd
 
-    from rbclib import realism
-    from rbclib.assess import find_latest_model
-    from rbclib.transfer import COUNT_TOLERANCE, FRESH_DISCOCYTE_MIN, real_hologram_check
+    from rbclib.physics import realism
+    from rbclib.study.assess import find_latest_model
+    from rbclib.study.transfer import COUNT_TOLERANCE, FRESH_DISCOCYTE_MIN, real_hologram_check
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model folder (default: the best of the latest run)")

@@ -1,8 +1,8 @@
 """Realism benchmark: the digital twin against the real RBC holograms, same statistics.
 
-Twin fields (rbclib.simulate, the four classes in equal shares) are reconstructed with their
+Twin fields (rbclib.physics.simulate, the four classes in equal shares) are reconstructed with their
 background holograms as notebook 01 does; the real holograms of ../shared/data/holograms
-(skipped when absent) without background. rbclib.realism measures the same statistics on
+(skipped when absent) without background. rbclib.physics.realism measures the same statistics on
 both: background noise, its spectrum and correlation length, edge width, central dip, outline
 roughness, peak phase, dry mass, cells per 1000 um^2. Prints the side-by-side table, the
 twin's per-class summary and PASS / FAIL per realism target; writes the figure to --out.
@@ -24,7 +24,7 @@ import pandas as pd
 
 matplotlib.use("Agg")
 
-from rbclib import realism  # noqa: E402
+from rbclib.physics import realism  # noqa: E402
 
 
 def _keyword(text: str) -> tuple[str, object]:

@@ -1,6 +1,6 @@
-"""Benchmark: rbclib.holography against qpretrieve's OffAxisHologram, same run, warm.
+"""Benchmark: rbclib.physics.holography against qpretrieve's OffAxisHologram, same run, warm.
 
-Simulated 900 x 900 holograms with known phase (rbclib.simulate), each with its own
+Simulated 900 x 900 holograms with known phase (rbclib.physics.simulate), each with its own
 background hologram. Both methods divide by the background field and filter with radius
 1/3 of the carrier distance: rbclib with its default smooth disk (and, second row, with
 qpretrieve's hard disk), qpretrieve with its default disk. qpretrieve does not choose the sign nor the phase
@@ -22,7 +22,6 @@ Run:  .venv/bin/python benchmarks/bench_reconstruct.py [--n 8]
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 
@@ -46,8 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # qpretrieve warns about optional FFT back-ends
         import qpretrieve
-    from rbclib.holography import Reconstructor
-    from rbclib.simulate import HologramSettings, simulate_field
+    from rbclib.physics.holography import Reconstructor
+    from rbclib.physics.simulate import HologramSettings, simulate_field
 
     fields = [simulate_field(np.random.SeedSequence([args.seed, i]), field_px=args.size) for i in range(args.n)]
     one_setup = [simulate_field(np.random.SeedSequence([args.seed, 100 + i]), field_px=args.size,
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
            "numerical_vs_qpretrieve": qp_plain_ms / ms["rbclib (numerical, one set-up: carrier pinned)"],
            "numerical_vs_floor": ms["rbclib (numerical, one set-up: carrier pinned)"] / floor}
     if args.json:
-        from rbclib.io import write_json
+        from rbclib.core.files import write_json
 
         write_json(args.json, out)
     return out

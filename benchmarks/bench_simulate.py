@@ -15,7 +15,7 @@ import time
 import numpy as np
 from scipy import fft as sfft
 
-from rbclib.simulate import simulate_dataset, simulate_field
+from rbclib.physics.simulate import simulate_dataset, simulate_field
 
 
 def best_of(fn, repeat: int) -> float:

@@ -3,7 +3,7 @@ with other optics (633 nm, 0.094 um/px, noisier, another carrier), same seeds, s
 
 The baseline is the in-domain twin (the run's own optics and ranges); the other microscope's
 fields cover the same sample area, are reconstructed at their own optics and resampled to
-the model's pixel size exactly as ``rbc assess`` does (``rbclib.transfer``); classes are drawn
+the model's pixel size exactly as ``rbc assess`` does (``rbclib.study.transfer``); classes are drawn
 from the profile's mixture (the paper's class totals). Target (issue 13):
 the overall Dice drops by at most 0.03.
 
@@ -18,9 +18,9 @@ import time
 
 
 def main() -> int:
-    from rbclib.assess import find_latest_model
-    from rbclib.config import get_profile
-    from rbclib.transfer import OTHER_OPTICS, OTHER_SETTINGS, dice_drop_ok, model_segmenter, transfer_table
+    from rbclib.study.assess import find_latest_model
+    from rbclib.core.config import get_profile
+    from rbclib.study.transfer import OTHER_OPTICS, OTHER_SETTINGS, dice_drop_ok, model_segmenter, transfer_table
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model folder (default: the best of the latest run)")

@@ -14,22 +14,21 @@ __version__ = "0.1.0"
 
 _PUBLIC: dict[str, str] = {
     # optics and files
-    "Optics": "rbclib.config", "get_profile": "rbclib.config",
-    "read_image": "rbclib.io", "read_phase": "rbclib.io", "write_phase": "rbclib.io", "ImageFileError": "rbclib.io",
+    "Optics": "rbclib.core.config", "get_profile": "rbclib.core.config",
+    "read_image": "rbclib.core.io", "read_phase": "rbclib.core.io", "write_phase": "rbclib.core.io", "ImageFileError": "rbclib.core.files",
     # 01 holograms -> phase, and the digital twin
-    "reconstruct": "rbclib.holography", "Reconstructor": "rbclib.holography",
-    "reconstruct_files": "rbclib.holography",
-    "simulate_field": "rbclib.simulate", "simulate_dataset": "rbclib.simulate",
-    "simulate_storage_series": "rbclib.simulate",
+    "reconstruct": "rbclib.physics.holography", "Reconstructor": "rbclib.physics.holography",
+    "reconstruct_files": "rbclib.physics.holography",
+    "simulate_field": "rbclib.physics.simulate", "simulate_dataset": "rbclib.physics.simulate",
+    "simulate_storage_series": "rbclib.physics.simulate",
     # per-cell physics
-    "measure_cells": "rbclib.measure",
+    "measure_cells": "rbclib.physics.measure",
     # segmentation
-    "build_resunet": "rbclib.models", "build_model": "rbclib.models", "train_segmenter": "rbclib.train",
-    "load_model": "rbclib.infer", "predict_image": "rbclib.infer", "predict_images": "rbclib.infer",
-    "dice_per_class": "rbclib.metrics", "aji_per_class": "rbclib.metrics",
-    # the storage study on a user's images (the function is rbclib.assess.assess: a package
-    # attribute cannot be both the module rbclib.assess and its function)
-    "Segmenter": "rbclib.segmenter",
+    "build_resunet": "rbclib.seg.models", "build_model": "rbclib.seg.models", "train_segmenter": "rbclib.seg.train",
+    "load_model": "rbclib.seg.infer", "predict_image": "rbclib.seg.infer", "predict_images": "rbclib.seg.infer",
+    "dice_per_class": "rbclib.seg.metrics", "aji_per_class": "rbclib.seg.metrics",
+    # the storage study on a user's images
+    "Segmenter": "rbclib.study.segmenter", "assess": "rbclib.study.assess",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rbclib.core.config import PROFILE_NAMES
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from rbclib.pipeline import NotebookFailed, run_notebooks
@@ -26,7 +28,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_assess(args: argparse.Namespace) -> int:
-    from rbclib.assess import OpticsOptions, assess, find_latest_model, load_schemes
+    from rbclib.study.assess import OpticsOptions, assess, find_latest_model, load_schemes
 
     model, note = (args.model, None) if args.model else find_latest_model()
     if note:
@@ -48,7 +50,7 @@ def _cmd_assess(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from rbclib.simulate import HologramSettings, simulate_dataset, simulate_storage_series
+    from rbclib.physics.simulate import HologramSettings, simulate_dataset, simulate_storage_series
 
     realism = {k: getattr(args, k) for k in _SIMULATE_RANGES if getattr(args, k) is not None}
     hologram = {k: realism.pop(k) for k in ("noise_nm", "noise_corr_um", "coherence", "beam_ratio") if k in realism}
@@ -73,7 +75,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 _SIMULATE_RANGES = {
-    # option: help; each takes X (pinned) or LOW,HIGH (drawn per field), limits: rbclib.simulate.SETTING_LIMITS
+    # option: help; each takes X (pinned) or LOW,HIGH (drawn per field), limits: rbclib.physics.simulate.SETTING_LIMITS
     "density_per_1000um2": "cell density (default 2,10)",
     "flat_discocyte_fraction": "share of discocytes drawn flat-topped like the real fresh cells (default 0)",
     "touching_fraction": "share of cells touching another (default 0.1,0.6)",
@@ -100,7 +102,7 @@ def _number_pair(text: str, cast: type, expected: str) -> tuple[Any, Any]:
 def _range_arg(option: str):
     """argparse type: X or LOW,HIGH within the setting's limits, the message naming ``--option``."""
     def parse(text: str) -> float | tuple[float, float]:
-        from rbclib.simulate import check_setting
+        from rbclib.physics.simulate import check_setting
 
         try:
             values = [float(v) for v in text.split(",")]
@@ -121,7 +123,7 @@ def _carrier_arg(text: str) -> tuple[float, float]:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from rbclib.holography import reconstruct_files
+    from rbclib.physics.holography import reconstruct_files
 
     overrides = {"wavelength_m": args.wavelength, "pixel_size_m": args.pixel_size, "n_medium": args.medium_index,
                  "numerical_aperture": args.numerical_aperture}
@@ -147,7 +149,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     import shutil
 
-    from rbclib.io import read_json
+    from rbclib.core.files import read_json
     from rbclib.report import write_run_report
     from rbclib.summary import update_readme, write_summary
 
@@ -210,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the numbered notebooks headless with papermill")
-    p.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
+    p.add_argument("--profile", default="quick", choices=list(PROFILE_NAMES))
     p.add_argument("--only", action="append", help="notebook numbers, e.g. 01,03")
     p.add_argument("--from", dest="start_from", help="start at this notebook number, e.g. 03")
     p.add_argument("--run-dir", type=Path, help="run folder (default runs/<profile>)")
@@ -240,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="write a simulated dataset of RBC holograms with ground truth",
                        description="Physics-based digital twin of off-axis DHM holograms of red blood cells "
-                                   "(rbclib.simulate): writes holograms/, backgrounds/, phase/, labels/, "
+                                   "(rbclib.physics.simulate): writes holograms/, backgrounds/, phase/, labels/, "
                                    "instances/, cells.csv, optics.json, splits.json to OUT.")
     p.add_argument("--n-fields", type=int, required=True, metavar="N",
                    help="number of fields (with --storage-series: fields per storage day)")
@@ -268,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reconstruct", help="off-axis holograms -> phase images (float32 TIFF, rad)",
                        description="Reconstruct quantitative phase images from off-axis holograms "
-                                   "(rbclib.holography): writes DIR/<stem>.tif and DIR/optics.json. "
+                                   "(rbclib.physics.holography): writes DIR/<stem>.tif and DIR/optics.json. "
                                    "Optics come from the files' metadata, then these options.")
     p.add_argument("holograms", nargs="+", type=Path, metavar="HOLOGRAM",
                    help="hologram files or folders of them (TIFF, PNG, JPEG, BMP, NPZ, HDF5)")
@@ -294,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and its headline numbers into summary.json. `rbc run` does this after the last "
                                    "notebook; this re-makes it for any run.")
     p.add_argument("--run-dir", type=Path, help="run folder (default runs/<profile>)")
-    p.add_argument("--profile", choices=["smoke", "quick", "paper"],
+    p.add_argument("--profile", choices=list(PROFILE_NAMES),
                    help="profile to describe (default: the one recorded in timings.json)")
     p.add_argument("--results", type=Path, metavar="JSON",
                    help="also copy summary.json here (the committed docs/results/<profile>.json)")

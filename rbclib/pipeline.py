@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from rbclib.io import read_json, write_json
-from rbclib.paths import RunPaths
+from rbclib.core.files import read_json, write_json
+from rbclib.core.paths import RunPaths, source_checkout
 
 KERNEL_NAME = "rbc-holo"
 NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
@@ -44,8 +44,12 @@ class Stage:
 
 
 def default_notebooks_dir() -> Path:
-    """The repository's ``notebooks/`` folder (next to the installed ``rbclib``)."""
-    return Path(__file__).resolve().parent.parent / "notebooks"
+    """The repository's ``notebooks/`` folder; ValueError for an installed wheel (no checkout)."""
+    checkout = source_checkout()
+    if checkout is None:
+        raise ValueError("rbclib is installed without its repository: pass --notebooks DIR "
+                         "(the folder of NN_*.ipynb notebooks)")
+    return checkout / "notebooks"
 
 
 def discover(notebooks_dir: str | Path) -> list[Stage]:
@@ -101,7 +105,7 @@ def run_notebooks(
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    from rbclib.config import get_profile
+    from rbclib.core.config import get_profile
 
     get_profile(profile)  # fail early on an unknown profile or a profile file off its schema
     if not kernel_available(kernel_name):

@@ -22,9 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from rbclib.io import ImageFileError, read_json, write_text
-from rbclib.markdown import markdown_table
-from rbclib.paths import RunPaths
+from rbclib.core.files import ImageFileError, read_json, write_text
+from rbclib.core.markdown import markdown_table
+from rbclib.core.paths import RunPaths
 
 # Distributions whose versions the report lists (import name differs for some).
 SOFTWARE = ("rbc-holo", "torch", "torchvision", "segmentation-models-pytorch", "numpy", "scipy",
@@ -209,7 +209,7 @@ def _optics_section(doc: _Doc, paths: RunPaths) -> None:
 
 
 def _profile_section(doc: _Doc, profile: str | None) -> None:
-    from rbclib.config import get_profile
+    from rbclib.core.config import get_profile
 
     doc.heading("Profile", 2)
     if profile is None:

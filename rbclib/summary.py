@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from rbclib.io import read_json, write_json, write_text
-from rbclib.paths import RunPaths
+from rbclib.core.files import read_json, write_json, write_text
+from rbclib.core.paths import RunPaths
 
 STAGE_LABELS = {"01": "reconstruct", "02": "annotate", "03": "diffusion GANs", "04": "curation", "05": "SSL",
                 "06": "fine-tune (9 models)", "07": "evaluate", "08": "storage study"}
@@ -85,7 +85,7 @@ def _scores(scores: dict[str, float]) -> str:
 
 def render_summary(summary: dict[str, Any]) -> str:
     """The README's table of a run summary (Markdown, ends with a newline)."""
-    from rbclib.markdown import markdown_table
+    from rbclib.core.markdown import markdown_table
 
     rows = []
     if "minutes" in summary:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rbclib.io import write_json, write_labels, write_phase
-from rbclib.paths import RunPaths
+from rbclib.core.io import write_labels, write_phase
+from rbclib.core.files import write_json
+from rbclib.core.paths import RunPaths
 
 
 def toy_field(rng: np.random.Generator, size: int, n_cells: int) -> tuple[np.ndarray, np.ndarray]:

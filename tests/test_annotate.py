@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rbclib.annotate import (AnnotationSession, DecisionsError, DecisionStore, apply_decisions, make_splits,
+from rbclib.annotate.session import (AnnotationSession, DecisionsError, DecisionStore, apply_decisions, make_splits,
                              merge_cells, propose_cells, proposal_quality, split_cell, write_annotations)
-from rbclib.annotate_widget import AnnotationWidget
-from rbclib.config import Optics
-from rbclib.io import read_instances, read_labels, write_phase
-from rbclib.paths import RunPaths
+from rbclib.annotate.widget import AnnotationWidget
+from rbclib.core.config import Optics
+from rbclib.core.io import read_instances, read_labels, write_phase
+from rbclib.core.paths import RunPaths
 
 R = 16  # cell radius [px] (2.3 um at 0.1441 um/px)
 
@@ -222,9 +222,9 @@ def test_make_splits_stratified_seeded():
         make_splits(["a"], {"a": {1}}, test_fraction=0.2, seed=0)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("rbclib.simulate") is None, reason="rbclib.simulate not available")
+@pytest.mark.skipif(importlib.util.find_spec("rbclib.physics.simulate") is None, reason="rbclib.physics.simulate not available")
 def test_proposal_aji_on_simulated_field():
-    from rbclib.simulate import simulate_field
+    from rbclib.physics.simulate import simulate_field
 
     f = simulate_field(1, field_px=384, n_cells=16, holograms=False)
     p = propose_cells(f.phase, pixel_size_m=f.optics.pixel_size_m)

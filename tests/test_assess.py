@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rbclib import assess as A
-from rbclib import segmenter as S
-from rbclib.config import Optics
-from rbclib.io import read_instances, write_camera_image, write_labels, write_phase
-from rbclib.labels import instances_from_labels
+from rbclib.study import assess as A
+from rbclib.study import segmenter as S
+from rbclib.core.config import Optics
+from rbclib.core.io import read_instances, write_camera_image, write_labels, write_phase
+from rbclib.core.labels import instances_from_labels
 
 PAPER_PX = 0.1441e-6
 
@@ -53,7 +53,7 @@ def _close_figures():
 
 @pytest.fixture
 def oracle(monkeypatch, tmp_path):
-    import rbclib.infer
+    import rbclib.seg.infer
 
     calls = []
 
@@ -61,8 +61,8 @@ def oracle(monkeypatch, tmp_path):
         calls.append(Path(model_dir))
         return object(), {"pixel_size_m": PAPER_PX, "patch": 64}
 
-    monkeypatch.setattr(rbclib.infer, "load_model", load_model)
-    monkeypatch.setattr(rbclib.infer, "predict_images", _oracle_predict)
+    monkeypatch.setattr(rbclib.seg.infer, "load_model", load_model)
+    monkeypatch.setattr(rbclib.seg.infer, "predict_images", _oracle_predict)
     model = tmp_path / "model"
     model.mkdir()
     (model / "best.pt").write_bytes(b"x")
@@ -418,18 +418,18 @@ def test_a_file_name_with_a_newline_cannot_add_markdown(tmp_path, oracle):
 
 
 def test_cli_assess(tmp_path, oracle, capsys, monkeypatch):
-    import rbclib.infer
+    import rbclib.seg.infer
     from rbclib.cli import main
 
     model, _ = oracle
     calls_devices = []
-    oracle_load = rbclib.infer.load_model
+    oracle_load = rbclib.seg.infer.load_model
 
     def load_model(model_dir, **kw):
         calls_devices.append(kw.get("device"))
         return oracle_load(model_dir, **kw)
 
-    monkeypatch.setattr(rbclib.infer, "load_model", load_model)
+    monkeypatch.setattr(rbclib.seg.infer, "load_model", load_model)
     _write_series(tmp_path / "series", days=(8,), n_img=1)
     (tmp_path / "schemes.toml").write_text(
         '[sph]\ndescription = "spherocytes only"\nweights = {discocyte = 0, spherocyte = 1, echinocyte = 0, stomatocyte = 0}\n')
@@ -450,7 +450,7 @@ def test_assess_with_a_real_tiny_model(tmp_path):
     """The real load_model / predict_image path (random weights: plumbing only)."""
     import torch
 
-    from rbclib.models import build_model
+    from rbclib.seg.models import build_model
 
     torch.manual_seed(0)
     model_dir = tmp_path / "seg_backbone"
@@ -490,7 +490,7 @@ def test_assess_real_hologram(tmp_path, oracle, shared_data):
 def test_a_bad_image_in_a_segmentation_batch_fails_alone(tmp_path, oracle, monkeypatch):
     """Images are segmented batch_images at a time; an image the model refuses is skipped
     with its own name and problem while the others of its batch are analysed."""
-    import rbclib.infer
+    import rbclib.seg.infer
 
     def picky(model, phases, **kw):
         if any(float(p.max()) > 1.9 for p in phases):
@@ -498,7 +498,7 @@ def test_a_bad_image_in_a_segmentation_batch_fails_alone(tmp_path, oracle, monke
         return _oracle_predict(model, phases, **kw)
 
     model, _ = oracle
-    monkeypatch.setattr(rbclib.infer, "predict_images", picky)
+    monkeypatch.setattr(rbclib.seg.infer, "predict_images", picky)
     disco, _ = _disk_field([(c, 1) for c, _ in FIELD], 3.0, PAPER_PX)
     sphero, _ = _disk_field(FIELD, 3.0, PAPER_PX)
     for name, phase in (("a", disco), ("b", sphero), ("c", disco), ("d", disco), ("e", disco)):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rbclib.cli import main
-from rbclib.io import write_camera_image
+from rbclib.core.io import write_camera_image
 
 
 def _hologram(tmp_path):
@@ -53,13 +53,13 @@ def test_assess_refuses_to_write_into_its_input_folder(tmp_path, capsys):
 def test_plain_state_dict_checkpoint_is_named(tmp_path):
     import torch
 
-    from rbclib.infer import load_model
+    from rbclib.seg.infer import load_model
 
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text('{"model_name": "resunet", "encoder": "resnet18", "in_channels": 3, "classes": 5}')
     torch.save({"encoder.weight": torch.zeros(2)}, model / "best.pt")
-    with pytest.raises(ValueError, match=r"best\.pt: not an rbclib\.train checkpoint"):
+    with pytest.raises(ValueError, match=r"best\.pt: not an rbclib\.seg\.train checkpoint"):
         load_model(model)
 
 
@@ -80,8 +80,8 @@ def test_nan_weights_and_impossible_pixel_size_are_refused(tmp_path):
 
     import torch
 
-    from rbclib.segmenter import model_pixel_size
-    from rbclib.infer import load_model, model_from_config
+    from rbclib.study.segmenter import model_pixel_size
+    from rbclib.seg.infer import load_model, model_from_config
 
     config = {"model_name": "resunet", "encoder": "resnet18", "decoder_channels": [16, 16, 8, 8, 8], "in_channels": 3,
               "classes": 5}

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from rbclib.config import PROFILE_NAMES, Optics, get_profile, load_profiles
+from rbclib.core.config import PROFILE_NAMES, Optics, get_profile, load_profiles
 
 
 def test_paper_defaults_and_units():

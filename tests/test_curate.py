@@ -1,4 +1,4 @@
-"""Tests of rbclib.curate: candidates, balanced auto-selection, decisions, widget clicks, rotations."""
+"""Tests of rbclib.synth.curate: candidates, balanced auto-selection, decisions, widget clicks, rotations."""
 from __future__ import annotations
 
 import json
@@ -12,9 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ddgan_toy import toy_field  # noqa: E402
 
-from rbclib import curate as cu  # noqa: E402
-from rbclib.io import read_labels, read_phase  # noqa: E402
-from rbclib.labels import overlay_rgb  # noqa: E402
+from rbclib.synth import curate as cu  # noqa: E402
+from rbclib.core.io import read_labels, read_phase  # noqa: E402
+from rbclib.core.labels import overlay_rgb  # noqa: E402
 
 
 @pytest.fixture()

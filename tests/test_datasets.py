@@ -1,13 +1,14 @@
-"""rbclib.datasets: phase input, run-folder pairs, the training patch dataset."""
+"""rbclib.seg.datasets: phase input, run-folder pairs, the training patch dataset."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from rbclib.datasets import (BalancedCropDataset, CropPicker, Pair, PatchDataset, load_pairs, load_pairs_folder,
+from rbclib.seg.datasets import (BalancedCropDataset, CropPicker, Pair, PatchDataset, load_pairs, load_pairs_folder,
                              normalise_phase, phase_to_input, read_splits)
-from rbclib.io import ImageFileError, write_json, write_labels, write_phase
+from rbclib.core.io import write_labels, write_phase
+from rbclib.core.files import ImageFileError, write_json
 
 
 def _write_run(root, n=3, size=(96, 128)):

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rbclib.cli import main
-from rbclib.io import ImageFileError, list_images, read_image, read_phase, write_phase
+from rbclib.core.io import list_images, read_image, read_phase, write_phase
+from rbclib.core.files import ImageFileError
 
 PAPER_PX = 0.1441e-6
 
@@ -27,7 +28,7 @@ PAPER_PX = 0.1441e-6
 def _tiny_model(folder: Path) -> Path:
     import torch
 
-    from rbclib.models import build_model
+    from rbclib.seg.models import build_model
 
     torch.manual_seed(0)
     folder.mkdir(parents=True)
@@ -49,7 +50,7 @@ def _phase_images(folder: Path, n: int) -> None:
 
 _WRITER = """
 import sys, numpy as np
-from rbclib.io import write_phase
+from rbclib.core.io import write_phase
 k = 0
 while True:
     k += 1
@@ -126,7 +127,7 @@ def test_truncated_and_foreign_files_are_named(tmp_path, suffix):
 
 
 def test_full_disk_skips_the_image_and_finishes_the_report(tmp_path, monkeypatch):
-    from rbclib import assess as A
+    from rbclib.study import assess as A
 
     model = _tiny_model(tmp_path / "model")
     _phase_images(tmp_path / "in", 3)
@@ -167,7 +168,7 @@ def test_cli_options_give_an_exit_status_never_a_traceback(tmp_path, capsys, opt
     holo = tmp_path / "h.png"
     if not holo.exists():
         yy, xx = np.mgrid[:64, :64]
-        from rbclib.io import write_camera_image
+        from rbclib.core.io import write_camera_image
 
         write_camera_image(holo, (127 + 100 * np.cos(2 * np.pi * (0.3 * xx + 0.1 * yy))).astype(np.uint8))
     try:

@@ -1,4 +1,4 @@
-"""Tests of rbclib.holography: synthetic holograms of known phase, bad input, real holograms."""
+"""Tests of rbclib.physics.holography: synthetic holograms of known phase, bad input, real holograms."""
 from __future__ import annotations
 
 import io
@@ -12,10 +12,11 @@ from PIL import Image
 from scipy import ndimage
 
 from rbclib.cli import main
-from rbclib.config import Optics
-from rbclib.holography import (Reconstructor, angular_spectrum, autofocus, find_sideband, reconstruct,
+from rbclib.core.config import Optics
+from rbclib.physics.holography import (Reconstructor, angular_spectrum, autofocus, find_sideband, reconstruct,
                                reconstruct_files)
-from rbclib.io import ImageFileError, read_json, read_phase, write_camera_image
+from rbclib.core.io import read_phase, write_camera_image
+from rbclib.core.files import ImageFileError, read_json
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "holograms"
 CARRIER = (0.21, 0.26)
@@ -36,7 +37,7 @@ def phase_object(n: int = 256, *, seed: int = 0, peak: float = 2.0, n_cells: int
 
 def hologram(phase: np.ndarray, *, carrier=CARRIER, aberration: np.ndarray | float = 0.0, seed: int = 1,
              noise: float = 1.5, conjugate: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """8-bit hologram and background, reference R = exp(-i 2 pi (fy y + fx x)) (rbclib.simulate's
+    """8-bit hologram and background, reference R = exp(-i 2 pi (fy y + fx x)) (rbclib.physics.simulate's
     convention: the +1 order at +carrier holds exp(+i phase)); ``conjugate`` flips the reference."""
     rng = np.random.default_rng(seed)
     n0, n1 = phase.shape
@@ -114,7 +115,7 @@ def test_filter_radius_follows_the_numerical_aperture():
     """Default radius = cut-off NA / wavelength (capped at half the carrier distance): it keeps
     the band a 0.7 NA objective passes, so a band-limited object comes back sharper than
     with qpretrieve's fixed 1/3 of the carrier distance (0.111 cycles/px here)."""
-    from rbclib.simulate import HologramSettings, simulate_field
+    from rbclib.physics.simulate import HologramSettings, simulate_field
 
     optics = Optics()
     f = simulate_field(3, field_px=256, n_cells=6, defocus_um=0.0, overlap_fraction=0.0, debris_per_1000um2=0.0,
@@ -292,7 +293,7 @@ def _cell_peaks(phase: np.ndarray, *, min_area: int = 50) -> np.ndarray:
 def _holograms() -> list[str]:
     if not DATA.is_dir():
         return []
-    from rbclib.io import list_images
+    from rbclib.core.io import list_images
 
     return [p.name for p in list_images(DATA)]
 
@@ -313,7 +314,7 @@ def test_every_real_hologram_reconstructs(name, tmp_path):
 @pytest.mark.parametrize("name,max_std,n_min", [("rbc_pydhm.jpg", 0.3, 5),
                                                 ("rbc_nontelecentric_50x.tiff", 0.5, 30)])
 def test_real_rbc_holograms_give_plausible_cells(name, max_std, n_min):
-    from rbclib.io import read_image
+    from rbclib.core.io import read_image
 
     img = read_image(_real(name))
     rec = reconstruct(img.data, source=name)
@@ -327,7 +328,7 @@ def test_real_rbc_holograms_give_plausible_cells(name, max_std, n_min):
 
 @pytest.mark.realdata
 def test_real_nontelecentric_needs_curvature_compensation():
-    from rbclib.io import read_image
+    from rbclib.core.io import read_image
 
     img = read_image(_real("rbc_nontelecentric_50x.tiff"))
     crop = img.data[:512, :512]  # keeps the test fast
@@ -339,7 +340,7 @@ def test_real_nontelecentric_needs_curvature_compensation():
 
 @pytest.mark.realdata
 def test_real_hl60_uses_its_background_hologram():
-    from rbclib.io import read_image
+    from rbclib.core.io import read_image
 
     img = read_image(_real("hl60_with_background.npz"))
     assert img.background is not None
@@ -358,7 +359,7 @@ def test_real_hdf5_takes_optics_from_attributes(tmp_path):
     assert optics["pixel_size_m"] == pytest.approx(8.475e-8, rel=1e-3)
     assert optics["n_medium"] == pytest.approx(1.333)
     assert read_phase(out[0]).meta["wavelength_m"] == pytest.approx(5.32e-7)
-    from rbclib.io import read_image
+    from rbclib.core.io import read_image
 
     img = read_image(_real("oah_with_metadata.h5"))
     rec = reconstruct(img.data, optics=img.optics())
@@ -378,8 +379,8 @@ def test_real_hl60_field_autofocus_agrees_with_nrefocus():
 
 
 def test_reconstruction_errors_against_the_truth(tmp_path):
-    from rbclib.holography import reconstruction_errors
-    from rbclib.io import write_labels, write_phase
+    from rbclib.physics.holography import reconstruction_errors
+    from rbclib.core.io import write_labels, write_phase
 
     truth = np.zeros((20, 30), np.float32)
     labels = np.zeros((20, 30), np.uint8)
@@ -397,7 +398,7 @@ def test_reconstruction_errors_against_the_truth(tmp_path):
 
 
 def test_a_background_without_fringes_is_refused():
-    from rbclib.simulate import simulate_field
+    from rbclib.physics.simulate import simulate_field
 
     f = simulate_field(5, field_px=128, cells_per_field=(2, 3))
     noise = np.random.default_rng(0).integers(0, 255, f.hologram.shape).astype(np.uint8)
@@ -408,7 +409,7 @@ def test_a_background_without_fringes_is_refused():
 
 
 def test_another_fields_hologram_as_background_is_refused():
-    from rbclib.simulate import HologramSettings, simulate_field
+    from rbclib.physics.simulate import HologramSettings, simulate_field
 
     settings = HologramSettings(carrier=(0.1, 0.3))                      # one set-up, two fields
     a, b = (simulate_field(s, field_px=256, settings=settings) for s in (0, 100))

@@ -1,4 +1,4 @@
-"""rbclib.infer and rbclib.evaluate: tiled inference of any size, the paper protocol,
+"""rbclib.seg.infer and rbclib.seg.evaluate: tiled inference of any size, the paper protocol,
 model folders, clear errors, scoring and tables."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from rbclib.datasets import Pair, normalise_phase
-from rbclib.evaluate import ModelEvaluation, find_model_folders, score_image, score_table, to_markdown
-from rbclib.infer import check_mask_classes, load_model, predict_batches, predict_image, predict_paper_protocol
-from rbclib.models import build_model
+from rbclib.seg.datasets import normalise_phase
+from rbclib.seg.evaluate import ModelEvaluation, find_model_folders, score_image, score_table, to_markdown
+from rbclib.seg.infer import check_mask_classes, load_model, predict_batches, predict_image, predict_paper_protocol
+from rbclib.seg.models import build_model
 
 CENTRES = torch.tensor([-0.75, -0.25, 0.25, 0.5, 0.75])  # normalised phase of each class
 
@@ -126,8 +126,8 @@ def test_scores_tables_and_model_folders(tmp_path):
 
 
 def test_per_cell_table_of_a_prediction():
-    from rbclib.config import Optics
-    from rbclib.infer import measure_prediction
+    from rbclib.core.config import Optics
+    from rbclib.seg.infer import measure_prediction
 
     yy, xx = np.mgrid[:96, :96]
     phase = np.zeros((96, 96), np.float32)
@@ -142,7 +142,8 @@ def test_per_cell_table_of_a_prediction():
 def test_images_batched_together_give_each_image_its_own_answer():
     """predict_images shares forward passes between images of different sizes; each image
     gets what predict_image gives it alone (a model with context: 3 x 3 convolutions)."""
-    from rbclib.infer import bf16_is_fast, predict_images
+    from rbclib.core.training import bf16_is_fast
+    from rbclib.seg.infer import predict_images
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 3, padding=1))

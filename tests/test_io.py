@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rbclib.config import Optics
-from rbclib.io import (ImageFileError, atomic_path, read_image, read_instances, read_labels, read_phase,
-                       write_camera_image, write_instances, write_json, write_labels, write_phase)
+from rbclib.core.config import Optics
+from rbclib.core.io import read_image, read_instances, read_labels, read_phase, write_camera_image, write_instances, write_labels, write_phase
+from rbclib.core.files import ImageFileError, atomic_path, write_json
 
 
 def test_phase_tiff_round_trip_with_optics(tmp_path):
@@ -111,7 +111,7 @@ def test_huge_declared_images_are_refused_before_reading(tmp_path, monkeypatch):
     import h5py
     import tifffile
 
-    from rbclib import io
+    from rbclib.core import files, io
 
     monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", 1000)                 # the rule, at a testable size
     tifffile.imwrite(tmp_path / "big.tif", np.ones((40, 40), np.uint8))
@@ -119,7 +119,7 @@ def test_huge_declared_images_are_refused_before_reading(tmp_path, monkeypatch):
     with h5py.File(tmp_path / "big.h5", "w") as h5:
         h5.create_dataset("0", data=np.ones((40, 40), np.uint8))
     for name in ("big.tif", "big.npz", "big.h5"):
-        with pytest.raises(io.ImageFileError, match=rf"{name}: declares 40x40 values, more than the 1,000 pixels"):
+        with pytest.raises(files.ImageFileError, match=rf"{name}: declares 40x40 values, more than the 1,000 pixels"):
             read_image(tmp_path / name)
     tifffile.imwrite(tmp_path / "ok.tif", np.arange(900, dtype=np.uint16).reshape(30, 30))
     assert read_image(tmp_path / "ok.tif").data.shape == (30, 30)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rbclib.labels import (CLASS_COLOURS, CLASS_NAMES, check_labels, colourize, instance_classes,
+from rbclib.core.labels import (CLASS_COLOURS, CLASS_NAMES, check_labels, colourize, instance_classes,
                            instances_from_labels, to_onehot)
 
 

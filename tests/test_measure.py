@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from rbclib.config import Optics
-from rbclib.measure import MEASUREMENT_COLUMNS, measure_cells
+from rbclib.core.config import Optics
+from rbclib.physics.measure import MEASUREMENT_COLUMNS, measure_cells
 
 OPT = Optics()
 PX = OPT.pixel_size_m * 1e6
@@ -76,10 +76,10 @@ def test_edge_flag_labels_and_bad_input():
     assert len(empty) == 0 and "dry_mass_pg" in empty.columns
 
 
-@pytest.mark.skipif(importlib.util.find_spec("rbclib.simulate") is None, reason="rbclib.simulate not available")
+@pytest.mark.skipif(importlib.util.find_spec("rbclib.physics.simulate") is None, reason="rbclib.physics.simulate not available")
 def test_against_simulator_isolated_cells():
     """Dry mass needs no assumption; volume is exact when dn is the cell's true one."""
-    from rbclib.simulate import simulate_field
+    from rbclib.physics.simulate import simulate_field
 
     field = simulate_field(3, field_px=384, n_cells=12, touching_fraction=0.0, holograms=False)
     truth = field.cells.set_index("cell_id")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from rbclib.labels import CELL_CLASSES, CLASS_NAMES, instances_from_labels
-from rbclib.metrics import (aji, aji_per_class, cell_confusion, confusion_accuracy, dice_per_class,
+from rbclib.core.labels import CELL_CLASSES, CLASS_NAMES, instances_from_labels
+from rbclib.seg.metrics import (aji, aji_per_class, cell_confusion, confusion_accuracy, dice_per_class,
                             match_instances, mean_scores)
 
 

@@ -1,12 +1,12 @@
-"""rbclib.models and rbclib.compute: the paper's ResUnet, the baselines, compute figures."""
+"""rbclib.seg.models and rbclib.seg.compute: the paper's ResUnet, the baselines, compute figures."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from rbclib.compute import count_macs, count_parameters, time_images
-from rbclib.models import BASELINES, build_model, build_resunet
+from rbclib.seg.compute import count_macs, count_parameters, time_images
+from rbclib.seg.models import BASELINES, build_model, build_resunet
 
 
 def test_resunet_resnet50_has_the_papers_parameter_count():

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rbclib.io import read_image, read_labels, read_phase
+from rbclib.core.io import read_labels, read_phase
 from rbclib.pipeline import default_notebooks_dir, discover, run_notebooks
 
 STAGES = discover(default_notebooks_dir())
@@ -61,7 +61,7 @@ def check_03(run: Path) -> None:
 
 
 def check_04(run: Path) -> None:
-    from rbclib.config import get_profile
+    from rbclib.core.config import get_profile
 
     sel = json.loads((run / "synthetic" / "selection.json").read_text())
     n_select = get_profile("smoke")["diffusion"]["n_select"]

@@ -1,4 +1,4 @@
-"""rbclib.prefetch: ordered work ahead in one thread, bounded, errors delivered in place."""
+"""rbclib.core.prefetch: ordered work ahead in one thread, bounded, errors delivered in place."""
 from __future__ import annotations
 
 import threading
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from rbclib.prefetch import prefetched
+from rbclib.core.prefetch import prefetched
 
 
 def test_results_come_in_order_and_work_runs_ahead_but_bounded():

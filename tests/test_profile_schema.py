@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rbclib import config
-from rbclib.profile_schema import STAGE_SCHEMAS, ProfileError, check_table
+from rbclib.core import config
+from rbclib.core.profile_schema import STAGE_SCHEMAS, ProfileError, check_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,14 +83,14 @@ def _notebook_sources() -> str:
 def test_every_profile_key_is_read_somewhere():
     """A key nobody reads would be silently without effect: each one must be read by a
     notebook (P["key"]) or by the library (a keyword or a quoted key of that name)."""
-    from rbclib.train import DEFAULT_CONFIG
+    from rbclib.seg.train import DEFAULT_CONFIG
 
     notebooks = _notebook_sources()
-    library = "\n".join(p.read_text() for p in (ROOT / "rbclib").glob("*.py") if p.name != "profile_schema.py")
+    library = "\n".join(p.read_text() for p in (ROOT / "rbclib").rglob("*.py") if p.name != "profile_schema.py")
     for stage, schema in STAGE_SCHEMAS.items():
         for f in dataclasses.fields(schema):
             if stage == "segment" and f.name in DEFAULT_CONFIG:
-                continue                                  # rbclib.train.config_from_profile passes these on
+                continue                                  # rbclib.seg.train.config_from_profile passes these on
             read = (f'P["{f.name}"]' in notebooks
                     or re.search(rf"\b{f.name}\s*[:=]|[\"']{f.name}[\"']", library))
             assert read, f"profiles/{stage}.toml key {f.name!r} is read nowhere"

@@ -9,7 +9,7 @@ import pytest
 
 import rbclib
 
-STABLE = ["ImageFileError", "Optics", "Reconstructor", "Segmenter", "aji_per_class", "build_model",
+STABLE = ["ImageFileError", "Optics", "Reconstructor", "Segmenter", "aji_per_class", "assess", "build_model",
           "build_resunet", "dice_per_class", "get_profile", "load_model", "measure_cells", "predict_image", "predict_images",
           "read_image", "read_phase", "reconstruct", "reconstruct_files", "simulate_dataset", "simulate_field",
           "simulate_storage_series", "train_segmenter", "write_phase"]
@@ -17,10 +17,13 @@ STABLE = ["ImageFileError", "Optics", "Reconstructor", "Segmenter", "aji_per_cla
 
 def test_every_public_name_resolves_to_its_module_object():
     assert rbclib.__all__ == STABLE                     # removing or renaming a name is a breaking change
-    from rbclib.holography import reconstruct
-    from rbclib.metrics import dice_per_class
+    from rbclib.physics.holography import reconstruct
+    from rbclib.seg.metrics import dice_per_class
+
+    from rbclib.study.assess import assess
 
     assert rbclib.reconstruct is reconstruct and rbclib.dice_per_class is dice_per_class
+    assert rbclib.assess is assess                      # the function, not a module
     for name in STABLE:
         assert callable(getattr(rbclib, name)), name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):

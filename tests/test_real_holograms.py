@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rbclib import realism
-from rbclib.transfer import real_hologram_check
+from rbclib.physics import realism
+from rbclib.study.transfer import real_hologram_check
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -22,10 +22,10 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 def small_model(tmp_path_factory) -> Path:
     import torch
 
-    from rbclib.datasets import Pair
-    from rbclib.holography import reconstruct
-    from rbclib.simulate import simulate_field
-    from rbclib.train import make_config, train_segmenter
+    from rbclib.seg.datasets import Pair
+    from rbclib.physics.holography import reconstruct
+    from rbclib.physics.simulate import simulate_field
+    from rbclib.seg.train import make_config, train_segmenter
 
     torch.manual_seed(0)
     pairs = []

@@ -1,4 +1,4 @@
-"""Realism statistics (rbclib.realism): each statistic on synthetic images with a known
+"""Realism statistics (rbclib.physics.realism): each statistic on synthetic images with a known
 answer, the twin's targets on a small simulated sample, and the real holograms of
 ../shared/data (skipped when absent)."""
 from __future__ import annotations
@@ -15,8 +15,8 @@ from scipy.special import erfc
 
 matplotlib.use("Agg")
 
-from rbclib import realism as R  # noqa: E402
-from rbclib.config import Optics  # noqa: E402
+from rbclib.physics import realism as R  # noqa: E402
+from rbclib.core.config import Optics  # noqa: E402
 
 OPT = Optics()
 PX = OPT.pixel_size_m * 1e6

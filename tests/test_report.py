@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from rbclib.cli import main  # noqa: E402
-from rbclib.config import Optics, get_profile  # noqa: E402
+from rbclib.core.config import Optics, get_profile  # noqa: E402
 from rbclib.pipeline import run_notebooks  # noqa: E402
 from rbclib.report import STAGES, software_versions, write_run_report  # noqa: E402
 
@@ -203,7 +203,7 @@ def test_pipeline_writes_the_report_only_after_a_full_run(tmp_path: Path):
 def test_markdown_table_escapes_pipes_and_newlines():
     import pandas as pd
 
-    from rbclib.markdown import markdown_table
+    from rbclib.core.markdown import markdown_table
 
     md = markdown_table(pd.DataFrame({"file": ["a|b.tif", "evil\n## Heading.tif"], "n": [1.5, 2.0]}),
                         fmt=lambda v: f"{v:.1f}" if isinstance(v, float) else str(v), right_align=True)
@@ -213,6 +213,6 @@ def test_markdown_table_escapes_pipes_and_newlines():
 
 
 def test_one_line_flattens_line_breaks():
-    from rbclib.markdown import one_line
+    from rbclib.core.markdown import one_line
 
     assert one_line("a\n# evil\r\nb.tif") == "a # evil b.tif" and one_line(3) == "3"

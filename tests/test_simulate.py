@@ -1,4 +1,4 @@
-"""Tests of the digital twin (rbclib.simulate): values, not just shapes."""
+"""Tests of the digital twin (rbclib.physics.simulate): values, not just shapes."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
-from rbclib import io
+from rbclib.core import files, io
 from rbclib.cli import main
-from rbclib.config import Optics
-from rbclib.labels import CLASS_IDS, DISCOCYTE, SPHEROCYTE
-from rbclib.simulate import (CARRIER_CYCLES_PER_PX, EVANS_FUNG_C, EVANS_FUNG_R0_UM, STORAGE_DAYS, CellSpec, cell_thickness,
+from rbclib.core.config import Optics
+from rbclib.core.labels import CLASS_IDS, DISCOCYTE, SPHEROCYTE
+from rbclib.physics.simulate import (CARRIER_CYCLES_PER_PX, EVANS_FUNG_C, EVANS_FUNG_R0_UM, STORAGE_DAYS, CellSpec, cell_thickness,
                              HologramSettings, draw_cell, parse_mixture, simulate_dataset, simulate_field, simulate_storage_series,
                              storage_mixture, storage_reference)
 
@@ -256,7 +256,7 @@ def test_hologram_carrier_and_sign(carrier):
 
 def test_noise_and_defocus_follow_their_settings():
     """Coherent noise raises the medium's phase scatter in proportion; defocus blurs edges."""
-    from rbclib.holography import reconstruct
+    from rbclib.physics.holography import reconstruct
 
     def scatter(noise_nm: float, defocus: float = 0.0) -> tuple[float, float]:
         f = simulate_field(9, field_px=256, n_cells=4, defocus_um=defocus, mixture={"spherocyte": 1.0},
@@ -315,7 +315,7 @@ def test_dataset_files(tmp_path):
     cells = pd.read_csv(out / "cells.csv")
     assert set(cells.image) <= set(stems["phase"]) and cells.columns[0] == "image"
     assert len(cells[cells.image == "field_0001"]) == inst.max()
-    splits = io.read_json(out / "splits.json")
+    splits = files.read_json(out / "splits.json")
     assert sorted(splits["train"] + splits["test"]) == stems["phase"] and len(splits["test"]) == 1
     assert Optics.from_json(out / "optics.json") == Optics()
     fields = pd.read_csv(out / "fields.csv")

@@ -1,4 +1,4 @@
-"""Self-supervised pretraining (rbclib.ssl): losses, momentum, queue, training, transfer, corpora, probe."""
+"""Self-supervised pretraining (rbclib.ssl.pretrain): losses, momentum, queue, training, transfer, corpora, probe."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rbclib.models import build_resunet
-from rbclib.ssl import (
+from rbclib.seg.models import build_resunet
+from rbclib.ssl.pretrain import (
     BACKGROUND_VALUE,
     FeatureQueue,
     MedMNISTCorpus,
@@ -333,7 +333,7 @@ def test_prepare_ssl_data_bloodmnist(tmp_path):
 
 
 def test_queue_size_fits_the_corpus():
-    from rbclib.ssl import queue_size_for
+    from rbclib.ssl.pretrain import queue_size_for
 
     assert queue_size_for(10_000, queue_size=1024, batch_size=32) == 1024      # large corpus: as configured
     assert queue_size_for(300, queue_size=1024, batch_size=32) == 268          # below corpus minus one batch

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rbclib import storage
-from rbclib.labels import overlay_rgb
-from rbclib.storage import CELL_CLASS_NAMES, IndexScheme
+from rbclib.study import storage
+from rbclib.core.labels import overlay_rgb
+from rbclib.study.storage import CELL_CLASS_NAMES, IndexScheme
 
 
 def _cells(counts_by_image: dict[tuple[float, str], dict[str, int]], **extra) -> pd.DataFrame:
@@ -174,7 +174,7 @@ def test_overlay_rgb():
 
 
 def test_accuracy_by_attribute_splits_one_class_by_a_truth_column(tmp_path):
-    from rbclib.io import write_instances, write_labels
+    from rbclib.core.io import write_instances, write_labels
 
     series, labels_dir = tmp_path / "series", tmp_path / "out" / "labels"
     inst = np.zeros((40, 40), np.int32)

@@ -1,10 +1,10 @@
-"""rbclib.tiles: the paper's 3 x 3 patches, covering tiles, blending, x4 rotations."""
+"""rbclib.seg.tiles: the paper's 3 x 3 patches, covering tiles, blending, x4 rotations."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rbclib.tiles import blend_window, extract_patches, pad_to_min, paper_positions, rotations4, tile_positions
+from rbclib.seg.tiles import blend_window, extract_patches, pad_to_min, paper_positions, rotations4, tile_positions
 
 
 def test_paper_grid_of_a_900_px_image_is_3x3_and_covers_768_px():

@@ -1,4 +1,4 @@
-"""rbclib.train: loss, config, seeded training with checkpoints, resume, extra pairs, DDP."""
+"""rbclib.seg.train: loss, config, seeded training with checkpoints, resume, extra pairs, DDP."""
 from __future__ import annotations
 
 import json
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-import rbclib.train as train
-from rbclib.datasets import Pair
-from rbclib.io import write_json, write_labels, write_phase
+import rbclib.seg.train as train
+from rbclib.seg.datasets import Pair
+from rbclib.core.io import write_labels, write_phase
+from rbclib.core.files import write_json
 
 TINY = {"encoder": "resnet18", "patch": 32, "overlap": 8, "rotations": 1, "epochs": 2, "batch_size": 4,
         "lr": 1e-3, "val_batch_size": 4}
@@ -80,17 +81,17 @@ def test_training_writes_a_model_folder_and_resumes_identically(tmp_path, monkey
     assert set(_state(full / "best.pt")) == {"model", "epoch", "score", "config"}
 
     # interrupted after the first epoch's checkpoint, then resumed: same weights as uninterrupted
-    real_write_csv = train.write_csv
+    real_write_log = train.write_log
 
     def crash(*args, **kwargs):
-        real_write_csv(*args, **kwargs)
+        real_write_log(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "write_csv", crash)
+    monkeypatch.setattr(train, "write_log", crash)
     with pytest.raises(KeyboardInterrupt):
         train.train_segmenter(pairs, val, model_name="pspnet", out_dir=tmp_path / "cut", config=config, seed=3,
                               progress=False)
-    monkeypatch.setattr(train, "write_csv", real_write_csv)
+    monkeypatch.setattr(train, "write_log", real_write_log)
     assert _state(tmp_path / "cut" / "last.pt")["epoch"] == 0
     train.train_segmenter(pairs, val, model_name="pspnet", out_dir=tmp_path / "cut", config=config, seed=3, progress=False)
     resumed = _state(tmp_path / "cut" / "last.pt")
@@ -150,7 +151,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
     write_json(run / "splits.json", {"train": [p.name for p in pairs[:3]], "test": [pairs[3].name], "seed": 0, "method": "t"})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cfg = json.dumps({**TINY, "epochs": 1})
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "rbclib.train", str(run),
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "rbclib.seg.train", str(run),
                            str(tmp_path / "m"), "--model", "pspnet", "--profile", "smoke", "--config", cfg],
                           capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -165,8 +166,8 @@ def test_a_small_resunet_overfits_a_few_fields(tmp_path):
     third of the first epoch's and the model then segments those fields (Dice >= 0.8)."""
     import pandas as pd
 
-    from rbclib.infer import load_model, predict_image
-    from rbclib.metrics import dice_per_class
+    from rbclib.seg.infer import load_model, predict_image
+    from rbclib.seg.metrics import dice_per_class
 
     torch.manual_seed(0)
     pairs = _disk_pairs(4, seed=3)

@@ -1,11 +1,11 @@
-"""Tests of rbclib.transfer: the other-optics twin and the Dice-drop table."""
+"""Tests of rbclib.study.transfer: the other-optics twin and the Dice-drop table."""
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from rbclib.config import Optics
-from rbclib.transfer import OTHER_OPTICS, OTHER_SETTINGS, dice_drop_ok, transfer_table, twin_dice
+from rbclib.core.config import Optics
+from rbclib.study.transfer import OTHER_OPTICS, OTHER_SETTINGS, dice_drop_ok, transfer_table, twin_dice
 
 DISCS = {"mixture": {"discocyte": 1.0}, "density_per_1000um2": 4.0, "overlap_fraction": 0.0,
          "platelets_per_cell": 0.0, "debris_per_1000um2": 0.0, "defocus_um": 0.0}

@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rbclib.annotate import AnnotationSession
-from rbclib.config import get_profile
-from rbclib.labels import CLASS_NAMES
-from rbclib.simulate import simulate_dataset
+from rbclib.annotate.session import AnnotationSession
+from rbclib.core.config import get_profile
+from rbclib.core.labels import CLASS_NAMES
+from rbclib.physics.simulate import simulate_dataset
 
 CSS = {1: "discocyte", 2: "spherocyte", 3: "echinocyte", 4: "stomatocyte", 0: "not-a-cell"}
 

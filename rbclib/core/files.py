@@ -1,0 +1,107 @@
+"""Atomic writing of text, JSON and CSV files, output-folder checks, and the error raised
+for an unusable input file (it names the file and the problem).
+
+Every writer writes to a hidden temporary file beside the target and renames it, so an
+interrupted run never leaves a half-written file under the real name. Imports nothing else
+of rbclib, so every module (``config`` included) can write through it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class ImageFileError(ValueError):
+    """A file could not be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (hidden: ``.<name>.*``); on success flush it to
+    disk (fsync) and rename it onto ``path``, then flush the folder entry, so a crash leaves
+    either the old file or the new one, never a partial one under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Check, before any work is done and without creating anything, that ``path`` is or can
+    become a writable folder; ValueError naming it otherwise. Returns ``path``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: output path exists and is not a folder")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{path}: cannot create the output folder: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: output folder is not writable ({existing} does not allow writing)")
+    return path
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ImageFileError(path, "file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ImageFileError(path, f"not valid JSON ({exc})") from exc
+
+
+def write_csv(path: str | Path, frame: "Any", **kwargs: Any) -> None:
+    """Write a pandas DataFrame atomically (index off unless asked)."""
+    kwargs.setdefault("index", False)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, **kwargs)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

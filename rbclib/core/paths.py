@@ -1,0 +1,115 @@
+"""The layout of a run folder, defined once (docs/ARCHITECTURE.md, section 2).
+
+A stage reads the artefacts of earlier stages and writes its own; all live below one
+run folder, ``runs/<profile>/`` by default.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SEG_ARMS = ("backbone", "da", "ssl", "da_ssl")
+RUNS_ENV = "RBC_RUNS"
+"""Environment variable naming an extra folder of run folders (model discovery of ``rbc
+assess`` when rbclib is installed as a wheel, away from the repository's ``runs/``)."""
+
+
+def source_checkout() -> Path | None:
+    """The repository folder when rbclib is imported from a source checkout (``pyproject.toml``
+    and ``notebooks/`` beside ``rbclib/``); None for an installed wheel."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
+
+
+def runs_roots() -> list[Path]:
+    """Folders holding run folders, searched in this order: ``$RBC_RUNS`` (when set),
+    ``./runs`` of the working directory, and the source checkout's ``runs/`` (when there is one)."""
+    roots = [Path(os.environ[RUNS_ENV]).expanduser()] if os.environ.get(RUNS_ENV) else []
+    roots.append(Path("runs"))
+    checkout = source_checkout()
+    if checkout is not None:
+        roots.append(checkout / "runs")
+    return roots
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Paths of every artefact in a run folder ``root``."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root).expanduser().resolve())
+
+    # 01_reconstruct
+    @property
+    def phase(self) -> Path:
+        return self.root / "phase"
+
+    @property
+    def optics_json(self) -> Path:
+        return self.root / "optics.json"
+
+    @property
+    def truth(self) -> Path:
+        """Simulator ground truth carried forward by 01 (labels/, instances/, phase/, cells.csv)."""
+        return self.root / "truth"
+
+    # 02_annotate
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels"
+
+    @property
+    def instances(self) -> Path:
+        return self.root / "instances"
+
+    @property
+    def cells_csv(self) -> Path:
+        return self.root / "cells.csv"
+
+    @property
+    def splits_json(self) -> Path:
+        return self.root / "splits.json"
+
+    @property
+    def annotations(self) -> Path:
+        return self.root / "annotations"
+
+    # 03-06 models
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def model_dir(self, name: str) -> Path:
+        return self.models / name
+
+    def seg_model_dir(self, arm: str) -> Path:
+        return self.models / f"seg_{arm}"
+
+    @property
+    def synthetic(self) -> Path:
+        return self.root / "synthetic"
+
+    # 07 / 08
+    @property
+    def tables(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def storage(self) -> Path:
+        return self.root / "storage"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def timings_json(self) -> Path:
+        return self.root / "timings.json"
+
+    def ensure(self, *dirs: Path) -> None:
+        """Create the given folders (default: the run root)."""
+        for d in dirs or (self.root,):
+            d.mkdir(parents=True, exist_ok=True)

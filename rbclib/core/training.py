@@ -1,0 +1,127 @@
+"""The training scaffold shared by every trainer (segmentation, both diffusion GANs, SSL).
+
+One model-folder layout (docs/ARCHITECTURE.md, "Model folders"): ``config.json`` (what was
+trained, how), ``last.pt`` (weights + optimiser state to resume), the weights the next
+stage loads (``best.pt``, ``generator.pt`` or ``encoder_decoder.pt``) and ``log.csv`` (one
+row per epoch or logged step). Checkpoints are written atomically and read with
+``torch.load(..., weights_only=True)``; an unreadable one is one error naming the file.
+Device choice (cuda, mps, cpu), bfloat16 autocast where the device runs it, and channels-last
+memory are decided here once. The only ``core`` module that imports torch.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from rbclib.core.files import atomic_path, write_csv
+
+CHECKPOINT = "last.pt"
+LOG = "log.csv"
+CONFIG = "config.json"
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else cuda, mps or cpu, whichever is available first."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bfloat16 autocast runs in hardware on ``device``: a CUDA GPU with bf16, or a
+    CPU with AVX-512-bf16 / AMX (oneDNN); elsewhere it is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast of a forward pass on ``device`` when ``enabled`` (weights stay
+    float32; losses should be computed on ``.float()`` outputs)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def channels_last(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device`` in channels-last memory (faster convolutions on CPU and GPU)."""
+    return model.to(device).to(memory_format=torch.channels_last)
+
+
+def distributed_info() -> tuple[int, int, bool]:
+    """(rank, world size, is_distributed) from ``torchrun``'s environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, world > 1
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """``torch.save`` of ``state`` (tensors moved to the CPU by the caller) atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint dict read with ``weights_only=True``; ValueError naming the file when it
+    cannot be read or is not a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}); "
+                         "was it written by rbclib and copied completely?") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not an rbclib checkpoint (expected a dict, found {type(state).__name__})")
+    return state
+
+
+def resume_state(folder: str | Path, identity: Any, *, key: str = "identity",
+                 map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The ``last.pt`` of ``folder`` when it exists and was written by the same run
+    (``state[key] == identity``), None when there is none; ValueError naming the file when it
+    belongs to another run (another config, seed or corpus)."""
+    path = Path(folder) / CHECKPOINT
+    if not path.is_file():
+        return None
+    state = load_checkpoint(path, map_location=map_location)
+    if state.get(key) != identity:
+        raise ValueError(f"{path}: written with a different config; use another folder or start afresh (resume=False)")
+    return state
+
+
+def read_log_rows(folder: str | Path, *, upto: str, last: float) -> list[dict[str, Any]]:
+    """The rows of ``folder/log.csv`` whose column ``upto`` is at most ``last`` (those that a
+    resumed run keeps); [] when there is no log."""
+    path = Path(folder) / LOG
+    if not path.is_file():
+        return []
+    frame = pd.read_csv(path)
+    return frame[frame[upto] <= last].to_dict("records")
+
+
+def write_log(folder: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+    """Rewrite ``folder/log.csv`` from ``rows`` atomically."""
+    write_csv(Path(folder) / LOG, pd.DataFrame(list(rows), columns=list(columns) if columns else None))
+
+
+def progress(total: int, *, initial: int = 0, desc: str, enabled: bool = True) -> Any:
+    """A tqdm progress bar over optimiser steps (the caller closes it)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled)

@@ -1,0 +1,2 @@
+"""Physics: holograms to phase (``holography``), the digital twin (``simulate``), per-cell
+measurements (``measure``) and the twin-vs-real image statistics (``realism``)."""

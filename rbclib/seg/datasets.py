@@ -1,0 +1,238 @@
+"""Phase normalisation, phase/label pairs of a run folder and the training patch dataset.
+
+Phase is mapped to [-1, 1] by a fixed physical range (not per-image min-max); training crops
+may be given a random phase gain (:class:`BalancedCropDataset`'s ``phase_gain``) so that a
+model does not rely on the absolute phase level, on which real instruments disagree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rbclib.core.io import list_images, read_labels, read_phase
+from rbclib.core.files import ImageFileError, read_json
+from rbclib.core.labels import N_CLASSES
+from rbclib.seg.tiles import Mode, extract_patches, pad_to_min, rotations4
+
+# Fixed physical phase range [rad] mapped to [-1, 1]. At 682.5 nm and dn ~ 0.066 a 4 um
+# thick spherocyte peaks near 2.4 rad; the margin keeps noise and thicker cells in range.
+PHASE_RANGE_RAD: tuple[float, float] = (-0.5, 3.5)
+
+
+def normalise_phase(phase: np.ndarray, phase_range: tuple[float, float] = PHASE_RANGE_RAD) -> np.ndarray:
+    """Phase [rad] -> float32 in [-1, 1] (values outside the range are clipped)."""
+    lo, hi = phase_range
+    out = (np.asarray(phase, dtype=np.float32) - lo) / (hi - lo) * 2.0 - 1.0
+    return np.clip(out, -1.0, 1.0)
+
+
+def denormalise_phase(x: np.ndarray, phase_range: tuple[float, float] = PHASE_RANGE_RAD) -> np.ndarray:
+    """Inverse of :func:`normalise_phase` (for values that were inside the range)."""
+    lo, hi = phase_range
+    return ((np.asarray(x, dtype=np.float32) + 1.0) / 2.0 * (hi - lo) + lo).astype(np.float32)
+
+
+@dataclass
+class Pair:
+    """One training/evaluation image: ``phase`` (H, W) float32 [rad], ``labels`` (H, W)
+    uint8 class map 0..4, ``name`` (file stem)."""
+
+    phase: np.ndarray
+    labels: np.ndarray
+    name: str
+
+
+def phase_to_input(phase: np.ndarray, *, in_channels: int = 3,
+                   phase_range: tuple[float, float] = PHASE_RANGE_RAD) -> np.ndarray:
+    """Phase (..., H, W) [rad] -> normalised float32 (..., in_channels, H, W): the single
+    phase channel is replicated to ``in_channels`` (3 for the paper's ResUnet, whose SSL
+    pretraining saw RGB images)."""
+    x = normalise_phase(phase, phase_range)[..., None, :, :]
+    reps = [1] * x.ndim
+    reps[-3] = in_channels
+    return np.tile(x, reps)
+
+
+def read_pair(phase_path: str | Path, labels_path: str | Path) -> Pair:
+    """Read one phase TIFF and its class-map PNG; errors name the file on size mismatch."""
+    phase = read_phase(phase_path).data
+    labels = read_labels(labels_path)
+    if phase.shape != labels.shape:
+        raise ImageFileError(labels_path, f"label map {labels.shape} does not match phase image {phase.shape} ({phase_path})")
+    return Pair(phase=phase, labels=labels, name=Path(phase_path).stem)
+
+
+def read_splits(run_dir: str | Path) -> dict:
+    """``<run>/splits.json`` -> {"train": [stems], "test": [stems], ...}."""
+    path = Path(run_dir) / "splits.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no splits.json; run 02_annotate first")
+    splits = read_json(path)
+    for key in ("train", "test"):
+        if key not in splits:
+            raise ImageFileError(path, f"no {key!r} list")
+    return splits
+
+
+def load_pairs(run_dir: str | Path, stems: str | Sequence[str]) -> list[Pair]:
+    """Pairs ``<run>/phase/<stem>.tif`` + ``<run>/labels/<stem>.png`` for a split name
+    ("train"/"test", read from splits.json) or an explicit list of stems."""
+    run_dir = Path(run_dir)
+    if isinstance(stems, str):
+        stems = read_splits(run_dir)[stems]
+    pairs = []
+    for stem in stems:
+        phase_path, labels_path = run_dir / "phase" / f"{stem}.tif", run_dir / "labels" / f"{stem}.png"
+        for p in (phase_path, labels_path):
+            if not p.is_file():
+                raise ImageFileError(p, "listed in splits.json but missing")
+        pairs.append(read_pair(phase_path, labels_path))
+    return pairs
+
+
+def load_pairs_folder(folder: str | Path) -> list[Pair]:
+    """Pairs from a folder holding ``phase/<id>.tif`` and ``labels/<id>.png`` (e.g. the
+    accepted synthetic pairs of 04, ``<run>/synthetic/train``), matched by id."""
+    folder = Path(folder)
+    phase_dir, labels_dir = folder / "phase", folder / "labels"
+    for d in (phase_dir, labels_dir):
+        if not d.is_dir():
+            raise ImageFileError(d, "folder of pairs needs phase/ and labels/ sub-folders")
+    # list_images skips hidden files: the temporary files of an interrupted atomic write
+    phases = {p.stem: p for p in list_images(phase_dir, (".tif",))}
+    labels = {p.stem: p for p in list_images(labels_dir, (".png",))}
+    missing = sorted(set(phases) ^ set(labels))
+    if missing:
+        raise ImageFileError(folder, f"unmatched phase/label ids, e.g. {missing[:5]}")
+    if not phases:
+        raise ImageFileError(folder, "no phase/*.tif + labels/*.png pairs")
+    return [read_pair(phases[k], labels[k]) for k in sorted(phases)]
+
+
+class PatchDataset(Dataset):
+    """(input, target) patches of phase/label pairs for training.
+
+    Each pair is cut into ``patch`` px patches (``mode="paper"``: non-overlapping grid;
+    ``"cover"``: overlapping tiles covering the image); images smaller than a patch are
+    padded with medium (0 rad) / background. With ``rotations=4`` every patch also appears
+    rotated by 90, 180 and 270 degrees (the paper's x4 augmentation); ``rotations=1``
+    leaves them as they are (e.g. synthetic pairs already rotated by 04).
+    Items: float32 tensor (in_channels, patch, patch), int64 tensor (patch, patch).
+    """
+
+    def __init__(self, pairs: Sequence[Pair], *, patch: int = 256, mode: Mode = "paper",
+                 overlap: int = 32, rotations: int = 4, in_channels: int = 3,
+                 phase_range: tuple[float, float] = PHASE_RANGE_RAD):
+        if rotations not in (1, 4):
+            raise ValueError(f"rotations must be 1 or 4, got {rotations}")
+        xs, ys = [], []
+        for pair in pairs:
+            phase = pad_to_min(np.asarray(pair.phase, np.float32), patch, value=0.0)
+            labels = pad_to_min(np.asarray(pair.labels, np.uint8), patch, value=0)
+            xp, _ = extract_patches(phase, patch, mode=mode, overlap=overlap)
+            yp, _ = extract_patches(labels, patch, mode=mode, overlap=overlap)
+            for x, y in zip(xp, yp):
+                for xr, yr in (rotations4(x, y) if rotations == 4 else [(x, y)]):
+                    xs.append(xr)
+                    ys.append(yr)
+        if not xs:
+            raise ValueError("PatchDataset: no pairs given")
+        self.inputs = torch.from_numpy(np.stack(xs))  # (N, p, p) normalised lazily
+        self.targets = torch.from_numpy(np.stack(ys).astype(np.int64))
+        self.in_channels, self.phase_range = in_channels, phase_range
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = phase_to_input(self.inputs[i].numpy(), in_channels=self.in_channels, phase_range=self.phase_range)
+        return torch.from_numpy(x), self.targets[i]
+
+
+class CropPicker:
+    """Where to crop training patches from a list of class maps.
+
+    With probability ``cell_fraction`` a crop is centred on a cell pixel: with
+    ``class_balanced`` the cell class is drawn uniformly among the classes present in the
+    whole set, then a pixel of that class (so rare classes are seen as often as common
+    ones: the DDGAN's training crops and the segmenter's ``patch_mode = "balanced"``);
+    otherwise any cell pixel. The remaining crops are placed uniformly in a random field.
+    """
+
+    def __init__(self, labels: list[np.ndarray], *, cell_fraction: float = 0.9, class_balanced: bool = True):
+        self.shapes = [lab.shape for lab in labels]
+        self.cell_fraction, self.class_balanced = cell_fraction, class_balanced
+        self.where: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for c in range(1, N_CLASSES):
+            per = [np.flatnonzero(np.asarray(lab).ravel() == c) for lab in labels]
+            fields = np.concatenate([np.full(len(p), i) for i, p in enumerate(per)]) if per else np.zeros(0, int)
+            if fields.size:
+                self.where[c] = (fields.astype(np.int64), np.concatenate(per))
+
+    def pick(self, rng: np.random.Generator, patch_px: int) -> tuple[int, int, int]:
+        """(field index, top, left) of one crop of side ``patch_px``."""
+        if self.where and rng.random() < self.cell_fraction:
+            classes = sorted(self.where)
+            if self.class_balanced:
+                fields, pixels = self.where[classes[int(rng.integers(len(classes)))]]
+            else:
+                fields = np.concatenate([self.where[c][0] for c in classes])
+                pixels = np.concatenate([self.where[c][1] for c in classes])
+            j = int(rng.integers(len(fields)))
+            i = int(fields[j])
+            H, W = self.shapes[i]
+            cy, cx = divmod(int(pixels[j]), W)
+            return i, int(np.clip(cy - patch_px // 2, 0, H - patch_px)), int(np.clip(cx - patch_px // 2, 0, W - patch_px))
+        i = int(rng.integers(len(self.shapes)))
+        H, W = self.shapes[i]
+        return i, int(rng.integers(H - patch_px + 1)), int(rng.integers(W - patch_px + 1))
+
+
+class BalancedCropDataset(Dataset):
+    """Class-balanced random crops of phase/label pairs for training (``patch_mode =
+    "balanced"``): item ``i`` of epoch ``e`` is a ``patch`` px crop placed by
+    :class:`CropPicker` (centred on a pixel of a cell class drawn uniformly, so a class
+    holding 4 % of the cells is seen as often as one holding 76 %) and rotated by a random
+    multiple of 90 degrees, all drawn from ``(seed, e, i)``: reproducible, resumable, and
+    independent of the DataLoader's order. Call :meth:`set_epoch` before each epoch.
+    ``length``: items per epoch. ``phase_gain`` (low, high): each crop's phase is multiplied
+    by a gain drawn log-uniformly from it (real instruments disagree on absolute phase
+    through wavelength, medium and calibration, so a class must be told by its shape, not its
+    phase level); (1, 1) leaves the phase as it is. Items as in :class:`PatchDataset`.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], *, patch: int, length: int, seed: int, in_channels: int = 3,
+                 cell_fraction: float = 0.9, phase_range: tuple[float, float] = PHASE_RANGE_RAD,
+                 phase_gain: tuple[float, float] = (1.0, 1.0)):
+        if not 0 < phase_gain[0] <= phase_gain[1]:
+            raise ValueError(f"phase_gain must be (low, high) with 0 < low <= high, got {phase_gain!r}")
+        if not pairs:
+            raise ValueError("BalancedCropDataset: no pairs given")
+        self.phases = [pad_to_min(np.asarray(p.phase, np.float32), patch, value=0.0) for p in pairs]
+        self.labels = [pad_to_min(np.asarray(p.labels, np.uint8), patch, value=0) for p in pairs]
+        self.picker = CropPicker(self.labels, cell_fraction=cell_fraction, class_balanced=True)
+        self.patch, self.length, self.seed, self.epoch = int(patch), int(length), int(seed), 0
+        self.in_channels, self.phase_range = in_channels, phase_range
+        self.log_gain = (float(np.log(phase_gain[0])), float(np.log(phase_gain[1])))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        k, y, x = self.picker.pick(rng, self.patch)
+        sl = (slice(y, y + self.patch), slice(x, x + self.patch))
+        turns = int(rng.integers(4))
+        phase, labels = np.rot90(self.phases[k][sl], turns), np.rot90(self.labels[k][sl], turns)
+        gain = np.float32(np.exp(rng.uniform(*self.log_gain)))
+        x_in = phase_to_input(np.ascontiguousarray(phase) * gain, in_channels=self.in_channels,
+                              phase_range=self.phase_range)
+        return torch.from_numpy(x_in), torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))

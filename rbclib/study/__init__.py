@@ -1,0 +1,3 @@
+"""Applying trained models to users' data: ``segmenter`` (a model on phase maps of any pixel
+size, with clean-up), ``assess`` (``rbc assess`` end to end), ``storage`` (class ratios per
+storage day, the report) and ``transfer`` (checks on other optics and real holograms)."""

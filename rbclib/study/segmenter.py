@@ -1,0 +1,364 @@
+"""A trained segmentation model applied to phase maps of any pixel size (``rbc assess``):
+resampling to the model's pixel size, tiled inference, then the clean-up of its instances
+(fragments, faint objects, halo, touching cells) and per-cell class confidence."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from rbclib.core.config import PIXEL_SIZE_RANGE_M, Optics
+from rbclib.core.labels import instance_classes, instances_from_labels
+
+RESAMPLE_TOLERANCE = 0.01  # relative pixel-size difference below which no resampling is done
+
+
+def resample(image: np.ndarray, scale: float, *, order: int) -> np.ndarray:
+    """Rescale a 2-D image by ``scale`` (order 1 with anti-aliasing for phase, order 0 for
+    label / instance maps); returns the input when |scale - 1| < 1 %."""
+    from skimage.transform import rescale
+
+    if abs(scale - 1.0) < RESAMPLE_TOLERANCE:
+        return image
+    out = rescale(image, scale, order=order, preserve_range=True, anti_aliasing=(order > 0 and scale < 1),
+                  mode="edge" if order > 0 else "constant")
+    return out.astype(image.dtype, copy=False)
+
+
+def resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label or instance map to ``shape``."""
+    from skimage.transform import resize
+
+    if image.shape == tuple(shape):
+        return image
+    return resize(image, shape, order=0, preserve_range=True, anti_aliasing=False).astype(image.dtype)
+
+
+MIN_CELL_AREA_UM2 = 15.0
+"""Smallest plausible red cell [um^2]: a disc 4.4 um across, below the smallest
+(micro)spherocytes (~5 um, 20 um^2; Bessis 1973) and far below a discocyte (~48 um^2).
+Smaller objects are fragments (pieces of a halo, debris, platelets) and are not counted."""
+
+
+def clean_instances(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: float,
+                    min_area_um2: float = MIN_CELL_AREA_UM2,
+                    fragment_fraction: float = 0.35) -> tuple[np.ndarray, np.ndarray, int]:
+    """Merge class fragments into their cell and drop fragments too small to be a cell.
+
+    Instances are connected components per class, so a cell whose rim the model gives
+    partly to another class splits into a cell and a small fragment that would count as a
+    second cell. A component touching a larger one, with less than ``fragment_fraction``
+    of its area, joins it (taking its class), and so does one enclosed by a larger one
+    whatever its size (a cell's centre given another class than its ring, as on defocused
+    real holograms); any other component smaller than ``min_area_um2``
+    (:data:`MIN_CELL_AREA_UM2`) becomes background.
+    Returns (labels uint8, instances int32 numbered 1..N, number of fragments dropped),
+    new arrays.
+    """
+    from scipy import ndimage as ndi
+
+    labels = np.asarray(labels).astype(np.uint8).copy()
+    inst = np.asarray(instances).astype(np.int32).copy()
+    if not inst.any():
+        return labels, inst, 0
+    dropped = 0
+    areas = np.bincount(inst.ravel())
+    min_px = min_area_um2 / (pixel_size_m * 1e6) ** 2
+    slices = ndi.find_objects(inst)
+    order = np.argsort(areas[1:], kind="stable") + 1
+    for i in order:
+        sl = slices[i - 1]
+        if sl is None or areas[i] == 0:
+            continue
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
+        win = inst[grown]
+        own = win == i
+        ring = ndi.binary_dilation(own, structure=np.ones((3, 3), bool)) & ~own
+        neighbours = np.unique(win[ring])
+        neighbours = neighbours[(neighbours > 0) & (neighbours != i)]
+        if neighbours.size:
+            big = int(neighbours[np.argmax(areas[neighbours])])
+            enclosed = neighbours.size == 1 and not (win[ring] == 0).any() and areas[i] < areas[big]
+            if areas[i] < fragment_fraction * areas[big] or enclosed:
+                lab = labels[grown]
+                lab[own] = lab[win == big][0]
+                win[own] = big
+                areas[big] += areas[i]
+                areas[i] = 0
+                continue
+        if areas[i] < min_px:
+            labels[grown][own] = 0
+            win[own] = 0
+            areas[i] = 0
+            dropped += 1
+    from skimage.segmentation import relabel_sequential
+
+    return labels, relabel_sequential(inst)[0].astype(np.int32), dropped
+
+
+HALO_CORE_FRACTION = 0.4
+HALO_REACH_UM = 1.0
+"""A cell pixel lies within ``HALO_REACH_UM`` of its cell's bright body: phase above
+``HALO_CORE_FRACTION`` of the image's typical cell peak (holes in the body, a discocyte's
+dimple, count as body). Real holograms carry halos and slow background bumps next to cells
+that a model trained on the twin can paint as cell, merging neighbours into one object (the
+non-telecentric real hologram: 16 objects against 41 cells); the optics' blur spreads a
+cell's edge over 1.1-2.4 um 10-90 % (benchmarks/bench_realism.py), so 1 um beyond the 40 %
+level keeps the edge."""
+
+
+HALO_BODY_SHARE = 0.25
+"""A piece of the class map with less of its area in a bright cell body is halo, not cell:
+without this rule the pieces of halo that trimming cuts off a cell were counted as cells
+(the non-telecentric real hologram with the quick model: 53 objects against 41 cells)."""
+
+
+def trim_halo(labels: np.ndarray, phase: np.ndarray, *, pixel_size_m: float,
+              core_fraction: float = HALO_CORE_FRACTION, reach_um: float = HALO_REACH_UM) -> np.ndarray:
+    """Set to background the cell pixels of ``labels`` (H, W) farther than ``reach_um`` from
+    any bright cell body of ``phase`` [rad] (medium 0): see :data:`HALO_CORE_FRACTION`. The
+    typical peak is the median, over the connected cell regions of at least
+    :data:`MIN_CELL_AREA_UM2`, of their 95th-percentile phase (needs three such regions,
+    else nothing is trimmed). Then a connected piece (per class) with less than
+    :data:`HALO_BODY_SHARE` of its pixels in a bright body is halo left beside a cell and goes
+    too. Returns new labels uint8."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import disk
+
+    labels = np.asarray(labels).astype(np.uint8).copy()
+    regions, n = ndi.label(labels > 0)
+    area_um2 = np.bincount(regions.ravel(), minlength=n + 1)[1:] * (pixel_size_m * 1e6) ** 2
+    big = np.flatnonzero(area_um2 >= MIN_CELL_AREA_UM2) + 1
+    if len(big) < 3:
+        return labels
+    phase = np.asarray(phase, np.float64)
+    peaks = ndi.labeled_comprehension(phase, regions, big, lambda v: np.percentile(v, 95), float, 0.0)
+    body = ndi.binary_fill_holes(phase > core_fraction * float(np.median(peaks)))
+    reach_px = max(1, int(round(reach_um / (pixel_size_m * 1e6))))
+    allowed = ndi.binary_dilation(body, structure=disk(reach_px))
+    labels[~allowed] = 0
+    pieces = instances_from_labels(labels)       # what is left of a halo must not count as a cell
+    if pieces.max():
+        share = np.asarray(ndi.mean(body, pieces, np.arange(1, pieces.max() + 1)))
+        labels[np.isin(pieces, np.flatnonzero(share < HALO_BODY_SHARE) + 1)] = 0
+    return labels
+
+
+FAINT_FRACTION = 0.5
+"""An object whose mean phase is below this fraction of the image's median object is not a
+cell: every red cell carries about the same haemoglobin (MCH 27-33 pg) over a similar area,
+so cells of one image share their mean phase within about +-40 % (spherocytes highest),
+while the halos between touching cells, platelets and debris are far fainter. On the real
+RBC holograms of ../shared/data, the quick model's objects split into cells (0.9-1.1 of the
+median) and faint halo pieces (0.25-0.45), 2026-12-01."""
+
+
+def drop_faint_objects(labels: np.ndarray, instances: np.ndarray, phase: np.ndarray, *,
+                       min_fraction: float = FAINT_FRACTION) -> tuple[np.ndarray, np.ndarray, int]:
+    """Drop objects of ``instances`` (H, W) whose mean ``phase`` [rad] (medium 0) is below
+    ``min_fraction`` of the median over the image's objects (:data:`FAINT_FRACTION`; needs at
+    least three objects). Returns (labels uint8, instances int32 1..N, number dropped)."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import relabel_sequential
+
+    labels, inst = np.asarray(labels).astype(np.uint8).copy(), np.asarray(instances).astype(np.int32).copy()
+    ids = np.unique(inst[inst > 0])
+    if len(ids) < 3:
+        return labels, inst, 0
+    mean = np.asarray(ndi.mean(np.asarray(phase, np.float64), inst, ids))
+    faint = ids[mean < min_fraction * float(np.median(mean))]
+    gone = np.isin(inst, faint)
+    labels[gone], inst[gone] = 0, 0
+    return labels, relabel_sequential(inst)[0].astype(np.int32), int(len(faint))
+
+
+SPLIT_PART_FRACTION = 0.5
+"""A split must leave every part at least this fraction of the image's median object area
+(a piece smaller than half a typical cell is not a cell). Without this rule the split cut
+single real cells into pieces (the count on the real RBC holograms of ../shared/data was
+1.21-1.63x an independent count), 2026-12-01."""
+
+
+LARGE_OBJECT_FACTOR = 1.6
+LARGE_OBJECT_DEPTH_UM = 0.3
+"""An object of at least ``LARGE_OBJECT_FACTOR`` x the median object area is most likely two
+cells pressed together, whose long contact leaves only a shallow neck in the distance map:
+it is split at this gentler seed depth (the real hologram rbc_pydhm.jpg: a touching pair of
+119 um^2 against a 58 um^2 median, neck 0.3-0.5 um deep, counted as one cell at 0.7 um).
+On 10 quick twin fields the count ratio stays 1.04 and the mean AJI 0.44 (2026-12-01)."""
+
+
+def split_touching(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: float,
+                   min_depth_um: float = 0.7, part_fraction: float = SPLIT_PART_FRACTION) -> np.ndarray:
+    """Split instances made of touching cells: a watershed of the distance-to-edge map seeded
+    by its h-maxima (depth ``min_depth_um``; :data:`LARGE_OBJECT_DEPTH_UM` for objects of
+    :data:`LARGE_OBJECT_FACTOR` x the median area or more), so two round cells joined by a
+    neck become two while one cell, however irregular its outline, keeps one maximum. With
+    three objects or more, a split is kept only if every part covers at least
+    ``part_fraction`` of the median object area (:data:`SPLIT_PART_FRACTION`). Returns new
+    int32 instances (numbered 1..N); the class map is unchanged."""
+    from scipy import ndimage as ndi
+    from skimage.measure import label as cc_label
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import relabel_sequential, watershed
+
+    inst = np.asarray(instances).astype(np.int32)
+    out = inst.copy()
+    h_px = min_depth_um / (pixel_size_m * 1e6)
+    next_id = int(inst.max()) + 1
+    areas = np.bincount(inst.ravel())
+    present = areas[1:][areas[1:] > 0]
+    median = float(np.median(present)) if len(present) >= 3 else math.inf
+    min_part = part_fraction * median if len(present) >= 3 else 0.0
+    for i, sl in enumerate(ndi.find_objects(inst), start=1):
+        if sl is None:
+            continue
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
+        mask = inst[grown] == i
+        dist = ndi.distance_transform_edt(mask)
+        depth = LARGE_OBJECT_DEPTH_UM / (pixel_size_m * 1e6) if areas[i] >= LARGE_OBJECT_FACTOR * median else h_px
+        if dist.max() <= 2 * depth:
+            continue
+        # Each h-maximum holds a regional maximum, and each regional maximum is its own
+        # component of {dist == its 3 x 3 maximum}: with one such component there is nothing
+        # to split, and the costly h_maxima is skipped. Identical instances on 48 twin fields
+        # (truth with same-class touching cells merged: 812 splits), 0.170 -> 0.115 s per field.
+        if ndi.label((dist == ndi.maximum_filter(dist, size=3)) & mask)[1] < 2:
+            continue
+        seeds = cc_label(h_maxima(dist, depth) & mask)
+        if seeds.max() < 2:
+            continue
+        parts = watershed(-dist, seeds, mask=mask)
+        if np.bincount(parts.ravel())[1:].min() < min_part:
+            continue
+        win = out[grown]
+        for k in range(2, int(parts.max()) + 1):
+            win[parts == k] = next_id
+            next_id += 1
+    return relabel_sequential(out)[0].astype(np.int32)
+
+
+PREDICT_OPTIONS = {"fast": None}
+"""Default inference options of ``rbc assess`` (:func:`rbclib.seg.infer.predict_images`): the
+training patch's tiles, bfloat16 where the hardware runs it. On 12 reconstructed twin
+holograms (quick model, 2-core CPU with AVX-512-bf16, 2026-12-01) bfloat16 segmented 1.9x
+faster than fp32, 99.97 % of pixels agreeing, test Dice 0.7341 -> 0.7340
+(``benchmarks/bench_assess.py``)."""
+
+
+class Segmenter:
+    """A trained segmentation model plus its pixel size; segments phase maps of any pixel size.
+
+    model_dir: a model folder of :func:`rbclib.seg.infer.load_model`; device: torch device (None:
+    cuda, mps or cpu, whichever is there); predict_options: passed
+    to :func:`rbclib.seg.infer.predict_images` over :data:`PREDICT_OPTIONS` (tile, overlap,
+    batch_size, fast); min_area_um2 / fragment_fraction: see :func:`clean_instances`; objects far fainter than
+    the image's typical cell are dropped too (:func:`drop_faint_objects`); split: split
+    touching cells (:func:`split_touching`) after the clean-up; trim_halo: first set to
+    background what lies beyond a cell's bright body (:func:`trim_halo`). Off by default: with
+    the default quick model it raised the count on the non-telecentric real hologram from 39 to
+    52 (41 cells: halo it paints in another class than the cell survives as pieces), while a
+    model trained with flat-topped discocytes needs it (16 -> 40 objects: halo merging cells).
+    """
+
+    def __init__(self, model_dir: str | Path, *, predict_options: Mapping[str, Any] | None = None,
+                 min_area_um2: float = MIN_CELL_AREA_UM2, fragment_fraction: float = 0.35, split: bool = True,
+                 trim_halo: bool = False, device: str | None = None):
+        from rbclib.seg.infer import load_model
+
+        self.model_dir = Path(model_dir)
+        self.model, self.config = load_model(self.model_dir, device=device)
+        self.pixel_size_m, self.pixel_size_source = model_pixel_size(self.config, self.model_dir)
+        self.predict_options = {**PREDICT_OPTIONS, **(predict_options or {})}
+        self.min_area_um2 = float(min_area_um2)
+        self.fragment_fraction = float(fragment_fraction)
+        self.split = bool(split)
+        self.trim_halo = bool(trim_halo)
+
+    def __call__(self, phase: np.ndarray,
+                 pixel_size_m: float) -> tuple[np.ndarray, np.ndarray, dict[int, float], float, int]:
+        """Segment a phase map [rad] sampled at ``pixel_size_m``.
+
+        Returns (labels uint8, instances int32, {instance id: class confidence}, scale,
+        fragments dropped) with the maps on the input grid; scale = pixel_size_m / model
+        pixel size.
+        """
+        (predicted,) = self.predict_many([phase], [pixel_size_m])
+        return self.finish(predicted, phase.shape)
+
+    def predict_many(self, phases: list[np.ndarray], pixel_sizes_m: list[float]) -> list[tuple]:
+        """The model's part of :meth:`__call__` for several phase maps, their tiles batched
+        together: (prediction, phase at the model's pixel size, scale) per phase map;
+        :meth:`finish` does the rest (it may run in another thread)."""
+        from rbclib.seg.infer import predict_images
+
+        scales = [px / self.pixel_size_m for px in pixel_sizes_m]
+        smalls = [resample(p.astype(np.float32), s, order=1) for p, s in zip(phases, scales)]
+        preds = predict_images(self.model, smalls, config=self.config, **self.predict_options)
+        return list(zip(preds, smalls, scales))
+
+    def finish(self, predicted: tuple, shape: tuple[int, int]) -> tuple:
+        """Clean-up of one :meth:`predict_many` result, mapped back to the input grid ``shape``:
+        the :meth:`__call__` tuple."""
+        pred, small, scale = predicted
+        labels, instances = pred.labels, pred.instances
+        if self.trim_halo:
+            labels = trim_halo(labels, small, pixel_size_m=self.pixel_size_m)
+            instances = instances_from_labels(labels)
+        labels, instances, dropped = clean_instances(labels, instances, pixel_size_m=self.pixel_size_m,
+                                                     min_area_um2=self.min_area_um2,
+                                                     fragment_fraction=self.fragment_fraction)
+        labels, instances, faint = drop_faint_objects(labels, instances, small)
+        dropped += faint
+        if self.split:
+            instances = split_touching(labels, instances, pixel_size_m=self.pixel_size_m)
+        conf = class_confidence(np.asarray(pred.probs), labels, instances)
+        return resize_to(labels, shape), resize_to(instances, shape), conf, scale, dropped
+
+
+def model_pixel_size(config: Mapping[str, Any], model_dir: str | Path | None = None) -> tuple[float, str]:
+    """Pixel size [m] a model was trained at and where that came from: its config
+    (``pixel_size_m`` or ``optics.pixel_size_m``), else the ``optics.json`` of the run it
+    was trained in (``<run>/models/<name>/`` -> ``<run>/optics.json``), else the paper's
+    0.1441 um/px (said so)."""
+    for holder in (config, config.get("optics") or {}):
+        if isinstance(holder, Mapping) and holder.get("pixel_size_m") is not None:
+            value = holder["pixel_size_m"]
+            where = f"{Path(model_dir) / 'config.json'}" if model_dir is not None else "the model's config"
+            lo, hi = PIXEL_SIZE_RANGE_M
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+                raise ValueError(f"{where}: pixel_size_m={value!r} is not a pixel size at the sample "
+                                 f"(expected {lo:g}..{hi:g} m, e.g. 1.441e-07)")
+            return float(value), "the model's config.json"
+    if model_dir is not None:
+        run_optics = Path(model_dir).resolve().parent.parent / "optics.json"
+        if run_optics.is_file():
+            try:
+                return Optics.from_json(run_optics).pixel_size_m, f"{run_optics}, the optics of the run that trained it"
+            except ValueError:
+                pass
+    return Optics().pixel_size_m, "not recorded with the model: assumed the paper's 0.1441 um/px"
+
+
+def class_confidence(probs: np.ndarray, labels: np.ndarray, instances: np.ndarray) -> dict[int, float]:
+    """Mean probability of each instance's winning (majority) class over its pixels.
+
+    probs: (C, H, W) class probabilities; labels: (H, W) class map; instances: (H, W) ids.
+    """
+    classes = instance_classes(labels, instances)
+    if not classes:
+        return {}
+    ids = np.array(sorted(classes))
+    win = np.array([classes[i] for i in ids])
+    flat = instances.ravel()
+    lut = np.full(int(instances.max()) + 1, -1, dtype=np.int64)
+    lut[ids] = np.arange(ids.size)
+    sel = flat > 0
+    k = lut[flat[sel]]
+    p = probs.reshape(probs.shape[0], -1)[:, sel]
+    winp = p[win[k], np.arange(k.size)]
+    sums = np.bincount(k, weights=winp, minlength=ids.size)
+    counts = np.bincount(k, minlength=ids.size)
+    return {int(i): float(s / c) for i, s, c in zip(ids, sums, counts) if c}

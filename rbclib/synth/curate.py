@@ -1,0 +1,400 @@
+"""Curating generated (phase, mask) pairs into a class-balanced synthetic training set.
+
+Park et al. 2025 (section 5.1) generated 5,000 pairs, kept 500 chosen for a balanced
+and diverse representation of the four RBC types (favouring the rare spherocytes and
+stomatocytes) and rotated each by 0/90/180/270 degrees. Here the choice is made either
+by hand in :class:`CurationWidget` or by :func:`auto_select_balanced`, whose rule is
+``SELECTION_RULE``. Every decision is written at once (atomic JSON), so curation can
+stop and resume at any time.
+
+Candidate folder: ``phase/<id>.tif`` (float32 rad), ``labels/<id>.png`` (uint8 0..4),
+``candidates.csv`` (one row per pair: id, consistency, mean_confidence, n_<class> cell
+counts, frac_<class> pixel fractions).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io as _io
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from rbclib.core.config import Optics
+from rbclib.seg.datasets import PHASE_RANGE_RAD
+from rbclib.synth.scores import CELL_THRESHOLD_RAD, consistency_score, mask_counts
+from rbclib.core.io import read_labels, read_phase, write_labels, write_phase
+from rbclib.core.files import read_json, write_csv, write_json
+from rbclib.core.labels import CELL_CLASS_NAMES, overlay_rgb
+
+COUNT_COLS = tuple(f"n_{name}" for name in CELL_CLASS_NAMES)
+
+SELECTION_RULE = (
+    "Targeted sampling favouring rare classes (greedy). Candidates must pass the active "
+    "filters, reach the minimum consistency score and hold at least one cell. Each cell "
+    "class k gets the weight w_k = 1 / (1 + B_k + S_k), with B_k the class-k cells in the "
+    "real training masks and S_k those in the pairs accepted so far; a candidate with c_k "
+    "cells of class k scores sum_k w_k c_k / sum_k c_k (the mean rarity of its cells). The "
+    "top scorer is accepted (ties: more cells of the currently rarest class, then higher "
+    "consistency, then id), the weights are updated, and this repeats until the target "
+    "number of accepted pairs is reached or no candidate is left."
+)
+
+
+# ----------------------------------------------------------------------------- candidates
+def write_candidates(phase: np.ndarray, labels: np.ndarray, confidence: np.ndarray, folder: str | Path, *,
+                     optics: Optics | None = None, threshold_rad: float = CELL_THRESHOLD_RAD,
+                     progress: bool = True) -> pd.DataFrame:
+    """Write generated pairs (phase [rad], labels, confidence; each (n, H, W)) as candidates.
+
+    Returns (and writes as ``candidates.csv``) the table of ids, consistency score, mean
+    confidence, cells per class and pixel fraction per class.
+    """
+    folder = Path(folder)
+    rows = []
+    for i in tqdm(range(len(phase)), desc="writing candidates", disable=not progress):
+        cid = f"cand_{i:05d}"
+        write_phase(folder / "phase" / f"{cid}.tif", phase[i], optics)
+        write_labels(folder / "labels" / f"{cid}.png", labels[i])
+        rows.append({"id": cid, "consistency": consistency_score(phase[i], labels[i], threshold_rad=threshold_rad),
+                     "mean_confidence": float(np.mean(confidence[i])), **mask_counts(labels[i])})
+    table = pd.DataFrame(rows)
+    write_csv(folder / "candidates.csv", table)
+    return table
+
+
+def read_candidates(folder: str | Path) -> pd.DataFrame:
+    """The candidates table of a candidate folder (index: id)."""
+    path = Path(folder) / "candidates.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no candidates table (run notebook 04's generation step)")
+    table = pd.read_csv(path, dtype={"id": str})
+    missing = {"id", "consistency", *COUNT_COLS} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: missing columns {sorted(missing)}")
+    for cid in table["id"]:
+        check_candidate_id(cid, str(path))
+    return table.set_index("id", drop=False)
+
+
+CANDIDATE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""A candidate id: a plain file stem (ids name files, so no separators and no "..")."""
+
+
+def check_candidate_id(cid: Any, where: str) -> str:
+    """``cid`` if it is a plain candidate id (:data:`CANDIDATE_ID`), else ValueError naming ``where``."""
+    if not isinstance(cid, str) or not CANDIDATE_ID.fullmatch(cid) or ".." in cid:
+        raise ValueError(f"{where}: {cid!r} is not a candidate id (letters, digits, '_', '-', '.'; no path)")
+    return cid
+
+
+def load_candidate(folder: str | Path, cid: str) -> tuple[np.ndarray, np.ndarray]:
+    """(phase [rad], labels) of one candidate."""
+    folder = Path(folder)
+    check_candidate_id(cid, str(folder))
+    return read_phase(folder / "phase" / f"{cid}.tif").data, read_labels(folder / "labels" / f"{cid}.png")
+
+
+def filter_candidates(table: pd.DataFrame, *, classes_present: Iterable[str] = (), count_class: str | None = None,
+                      min_count: int = 0, min_consistency: float = 0.0) -> pd.DataFrame:
+    """Rows holding every class in ``classes_present``, >= min_count cells of ``count_class``
+    and a consistency score >= min_consistency."""
+    keep = table["consistency"] >= min_consistency
+    for name in classes_present:
+        keep &= table[f"n_{name}"] > 0
+    if count_class is not None and min_count > 0:
+        keep &= table[f"n_{count_class}"] >= min_count
+    return table[keep]
+
+
+def class_balance(table: pd.DataFrame, ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """Cells per cell class (and share of all cells) over ``ids`` (default: all rows)."""
+    sub = table if ids is None else table.loc[list(ids)]
+    counts = np.array([sub[c].sum() if len(sub) else 0 for c in COUNT_COLS], dtype=float)
+    share = counts / counts.sum() if counts.sum() else np.zeros_like(counts)
+    return pd.DataFrame({"class": CELL_CLASS_NAMES, "cells": counts.astype(int), "share": share})
+
+
+def auto_select_balanced(table: pd.DataFrame, n_select: int, *, baseline_counts: dict[str, float] | None = None,
+                         already: Iterable[str] = (), exclude: Iterable[str] = (),
+                         pool: Iterable[str] | None = None, min_consistency: float = 0.0) -> list[str]:
+    """Ids chosen by ``SELECTION_RULE`` until ``n_select`` pairs are accepted in total.
+
+    table: all candidates (index id); already: ids accepted before (count towards S_k and
+    n_select); exclude: ids never to pick (rejected ones); pool: ids that may be picked
+    (default all, e.g. those passing a filter); baseline_counts: class name -> cells in
+    the real training set.
+    """
+    already, excluded = list(already), set(exclude) | set(already)
+    ok = (table["consistency"] >= min_consistency) & ~table["id"].isin(excluded)
+    if pool is not None:
+        ok &= table["id"].isin(set(pool))
+    pool = table[ok]
+    counts = pool[list(COUNT_COLS)].to_numpy(float)
+    keep = counts.sum(1) > 0
+    ids, counts = pool["id"].to_numpy()[keep], counts[keep]
+    consistency = pool["consistency"].to_numpy(float)[keep]
+    base = np.array([float((baseline_counts or {}).get(name, 0.0)) for name in CELL_CLASS_NAMES])
+    accepted = table.loc[already, list(COUNT_COLS)].to_numpy(float).sum(0) if already else np.zeros(len(CELL_CLASS_NAMES))
+    free = np.ones(len(ids), bool)
+    chosen: list[str] = []
+    totals = counts.sum(1)
+    while len(already) + len(chosen) < n_select and free.any():
+        w = 1.0 / (1.0 + base + accepted)
+        score = counts @ w / totals
+        rarest = counts[:, int(np.argmax(w))]
+        order = np.lexsort((ids, -consistency, -rarest, -score))
+        best = next(i for i in order if free[i])
+        free[best] = False
+        chosen.append(str(ids[best]))
+        accepted += counts[best]
+    return chosen
+
+
+# ----------------------------------------------------------------------------- decisions
+class DecisionStore:
+    """Accept / reject decisions per candidate id, saved to a JSON file after every change.
+
+    File: {"decisions": {id: {"decision", "by", "time"}}, "history": [id, ...]}; history
+    is the order of decisions, used by :meth:`undo`. Opening an existing file resumes.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.decisions: dict[str, dict[str, str]] = {}
+        self.history: list[str] = []
+        if self.path.exists():
+            data = read_json(self.path)
+            where = str(self.path)
+            if not (isinstance(data, dict) and isinstance(data.get("decisions"), dict)
+                    and isinstance(data.get("history"), list)):
+                raise ValueError(f"{where}: not a curation decisions file (expected {{'decisions': {{...}}, "
+                                 "'history': [...]}})")
+            for cid, d in data["decisions"].items():
+                check_candidate_id(cid, where)
+                if not (isinstance(d, dict) and d.get("decision") in ("accept", "reject")):
+                    raise ValueError(f"{where}: decision for {cid!r} is {d!r}; expected accept or reject")
+            if set(data["history"]) != set(data["decisions"]):
+                raise ValueError(f"{where}: history and decisions name different candidates")
+            self.decisions, self.history = dict(data["decisions"]), list(data["history"])
+
+    def record(self, cid: str, decision: str, *, by: str = "user") -> None:
+        self.record_many([cid], decision, by=by)
+
+    def record_many(self, ids: Iterable[str], decision: str, *, by: str) -> None:
+        if decision not in ("accept", "reject"):
+            raise ValueError(f"decision must be 'accept' or 'reject', got {decision!r}")
+        ids = [check_candidate_id(cid, str(self.path)) for cid in ids]
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        for cid in ids:
+            self.decisions[cid] = {"decision": decision, "by": by, "time": now}
+            self.history = [h for h in self.history if h != cid] + [cid]
+        self.save()
+
+    def undo(self) -> str | None:
+        """Forget the latest decision; returns its id (None when there is none)."""
+        if not self.history:
+            return None
+        cid = self.history.pop()
+        self.decisions.pop(cid, None)
+        self.save()
+        return cid
+
+    def ids(self, decision: str) -> list[str]:
+        return [cid for cid in self.history if self.decisions[cid]["decision"] == decision]
+
+    def save(self) -> None:
+        write_json(self.path, {"decisions": self.decisions, "history": self.history})
+
+
+def auto_curate(store: "DecisionStore", table: pd.DataFrame, n_select: int, *,
+                baseline_counts: dict[str, float] | None = None, min_consistency: float = 0.0) -> list[str]:
+    """The automatic curation of 04, recorded in ``store``: reject every undecided candidate
+    below ``min_consistency``, then accept by :func:`auto_select_balanced` until ``n_select``
+    pairs are accepted in all (earlier decisions, by hand or not, are kept). Returns the ids
+    accepted now."""
+    broken = table.loc[table["consistency"] < min_consistency, "id"]
+    store.record_many([c for c in broken if c not in store.decisions], "reject", by="auto: consistency")
+    picked = auto_select_balanced(table, n_select, baseline_counts=baseline_counts, already=store.ids("accept"),
+                                  exclude=store.ids("reject"), min_consistency=min_consistency)
+    store.record_many(picked, "accept", by="auto: balanced")
+    return picked
+
+
+def write_selection(path: str | Path, store: DecisionStore, *, mode: str, rule: str = SELECTION_RULE,
+                    **extra: Any) -> dict[str, Any]:
+    """Write ``selection.json``: accepted / rejected ids, who selected each, the rule, extras."""
+    accepted = store.ids("accept")
+    data = {"accepted": accepted, "rejected": store.ids("reject"),
+            "selected_by": {cid: store.decisions[cid]["by"] for cid in accepted},
+            "mode": mode, "rule": rule, **extra}
+    write_json(path, data)
+    return data
+
+
+def write_synthetic_train(candidates: str | Path, ids: Iterable[str], out_dir: str | Path, *,
+                          optics: Optics | None = None, progress: bool = True) -> list[str]:
+    """Accepted pairs with x4 rotations (0, 90, 180, 270 deg) as ``phase/<id>_r<k>.tif`` +
+    ``labels/<id>_r<k>.png`` under ``out_dir``; returns the written ids."""
+    out, written = Path(out_dir), []
+    for cid in tqdm(list(ids), desc="writing synthetic pairs", disable=not progress):
+        phase, labels = load_candidate(candidates, cid)
+        for k in range(4):
+            rid = f"{cid}_r{k}"
+            write_phase(out / "phase" / f"{rid}.tif", np.rot90(phase, k), optics)
+            write_labels(out / "labels" / f"{rid}.png", np.rot90(labels, k))
+            written.append(rid)
+    return written
+
+
+# ----------------------------------------------------------------------------- display
+def _png(rgb: np.ndarray, size: int) -> bytes:
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    Image.fromarray(rgb).resize((size, size), Image.NEAREST).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class CurationWidget:
+    """Paged gallery of candidate pairs with accept / reject, filters and a balance summary.
+
+    Buttons carry CSS classes for browser tests: ``rbc-curate-accept-<id>``,
+    ``rbc-curate-reject-<id>``, ``rbc-curate-undo``, ``rbc-curate-prev``,
+    ``rbc-curate-next``, ``rbc-curate-auto``. Each click is persisted at once to
+    ``decisions_path``; re-opening the same file resumes. Display with ``display(w)``.
+    """
+
+    def __init__(self, candidates: str | Path, decisions_path: str | Path, *, n_target: int = 500,
+                 baseline_counts: dict[str, float] | None = None, min_consistency: float = 0.0,
+                 page_size: int = 12, thumb_px: int = 128):
+        import ipywidgets as w
+
+        self.candidates = Path(candidates)
+        self.table = read_candidates(self.candidates)
+        self.store = DecisionStore(decisions_path)
+        self.baseline_counts = dict(baseline_counts or {})
+        self.page_size, self.thumb_px, self.page = page_size, thumb_px, 0
+        self.f_classes = w.SelectMultiple(options=CELL_CLASS_NAMES, description="must hold")
+        self.f_count_class = w.Dropdown(options=CELL_CLASS_NAMES, value=CELL_CLASS_NAMES[-1], description="min count of")
+        self.f_min_count = w.BoundedIntText(value=0, min=0, max=1000, description="cells >=")
+        self.f_consistency = w.FloatSlider(value=min_consistency, min=0.0, max=1.0, step=0.05,
+                                           description="consistency >=")
+        self.f_hide_decided = w.Checkbox(value=False, description="hide decided")
+        self.n_target = w.BoundedIntText(value=n_target, min=1, max=10**6, description="target")
+        self.btn_prev = self._button("< prev", "rbc-curate-prev", self.prev_page)
+        self.btn_next = self._button("next >", "rbc-curate-next", self.next_page)
+        self.btn_undo = self._button("undo", "rbc-curate-undo", lambda: self.undo())
+        self.btn_auto = self._button("auto-select balanced", "rbc-curate-auto", lambda: self.auto_select())
+        self.btn_auto.tooltip = SELECTION_RULE
+        self.page_label, self.summary = w.HTML(), w.HTML()
+        self.gallery = w.GridBox(layout=w.Layout(grid_template_columns=f"repeat(4, {thumb_px + 24}px)"))
+        self.accept_buttons: dict[str, Any] = {}
+        self.reject_buttons: dict[str, Any] = {}
+        for f in (self.f_classes, self.f_count_class, self.f_min_count, self.f_consistency, self.f_hide_decided):
+            f.observe(lambda _change: self._refilter(), names="value")
+        self.widget = w.VBox([
+            w.HBox([self.f_classes, w.VBox([w.HBox([self.f_count_class, self.f_min_count]), self.f_consistency,
+                                            self.f_hide_decided])]),
+            w.HBox([self.btn_prev, self.page_label, self.btn_next, self.btn_undo, self.n_target, self.btn_auto]),
+            self.summary, self.gallery])
+        self.refresh()
+
+    def _button(self, description: str, css: str, action):
+        import ipywidgets as w
+
+        b = w.Button(description=description)
+        b.add_class(css)
+        b.on_click(lambda _b: action())
+        return b
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    # -- state
+    def visible(self) -> pd.DataFrame:
+        """Candidates passing the current filters."""
+        sub = filter_candidates(self.table, classes_present=self.f_classes.value, count_class=self.f_count_class.value,
+                                min_count=self.f_min_count.value, min_consistency=self.f_consistency.value)
+        if self.f_hide_decided.value:
+            sub = sub[~sub["id"].isin(self.store.decisions)]
+        return sub
+
+    def decide(self, cid: str, decision: str) -> None:
+        self.store.record(cid, decision, by="user")
+        self.refresh()
+
+    def undo(self) -> str | None:
+        cid = self.store.undo()
+        self.refresh()
+        return cid
+
+    def auto_select(self) -> list[str]:
+        """Accept pairs by SELECTION_RULE among the filtered, undecided candidates up to the target."""
+        ids = auto_select_balanced(self.table, self.n_target.value, baseline_counts=self.baseline_counts,
+                                   already=[c for c in self.store.ids("accept") if c in self.table.index],
+                                   exclude=self.store.ids("reject"), pool=self.visible()["id"],
+                                   min_consistency=self.f_consistency.value)
+        self.store.record_many(ids, "accept", by="auto")
+        self.refresh()
+        return ids
+
+    def next_page(self) -> None:
+        n_pages = max(1, -(-len(self.visible()) // self.page_size))
+        self.page = min(self.page + 1, n_pages - 1)
+        self.refresh()
+
+    def prev_page(self) -> None:
+        self.page = max(0, self.page - 1)
+        self.refresh()
+
+    def _refilter(self) -> None:
+        self.page = 0
+        self.refresh()
+
+    # -- drawing
+    def summary_html(self) -> str:
+        acc = self.store.ids("accept")
+        before, after = class_balance(self.table), class_balance(self.table, [c for c in acc if c in self.table.index])
+        cells = "".join(f"<tr><td>{r['class']}</td><td>{b['cells']} ({b['share']:.0%})</td>"
+                        f"<td>{r['cells']} ({r['share']:.0%})</td></tr>"
+                        for (_, b), (_, r) in zip(before.iterrows(), after.iterrows()))
+        return (f"<b>accepted {len(acc)} / target {self.n_target.value}</b>, rejected {len(self.store.ids('reject'))}, "
+                f"shown {len(self.visible())} of {len(self.table)}"
+                f"<table><tr><th>class</th><th>all candidates</th><th>accepted</th></tr>{cells}</table>")
+
+    def _card(self, cid: str):
+        import ipywidgets as w
+
+        phase, labels = load_candidate(self.candidates, cid)
+        row = self.table.loc[cid]
+        state = self.store.decisions.get(cid, {}).get("decision", "undecided")
+        colour = {"accept": "#2a2", "reject": "#c22"}.get(state, "#999")
+        counts = " ".join(f"{n[0].upper()}{int(row[f'n_{n}'])}" for n in CELL_CLASS_NAMES)
+        rgb = overlay_rgb(phase, labels, phase_range=PHASE_RANGE_RAD)
+        img = w.Image(value=_png(rgb, self.thumb_px), format="png",
+                      width=self.thumb_px, height=self.thumb_px)
+        acc = self._button("accept", f"rbc-curate-accept-{cid}", lambda: self.decide(cid, "accept"))
+        rej = self._button("reject", f"rbc-curate-reject-{cid}", lambda: self.decide(cid, "reject"))
+        acc.layout = rej.layout = w.Layout(width=f"{self.thumb_px // 2 + 8}px")
+        self.accept_buttons[cid], self.reject_buttons[cid] = acc, rej
+        text = w.HTML(f"<small>{cid} · {state}<br>{counts} · c={row['consistency']:.2f}</small>")
+        box = w.VBox([img, text, w.HBox([acc, rej])],
+                     layout=w.Layout(border=f"3px solid {colour}", padding="2px"))
+        box.add_class(f"rbc-curate-card-{state}")
+        return box
+
+    def refresh(self) -> None:
+        vis = self.visible()
+        n_pages = max(1, -(-len(vis) // self.page_size))
+        self.page = min(self.page, n_pages - 1)
+        ids = vis["id"].iloc[self.page * self.page_size:(self.page + 1) * self.page_size].tolist()
+        self.accept_buttons, self.reject_buttons = {}, {}
+        self.gallery.children = [self._card(cid) for cid in ids]
+        self.page_label.value = f"page {self.page + 1} / {n_pages}"
+        self.summary.value = self.summary_html()

@@ -1,0 +1,52 @@
+"""The shared training scaffold (rbclib.core.training): devices, autocast, checkpoints, logs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rbclib.core import training as T
+
+
+def test_pick_device_explicit_and_automatic():
+    assert T.pick_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert T.pick_device().type == expected
+
+
+def test_autocast_runs_bf16_only_when_enabled():
+    layer = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with T.autocast(torch.device("cpu"), False):
+        assert layer(x).dtype == torch.float32
+    with T.autocast(torch.device("cpu"), True):
+        assert layer(x).dtype == torch.bfloat16
+    assert T.bf16_is_fast(torch.device("meta")) is False
+
+
+def test_checkpoint_roundtrip_and_bad_files_name_the_file(tmp_path):
+    T.save_checkpoint(tmp_path / "a.pt", {"w": torch.arange(3.0), "identity": {"lr": 1}})
+    assert torch.equal(T.load_checkpoint(tmp_path / "a.pt")["w"], torch.arange(3.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]          # no temporary file left behind
+    (tmp_path / "junk.pt").write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(ValueError, match=r"junk\.pt: not a readable checkpoint"):
+        T.load_checkpoint(tmp_path / "junk.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"list\.pt: not an rbclib checkpoint"):
+        T.load_checkpoint(tmp_path / "list.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        T.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resume_state_same_run_other_run_and_none(tmp_path):
+    assert T.resume_state(tmp_path, {"lr": 1}) is None
+    T.save_checkpoint(tmp_path / T.CHECKPOINT, {"identity": {"lr": 1}, "step": 7})
+    assert T.resume_state(tmp_path, {"lr": 1})["step"] == 7
+    with pytest.raises(ValueError, match=r"last\.pt: written with a different config"):
+        T.resume_state(tmp_path, {"lr": 2})
+
+
+def test_log_rows_kept_up_to_the_checkpoint(tmp_path):
+    assert T.read_log_rows(tmp_path, upto="step", last=3) == []
+    T.write_log(tmp_path, [{"step": s, "loss": 1.0 / s} for s in range(1, 6)])
+    kept = T.read_log_rows(tmp_path, upto="step", last=3)
+    assert [r["step"] for r in kept] == [1, 2, 3] and kept[1]["loss"] == pytest.approx(0.5)
