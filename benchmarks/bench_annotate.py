@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from rbclib.annotate.session import propose_cells, proposal_quality
+from rbclib.annotate.proposals import propose_cells, proposal_quality
 from rbclib.physics.holography import reconstruct
 from rbclib.core.labels import CELL_CLASSES, instances_from_labels
 from rbclib.physics.measure import compare_with_truth, measure_cells

@@ -41,7 +41,10 @@ def _worker(src: str, model: str, data: str, out: str, repeats: int) -> None:
     import warnings
 
     warnings.simplefilter("ignore")
-    from rbclib.study.assess import assess
+    try:
+        from rbclib.study.assess import assess
+    except ImportError:                       # the baseline commit's flat layout
+        from rbclib.assess import assess
 
     assert Path(sys.modules["rbclib"].__file__).resolve().is_relative_to(Path(src).resolve())
     warm = Path(out + "_warm")
@@ -113,12 +116,14 @@ def _compare(old: Path, new: Path, data: Path) -> dict:
 
 def _stages(model: Path, data: Path, out: Path) -> dict:
     """Holograms per second of this version's stages, run one after the other (no overlap)."""
-    from rbclib.study.assess import _Reconstructors, _write_image_outputs, analyse_image, discover_inputs, load_phase
+    from rbclib.study.assess import _write_image_outputs
+    from rbclib.study.image import Reconstructors, analyse_image, load_phase
+    from rbclib.study.inputs import discover_inputs
     from rbclib.study.segmenter import Segmenter
 
     jobs = discover_inputs(data)
     seg = Segmenter(model)
-    recon = _Reconstructors()
+    recon = Reconstructors()
     seg(load_phase(jobs[0], reconstructors=recon).phase, seg.pixel_size_m)  # warm
     times = {}
     t0 = time.perf_counter()
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         _worker(src, model, data, out, int(repeats))
         return {}
 
-    from rbclib.study.assess import find_latest_model
+    from rbclib.study.inputs import find_latest_model
     from rbclib.physics.simulate import simulate_dataset
 
     try:

@@ -24,7 +24,7 @@ def main() -> int:
     import pandas as pd
 
     from rbclib.physics import realism
-    from rbclib.study.assess import find_latest_model
+    from rbclib.study.inputs import find_latest_model
     from rbclib.study.transfer import COUNT_TOLERANCE, FRESH_DISCOCYTE_MIN, real_hologram_check
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -28,7 +28,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_assess(args: argparse.Namespace) -> int:
-    from rbclib.study.assess import OpticsOptions, assess, find_latest_model, load_schemes
+    from rbclib.study.assess import assess, load_schemes
+    from rbclib.study.image import OpticsOptions
+    from rbclib.study.inputs import find_latest_model
 
     model, note = (args.model, None) if args.model else find_latest_model()
     if note:

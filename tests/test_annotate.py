@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rbclib.annotate.session import (AnnotationSession, DecisionsError, DecisionStore, apply_decisions, make_splits,
-                             merge_cells, propose_cells, proposal_quality, split_cell, write_annotations)
+from rbclib.annotate.export import make_splits, write_annotations
+from rbclib.annotate.proposals import merge_cells, propose_cells, proposal_quality, split_cell
+from rbclib.annotate.session import AnnotationSession, DecisionsError, DecisionStore, apply_decisions
 from rbclib.annotate.widget import AnnotationWidget
 from rbclib.core.config import Optics
 from rbclib.core.io import read_instances, read_labels, write_phase

@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rbclib.core.files import ImageFileError
 from rbclib.study import assess as A
+from rbclib.study import image, inputs
 from rbclib.study import segmenter as S
 from rbclib.core.config import Optics
 from rbclib.core.io import read_instances, write_camera_image, write_labels, write_phase
@@ -100,9 +102,9 @@ def _write_series(root: Path, px_m=PAPER_PX, *, days=(8, 57), n_img=2):
 
 
 def test_parse_day():
-    assert A.parse_day("day_08") == 8 and A.parse_day("Day 13") == 13 and A.parse_day("d16") == 16
-    assert A.parse_day("day-2.5") == 2.5 and A.parse_day("day_40_unitB") == 40
-    assert A.parse_day("holograms") is None and A.parse_day("today") is None and A.parse_day("dayx") is None
+    assert inputs.parse_day("day_08") == 8 and inputs.parse_day("Day 13") == 13 and inputs.parse_day("d16") == 16
+    assert inputs.parse_day("day-2.5") == 2.5 and inputs.parse_day("day_40_unitB") == 40
+    assert inputs.parse_day("holograms") is None and inputs.parse_day("today") is None and inputs.parse_day("dayx") is None
 
 
 def test_discover_series_prefers_holograms_and_finds_truth(tmp_path):
@@ -114,7 +116,7 @@ def test_discover_series_prefers_holograms_and_finds_truth(tmp_path):
     write_labels(d / "labels" / "f0.png", np.zeros((16, 16), np.uint8))
     (d / "optics.json").write_text(json.dumps(Optics().to_dict()))
     write_phase(tmp_path / "day_8" / "p.tif", np.arange(256, dtype=np.float32).reshape(16, 16))
-    jobs = A.discover_inputs(tmp_path)
+    jobs = inputs.discover_inputs(tmp_path)
     assert [(j.image, j.day) for j in jobs] == [("day_8/p", 8.0), ("day_13/f0", 13.0)]
     j = jobs[1]
     assert j.path.parent.name == "holograms" and j.background.parent.name == "backgrounds"
@@ -126,24 +128,24 @@ def test_discover_day_map_and_errors(tmp_path):
     for name in ("a.tif", "b.tif"):
         write_phase(tmp_path / "unit" / name, np.arange(16, dtype=np.float32).reshape(4, 4))
     (tmp_path / "map.csv").write_text("file,day\na.tif,3\nb,10\n")
-    jobs = A.discover_inputs(tmp_path / "unit", day_map=tmp_path / "map.csv")
+    jobs = inputs.discover_inputs(tmp_path / "unit", day_map=tmp_path / "map.csv")
     assert {j.image: j.day for j in jobs} == {"a": 3.0, "b": 10.0}
     (tmp_path / "typo.csv").write_text("file,day\nA.tif,3\nc.tif,10\n")
-    with pytest.raises(A.ImageFileError, match=r"typo\.csv: no entry matches an image"):
-        A.discover_inputs(tmp_path / "unit", day_map=tmp_path / "typo.csv")
-    single = A.discover_inputs(tmp_path / "unit" / "a.tif")
+    with pytest.raises(ImageFileError, match=r"typo\.csv: no entry matches an image"):
+        inputs.discover_inputs(tmp_path / "unit", day_map=tmp_path / "typo.csv")
+    single = inputs.discover_inputs(tmp_path / "unit" / "a.tif")
     assert len(single) == 1 and math.isnan(single[0].day)
     (tmp_path / "bad.csv").write_text("name,when\na,3\n")
-    with pytest.raises(A.ImageFileError, match="columns 'file' and 'day'"):
-        A.read_day_map(tmp_path / "bad.csv")
+    with pytest.raises(ImageFileError, match="columns 'file' and 'day'"):
+        inputs.read_day_map(tmp_path / "bad.csv")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(A.ImageFileError, match="no images found"):
-        A.discover_inputs(tmp_path / "empty")
-    with pytest.raises(A.ImageFileError, match="not found"):
-        A.discover_inputs(tmp_path / "nothing")
+    with pytest.raises(ImageFileError, match="no images found"):
+        inputs.discover_inputs(tmp_path / "empty")
+    with pytest.raises(ImageFileError, match="not found"):
+        inputs.discover_inputs(tmp_path / "nothing")
     write_phase(tmp_path / "unit" / "a.tiff", np.arange(16, dtype=np.float32).reshape(4, 4))
-    with pytest.raises(A.ImageFileError, match="share the image name"):
-        A.discover_inputs(tmp_path / "unit")
+    with pytest.raises(ImageFileError, match="share the image name"):
+        inputs.discover_inputs(tmp_path / "unit")
 
 
 # ---------------------------------------------------------------- resampling, clean-up, confidence
@@ -307,18 +309,18 @@ def test_best_and_latest_model(tmp_path):
     make("smoke", "backbone", 2000)
     (tmp_path / "runs" / "smoke" / "models" / "seg_da_ssl").mkdir()  # no best.pt: not finished
     make("training", "backbone", 3000, dice=(0.9,), epochs=10)        # newest, but still training
-    model, why = A.find_latest_model([tmp_path / "runs"])
+    model, why = inputs.find_latest_model([tmp_path / "runs"])
     assert model == newest_ssl and "most recent run" in why and str(newest_ssl) in why
     quick = tmp_path / "runs" / "quick" / "models"
-    assert A.best_model_in(quick).name == "seg_da"  # equal Dice: preference order
+    assert inputs.best_model_in(quick).name == "seg_da"  # equal Dice: preference order
     for arm, dice in (("backbone", [0.5, 0.71]), ("da", [0.6, 0.65])):
         (quick / f"seg_{arm}" / "log.csv").write_text("epoch,val_dice_overall\n" + "".join(
             f"{i},{d}\n" for i, d in enumerate(dice)))
-    assert A.best_model_in(quick).name == "seg_backbone"  # the highest validation Dice wins
+    assert inputs.best_model_in(quick).name == "seg_backbone"  # the highest validation Dice wins
     with pytest.raises(FileNotFoundError, match="seg_backbone still training"):
-        A.best_model_in(tmp_path / "runs" / "training" / "models")
+        inputs.best_model_in(tmp_path / "runs" / "training" / "models")
     with pytest.raises(FileNotFoundError, match="make run"):
-        A.find_latest_model([tmp_path / "nowhere"])
+        inputs.find_latest_model([tmp_path / "nowhere"])
 
 
 # ---------------------------------------------------------------- the batch
@@ -374,7 +376,7 @@ def test_assess_optics_override_and_no_temp_files(tmp_path, oracle):
     model, _ = oracle
     phase, _ = _disk_field(FIELD, 3.0, PAPER_PX)
     write_phase(tmp_path / "in" / "a.tif", phase)  # optics in the file: 0.1441 um/px
-    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, optics=A.OpticsOptions(pixel_size_m=0.2e-6),
+    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, optics=image.OpticsOptions(pixel_size_m=0.2e-6),
                  n_boot=50, progress=False)
     info = json.loads((tmp_path / "out" / "per_image" / "a.json").read_text())
     assert info["optics"]["pixel_size_m"] == 0.2e-6 and info["optics_provenance"]["pixel_size_m"] == "given by the user"

@@ -1,2 +1,3 @@
-"""Stage 02, annotation: proposals, replayable decisions and splits (``session``), the
-ipywidgets annotator (``widget``) and the stage's figures (``plots``)."""
+"""Stage 02, annotation: cell proposals (``proposals``), replayable decisions and the session
+the widget drives (``session``), exports and the split (``export``), the ipywidgets annotator
+(``widget``) and the stage's figures (``plots``)."""

@@ -1,167 +1,31 @@
-"""Cell proposals, an annotation decisions store, exports and the train/test split (stage 02).
+"""Annotation decisions and the annotation session (stage 02).
 
-Workflow: :func:`propose_cells` cuts a phase image into candidate cells (threshold, then
-a distance-transform watershed that splits touching cells). A person (the
-``AnnotationWidget`` of ``rbclib.annotate.widget``) or the simulator's ground truth then
-decides the class of every candidate, merging or splitting candidates where needed.
-Decisions are replayable actions kept in a JSON file (:class:`DecisionStore`, written
-atomically after every decision); :func:`apply_decisions` turns them into a class map and
-an instance map; :func:`write_annotations` exports ``labels/``, ``instances/`` and
-``cells.csv``; :func:`make_splits` draws the image-level train/test split.
+Decisions are replayable actions (label, merge, split) kept in a JSON file
+(:class:`DecisionStore`, written atomically after every decision, earlier versions backed
+up); :func:`apply_decisions` turns them into a class map and an instance map;
+:class:`AnnotationSession` is what the widget (``rbclib.annotate.widget``) drives: proposals
+of each image, the cursor, undo. Proposals are :mod:`rbclib.annotate.proposals`; exports and
+the split are :mod:`rbclib.annotate.export`.
 """
 from __future__ import annotations
-
 import datetime as _dt
 import hashlib
-import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
-
+from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
-from skimage.feature import peak_local_max
-from skimage.filters import apply_hysteresis_threshold, threshold_otsu
-from skimage.segmentation import relabel_sequential, watershed
-
+from skimage.segmentation import relabel_sequential
 from rbclib.core.config import Optics
-from rbclib.core.io import read_phase, write_instances, write_labels
-from rbclib.core.files import read_json, write_json, write_text
-from rbclib.core.labels import CELL_CLASSES, CLASS_NAMES, N_CLASSES, check_labels
-from rbclib.physics.measure import MEASUREMENT_COLUMNS, measure_cells
-from rbclib.seg.metrics import aji, match_instances
+from rbclib.core.io import read_phase
+from rbclib.core.files import read_json, write_json
+from rbclib.core.labels import CELL_CLASSES, CLASS_NAMES, N_CLASSES
+from rbclib.annotate.proposals import Proposals, merge_cells, propose_cells, split_cell
+from rbclib.annotate.export import write_annotations
+
 
 DECISIONS_FORMAT = "rbc-holo-decisions/1"
-
-
-# ----------------------------------------------------------------------------- proposals
-@dataclass
-class Proposals:
-    """Candidate cells of one phase image.
-
-    instances: (H, W) int32, 0 background, ids 1..N; threshold_rad: threshold used;
-    flags: one row per id with ``cell_id``, ``area_px``, ``touches_edge``, ``tiny``.
-    """
-
-    instances: np.ndarray
-    threshold_rad: float
-    flags: pd.DataFrame
-
-
-def propose_cells(phase: np.ndarray, *, threshold_rad: float | None = None, pixel_size_m: float = Optics().pixel_size_m,
-                  smooth_sigma_px: float = 1.0, edge_fraction: float = 0.5, min_separation_um: float = 2.5,
-                  min_area_um2: float = 8.0) -> Proposals:
-    """Threshold (``threshold_rad`` [rad], or Otsu when None) then split touching cells.
-
-    Objects are the pixels of the smoothed phase above the threshold, grown (hysteresis)
-    over connected pixels above ``edge_fraction`` x threshold, so the faint cell rims
-    are kept (on simulated fields 0.5 raises the proposal AJI from ~0.91 to ~0.98).
-    The foreground (holes filled) is split by a watershed on the negative distance
-    transform from seeds at distance maxima at least ``min_separation_um`` apart. Objects
-    touching the image edge or smaller than ``min_area_um2`` are flagged, never dropped.
-    """
-    phase = np.asarray(phase, dtype=np.float32)
-    if phase.ndim != 2:
-        raise ValueError(f"phase must be a 2-D map, got shape {phase.shape}")
-    if not np.all(np.isfinite(phase)):
-        raise ValueError("phase holds NaN or infinite values")
-    smooth = ndi.gaussian_filter(phase, smooth_sigma_px) if smooth_sigma_px > 0 else phase
-    if threshold_rad is None:
-        threshold_rad = float(threshold_otsu(smooth)) if smooth.min() < smooth.max() else math.inf
-    if not 0 < edge_fraction <= 1:
-        raise ValueError(f"edge_fraction must lie in (0, 1], got {edge_fraction}")
-    mask = ndi.binary_fill_holes(apply_hysteresis_threshold(smooth, edge_fraction * threshold_rad, threshold_rad))
-    dist = ndi.distance_transform_edt(mask)
-    comps, _ = ndi.label(mask, structure=np.ones((3, 3), bool))
-    sep_px = max(1, int(round(min_separation_um * 1e-6 / pixel_size_m)))
-    peaks = peak_local_max(ndi.gaussian_filter(dist, 1.0), min_distance=sep_px, labels=comps, exclude_border=False)
-    markers = np.zeros(phase.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    # a component without a seed (tiny or flat) gets one at its first pixel
-    seeded = np.unique(comps[markers > 0])
-    for comp_id in np.setdiff1d(np.arange(1, comps.max() + 1), seeded):
-        y, x = np.argwhere(comps == comp_id)[0]
-        markers[y, x] = markers.max() + 1
-    inst = watershed(-dist, markers, mask=mask) if mask.any() else np.zeros(phase.shape, np.int32)
-    inst = relabel_sequential(inst.astype(np.int32))[0]
-    return Proposals(instances=inst, threshold_rad=float(threshold_rad),
-                     flags=_flags(inst, pixel_size_m=pixel_size_m, min_area_um2=min_area_um2))
-
-
-def _flags(inst: np.ndarray, *, pixel_size_m: float, min_area_um2: float) -> pd.DataFrame:
-    ids = np.arange(1, int(inst.max(initial=0)) + 1)
-    area = np.bincount(inst.ravel(), minlength=ids.size + 1)[1:]
-    border = np.unique(np.concatenate([inst[0], inst[-1], inst[:, 0], inst[:, -1]]))
-    min_px = min_area_um2 * 1e-12 / pixel_size_m ** 2
-    return pd.DataFrame({"cell_id": ids, "area_px": area, "touches_edge": np.isin(ids, border), "tiny": area < min_px})
-
-
-def proposal_quality(proposed: np.ndarray, true_instances: np.ndarray) -> dict[str, float]:
-    """Compare proposal instances with true instances (class-agnostic).
-
-    Returns ``aji`` (eq. 14), ``n_true``, ``n_proposed``, ``matched_iou50`` (fraction
-    of true cells whose best proposal has IoU > 0.5) and ``mean_iou``.
-    """
-    m = match_instances(proposed, true_instances)
-    return {"aji": aji(proposed, true_instances), "n_true": int(len(m)),
-            "n_proposed": int(len(np.unique(proposed)) - (1 if (np.asarray(proposed) == 0).any() else 0)),
-            "matched_iou50": float((m["iou"] > 0.5).mean()) if len(m) else math.nan,
-            "mean_iou": float(m["iou"].mean()) if len(m) else math.nan}
-
-
-# ------------------------------------------------------------------------ edit operations
-def merge_cells(instances: np.ndarray, a: int, b: int) -> np.ndarray:
-    """Merge cell ``b`` into ``a`` (the lower id survives); returns a new instance map."""
-    a, b = int(a), int(b)
-    if a == b:
-        raise ValueError(f"cannot merge cell {a} with itself")
-    for c in (a, b):
-        if c <= 0 or not (instances == c).any():
-            raise ValueError(f"no cell {c} in this image")
-    keep, gone = min(a, b), max(a, b)
-    out = instances.copy()
-    out[out == gone] = keep
-    return out
-
-
-def split_cell(instances: np.ndarray, cell: int) -> np.ndarray:
-    """Split one cell in two by a watershed from its two main distance maxima.
-
-    Without two maxima the seeds sit on the major axis, half an equivalent radius from
-    the centroid. The first part keeps ``cell``, the second gets ``max id + 1``.
-    """
-    cell = int(cell)
-    mask = instances == cell
-    if cell <= 0 or not mask.any():
-        raise ValueError(f"no cell {cell} in this image")
-    if mask.sum() < 4:
-        raise ValueError(f"cell {cell} has {int(mask.sum())} pixel(s); too small to split")
-    ys, xs = np.nonzero(mask)
-    y0, x0 = ys.min(), xs.min()
-    crop = np.pad(mask[y0:ys.max() + 1, x0:xs.max() + 1], 1)
-    dist = ndi.distance_transform_edt(crop)
-    r_eq = math.sqrt(mask.sum() / math.pi)
-    peaks = peak_local_max(dist, min_distance=max(2, int(r_eq / 3)), num_peaks=2, labels=crop.astype(int),
-                           exclude_border=False)
-    if len(peaks) < 2:
-        pts = np.argwhere(crop).astype(float)
-        centre = pts.mean(0)
-        _, vecs = np.linalg.eigh(np.cov((pts - centre).T))
-        axis = vecs[:, -1] * 0.5 * r_eq
-        peaks = np.array([centre + axis, centre - axis])
-        peaks = np.array([pts[np.argmin(((pts - p) ** 2).sum(1))] for p in peaks]).astype(int)
-    markers = np.zeros(crop.shape, np.int32)
-    markers[peaks[0][0], peaks[0][1]] = 1
-    markers[peaks[1][0], peaks[1][1]] = 2
-    parts = watershed(-dist, markers, mask=crop)[1:-1, 1:-1]
-    if not (parts == 2).any() or not (parts == 1).any():
-        raise ValueError(f"cell {cell} could not be split in two")
-    out = instances.copy()
-    region = out[y0:ys.max() + 1, x0:xs.max() + 1]
-    region[(parts == 2)] = int(instances.max()) + 1
-    return out
 
 
 # ---------------------------------------------------------------------------- decisions
@@ -503,148 +367,3 @@ class AnnotationSession:
         optics = self.optics[self.stems[0]]
         table = write_annotations(run_paths, done, self.phase, optics=optics)
         return table, skipped
-
-
-# ------------------------------------------------------------------------------- exports
-def _backup_if_changed(path: Path, unchanged: bool, root: Path, backup_dir: Path) -> Path | None:
-    """Copy ``path`` (below ``root``) to the same relative place under ``backup_dir`` unless unchanged."""
-    if path.exists() and not unchanged:
-        target = backup_dir / path.relative_to(root)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
-        return target
-    return None
-
-
-def write_annotations(run_paths: Any, annotations: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                      phases: Mapping[str, np.ndarray] | Callable[[str], np.ndarray], *, optics: Optics) -> pd.DataFrame:
-    """Write ``labels/<stem>.png``, ``instances/<stem>.png`` and ``cells.csv`` of a run.
-
-    run_paths: a :class:`rbclib.core.paths.RunPaths`; annotations: stem -> (class map uint8
-    0..4, instance map); phases: stem -> phase [rad], a mapping or a function (read lazily).
-    An existing label/instance file or cells.csv with different content is first copied
-    to ``<run>/annotations/backup/<UTC time>/``. Returns the cell table (columns
-    ``image``, ``cell_id``, ``class_id``, ``class_name`` and the measurements).
-    """
-    from rbclib.core.io import read_instances, read_labels
-
-    backup_dir = run_paths.annotations / "backup" / _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    frames = []
-    for stem, (labels, inst) in annotations.items():
-        labels = check_labels(labels, source=f"class map of {stem}")
-        inst = np.asarray(inst)
-        phase = np.asarray(phases(stem) if callable(phases) else phases[stem])
-        if labels.shape != phase.shape or inst.shape != phase.shape:
-            raise ValueError(f"{stem}: phase {phase.shape}, class map {labels.shape} and instance map "
-                             f"{inst.shape} must have one shape")
-        lab_path, inst_path = run_paths.labels / f"{stem}.png", run_paths.instances / f"{stem}.png"
-        _backup_if_changed(lab_path, lab_path.exists() and np.array_equal(read_labels(lab_path), labels),
-                           run_paths.root, backup_dir)
-        _backup_if_changed(inst_path, inst_path.exists() and np.array_equal(read_instances(inst_path), inst),
-                           run_paths.root, backup_dir)
-        write_labels(lab_path, labels)
-        write_instances(inst_path, inst)
-        df = measure_cells(phase, inst.astype(np.int32), optics=optics, labels=labels)
-        df.insert(0, "image", stem)
-        frames.append(df)
-    first = ["image", "cell_id", "class_id", "class_name"]
-    table = pd.concat(frames, ignore_index=True) if frames else \
-        pd.DataFrame(columns=first + [c for c in MEASUREMENT_COLUMNS if c != "cell_id"])
-    table = table[first + [c for c in table.columns if c not in first]]
-    if frames:
-        table.attrs = dict(frames[0].attrs)
-    text = table.to_csv(index=False)
-    csv = run_paths.cells_csv
-    _backup_if_changed(csv, csv.exists() and csv.read_text() == text, run_paths.root, backup_dir)
-    write_text(csv, text)
-    return table
-
-
-# ------------------------------------------------------------------ simulated ground truth
-def truth_annotations(run_paths: Any, stems: Iterable[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The simulator's labels and instances (``<run>/truth/``) as annotations: stem -> (class map, instances)."""
-    from rbclib.core.io import read_instances, read_labels
-
-    out = {}
-    for stem in stems:
-        lab, inst = run_paths.truth / "labels" / f"{stem}.png", run_paths.truth / "instances" / f"{stem}.png"
-        for path in (lab, inst):
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: ground truth missing for phase image {stem}")
-        out[stem] = (read_labels(lab), read_instances(inst))
-    return out
-
-
-def evaluate_proposals(run_paths: Any, stems: Iterable[str], *, threshold_rad: float | None = None,
-                       progress: bool = True, **proposal_options: Any) -> pd.DataFrame:
-    """Proposal quality against the simulator's instances, one row per image.
-
-    Proposals are made on the reconstructed phase (``<run>/phase``) and, where it exists,
-    on the true phase (``<run>/truth/phase``). Columns: ``image``, ``threshold_rad``,
-    ``n_true``, ``n_proposed``, ``aji``, ``matched_iou50``, ``mean_iou`` (reconstructed
-    phase) and ``aji_true_phase``.
-    """
-    from tqdm.auto import tqdm
-
-    from rbclib.core.io import read_instances
-
-    rows = []
-    for stem in tqdm(list(stems), desc="proposal quality", disable=not progress):
-        img = read_phase(run_paths.phase / f"{stem}.tif")
-        true_inst = read_instances(run_paths.truth / "instances" / f"{stem}.png")
-        if true_inst.shape != img.data.shape:
-            raise ValueError(f"{stem}: phase {img.data.shape} and true instances {true_inst.shape} differ in shape")
-        px = img.optics().pixel_size_m
-        prop = propose_cells(img.data, threshold_rad=threshold_rad, pixel_size_m=px, **proposal_options)
-        row = {"image": stem, "threshold_rad": prop.threshold_rad, **proposal_quality(prop.instances, true_inst)}
-        true_phase = run_paths.truth / "phase" / f"{stem}.tif"
-        if true_phase.exists():
-            p_true = propose_cells(read_phase(true_phase).data, threshold_rad=threshold_rad, pixel_size_m=px,
-                                   **proposal_options)
-            row["aji_true_phase"] = aji(p_true.instances, true_inst)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-# -------------------------------------------------------------------------------- splits
-def make_splits(stems: Iterable[str], labels_by_stem: Mapping[str, Any], *, test_fraction: float, seed: int,
-                n_draws: int = 2000) -> dict[str, Any]:
-    """Seeded image-level train/test split, stratified so every class is in both parts.
-
-    labels_by_stem: stem -> class map (array) or the iterable of class ids present.
-    Draws ``n_draws`` random splits of size round(test_fraction * n) (at least 1 each)
-    and keeps the one covering the most cell classes in both train and test, ties broken
-    by the closest test class frequencies to those of the whole set. Returns the dict of
-    ``splits.json``: train, test, seed, method, and ``classes_not_in_both`` (empty when
-    stratification succeeded).
-    """
-    stems = list(stems)
-    n = len(stems)
-    if n < 2:
-        raise ValueError(f"need at least 2 images to split, got {n}")
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    pres = np.zeros((n, len(CELL_CLASSES)), dtype=bool)
-    for i, s in enumerate(stems):
-        if s not in labels_by_stem:
-            raise ValueError(f"no labels for image {s!r}")
-        v = labels_by_stem[s]
-        present = set(np.unique(v).tolist()) if isinstance(v, np.ndarray) else set(int(c) for c in v)
-        pres[i] = [c in present for c in CELL_CLASSES]
-    n_test = min(n - 1, max(1, int(round(test_fraction * n))))
-    rng = np.random.default_rng(seed)
-    overall = pres.mean(0)
-    best, best_key = None, None
-    for _ in range(n_draws):
-        perm = rng.permutation(n)
-        test, train = perm[:n_test], perm[n_test:]
-        both = pres[test].any(0) & pres[train].any(0)
-        key = (int(both.sum()), -float(np.abs(pres[test].mean(0) - overall).sum()))
-        if best_key is None or key > best_key:
-            best, best_key = (sorted(train.tolist()), sorted(test.tolist())), key
-    train_i, test_i = best
-    both = pres[test_i].any(0) & pres[train_i].any(0)
-    return {"train": [stems[i] for i in train_i], "test": [stems[i] for i in test_i], "seed": int(seed),
-            "method": f"image-level, seeded; best of {n_draws} random draws covering every cell class in train and "
-                      f"test (then closest class frequencies); test_fraction={test_fraction}",
-            "classes_not_in_both": [CLASS_NAMES[c] for c, ok in zip(CELL_CLASSES, both) if not ok and pres[:, CELL_CLASSES.index(c)].any()]}

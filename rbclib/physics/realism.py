@@ -202,7 +202,7 @@ def foreground_mask(phase: np.ndarray, *, pixel_size_m: float, smooth_um: float 
 def find_cells(phase: np.ndarray, *, pixel_size_m: float, min_area_um2: float = 8.0,
                min_separation_um: float = 3.0) -> np.ndarray:
     """Instances (H, W) int32, 1..N, of the cells of ``phase`` (H, W) [rad], independent of
-    :mod:`rbclib.annotate.session`: :func:`foreground_mask`, then a watershed of its distance
+    :mod:`rbclib.annotate.proposals`: :func:`foreground_mask`, then a watershed of its distance
     transform from maxima at least ``min_separation_um`` apart (and 1 um deep, so specks
     get no seed) splits touching cells; objects below ``min_area_um2`` are dropped. Cells
     touching the image edge are kept (:func:`cell_statistics` flags them)."""

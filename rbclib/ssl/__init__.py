@@ -1,2 +1,3 @@
-"""Self-supervised pretraining (stage 05): corpora, MoCo v2 + reconstruction, transfer into
-the ResUnet and the probes (``pretrain``)."""
+"""Self-supervised pretraining (stage 05): the corpora and probe sets (``corpus``), MoCo v2 +
+reconstruction and the transfer into the ResUnet (``pretrain``), and the k-NN / linear
+probes (``probe``)."""

@@ -94,7 +94,8 @@ def real_hologram_check(path: str | Path, model_dir: str | Path, out_dir: str | 
     independent, count_ratio, fragments_dropped, share_<class> for the four classes,
     count_ok, discocytes_ok and overlay (path of ``rbc assess``'s overlay PNG)."""
     from rbclib.physics import realism
-    from rbclib.study.assess import OpticsOptions, assess
+    from rbclib.study.assess import assess
+    from rbclib.study.image import OpticsOptions
     from rbclib.physics.holography import reconstruct
     from rbclib.core.io import read_image
     from rbclib.core.files import read_json

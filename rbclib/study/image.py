@@ -1,0 +1,161 @@
+"""One image of ``rbc assess``: hologram or phase map -> phase at known optics
+(:func:`load_phase`), then segmentation and per-cell measurements (:func:`analyse_image`).
+
+Per image: integer-typed images are camera holograms and are reconstructed
+(:class:`rbclib.physics.holography.Reconstructor`), float images are phase maps [rad]; the phase
+is resampled to the model's pixel size, segmented by tiled inference
+(:func:`rbclib.seg.infer.predict_images`, several images per forward pass), mapped back to the
+image grid and measured (:func:`rbclib.physics.measure.measure_cells`).
+"""
+from __future__ import annotations
+import math
+from dataclasses import dataclass
+from typing import Any
+import numpy as np
+import pandas as pd
+from rbclib.core.config import Optics
+from rbclib.core.files import ImageFileError
+from rbclib.core.io import read_image, read_instances, read_labels
+from rbclib.core.labels import CLASS_NAMES, instance_classes, instances_from_labels
+from rbclib.study.inputs import ImageJob
+
+
+@dataclass
+class OpticsOptions:
+    """Optics given on the command line (None: from the file's metadata, else defaults)."""
+
+    wavelength_m: float | None = None
+    pixel_size_m: float | None = None
+    n_medium: float | None = None
+    numerical_aperture: float | None = None
+
+    def overrides(self) -> dict[str, float]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+@dataclass
+class ImageResult:
+    """What :func:`analyse_image` found: cells table, maps (input grid), phase and facts."""
+
+    cells: pd.DataFrame
+    phase: np.ndarray
+    labels: np.ndarray
+    instances: np.ndarray
+    info: dict[str, Any]
+    truth_classes: list[str] | None = None
+    confusion: pd.DataFrame | None = None
+
+
+class Reconstructors:
+    """One :class:`rbclib.physics.holography.Reconstructor` per (shape, optics): the sideband found on
+    one hologram serves the next (re-detected only if it moved); a background hologram is
+    passed with each hologram."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, Any] = {}
+
+    def __call__(self, hologram: np.ndarray, *, background: np.ndarray | None, background_name: str,
+                 optics: Optics, source: str):
+        from rbclib.physics.holography import Reconstructor
+
+        key = (hologram.shape, repr(sorted(optics.to_dict().items())))
+        if key not in self._cache:
+            if len(self._cache) > 8:
+                self._cache.clear()
+            self._cache[key] = Reconstructor(hologram.shape, optics=optics)
+        return self._cache[key](hologram, background=background, source=source, background_source=background_name)
+
+
+def has_sideband(image: np.ndarray) -> bool:
+    """Whether ``image`` (H, W) is an off-axis hologram: its spectrum holds a sideband
+    (:func:`rbclib.physics.holography.find_sideband`). Decides, for floating-point files, between a
+    hologram and a phase map; integer files are camera images, so holograms, anyway."""
+    from rbclib.physics.holography import find_sideband
+
+    try:
+        find_sideband(image)
+    except ImageFileError:
+        return False
+    return True
+
+
+PHASE_LIMIT_RAD = 60.0
+"""A floating-point image with larger values is not a phase map: a spherocyte 4.3 um high at
+an index step of 0.1 and 405 nm reaches about 6.7 rad, three stacked cells about 20; camera
+counts (0-255 or 0-65535) stored as float go far beyond."""
+
+
+@dataclass
+class LoadedImage:
+    """An input file as phase: ``phase`` (H, W) float32 [rad], its ``optics``, ``kind``
+    ("hologram" or "phase"), ``compensation`` and where each optics value came from."""
+
+    phase: np.ndarray
+    optics: Optics
+    kind: str
+    compensation: str
+    provenance: dict[str, str]
+
+
+def load_phase(job: ImageJob, *, optics: OpticsOptions | None = None,
+               reconstructors: Reconstructors | None = None) -> LoadedImage:
+    """Read ``job``'s file and reconstruct it if it is a hologram. Raises ImageFileError /
+    ValueError for bad input."""
+    overrides = (optics or OpticsOptions()).overrides()
+    img = read_image(job.path)
+    default = None
+    if job.optics_json is not None:
+        default = Optics.from_json(job.optics_json)
+        default = default.replace(**{k: getattr(default, k) for k in ("wavelength_m", "pixel_size_m", "n_medium")},
+                                  provenance={k: f"{job.optics_json}" for k in ("wavelength_m", "pixel_size_m", "n_medium")})
+    opt = img.optics(default, **overrides)
+    provenance = {k: opt.provenance.get(k, "") for k in ("wavelength_m", "pixel_size_m", "n_medium")}
+    if np.issubdtype(img.data.dtype, np.integer) or img.data.dtype == bool or has_sideband(img.data):
+        bg, bg_name = img.background, (f"{job.path} [background]" if img.background is not None else "")
+        if job.background is not None:
+            bg, bg_name = read_image(job.background).data, str(job.background)
+        rec = (reconstructors or Reconstructors())(img.data, background=bg, background_name=bg_name,
+                                                    optics=opt, source=str(job.path))
+        return LoadedImage(rec.phase.astype(np.float32), opt, "hologram",
+                           "background hologram" if bg is not None else "numerical", provenance)
+    phase = img.data.astype(np.float32)
+    top = float(np.nanmax(np.abs(phase))) if phase.size else 0.0
+    if top > PHASE_LIMIT_RAD:
+        raise ImageFileError(job.path, f"a floating-point image with values up to {top:.4g} and no off-axis "
+                             f"sideband: neither a phase map in radians (no cell reaches {PHASE_LIMIT_RAD:g} rad) "
+                             "nor a hologram")
+    return LoadedImage(phase, opt, "phase", "", provenance)
+
+
+def analyse_image(job: ImageJob, loaded: LoadedImage, segmented: tuple, *, min_area_um2: float) -> ImageResult:
+    """Per-cell table of a segmented image (``segmented``: a :meth:`rbclib.study.segmenter.Segmenter.__call__` result)
+    and, when ground truth exists, its per-cell confusion counts."""
+    from rbclib.physics.measure import measure_cells
+
+    phase, opt = loaded.phase, loaded.optics
+    labels, instances, conf, scale, dropped = segmented
+    cells = measure_cells(phase, instances, optics=opt, labels=labels)
+    cells = cells[cells["class_id"] > 0].reset_index(drop=True)
+    cells.insert(0, "image", job.image)
+    cells.insert(1, "day", job.day)
+    cells.insert(4, "class_confidence", [conf.get(int(i), math.nan) for i in cells["cell_id"]])
+    cells["delta_n_assumed"] = opt.delta_n
+    info = {"image": job.image, "file": str(job.path), "day": job.day, "kind": loaded.kind,
+            "compensation": loaded.compensation, "shape": list(phase.shape),
+            "optics": {k: getattr(opt, k) for k in ("wavelength_m", "pixel_size_m", "n_medium")},
+            "optics_provenance": loaded.provenance, "scale_to_model": scale, "n_cells": int(len(cells)),
+            "fragments_dropped": int(dropped), "min_cell_area_um2": min_area_um2}
+    result = ImageResult(cells=cells, phase=phase, labels=labels, instances=instances, info=info)
+    if job.truth_labels is not None:
+        from rbclib.seg.metrics import cell_confusion
+
+        t_lab = read_labels(job.truth_labels)
+        t_inst = read_instances(job.truth_instances) if job.truth_instances is not None else None
+        if t_lab.shape != labels.shape:
+            raise ImageFileError(job.truth_labels, f"ground truth of shape {t_lab.shape} does not match the image "
+                                 f"{labels.shape}")
+        result.confusion, _ = cell_confusion(labels, t_lab, true_instances=t_inst)
+        if t_inst is None:
+            t_inst = instances_from_labels(t_lab)
+        result.truth_classes = [CLASS_NAMES[c] for c in instance_classes(t_lab, t_inst).values() if c > 0]
+    return result

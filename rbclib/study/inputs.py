@@ -1,0 +1,222 @@
+"""What ``rbc assess`` works on: its inputs, their storage days and the model.
+
+Inputs (:func:`discover_inputs`):
+
+- one image file, or a folder of images (one blood unit);
+- a *dataset folder* as the simulator writes it: ``holograms/`` (with optional
+  ``backgrounds/<same stem>``) or else ``phase/``, plus optional ground truth
+  ``labels/`` and ``instances/`` (same stems);
+- a *storage series*: sub-folders whose names carry the day (``day_08``, ``Day 13``,
+  ``d16``), each a dataset folder or a plain folder of images;
+- any of these with a day-map CSV (columns ``file`` and ``day``; ``file`` is a path
+  relative to the input, a file name or a stem), which overrides days from folder names.
+
+Without ``--model``, :func:`find_latest_model` picks the best arm (:func:`best_model_in`) of
+the most recent finished run.
+"""
+from __future__ import annotations
+import dataclasses
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+import pandas as pd
+from rbclib.core.files import ImageFileError, read_json
+from rbclib.core.io import IMAGE_SUFFIXES
+from rbclib.core.paths import SEG_ARMS, runs_roots as default_runs_roots
+
+
+ARM_PREFERENCE: tuple[str, ...] = ("da_ssl", "ssl", "da", "backbone")
+"""Order in which arms are preferred when validation Dice ties (:func:`best_model_in`)."""
+_DAY_RE = re.compile(r"^(?:day|d)[ _-]?(\d+(?:\.\d+)?)(?:$|[ _-])", re.IGNORECASE)
+
+
+_DATASET_DIRS = ("holograms", "backgrounds", "phase", "labels", "instances", "truth")
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to assess.
+
+    image: unique id (path relative to the input without suffix, POSIX, dataset
+    sub-folders dropped, e.g. ``day_08/field_0000``); day: storage day (NaN if unknown);
+    background: background hologram file; truth_labels / truth_instances: ground truth;
+    optics_json: the dataset folder's ``optics.json`` (default optics for its images).
+    """
+
+    image: str
+    path: Path
+    day: float = math.nan
+    background: Path | None = None
+    truth_labels: Path | None = None
+    truth_instances: Path | None = None
+    optics_json: Path | None = None
+
+
+def parse_day(name: str) -> float | None:
+    """Storage day from a folder name (``day_08``, ``Day 13``, ``d16`` -> 8.0, 13.0, 16.0)."""
+    m = _DAY_RE.match(name.strip())
+    return float(m.group(1)) if m else None
+
+
+def read_day_map(path: str | Path) -> dict[str, float]:
+    """A CSV mapping files to storage days: columns ``file`` (or ``image``/``path``) and
+    ``day`` (or ``storage_day``). Returns {key as written: day}."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ImageFileError(path, f"cannot read the day map ({exc})") from exc
+    fcol = next((c for c in ("file", "image", "path", "filename") if c in frame.columns), None)
+    dcol = next((c for c in ("day", "storage_day", "days") if c in frame.columns), None)
+    if fcol is None or dcol is None:
+        raise ImageFileError(path, f"day map needs columns 'file' and 'day'; has {list(frame.columns)}")
+    days = pd.to_numeric(frame[dcol], errors="coerce")
+    if days.isna().any():
+        bad = frame.loc[days.isna(), fcol].astype(str).tolist()[:5]
+        raise ImageFileError(path, f"non-numeric day for {bad}")
+    return {str(f).strip(): float(d) for f, d in zip(frame[fcol], days)}
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def _match_stem(folder: Path, stem: str) -> Path | None:
+    if not folder.is_dir():
+        return None
+    hits = [p for p in _images(folder) if p.stem == stem]
+    return hits[0] if hits else None
+
+
+def _dataset_jobs(folder: Path, root: Path, day: float) -> list[ImageJob]:
+    """Jobs of one dataset folder (holograms/ or phase/ + truth) or plain image folder."""
+    if (folder / "holograms").is_dir():
+        source = folder / "holograms"
+    elif (folder / "phase").is_dir():
+        source = folder / "phase"
+    else:
+        source = folder
+    optics_json = next((f for f in (source / "optics.json", folder / "optics.json") if f.is_file()), None)
+    jobs = []
+    for p in _images(source):
+        rel = folder.relative_to(root) / p.stem
+        bg = _match_stem(folder / "backgrounds", p.stem) if source.name == "holograms" else None
+        tl = _match_stem(folder / "labels", p.stem) if source != folder else None
+        ti = _match_stem(folder / "instances", p.stem) if source != folder else None
+        jobs.append(ImageJob(image=rel.as_posix(), path=p, day=day, background=bg, truth_labels=tl,
+                             truth_instances=ti if tl is not None else None, optics_json=optics_json))
+    return jobs
+
+
+def discover_inputs(input_path: str | Path, *, day_map: Mapping[str, float] | str | Path | None = None) -> list[ImageJob]:
+    """Every image to assess under ``input_path`` (file or folder), with its storage day.
+
+    Raises ImageFileError if the input does not exist or holds no images; see the module
+    doc for the layouts understood.
+    """
+    root = Path(input_path).expanduser()
+    if not root.exists():
+        raise ImageFileError(root, "input not found")
+    map_source = "the day map"
+    if day_map is not None and not isinstance(day_map, Mapping):
+        map_source = str(day_map)
+        day_map = read_day_map(day_map)
+    if root.is_file():
+        day = parse_day(root.parent.name)
+        optics_json = root.parent / "optics.json"
+        jobs = [ImageJob(image=root.stem, path=root, day=math.nan if day is None else day,
+                         optics_json=optics_json if optics_json.is_file() else None)]
+    else:
+        day_dirs = sorted((d for d in root.iterdir() if d.is_dir() and parse_day(d.name) is not None),
+                          key=lambda d: (parse_day(d.name), d.name))
+        own = parse_day(root.name)
+        jobs = _dataset_jobs(root, root, math.nan if own is None else own)
+        for d in day_dirs:
+            jobs += _dataset_jobs(d, root, parse_day(d.name))
+    if day_map:
+        mapped = [_apply_day_map(j, root, day_map) for j in jobs]
+        if jobs and all(m is j for m, j in zip(mapped, jobs)):
+            raise ImageFileError(Path(map_source), f"no entry matches an image under {root} (entries such as "
+                                 f"{list(day_map)[:3]}; images such as {[j.image for j in jobs[:3]]})")
+        jobs = mapped
+    if not jobs:
+        raise ImageFileError(root, f"no images found (looked for {', '.join(IMAGE_SUFFIXES)} files, in "
+                             "holograms/ or phase/ sub-folders and in day_NN/ folders)")
+    ids = [j.image for j in jobs]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ImageFileError(root, f"several files share the image name(s) {dupes[:5]} (same stem, different suffix)")
+    return jobs
+
+
+def _apply_day_map(job: ImageJob, root: Path, day_map: Mapping[str, float]) -> ImageJob:
+    rel = job.path.relative_to(root).as_posix() if root.is_dir() else job.path.name
+    for key in (rel, job.image, job.path.name, job.path.stem):
+        if key in day_map:
+            return dataclasses.replace(job, day=day_map[key])
+    return job
+
+
+def training_finished(model_dir: str | Path) -> bool:
+    """Whether the training that writes ``model_dir`` has run all its epochs (one ``log.csv``
+    row per epoch against ``epochs`` in ``config.json``)."""
+    folder = Path(model_dir)
+    try:
+        epochs = int(read_json(folder / "config.json")["epochs"])
+        return len(pd.read_csv(folder / "log.csv")) >= epochs
+    except (OSError, KeyError, TypeError, ValueError, ImageFileError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return False
+
+
+def best_model_in(models_dir: str | Path) -> Path:
+    """The segmentation model of one run's ``models/`` folder to deploy: among the
+    ``seg_<arm>`` folders with a ``best.pt``, the one with the highest validation Dice
+    (``val_dice_overall`` in its ``log.csv``; validation images come from the train split,
+    so the test split never chooses); ties and missing logs fall back to the order
+    ``seg_da_ssl`` > ``seg_ssl`` > ``seg_da`` > ``seg_backbone``. A model still training
+    (fewer ``log.csv`` rows than its ``config.json`` epochs) is passed over."""
+    models_dir = Path(models_dir)
+    present = [models_dir / f"seg_{arm}" for arm in ARM_PREFERENCE if (models_dir / f"seg_{arm}" / "best.pt").is_file()]
+    candidates = [folder for folder in present if training_finished(folder)]
+    if not candidates:
+        still = f" ({', '.join(f.name for f in present)} still training)" if present else ""
+        raise FileNotFoundError(f"{models_dir}: no trained segmentation model{still} (looked for "
+                                f"{', '.join(f'seg_{a}/best.pt' for a in ARM_PREFERENCE)})")
+
+    def validation_dice(folder: Path) -> float:
+        try:
+            log = pd.read_csv(folder / "log.csv")
+            return float(log["val_dice_overall"].max())
+        except (OSError, KeyError, ValueError, pd.errors.ParserError):
+            return float("-inf")
+
+    return max(candidates, key=lambda folder: (validation_dice(folder), -candidates.index(folder)))
+
+
+def find_latest_model(runs_roots: list[str | Path] | None = None) -> tuple[Path, str]:
+    """Best model of the most recent run: (model folder, sentence saying why).
+
+    Looks for ``<root>/*/models/seg_*/best.pt`` under each root (default:
+    :func:`rbclib.core.paths.runs_roots`: ``$RBC_RUNS``, ``./runs`` and a source checkout's
+    ``runs/``); the run whose newest ``best.pt`` is most recent wins, and within it
+    :func:`best_model_in` picks the arm.
+    """
+    roots = [Path(r) for r in runs_roots] if runs_roots else default_runs_roots()
+    runs: dict[Path, float] = {}
+    for root in roots:
+        for pt in root.glob("*/models/seg_*/best.pt"):
+            if pt.parent.name[len("seg_"):] in SEG_ARMS and training_finished(pt.parent):
+                run = pt.parents[2].resolve()
+                runs[run] = max(runs.get(run, 0.0), pt.stat().st_mtime)
+    if not runs:
+        raise FileNotFoundError("no --model given and no trained model found (looked for runs/*/models/seg_*/best.pt "
+                                f"under {', '.join(str(r) for r in roots)}); run `make run` first, pass --model DIR or set $RBC_RUNS")
+    run = max(runs, key=runs.get)
+    model = best_model_in(run / "models")
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(runs[run]))
+    return model, (f"no --model given: using `{model}`, the arm with the highest validation Dice of the "
+                   f"most recent run `{run}` (trained {when})")
