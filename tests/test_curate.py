@@ -63,14 +63,16 @@ def test_auto_select_favours_rare_classes():
 
 def test_decision_store_persists_undo_resume(tmp_path):
     path = tmp_path / "decisions.json"
-    s = cu.DecisionStore(path)
+    s = cu.CurationDecisions(path)
     s.record("a", "accept")
     s.record("b", "reject")
     s.record("a", "reject")
     assert json.loads(path.read_text())["decisions"]["a"]["decision"] == "reject"
-    again = cu.DecisionStore(path)
+    again = cu.CurationDecisions(path)
     assert again.ids("reject") == ["b", "a"] and again.undo() == "a"
-    assert cu.DecisionStore(path).ids("reject") == ["b"] and "a" not in cu.DecisionStore(path).decisions
+    assert cu.CurationDecisions(path).ids("reject") == ["b"] and "a" not in cu.CurationDecisions(path).decisions
+    backups = sorted(tmp_path.glob("decisions.*.bak.json"))     # one per distinct content seen on open
+    assert len(backups) == 2 and json.loads(backups[0].read_text())["history"] == ["b", "a"]
     with pytest.raises(ValueError):
         s.record("c", "maybe")
 
@@ -103,7 +105,7 @@ def test_widget_clicks_persist_and_resume(candidates, tmp_path):
 
 
 def test_selection_and_rotated_train_pairs(candidates, tmp_path):
-    store = cu.DecisionStore(tmp_path / "d.json")
+    store = cu.CurationDecisions(tmp_path / "d.json")
     store.record_many(["cand_00002", "cand_00005"], "accept", by="auto")
     sel = cu.write_selection(tmp_path / "selection.json", store, mode="automatic", seed=0)
     assert sel["accepted"] == ["cand_00002", "cand_00005"] and sel["selected_by"]["cand_00002"] == "auto"
@@ -128,7 +130,7 @@ def test_auto_curate_rejects_broken_keeps_hand_decisions_and_fills_to_n_select(t
     table = pd.DataFrame({"id": ids, "consistency": [0.9, 0.2, 0.8, 0.7, 0.95, 0.1],
                           "n_discocyte": [3, 1, 0, 2, 1, 1], "n_spherocyte": [0, 0, 2, 0, 0, 0],
                           "n_echinocyte": [0, 0, 0, 1, 0, 0], "n_stomatocyte": [0, 0, 0, 0, 1, 0]}).set_index("id", drop=False)
-    store = cu.DecisionStore(tmp_path / "d.json")
+    store = cu.CurationDecisions(tmp_path / "d.json")
     store.record("c4", "reject", by="user")                      # a hand rejection is respected
     store.record("c0", "accept", by="user")                      # and so is a hand acceptance
     picked = cu.auto_curate(store, table, 3, baseline_counts={"discocyte": 100.0}, min_consistency=0.5)
@@ -148,6 +150,6 @@ def test_decision_file_is_checked_before_its_ids_become_paths(tmp_path, content,
     path = tmp_path / "decisions.json"
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
-        cu.DecisionStore(path)
+        cu.CurationDecisions(path)
     with pytest.raises(ValueError, match="is not a candidate id"):
         cu.load_candidate(tmp_path, "../outside")

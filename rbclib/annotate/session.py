@@ -10,7 +10,6 @@ the split are :mod:`rbclib.annotate.export`.
 from __future__ import annotations
 import datetime as _dt
 import hashlib
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -19,7 +18,7 @@ import pandas as pd
 from skimage.segmentation import relabel_sequential
 from rbclib.core.config import Optics
 from rbclib.core.io import read_phase
-from rbclib.core.files import read_json, write_json
+from rbclib.core.files import back_up, read_json, write_json
 from rbclib.core.labels import CELL_CLASSES, CLASS_NAMES, N_CLASSES
 from rbclib.annotate.proposals import Proposals, merge_cells, propose_cells, split_cell
 from rbclib.annotate.export import write_annotations
@@ -50,8 +49,6 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-KEEP_BACKUPS = 10
-"""Backups of a decisions file kept beside it (the newest ones)."""
 
 
 class DecisionStore:
@@ -62,7 +59,7 @@ class DecisionStore:
     its image) and a cursor (where the person stopped). Opening an existing file checks
     it was made for the same images and proposal parameters (:class:`DecisionsError`
     otherwise) and copies it to ``<name>.<UTC time>.bak.json`` before anything is written,
-    unless the newest backup already holds the same content; the :data:`KEEP_BACKUPS` newest
+    unless the newest backup already holds the same content; the :data:`rbclib.core.files.KEEP_BACKUPS` newest
     backups are kept.
     """
 
@@ -73,26 +70,13 @@ class DecisionStore:
         if self.path.exists():
             data = read_json(self.path)
             self._validate(data, params)
-            self.backup = self._back_up()
+            self.backup = back_up(self.path)
             self.data = data
         else:
             self.backup = None
             self.data = {"format": DECISIONS_FORMAT, "created": _now(), "updated": _now(), "images": self.images,
                          "proposal_params": params, "actions": [], "cursor": None}
             self.save()
-
-    def _back_up(self) -> Path:
-        """Copy the file to a new timestamped backup unless the newest one is identical; prune
-        to :data:`KEEP_BACKUPS`. Returns the backup holding the current content."""
-        backups = sorted(self.path.parent.glob(f"{self.path.stem}.*.bak.json"))
-        if backups and backups[-1].read_bytes() == self.path.read_bytes():
-            return backups[-1]
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        backup = self.path.with_name(f"{self.path.stem}.{stamp}.bak.json")
-        shutil.copy2(self.path, backup)
-        for old in [*backups, backup][:-KEEP_BACKUPS]:
-            old.unlink(missing_ok=True)
-        return backup
 
     def _validate(self, data: Any, params: dict[str, Any]) -> None:
         where = str(self.path)

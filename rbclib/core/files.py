@@ -8,8 +8,10 @@ of rbclib, so every module (``config`` included) can write through it.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -105,3 +107,23 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+KEEP_BACKUPS = 10
+"""Backups of a decisions file kept beside it (the newest ones)."""
+
+
+def back_up(path: str | Path, *, keep: int = KEEP_BACKUPS) -> Path:
+    """Copy ``path`` to ``<stem>.<UTC time>.bak<suffix>`` beside it, unless the newest backup
+    already holds the same bytes; keep the ``keep`` newest backups. Returns the backup that
+    holds the current content (used before a file of human decisions is changed)."""
+    path = Path(path)
+    backups = sorted(path.parent.glob(f"{path.stem}.*.bak{path.suffix}"))
+    if backups and backups[-1].read_bytes() == path.read_bytes():
+        return backups[-1]
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    backup = path.with_name(f"{path.stem}.{stamp}.bak{path.suffix}")
+    shutil.copy2(path, backup)
+    for old in [*backups, backup][:-keep]:
+        old.unlink(missing_ok=True)
+    return backup

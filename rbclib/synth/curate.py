@@ -27,7 +27,7 @@ from rbclib.core.config import Optics
 from rbclib.seg.datasets import PHASE_RANGE_RAD
 from rbclib.synth.scores import CELL_THRESHOLD_RAD, consistency_score, mask_counts
 from rbclib.core.io import read_labels, read_phase, write_labels, write_phase
-from rbclib.core.files import read_json, write_csv, write_json
+from rbclib.core.files import back_up, read_json, write_csv, write_json
 from rbclib.core.labels import CELL_CLASS_NAMES, overlay_rgb
 
 COUNT_COLS = tuple(f"n_{name}" for name in CELL_CLASS_NAMES)
@@ -155,11 +155,13 @@ def auto_select_balanced(table: pd.DataFrame, n_select: int, *, baseline_counts:
 
 
 # ----------------------------------------------------------------------------- decisions
-class DecisionStore:
+class CurationDecisions:
     """Accept / reject decisions per candidate id, saved to a JSON file after every change.
 
     File: {"decisions": {id: {"decision", "by", "time"}}, "history": [id, ...]}; history
-    is the order of decisions, used by :meth:`undo`. Opening an existing file resumes.
+    is the order of decisions, used by :meth:`undo`. Opening an existing file resumes, after
+    a backup copy (:func:`rbclib.core.files.back_up`). Not the annotation decisions of
+    :class:`rbclib.annotate.session.DecisionStore`: those are a replayable log of edits.
     """
 
     def __init__(self, path: str | Path):
@@ -179,6 +181,7 @@ class DecisionStore:
                     raise ValueError(f"{where}: decision for {cid!r} is {d!r}; expected accept or reject")
             if set(data["history"]) != set(data["decisions"]):
                 raise ValueError(f"{where}: history and decisions name different candidates")
+            back_up(self.path)
             self.decisions, self.history = dict(data["decisions"]), list(data["history"])
 
     def record(self, cid: str, decision: str, *, by: str = "user") -> None:
@@ -210,7 +213,7 @@ class DecisionStore:
         write_json(self.path, {"decisions": self.decisions, "history": self.history})
 
 
-def auto_curate(store: "DecisionStore", table: pd.DataFrame, n_select: int, *,
+def auto_curate(store: "CurationDecisions", table: pd.DataFrame, n_select: int, *,
                 baseline_counts: dict[str, float] | None = None, min_consistency: float = 0.0) -> list[str]:
     """The automatic curation of 04, recorded in ``store``: reject every undecided candidate
     below ``min_consistency``, then accept by :func:`auto_select_balanced` until ``n_select``
@@ -224,7 +227,7 @@ def auto_curate(store: "DecisionStore", table: pd.DataFrame, n_select: int, *,
     return picked
 
 
-def write_selection(path: str | Path, store: DecisionStore, *, mode: str, rule: str = SELECTION_RULE,
+def write_selection(path: str | Path, store: CurationDecisions, *, mode: str, rule: str = SELECTION_RULE,
                     **extra: Any) -> dict[str, Any]:
     """Write ``selection.json``: accepted / rejected ids, who selected each, the rule, extras."""
     accepted = store.ids("accept")
@@ -275,7 +278,7 @@ class CurationWidget:
 
         self.candidates = Path(candidates)
         self.table = read_candidates(self.candidates)
-        self.store = DecisionStore(decisions_path)
+        self.store = CurationDecisions(decisions_path)
         self.baseline_counts = dict(baseline_counts or {})
         self.page_size, self.thumb_px, self.page = page_size, thumb_px, 0
         self.f_classes = w.SelectMultiple(options=CELL_CLASS_NAMES, description="must hold")
