@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
         warnings.simplefilter("ignore")  # qpretrieve warns about optional FFT back-ends
         import qpretrieve
     from rbclib.physics.holography import Reconstructor
-    from rbclib.physics.simulate import HologramSettings, simulate_field
+    from rbclib.physics.recording import HologramSettings
+    from rbclib.physics.simulate import simulate_field
 
     fields = [simulate_field(np.random.SeedSequence([args.seed, i]), field_px=args.size) for i in range(args.n)]
     one_setup = [simulate_field(np.random.SeedSequence([args.seed, 100 + i]), field_px=args.size,

@@ -52,7 +52,8 @@ def _cmd_assess(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from rbclib.physics.simulate import HologramSettings, simulate_dataset, simulate_storage_series
+    from rbclib.physics.recording import HologramSettings
+    from rbclib.physics.simulate import simulate_dataset, simulate_storage_series
 
     realism = {k: getattr(args, k) for k in _SIMULATE_RANGES if getattr(args, k) is not None}
     hologram = {k: realism.pop(k) for k in ("noise_nm", "noise_corr_um", "coherence", "beam_ratio") if k in realism}
@@ -77,7 +78,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 _SIMULATE_RANGES = {
-    # option: help; each takes X (pinned) or LOW,HIGH (drawn per field), limits: rbclib.physics.simulate.SETTING_LIMITS
+    # option: help; each takes X (pinned) or LOW,HIGH (drawn per field), limits: rbclib.physics.recording.SETTING_LIMITS
     "density_per_1000um2": "cell density (default 2,10)",
     "flat_discocyte_fraction": "share of discocytes drawn flat-topped like the real fresh cells (default 0)",
     "touching_fraction": "share of cells touching another (default 0.1,0.6)",
@@ -104,7 +105,7 @@ def _number_pair(text: str, cast: type, expected: str) -> tuple[Any, Any]:
 def _range_arg(option: str):
     """argparse type: X or LOW,HIGH within the setting's limits, the message naming ``--option``."""
     def parse(text: str) -> float | tuple[float, float]:
-        from rbclib.physics.simulate import check_setting
+        from rbclib.physics.recording import check_setting
 
         try:
             values = [float(v) for v in text.split(",")]

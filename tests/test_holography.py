@@ -115,7 +115,8 @@ def test_filter_radius_follows_the_numerical_aperture():
     """Default radius = cut-off NA / wavelength (capped at half the carrier distance): it keeps
     the band a 0.7 NA objective passes, so a band-limited object comes back sharper than
     with qpretrieve's fixed 1/3 of the carrier distance (0.111 cycles/px here)."""
-    from rbclib.physics.simulate import HologramSettings, simulate_field
+    from rbclib.physics.recording import HologramSettings
+    from rbclib.physics.simulate import simulate_field
 
     optics = Optics()
     f = simulate_field(3, field_px=256, n_cells=6, defocus_um=0.0, overlap_fraction=0.0, debris_per_1000um2=0.0,
@@ -409,7 +410,8 @@ def test_a_background_without_fringes_is_refused():
 
 
 def test_another_fields_hologram_as_background_is_refused():
-    from rbclib.physics.simulate import HologramSettings, simulate_field
+    from rbclib.physics.recording import HologramSettings
+    from rbclib.physics.simulate import simulate_field
 
     settings = HologramSettings(carrier=(0.1, 0.3))                      # one set-up, two fields
     a, b = (simulate_field(s, field_px=256, settings=settings) for s in (0, 100))

@@ -2,18 +2,20 @@
 (:func:`write_annotations`), the simulator's ground truth as annotations
 (:func:`truth_annotations`) and the image-level train/test split (:func:`make_splits`)."""
 from __future__ import annotations
+
 import datetime as _dt
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
+
 import numpy as np
 import pandas as pd
+
 from rbclib.core.config import Optics
-from rbclib.core.io import write_instances, write_labels
 from rbclib.core.files import write_text
+from rbclib.core.io import write_instances, write_labels
 from rbclib.core.labels import CELL_CLASSES, CLASS_NAMES, check_labels
 from rbclib.physics.measure import MEASUREMENT_COLUMNS, measure_cells
-
 
 
 # ------------------------------------------------------------------------------- exports

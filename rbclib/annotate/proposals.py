@@ -2,19 +2,21 @@
 candidate cells (threshold, then a distance-transform watershed that splits touching
 cells); merge / split edits of a proposal map; proposal quality against the twin's truth."""
 from __future__ import annotations
+
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable
+
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.filters import apply_hysteresis_threshold, threshold_otsu
 from skimage.segmentation import relabel_sequential, watershed
+
 from rbclib.core.config import Optics
 from rbclib.core.io import read_phase
 from rbclib.seg.metrics import aji, match_instances
-
 
 
 # ----------------------------------------------------------------------------- proposals

@@ -8,21 +8,23 @@ of each image, the cursor, undo. Proposals are :mod:`rbclib.annotate.proposals`;
 the split are :mod:`rbclib.annotate.export`.
 """
 from __future__ import annotations
+
 import datetime as _dt
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
 import numpy as np
 import pandas as pd
 from skimage.segmentation import relabel_sequential
-from rbclib.core.config import Optics
-from rbclib.core.io import read_phase
-from rbclib.core.files import back_up, read_json, write_json
-from rbclib.core.labels import CELL_CLASSES, CLASS_NAMES, N_CLASSES
-from rbclib.annotate.proposals import Proposals, merge_cells, propose_cells, split_cell
-from rbclib.annotate.export import write_annotations
 
+from rbclib.annotate.export import write_annotations
+from rbclib.annotate.proposals import Proposals, merge_cells, propose_cells, split_cell
+from rbclib.core.config import Optics
+from rbclib.core.files import back_up, read_json, write_json
+from rbclib.core.io import read_phase
+from rbclib.core.labels import CELL_CLASSES, CLASS_NAMES, N_CLASSES
 
 DECISIONS_FORMAT = "rbc-holo-decisions/1"
 

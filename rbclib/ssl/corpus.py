@@ -12,18 +12,19 @@ smears (green OD 0.12-0.2) lands at 1-1.6 rad, in the range of RBC phase; staine
 (OD up to ~1) saturate at the top of the phase range.
 """
 from __future__ import annotations
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
-from rbclib.seg.datasets import normalise_phase
-from rbclib.core.io import list_images
+
 from rbclib.core.files import ImageFileError
-
-
+from rbclib.core.io import list_images
+from rbclib.seg.datasets import normalise_phase
 
 PBC_CLASSES = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet")
 
@@ -304,7 +305,7 @@ def prepare_ssl_data(corpus: str, *, image_px: int, seed: int, default_pbc: str 
     other fields (another seed, equal class mixture).
     max_images (0: all) caps pretraining images; probe_per_class (0: all) caps the probe set.
     """
-    from rbclib.core.labels import CLASS_NAMES, CELL_CLASSES
+    from rbclib.core.labels import CELL_CLASSES, CLASS_NAMES
 
     name = corpus.strip()
     if name == "auto":

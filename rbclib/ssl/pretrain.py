@@ -19,6 +19,7 @@ with :func:`load_into_resunet`), ``last.pt`` (full state, for resuming) and ``lo
 The corpora are in :mod:`rbclib.ssl.corpus`, the probes in :mod:`rbclib.ssl.probe`.
 """
 from __future__ import annotations
+
 import copy
 import dataclasses
 import json
@@ -27,19 +28,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from rbclib.core.config import check_known_fields
-from rbclib.seg.datasets import normalise_phase
-from rbclib.core.training import (CHECKPOINT, autocast, load_checkpoint, pick_device, progress as progress_bar,
-                                  read_log_rows, save_checkpoint, write_log)
-from rbclib.core.files import ImageFileError, write_json
-from rbclib.ssl.corpus import corpus_kind, describe_corpus
 
+from rbclib.core.config import check_known_fields
+from rbclib.core.files import ImageFileError, write_json
+from rbclib.core.training import (
+    CHECKPOINT,
+    autocast,
+    load_checkpoint,
+    pick_device,
+    read_log_rows,
+    save_checkpoint,
+    write_log,
+)
+from rbclib.core.training import progress as progress_bar
+from rbclib.seg.datasets import normalise_phase
+from rbclib.ssl.corpus import corpus_kind, describe_corpus
 
 WEIGHTS_FILE = "encoder_decoder.pt"
 

@@ -1,16 +1,19 @@
 """Probes of a pretrained encoder (stage 05): k-NN and linear accuracy on held-out labelled
 images, pretrained against a random encoder of the same architecture."""
 from __future__ import annotations
+
 from pathlib import Path
 from typing import Sequence
+
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from rbclib.core.training import (pick_device)
-from rbclib.ssl.pretrain import SSLConfig, load_into_resunet, load_ssl_weights
+
+from rbclib.core.training import pick_device
 from rbclib.ssl.corpus import holdout_split
+from rbclib.ssl.pretrain import SSLConfig, load_into_resunet, load_ssl_weights
 
 
 # --------------------------------------------------------------------------- probe

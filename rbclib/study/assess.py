@@ -8,20 +8,43 @@ written atomically under ``OUT/per_image/``; a finished image is skipped on the 
 (resumable); a file that fails is reported and skipped.
 """
 from __future__ import annotations
+
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
 import pandas as pd
-from rbclib.core.files import ImageFileError, check_output_dir, read_json, write_csv, write_json, write_text
+
+from rbclib.core.files import (
+    ImageFileError,
+    check_output_dir,
+    read_json,
+    write_csv,
+    write_json,
+    write_text,
+)
 from rbclib.core.io import write_instances, write_labels
 from rbclib.core.markdown import one_line
 from rbclib.core.prefetch import prefetched
-from rbclib.study.segmenter import FAINT_FRACTION, MIN_CELL_AREA_UM2, PREDICT_OPTIONS, RESAMPLE_TOLERANCE, Segmenter
+from rbclib.study.image import (
+    ImageResult,
+    LoadedImage,
+    OpticsOptions,
+    Reconstructors,
+    analyse_image,
+    load_phase,
+)
 from rbclib.study.inputs import ImageJob, discover_inputs, find_latest_model
-from rbclib.study.image import ImageResult, LoadedImage, OpticsOptions, Reconstructors, analyse_image, load_phase
+from rbclib.study.segmenter import (
+    FAINT_FRACTION,
+    MIN_CELL_AREA_UM2,
+    PREDICT_OPTIONS,
+    RESAMPLE_TOLERANCE,
+    Segmenter,
+)
 
 
 @dataclass

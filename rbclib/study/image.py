@@ -8,11 +8,14 @@ is resampled to the model's pixel size, segmented by tiled inference
 image grid and measured (:func:`rbclib.physics.measure.measure_cells`).
 """
 from __future__ import annotations
+
 import math
 from dataclasses import dataclass
 from typing import Any
+
 import numpy as np
 import pandas as pd
+
 from rbclib.core.config import Optics
 from rbclib.core.files import ImageFileError
 from rbclib.core.io import read_image, read_instances, read_labels

@@ -15,6 +15,7 @@ Without ``--model``, :func:`find_latest_model` picks the best arm (:func:`best_m
 the most recent finished run.
 """
 from __future__ import annotations
+
 import dataclasses
 import math
 import re
@@ -22,11 +23,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
+
 import pandas as pd
+
 from rbclib.core.files import ImageFileError, read_json
 from rbclib.core.io import IMAGE_SUFFIXES
-from rbclib.core.paths import SEG_ARMS, runs_roots as default_runs_roots
-
+from rbclib.core.paths import SEG_ARMS
+from rbclib.core.paths import runs_roots as default_runs_roots
 
 ARM_PREFERENCE: tuple[str, ...] = ("da_ssl", "ssl", "da", "backbone")
 """Order in which arms are preferred when validation Dice ties (:func:`best_model_in`)."""

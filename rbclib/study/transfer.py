@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from rbclib.core.config import Optics
-from rbclib.physics.simulate import HologramSettings
+from rbclib.physics.recording import HologramSettings
 
 OTHER_OPTICS = Optics().replace(wavelength_m=633e-9, pixel_size_m=0.094e-6,
                                 provenance={"wavelength_m": "HeNe laser, another DHM",
