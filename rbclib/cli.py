@@ -39,7 +39,7 @@ def _cmd_assess(args: argparse.Namespace) -> int:
                     optics=OpticsOptions(args.wavelength, args.pixel_size, args.medium_index, args.numerical_aperture),
                     schemes=load_schemes(args.schemes) if args.schemes else None,
                     overlays=not args.no_overlays, seed=args.seed, on_error=None, device=args.device,
-                    batch_images=args.batch_images)
+                    batch_images=args.batch_images, trim_halo=args.trim_halo)
     import matplotlib.pyplot as plt
 
     for fig in result.figures.values():
@@ -80,7 +80,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 _SIMULATE_RANGES = {
     # option: help; each takes X (pinned) or LOW,HIGH (drawn per field), limits: rbclib.physics.recording.SETTING_LIMITS
     "density_per_1000um2": "cell density (default 2,10)",
-    "flat_discocyte_fraction": "share of discocytes drawn flat-topped like the real fresh cells (default 0)",
+    "flat_discocyte_fraction": "share of discocytes drawn flat-topped like the real fresh cells (default 0.4)",
     "touching_fraction": "share of cells touching another (default 0.1,0.6)",
     "overlap_fraction": "share of cells lying on another (default 0,0.12)",
     "platelets_per_cell": "platelets per cell, background class (default 0,0.08)",
@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schemes", type=Path, help="TOML file of morphology-index weight schemes "
                                                  "([name] weights = {discocyte = 0, ...}, description = ...)")
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay PNGs")
+    p.add_argument("--trim-halo", action="store_true",
+                   help="drop model pixels beyond a cell's bright body (halo that merges neighbours); for models "
+                        "trained on the twin with flat-topped discocytes (--flat-discocyte-fraction)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals")
     p.add_argument("--device", help="torch device of the model, e.g. cuda, cuda:1, cpu (default: cuda, mps or "
                                     "cpu, whichever is there)")

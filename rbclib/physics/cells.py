@@ -47,14 +47,8 @@ Park et al. PNAS 2008's 0.8-1.4 um, so the Evans-Fung spread is used."""
 
 
 FLAT_DISCOCYTE_FRACTION = 0.0
-
-
 FLAT_DISCOCYTE_EDGE_POWER = (2.0, 4.0)
-
-
 FLAT_DISCOCYTE_DIMPLE_DEPTH = (0.1, 0.45)
-
-
 FLAT_DISCOCYTE_DIMPLE_WIDTH = (0.2, 0.35)
 """Flat-topped discocytes, opt-in (``simulate_field(flat_discocyte_fraction=...)``, ``rbc
 simulate --flat-discocyte-fraction``): that share of discocytes is drawn as the fresh cells of
@@ -63,10 +57,11 @@ round central dimple; centre / peak phase 0.84-0.86 median on all three real RBC
 against 0.1-0.5 for Evans-Fung cells). Thickness rim * sqrt(1 - x^(2k)) * (1 - d * exp(-x^2 /
 w^2)), x = r / R: edge power k, dimple depth d (centre / peak 0.55-0.9) and dimple width w
 (relative radius, a dimple 1.6-2.8 um across). A stomatocyte differs by its mouth: an
-elongated slit, deeper than this dimple. Default 0: a quick run with 0.4 called 95 / 83 / 93 %
-of the real fresh cells discocytes (3 / 0 / 22 % before), but its twin echinocyte Dice fell
-from 0.47 to 0.05 and its storage study from 33 to 14 of 44 ratios within 3 points
-(2026-12-01, README)."""
+elongated slit, deeper than this dimple. Default 0 because of the training budget it needs
+(quick backbone, 40 fields, bench_transfer protocol, 2026-12-01): with 0.4 and 1600 steps the
+real fresh cells came out 94 / 100 / 80 % discocytes (1 / 0 / 4 % with 0) and the twin's
+echinocytes kept a Dice of 0.79, but after 800 steps echinocytes fell to 0.07; 1600 steps for
+the 8 models of a quick run do not fit its 45 min on 2 CPU cores (README)."""
 
 
 SPHEROCYTE_DIAMETER_UM = (5.5, 6.8)

@@ -78,7 +78,8 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
            day_map: Mapping[str, float] | str | Path | None = None, optics: OpticsOptions | None = None,
            schemes: Mapping[str, Any] | None = None, predict_options: Mapping[str, Any] | None = None,
            runs_roots: list[str | Path] | None = None, min_area_um2: float = MIN_CELL_AREA_UM2,
-           fragment_fraction: float = 0.35, split: bool = True, n_boot: int = 2000, seed: int = 0,
+           fragment_fraction: float = 0.35, split: bool = True, trim_halo: bool = False, n_boot: int = 2000,
+           seed: int = 0,
            target_pp: float = 3.0, overlays: bool = True, progress: bool = True, model_note: str | None = None,
            on_error: Callable[[str], None] | None = _stderr, batch_images: int = 2,
            device: str | None = None) -> AssessResult:
@@ -89,6 +90,7 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
     ``overlays/<image>.png``, ``labels/`` and ``instances/`` maps and, with ground truth,
     ``confusion.csv`` and ``ratio_errors.csv``. min_area_um2 / fragment_fraction: cell
     clean-up (:func:`rbclib.study.segmenter.clean_instances`); split: split touching cells (:func:`rbclib.study.segmenter.split_touching`);
+    trim_halo: drop model pixels beyond a cell's bright body (:func:`rbclib.study.segmenter.trim_halo`);
     n_boot / seed: bootstrap of the confidence intervals; target_pp: largest ratio error
     [percentage points] counted as within target, with ground truth. Finished images (``per_image/<image>.json``
     whose input files are unchanged and whose model is the same) are not recomputed.
@@ -139,7 +141,8 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
             pending.append((job, key))
     processed: list[str] = []
     segmenter = Segmenter(model_path, predict_options=predict_options, min_area_um2=min_area_um2,
-                          fragment_fraction=fragment_fraction, split=split, device=device) if pending else None
+                          fragment_fraction=fragment_fraction, split=split, trim_halo=trim_halo,
+                          device=device) if pending else None
 
     def skip(job: ImageJob, problem: str) -> None:
         """Report ``job`` as skipped and make sure it is not marked done."""

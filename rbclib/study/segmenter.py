@@ -260,7 +260,9 @@ class Segmenter:
     background what lies beyond a cell's bright body (:func:`trim_halo`). Off by default: with
     the default quick model it raised the count on the non-telecentric real hologram from 39 to
     52 (41 cells: halo it paints in another class than the cell survives as pieces), while a
-    model trained with flat-topped discocytes needs it (16 -> 40 objects: halo merging cells).
+    model trained on the twin with flat-topped discocytes needs it (a quick backbone,
+    2026-12-01: real count ratio 0.84 / 1.00 / 0.61 without, 1.03 / 1.00 / 1.02 with it;
+    ``rbc assess --trim-halo``).
     """
 
     def __init__(self, model_dir: str | Path, *, predict_options: Mapping[str, Any] | None = None,
