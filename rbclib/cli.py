@@ -126,7 +126,7 @@ def _carrier_arg(text: str) -> tuple[float, float]:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from rbclib.physics.holography import reconstruct_files
+    from rbclib.physics.phase_files import reconstruct_files
 
     overrides = {"wavelength_m": args.wavelength, "pixel_size_m": args.pixel_size, "n_medium": args.medium_index,
                  "numerical_aperture": args.numerical_aperture}

@@ -13,8 +13,8 @@ from scipy import ndimage
 
 from rbclib.cli import main
 from rbclib.core.config import Optics
-from rbclib.physics.holography import (Reconstructor, angular_spectrum, autofocus, find_sideband, reconstruct,
-                               reconstruct_files)
+from rbclib.physics.holography import Reconstructor, angular_spectrum, autofocus, find_sideband, reconstruct
+from rbclib.physics.phase_files import reconstruct_files
 from rbclib.core.io import read_phase, write_camera_image
 from rbclib.core.files import ImageFileError, read_json
 
@@ -380,7 +380,7 @@ def test_real_hl60_field_autofocus_agrees_with_nrefocus():
 
 
 def test_reconstruction_errors_against_the_truth(tmp_path):
-    from rbclib.physics.holography import reconstruction_errors
+    from rbclib.physics.phase_files import reconstruction_errors
     from rbclib.core.io import write_labels, write_phase
 
     truth = np.zeros((20, 30), np.float32)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rbclib.study import storage
+from rbclib.study import storage, storage_report
 from rbclib.core.labels import overlay_rgb
 from rbclib.study.storage import CELL_CLASS_NAMES, IndexScheme
 
@@ -143,16 +143,16 @@ def test_summary_figures_and_report():
     cells = _random_series()
     conf = pd.DataFrame([[0, 50, 2, 1, 3], [0, 1, 20, 1, 0], [1, 1, 2, 30, 0], [0, 3, 0, 0, 9]],
                         index=CELL_CLASS_NAMES, columns=["missed", *CELL_CLASS_NAMES])
-    s = storage.summarise(cells, truth_cells=cells, confusion=conf, n_boot=100)
+    s = storage_report.summarise(cells, truth_cells=cells, confusion=conf, n_boot=100)
     assert s.accuracy["discocyte"] == pytest.approx(50 / 56)
     assert (s.errors["error_pp"] == 0).all()
-    figs = storage.summary_figures(s)
+    figs = storage_report.summary_figures(s)
     assert set(figs) == {"ratios", "indices", "measurements", "confusion"}
     assert all(hasattr(f, "savefig") for f in figs.values())
-    ctx = storage.ReportContext(input="`x`", model="`m`", n_images=18, sources=["Images: 18 phase(s)"],
+    ctx = storage_report.ReportContext(input="`x`", model="`m`", n_images=18, sources=["Images: 18 phase(s)"],
                                 failures=[("bad.tif", "2 NaN pixel(s)")], figures={"ratios": "figures/ratios.png"},
                                 files={"cells.csv": "cells"}, generated="today")
-    text = storage.render_report(s, ctx)
+    text = storage_report.render_report(s, ctx)
     for needle in ("## Class ratios per storage day", "bad.tif", "2 NaN pixel(s)", "figures/ratios.png",
                    "cluster bootstrap", "late_stage_share", "## Accuracy against ground truth", "Ratio error"):
         assert needle in text
@@ -202,9 +202,9 @@ def test_accuracy_by_attribute_splits_one_class_by_a_truth_column(tmp_path):
 def test_ratio_error_target_is_the_callers():
     truth = _cells({(8, "a"): {"discocyte": 90, "spherocyte": 10}})
     est = _cells({(8, "a"): {"discocyte": 85, "spherocyte": 15}})          # 5 points off
-    ctx = storage.ReportContext(input="`x`", model="`m`", n_images=1, sources=[], failures=[], figures={},
+    ctx = storage_report.ReportContext(input="`x`", model="`m`", n_images=1, sources=[], failures=[], figures={},
                                 files={}, generated="today")
     for target, inside in ((3.0, 2), (6.0, 4)):
-        s = storage.summarise(est, truth_cells=truth, n_boot=10, target_pp=target)
+        s = storage_report.summarise(est, truth_cells=truth, n_boot=10, target_pp=target)
         assert int(s.errors["within_target"].sum()) == inside
-        assert f"{inside} of 4 day/class pairs lie within {target:g} points" in storage.render_report(s, ctx)
+        assert f"{inside} of 4 day/class pairs lie within {target:g} points" in storage_report.render_report(s, ctx)

@@ -50,3 +50,27 @@ def test_log_rows_kept_up_to_the_checkpoint(tmp_path):
     T.write_log(tmp_path, [{"step": s, "loss": 1.0 / s} for s in range(1, 6)])
     kept = T.read_log_rows(tmp_path, upto="step", last=3)
     assert [r["step"] for r in kept] == [1, 2, 3] and kept[1]["loss"] == pytest.approx(0.5)
+
+
+def test_ddgan_and_ssl_train_in_channels_last_memory(tmp_path):
+    """The scaffold's channels-last option reaches the diffusion GANs and SSL (the gpu profile
+    sets it); training still runs and writes its folder."""
+    import numpy as np
+
+    from rbclib.ssl.pretrain import SSLConfig, pretrain_ssl
+    from rbclib.synth.ddgan import DDGANConfig, train_ddgan
+
+    rng = np.random.default_rng(0)
+    phase = [rng.normal(0, 0.05, (64, 64)).astype(np.float32) + 1.5 * (np.hypot(*np.mgrid[-32:32, -32:32]) < 10)]
+    labels = [(np.hypot(*np.mgrid[-32:32, -32:32]) < 10).astype(np.uint8)]
+    cfg = DDGANConfig(kind="phase", patch_px=16, downsample=2, n_steps=2, g_widths=(8, 16), d_widths=(8, 16), z_dim=8,
+                      batch_size=2, epochs=1, iters_per_epoch=2, channels_last=True)
+    out = train_ddgan(phase, labels, config=cfg, out_dir=tmp_path / "g", seed=0, device="cpu", progress=False)
+    assert (out / "generator.pt").is_file() and len(T.read_log_rows(out, upto="epoch", last=1)) == 1
+
+    images = torch.rand(4, 1, 32, 32) * 2 - 1
+    ssl = SSLConfig(encoder="resnet18", crop_px=32, batch_size=2, steps=2, queue_size=4, proj_hidden=16, proj_dim=8,
+                    save_every=1, channels_last=True)
+    out = pretrain_ssl(list(images), out_dir=tmp_path / "s",
+                       config=ssl, seed=0, progress=False, device="cpu")
+    assert (out / "encoder_decoder.pt").is_file()

@@ -41,6 +41,7 @@ from rbclib.core.files import ImageFileError, write_json
 from rbclib.core.training import (
     CHECKPOINT,
     autocast,
+    channels_last,
     load_checkpoint,
     pick_device,
     read_log_rows,
@@ -98,6 +99,7 @@ class SSLConfig:
     noise_std: float = 0.03
     save_every: int = 50
     autocast_bf16: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.crop_px % 32 or self.crop_px < 32:
@@ -324,7 +326,8 @@ def pretrain_ssl(corpus: Dataset, *, out_dir: str | Path, config: SSLConfig | di
     ident = {"ssl": cfg.to_dict(), "seed": int(seed), "corpus": describe_corpus(corpus), "corpus_kind": corpus_kind(corpus)}
 
     torch.manual_seed(seed)
-    model = MoCoResUnet(cfg, generator=torch.Generator().manual_seed(seed)).to(dev)
+    model = MoCoResUnet(cfg, generator=torch.Generator().manual_seed(seed))
+    model = channels_last(model, dev) if cfg.channels_last else model.to(dev)
     opt = torch.optim.AdamW(model.online_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=dev.type in ("cpu", "cuda"))  # fused: ~2.5x faster step on CPU
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)

@@ -260,7 +260,7 @@ def _write_image_outputs(out: Path, job: ImageJob, res: ImageResult, *, key: dic
 def _finish(out: Path, jobs: list[ImageJob], *, failures, skipped, processed, model_path: Path, model_note: str,
             input_path: Path, schemes, n_boot: int, seed: int, target_pp: float = 3.0) -> AssessResult:
     """Gather every finished image's results and write tables, figures and report."""
-    from rbclib.study import storage
+    from rbclib.study import storage_report
 
     failed = {f for f, _ in failures}
     frames, truth_rows, infos = [], [], []
@@ -290,7 +290,7 @@ def _finish(out: Path, jobs: list[ImageJob], *, failures, skipped, processed, mo
         summary = None
     else:
         truth = pd.DataFrame(truth_rows) if truth_rows else None
-        summary = storage.summarise(cells, images_by_day=images_by_day, truth_cells=truth,
+        summary = storage_report.summarise(cells, images_by_day=images_by_day, truth_cells=truth,
                                     confusion=confusion.astype(int) if confusion is not None else None,
                                     schemes=schemes, n_boot=n_boot, seed=seed, target_pp=target_pp)
     write_csv(out / "cells.csv", cells)
@@ -304,17 +304,17 @@ def _finish(out: Path, jobs: list[ImageJob], *, failures, skipped, processed, mo
             write_csv(out / "ratio_errors.csv", summary.errors)
         if summary.confusion is not None:
             write_csv(out / "confusion.csv", summary.confusion, index=True)
-        figures = storage.summary_figures(summary)
+        figures = storage_report.summary_figures(summary)
         for name, fig in figures.items():
             _save_figure(fig, out / "figures" / f"{name}.png")
             fig_paths[name] = f"figures/{name}.png"
-    context = storage.ReportContext(
+    context = storage_report.ReportContext(
         input=f"`{one_line(input_path)}` ({len(jobs)} image file(s) found)", model=one_line(model_note),
         n_images=len(infos), sources=[one_line(s) for s in _source_lines(infos)],
         failures=[(one_line(f), one_line(p)) for f, p in failures], figures=fig_paths,
         files=_file_descriptions(summary), generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     if summary is not None:
-        write_text(out / "report.md", storage.render_report(summary, context))
+        write_text(out / "report.md", storage_report.render_report(summary, context))
     else:
         write_text(out / "report.md", _empty_report(context))
     return AssessResult(out_dir=out, cells=cells, summary=summary, failures=failures, skipped=skipped,

@@ -1,0 +1,189 @@
+"""Holograms on disk -> phase files (``rbc reconstruct``, stage 01): :func:`reconstruct_files`
+reconstructs files and folders with one :class:`rbclib.physics.holography.Reconstructor` per
+set-up (going past bad files), :func:`reconstruction_errors` is 01's error table against the
+twin's truth and :func:`figure_reconstruction` its figure."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from rbclib.core.config import Optics
+from rbclib.core.files import ImageFileError, check_output_dir, write_json
+from rbclib.core.io import LoadedImage, list_images, read_image, write_phase
+from rbclib.physics.holography import Reconstruction, Reconstructor, spectrum_image
+
+
+def _expand(paths: Iterable[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise ImageFileError(p, "folder holds no hologram files")
+            files.extend(found)
+        else:
+            files.append(p)
+    stems: dict[str, Path] = {}
+    for f in files:
+        if f.stem in stems:
+            raise ImageFileError(f, f"two inputs share the name {f.stem!r} ({stems[f.stem]}); outputs would collide")
+        stems[f.stem] = f
+    if not files:
+        raise ValueError("no holograms given")
+    return files
+
+
+def _background_for(folder: Path, stem: str) -> Path:
+    found = [p for p in list_images(folder) if p.stem == stem]
+    if not found:
+        raise ImageFileError(folder, f"no background hologram named {stem}.* for hologram {stem!r}")
+    return found[0]
+
+
+def reconstruct_files(paths: Iterable[str | Path], out_dir: str | Path, *, background: str | Path | None = None,
+                      optics: Optics | None = None, refocus: float | str | None = None, progress: bool = True,
+                      optics_overrides: dict[str, float] | None = None,
+                      on_error: Callable[[Path, str], None] | None = None, overwrite: bool = False,
+                      **options: Any) -> list[Path]:
+    """Reconstruct hologram files (or folders of them) into ``out_dir/<stem>.tif``.
+
+    background: one background hologram file for all holograms, or a folder holding one
+    per hologram under the same stem; without it a file's own background (NPZ
+    ``bg_data``) is used, else numerical compensation. optics: default optics, replaced
+    field by field by the file's metadata and then by ``optics_overrides`` (e.g.
+    ``{"wavelength_m": 633e-9}``). options: those of :class:`Reconstructor`. Writes float32
+    phase TIFFs (optics in their description) and ``out_dir/optics.json`` (optics of the
+    first file). Holograms of one shape and optics share one :class:`Reconstructor`
+    (sideband, filter and sign found once). Returns the written phase paths.
+    on_error: called with (file, problem) for a hologram that cannot be reconstructed, and
+    the batch goes on (default None: the first such file raises). ``out_dir`` is checked
+    before any work (:func:`rbclib.core.files.check_output_dir`). Existing phase files of
+    the same names are refused (ValueError, before any work) unless ``overwrite``.
+    """
+    from tqdm.auto import tqdm
+
+    check_output_dir(out_dir)
+    files = _expand(paths)
+    inputs = {f.resolve() for f in files}
+    clash = [f for f in files if (Path(out_dir) / f"{f.stem}.tif").resolve() in inputs]
+    if clash:
+        raise ValueError(f"{out_dir}: writing {clash[0].stem}.tif there would replace the input hologram {clash[0]}; "
+                         "choose another output folder")
+    taken = [Path(out_dir) / f"{f.stem}.tif" for f in files if (Path(out_dir) / f"{f.stem}.tif").exists()]
+    if taken and not overwrite:
+        raise ValueError(f"{out_dir}: already holds {len(taken)} of the phase images to write (e.g. {taken[0].name}); "
+                         "choose another folder, or overwrite them (overwrite=True, rbc reconstruct --overwrite)")
+    background = Path(background) if background is not None else None
+    if background is not None and not background.exists():
+        raise ImageFileError(background, "background hologram not found")
+    shared_bg = read_image(background) if background is not None and background.is_file() else None
+    out_dir = Path(out_dir)
+    recons: dict[tuple, Reconstructor] = {}
+    written: list[Path] = []
+    first_optics: Optics | None = None
+    for f in tqdm(files, desc="reconstruct", disable=not progress):
+        try:
+            out, opt = _reconstruct_one(f, out_dir, recons, background=background, shared_bg=shared_bg, optics=optics,
+                                        optics_overrides=optics_overrides, refocus=refocus, options=options)
+        except (ImageFileError, ValueError) as exc:
+            if on_error is None:
+                raise
+            on_error(f, getattr(exc, "problem", None) or str(exc))
+            continue
+        written.append(out)
+        first_optics = first_optics or opt
+    if first_optics is not None:
+        write_json(out_dir / "optics.json", first_optics.to_dict())
+    return written
+
+
+def _reconstruct_one(f: Path, out_dir: Path, recons: dict[tuple, Reconstructor], *, background: Path | None,
+                     shared_bg: LoadedImage | None, optics: Optics | None, optics_overrides: dict[str, float] | None,
+                     refocus: float | str | None, options: dict[str, Any]) -> tuple[Path, Optics]:
+    """One file of :func:`reconstruct_files` -> (written phase path, its optics)."""
+    img = read_image(f)
+    opt = img.optics(default=optics, **(optics_overrides or {}))
+    if shared_bg is not None:
+        bg, bg_name = shared_bg.data, str(shared_bg.path)
+    elif background is not None:
+        bg_img = read_image(_background_for(background, f.stem))
+        bg, bg_name = bg_img.data, str(bg_img.path)
+    elif img.background is not None:
+        bg, bg_name = img.background, f"{f} [background]"
+    else:
+        bg, bg_name = None, ""
+    key = (img.data.shape, repr(sorted(opt.to_dict().items())), bg is not None)
+    if key not in recons:
+        if shared_bg is not None and shared_bg.data.shape != img.data.shape:
+            raise ImageFileError(shared_bg.path, f"background hologram of shape {shared_bg.data.shape} does "
+                                 f"not match the shape {img.data.shape} of {f}")
+        recons[key] = Reconstructor(img.data.shape, optics=opt, refocus=refocus, background_source=bg_name,
+                                    background=shared_bg.data if shared_bg is not None else None, **options)
+    rec = recons[key](img.data, background=None if shared_bg is not None else bg, source=str(f),
+                      background_source=bg_name)
+    out = out_dir / f"{f.stem}.tif"
+    write_phase(out, rec.phase, opt)
+    return out, opt
+
+
+def reconstruction_errors(phase_paths: Iterable[str | Path], truth_dir: str | Path) -> "pd.DataFrame":
+    """Error of reconstructed phase images against a simulated dataset's true phase.
+
+    phase_paths: reconstructed ``<stem>.tif`` files; truth_dir: the dataset folder (its
+    ``phase/<stem>.tif`` in-focus truth and ``labels/<stem>.png`` cell masks). One row per
+    image: ``image``, ``rmse_cells_rad``, ``rmse_background_rad``, ``max_abs_error_rad``,
+    ``cell_fraction``."""
+    import pandas as pd
+
+    truth_dir = Path(truth_dir)
+    rows = []
+    for path in map(Path, phase_paths):
+        phase = read_image(path).data
+        truth = read_image(truth_dir / "phase" / path.name).data
+        cells = read_image(truth_dir / "labels" / f"{path.stem}.png", allow_constant=True).data > 0
+        if phase.shape != truth.shape:
+            raise ImageFileError(path, f"shape {phase.shape} differs from its truth {truth.shape}")
+        err = phase.astype(np.float64) - truth
+        rows.append({"image": path.stem, "rmse_cells_rad": float(np.sqrt(np.mean(err[cells] ** 2))),
+                     "rmse_background_rad": float(np.sqrt(np.mean(err[~cells] ** 2))),
+                     "max_abs_error_rad": float(np.abs(err).max()), "cell_fraction": float(cells.mean())})
+    return pd.DataFrame(rows)
+
+
+def figure_reconstruction(hologram: np.ndarray, rec: Reconstruction, *, true_phase: np.ndarray | None = None,
+                          title: str = "") -> "Any":
+    """Figure: hologram, spectrum with the sideband and filter marked, phase, and the
+    error against ``true_phase`` when given. Returns a matplotlib Figure (not saved)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Circle
+
+    n = 4 if true_phase is not None else 3
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), constrained_layout=True)
+    axes[0].imshow(hologram, cmap="gray")
+    axes[0].set_title("hologram")
+    spec = spectrum_image(hologram)
+    h, w = spec.shape
+    axes[1].imshow(spec, cmap="magma", extent=(-0.5, 0.5, 0.5, -0.5), vmin=np.percentile(spec, 50))
+    fy, fx = rec.sideband
+    axes[1].add_patch(Circle((fx, fy), rec.filter_radius, fill=False, color="cyan", lw=1.5))
+    axes[1].plot([fx], [fy], "c+", ms=10)
+    axes[1].set_title("spectrum, sideband used")
+    axes[1].set_xlabel("fx [cycles/px]")
+    axes[1].set_ylabel("fy [cycles/px]")
+    im = axes[2].imshow(rec.phase, cmap="viridis")
+    fig.colorbar(im, ax=axes[2], shrink=0.8, label="phase [rad]")
+    axes[2].set_title(f"phase (background std {rec.background_std:.3f} rad)")
+    if true_phase is not None:
+        err = rec.phase - true_phase
+        lim = float(np.percentile(np.abs(err), 99.5)) or 1.0
+        im = axes[3].imshow(err, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        fig.colorbar(im, ax=axes[3], shrink=0.8, label="error [rad]")
+        axes[3].set_title("phase - true phase")
+    for ax in axes[[0, 2] + ([3] if n == 4 else [])]:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    return fig
