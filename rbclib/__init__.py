@@ -18,7 +18,7 @@ _PUBLIC: dict[str, str] = {
     "read_image": "rbclib.core.io", "read_phase": "rbclib.core.io", "write_phase": "rbclib.core.io", "ImageFileError": "rbclib.core.files",
     # 01 holograms -> phase, and the digital twin
     "reconstruct": "rbclib.physics.holography", "Reconstructor": "rbclib.physics.holography",
-    "reconstruct_files": "rbclib.physics.holography",
+    "reconstruct_files": "rbclib.physics.phase_files",
     "simulate_field": "rbclib.physics.simulate", "simulate_dataset": "rbclib.physics.simulate",
     "simulate_storage_series": "rbclib.physics.simulate",
     # per-cell physics
