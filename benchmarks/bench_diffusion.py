@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from rbclib.synth import ddgan as dd
-from rbclib.core.config import get_profile
+from rbclib.profile import get_profile
 from rbclib.core.paths import RunPaths
 
 

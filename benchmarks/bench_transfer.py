@@ -19,7 +19,7 @@ import time
 
 def main() -> int:
     from rbclib.study.inputs import find_latest_model
-    from rbclib.core.config import get_profile
+    from rbclib.profile import get_profile
     from rbclib.study.transfer import OTHER_OPTICS, OTHER_SETTINGS, dice_drop_ok, model_segmenter, transfer_table
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

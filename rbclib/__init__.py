@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _PUBLIC: dict[str, str] = {
     # optics and files
-    "Optics": "rbclib.core.config", "get_profile": "rbclib.core.config",
+    "Optics": "rbclib.core.config", "get_profile": "rbclib.profile",
     "read_image": "rbclib.core.io", "read_phase": "rbclib.core.io", "write_phase": "rbclib.core.io", "ImageFileError": "rbclib.core.files",
     # 01 holograms -> phase, and the digital twin
     "reconstruct": "rbclib.physics.holography", "Reconstructor": "rbclib.physics.holography",

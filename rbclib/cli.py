@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rbclib.core.config import PROFILE_NAMES
+from rbclib.profile import PROFILE_NAMES
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

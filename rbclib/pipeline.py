@@ -105,7 +105,7 @@ def run_notebooks(
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    from rbclib.core.config import get_profile
+    from rbclib.profile import get_profile
 
     get_profile(profile)  # fail early on an unknown profile or a profile file off its schema
     if not kernel_available(kernel_name):

@@ -209,7 +209,7 @@ def _optics_section(doc: _Doc, paths: RunPaths) -> None:
 
 
 def _profile_section(doc: _Doc, profile: str | None) -> None:
-    from rbclib.core.config import get_profile
+    from rbclib.profile import get_profile
 
     doc.heading("Profile", 2)
     if profile is None:

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from rbclib.core.config import PROFILE_NAMES, Optics, get_profile, load_profiles
+from rbclib.core.config import Optics
+from rbclib.profile import PROFILE_NAMES, get_profile, load_profiles
 
 
 def test_paper_defaults_and_units():

@@ -61,7 +61,7 @@ def check_03(run: Path) -> None:
 
 
 def check_04(run: Path) -> None:
-    from rbclib.core.config import get_profile
+    from rbclib.profile import get_profile
 
     sel = json.loads((run / "synthetic" / "selection.json").read_text())
     n_select = get_profile("smoke")["diffusion"]["n_select"]

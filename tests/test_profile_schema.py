@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rbclib.core import config
-from rbclib.core.profile_schema import STAGE_SCHEMAS, ProfileError, check_table
+from rbclib import profile
+from rbclib.profile import STAGE_SCHEMAS, ProfileError, check_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,12 +30,12 @@ def profiles_in(tmp_path, monkeypatch):
         def files(_package):
             return tmp_path
 
-    monkeypatch.setattr(config, "resources", _Files)
+    monkeypatch.setattr(profile, "resources", _Files)
     return folder
 
 
 def test_shipped_profiles_match_their_schemas():
-    profiles = config.load_profiles()
+    profiles = profile.load_profiles()
     for name, stages in profiles.items():
         assert set(stages) == set(STAGE_SCHEMAS), name
 
@@ -57,9 +57,9 @@ def test_a_broken_profile_is_an_error_naming_file_table_and_key(profiles_in, edi
     assert old in text, (name, old)
     path.write_text(text.replace(old, new, 1))
     with pytest.raises(ProfileError, match=message):
-        config.load_profiles()
+        profile.load_profiles()
     with pytest.raises(ProfileError, match=message):   # what a notebook (and rbc run, first) calls
-        config.get_profile("quick")
+        profile.get_profile("quick")
 
 
 def test_check_table_accepts_ints_for_floats_and_optional_keys():
@@ -86,7 +86,7 @@ def test_every_profile_key_is_read_somewhere():
     from rbclib.seg.train import DEFAULT_CONFIG
 
     notebooks = _notebook_sources()
-    library = "\n".join(p.read_text() for p in (ROOT / "rbclib").rglob("*.py") if p.name != "profile_schema.py")
+    library = "\n".join(p.read_text() for p in (ROOT / "rbclib").rglob("*.py") if p.name != "profile.py")
     for stage, schema in STAGE_SCHEMAS.items():
         for f in dataclasses.fields(schema):
             if stage == "segment" and f.name in DEFAULT_CONFIG:

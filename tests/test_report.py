@@ -16,7 +16,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from rbclib.cli import main  # noqa: E402
-from rbclib.core.config import Optics, get_profile  # noqa: E402
+from rbclib.core.config import Optics  # noqa: E402
+from rbclib.profile import get_profile  # noqa: E402
 from rbclib.pipeline import run_notebooks  # noqa: E402
 from rbclib.report import STAGES, software_versions, write_run_report  # noqa: E402
 

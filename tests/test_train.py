@@ -151,7 +151,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
     write_json(run / "splits.json", {"train": [p.name for p in pairs[:3]], "test": [pairs[3].name], "seed": 0, "method": "t"})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cfg = json.dumps({**TINY, "epochs": 1})
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "rbclib.seg.train", str(run),
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "rbclib.launch", "seg", str(run),
                            str(tmp_path / "m"), "--model", "pspnet", "--profile", "smoke", "--config", cfg],
                           capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

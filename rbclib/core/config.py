@@ -1,16 +1,13 @@
-"""Optical set-up (SI units, with provenance) and the smoke / quick / paper profiles.
+"""Optical set-up (SI units, with provenance): :class:`Optics` and its ``optics.json``.
 
-Profiles are data (``profiles/<stage>.toml`` beside this file, one table per profile):
-they fix sizes, never code paths.
+The profiles (smoke / quick / paper / gpu sizes) live in :mod:`rbclib.profile`.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -111,39 +108,3 @@ def check_known_fields(cls: type, data: dict[str, Any], what: str) -> None:
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown {what} {sorted(unknown)}; expected some of {sorted(known)}")
-
-
-PROFILE_NAMES = ("smoke", "quick", "paper", "gpu")
-
-
-def load_profiles() -> dict[str, dict[str, dict[str, Any]]]:
-    """All profiles: {profile: {stage: {key: value}}}, from ``profiles/<stage>.toml``."""
-    from rbclib.core.profile_schema import ProfileError, check_table
-
-    out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in PROFILE_NAMES}
-    folder = resources.files("rbclib").joinpath("profiles")
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".toml"):
-            continue
-        stage, where = entry.name[: -len(".toml")], f"rbclib/profiles/{entry.name}"
-        try:
-            tables = tomllib.loads(entry.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ProfileError(f"{where}: not valid TOML: {exc}") from None
-        missing = [n for n in PROFILE_NAMES if n not in tables]
-        if missing:
-            raise ProfileError(f"{where}: no table for profile(s) {missing}")
-        extra = sorted(set(tables) - set(PROFILE_NAMES))
-        if extra:
-            raise ProfileError(f"{where}: unknown table(s) {extra}; expected {list(PROFILE_NAMES)}")
-        for name in PROFILE_NAMES:
-            check_table(stage, tables[name], where=f"{where} [{name}]")
-            out[name][stage] = tables[name]
-    return out
-
-
-def get_profile(name: str) -> dict[str, dict[str, Any]]:
-    """Sizes for one profile, by stage: ``get_profile("quick")["simulate"]["n_fields"]``."""
-    if name not in PROFILE_NAMES:
-        raise ValueError(f"unknown profile {name!r}; choose one of {list(PROFILE_NAMES)}")
-    return load_profiles()[name]

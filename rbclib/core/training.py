@@ -6,12 +6,11 @@ stage loads (``best.pt``, ``generator.pt`` or ``encoder_decoder.pt``) and ``log.
 row per epoch or logged step). Checkpoints are written atomically and read with
 ``torch.load(..., weights_only=True)``; an unreadable one is one error naming the file.
 Device choice (cuda, mps, cpu), bfloat16 autocast where the device runs it, and channels-last
-memory are decided here once. The only ``core`` module that imports torch.
+memory are decided here once; data-parallel training is in :mod:`rbclib.core.distributed`.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -61,12 +60,6 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 def channels_last(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` on ``device`` in channels-last memory (faster convolutions on CPU and GPU)."""
     return model.to(device).to(memory_format=torch.channels_last)
-
-
-def distributed_info() -> tuple[int, int, bool]:
-    """(rank, world size, is_distributed) from ``torchrun``'s environment."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, world > 1
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """Fine-tuning a segmentation model: cross-entropy + Dice loss, AdamW, cosine schedule.
 
 One loop for one process (device chosen automatically: cuda, mps, cpu) and for several
-under ``torchrun --nproc_per_node N -m rbclib.seg.train ...`` (DistributedDataParallel with a
+under ``torchrun --nproc_per_node N -m rbclib.launch seg ...`` (DistributedDataParallel with a
 DistributedSampler; the global batch is split over the ranks; rank 0 validates and
 writes). A model folder holds ``config.json``, ``best.pt`` (best validation Dice),
 ``last.pt`` (weights, plus optimiser and schedule until the last epoch, for resuming after
@@ -10,10 +10,8 @@ with ``torch.load(..., weights_only=True)``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,10 +26,11 @@ from torch.utils.data.distributed import DistributedSampler
 from rbclib.seg.datasets import (PHASE_RANGE_RAD, BalancedCropDataset, Pair, PatchDataset, load_pairs, load_pairs_folder,
                              read_splits)
 from rbclib.seg.infer import check_mask_classes, model_from_config, predict_image
-from rbclib.core.config import PROFILE_NAMES
+from rbclib.core.distributed import (barrier, broadcast_buffers, check_ranks_in_sync, mean_over_ranks, rank_share,
+                                     start_distributed)
 from rbclib.core.files import write_json
-from rbclib.core.training import (CHECKPOINT, autocast, channels_last, distributed_info, load_checkpoint, pick_device,
-                                  progress as progress_bar, read_log_rows, save_checkpoint, write_log)
+from rbclib.core.training import (CHECKPOINT, autocast, channels_last, load_checkpoint, progress as progress_bar,
+                                  read_log_rows, save_checkpoint, write_log)
 
 PATCH_MODES = ("paper", "cover", "balanced")
 
@@ -127,24 +126,14 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
     """
     from rbclib.seg.metrics import dice_per_class, mean_scores
 
-    rank, world, distributed = distributed_info()
+    rank, world, distributed, dev = start_distributed(device)
     out_dir = Path(out_dir)
     cfg = make_config(config, model_name=model_name)
     cfg.update(seed=int(seed), init_from=str(init_from) if init_from else None,
                extra_pairs_dir=str(extra_pairs_dir) if extra_pairs_dir else None)
-    if cfg["batch_size"] % world:
-        raise ValueError(f"batch_size {cfg['batch_size']} is not divisible by the {world} DDP processes")
+    rank_share(int(cfg["batch_size"]), world)
     for pair in list(train_pairs) + list(val_pairs):
         check_mask_classes(pair.labels, int(cfg["classes"]), source=f"label map {pair.name}")
-
-    if distributed and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-    if distributed and torch.cuda.is_available():
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-    else:
-        dev = pick_device(device)
 
     # Data
     kw = dict(patch=int(cfg["patch"]), overlap=int(cfg["overlap"]), in_channels=int(cfg["in_channels"]),
@@ -232,11 +221,8 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
             bar.update(1)
         sums /= steps
         if distributed:
-            for buf in model.buffers():  # BatchNorm statistics: rank 0's, as DDP uses at every forward
-                torch.distributed.broadcast(buf, src=0)
-            t = torch.tensor(sums, dtype=torch.float64, device=dev)
-            torch.distributed.all_reduce(t)
-            sums = (t / world).cpu().numpy()
+            broadcast_buffers(model)  # BatchNorm statistics: rank 0's, as DDP uses at every forward
+            sums = mean_over_ranks(sums, dev, world)
         row = {"epoch": epoch, "train_loss": sums[0], "train_ce": sums[1], "train_dice_loss": sums[2],
                "lr": scheduler.get_last_lr()[0]}
         if rank == 0:
@@ -260,11 +246,10 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
             save_checkpoint(last_path, last)
             write_log(out_dir, log_rows)
             bar.set_postfix(loss=f"{sums[0]:.3f}", val_dice=f"{row.get('val_dice_overall', float('nan')):.3f}")
-        if distributed:
-            torch.distributed.barrier()
+        barrier(distributed)
     bar.close()
     if distributed:
-        _check_ranks_in_sync(model, out_dir, rank, world)
+        check_ranks_in_sync([model], out_dir, rank, world)
     return out_dir
 
 
@@ -279,26 +264,6 @@ def _has_unused_parameters(model: nn.Module, cfg: dict[str, Any]) -> bool:
     grads = torch.autograd.grad(out, params, allow_unused=True)
     model.train(was_training)
     return any(g is None for g in grads)
-
-
-def _check_ranks_in_sync(model: nn.Module, out_dir: Path, rank: int, world: int) -> None:
-    """Compare every rank's weights with rank 0's; rank 0 writes ``ddp_sync.json``
-    (world size, largest absolute difference); diverged ranks raise RuntimeError."""
-    dev = next(model.parameters()).device
-    diff = torch.zeros(1, dtype=torch.float64, device=dev)
-    for p in model.state_dict().values():
-        ref = p.detach().clone().contiguous()
-        torch.distributed.broadcast(ref, src=0)
-        if p.is_floating_point():
-            diff = torch.maximum(diff, (p.detach().double() - ref.double()).abs().max().reshape(1))
-        elif not torch.equal(p.detach(), ref):
-            diff = torch.maximum(diff, torch.ones_like(diff))
-    torch.distributed.all_reduce(diff, op=torch.distributed.ReduceOp.MAX)
-    max_diff = float(diff.item())
-    if rank == 0:
-        write_json(out_dir / "ddp_sync.json", {"world_size": world, "max_abs_weight_diff": max_diff})
-    if max_diff > 0:
-        raise RuntimeError(f"DDP ranks ended with different weights (max |diff| = {max_diff})")
 
 
 def train_from_run(run_dir: str | Path, *, model_name: str, out_dir: str | Path, config: dict[str, Any], seed: int,
@@ -375,30 +340,3 @@ def plot_loss_curves(model_dirs: dict[str, str | Path] | Sequence[str | Path]):
     fig.tight_layout()
     return fig
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``[torchrun --nproc_per_node N] python -m rbclib.seg.train RUN_DIR OUT_DIR --model resunet
-    --profile quick [--config '{"epochs": 3}'] [--init-from SSL_DIR] [--extra-pairs-dir DIR]``."""
-    from rbclib.core.config import get_profile
-
-    p = argparse.ArgumentParser(prog="python -m rbclib.seg.train", description="train a segmentation model on a run folder")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--model", default="resunet")
-    p.add_argument("--profile", default="quick", choices=list(PROFILE_NAMES))
-    p.add_argument("--config", default="{}", help="JSON object of training config overrides")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init-from", type=Path)
-    p.add_argument("--extra-pairs-dir", type=Path)
-    args = p.parse_args(argv)
-    table = get_profile(args.profile)["segment"]
-    cfg = make_config(config_from_profile(table, args.model), **json.loads(args.config))
-    train_from_run(args.run_dir, model_name=args.model, out_dir=args.out_dir, config=cfg, seed=args.seed,
-                   val_fraction=float(table["val_fraction"]), init_from=args.init_from, extra_pairs_dir=args.extra_pairs_dir)
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -37,13 +37,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from rbclib.core.config import check_known_fields
+from rbclib.core.distributed import (average_gradients, barrier, broadcast_buffers, check_ranks_in_sync, gather_from_ranks,
+                                     mean_over_ranks, rank_share, start_distributed)
 from rbclib.core.files import ImageFileError, write_json
 from rbclib.core.training import (
     CHECKPOINT,
     autocast,
     channels_last,
     load_checkpoint,
-    pick_device,
     read_log_rows,
     save_checkpoint,
     write_log,
@@ -250,6 +251,7 @@ class MoCoResUnet(nn.Module):
         for p in list(self.encoder_k.parameters()) + list(self.proj_k.parameters()):
             p.requires_grad_(False)
         self.queue = FeatureQueue(config.queue_size, config.proj_dim, generator=generator)
+        self.world = 1  # DDP ranks: every rank's keys join the queue, so the queues stay identical
 
     def online_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimiser updates (query encoder, decoder, heads)."""
@@ -275,7 +277,7 @@ class MoCoResUnet(nn.Module):
         rec_k = self.rec_head(self.decoder([f.detach() for f in feats_k]))
         rec = F.mse_loss(rec_q, self._expand(tgt_q)) + F.mse_loss(rec_k, self._expand(tgt_k))
         if self.training:
-            self.queue.enqueue(k)
+            self.queue.enqueue(gather_from_ranks(k, self.world))
         accuracy = (logits.argmax(dim=1) == 0).float().mean()
         return {"loss": contrastive + cfg.rec_weight * rec, "contrastive": contrastive.detach(),
                 "rec": rec.detach(), "accuracy": accuracy}
@@ -315,18 +317,22 @@ def pretrain_ssl(corpus: Dataset, *, out_dir: str | Path, config: SSLConfig | di
     log.csv and returns ``out_dir``. If ``out_dir`` holds a ``last.pt`` of the same config,
     corpus and seed, training resumes from its step (and returns at once if finished).
     Batches and augmentations of step s derive from (seed, s), so a resumed run equals an
-    uninterrupted one up to floating point.
+    uninterrupted one up to floating point. Under ``torchrun`` (``python -m rbclib.launch
+    ssl ...``) each rank takes its share of the step's batch, the gradients are averaged and
+    every rank's keys join the queue (:mod:`rbclib.core.distributed`); rank 0 writes.
     """
     cfg = _as_config(config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if len(corpus) < 2:
         raise ValueError(f"corpus has {len(corpus)} image(s); contrastive pretraining needs at least 2")
-    dev = pick_device(device)
+    rank, world, distributed, dev = start_distributed(device)
+    per_rank = rank_share(cfg.batch_size, world)
     ident = {"ssl": cfg.to_dict(), "seed": int(seed), "corpus": describe_corpus(corpus), "corpus_kind": corpus_kind(corpus)}
 
     torch.manual_seed(seed)
     model = MoCoResUnet(cfg, generator=torch.Generator().manual_seed(seed))
+    model.world = world
     model = channels_last(model, dev) if cfg.channels_last else model.to(dev)
     opt = torch.optim.AdamW(model.online_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=dev.type in ("cpu", "cuda"))  # fused: ~2.5x faster step on CPU
@@ -347,6 +353,10 @@ def pretrain_ssl(corpus: Dataset, *, out_dir: str | Path, config: SSLConfig | di
         rows = read_log_rows(out, upto="step", last=step)
 
     def save(seconds: float) -> None:
+        if distributed:
+            broadcast_buffers(model)  # BatchNorm statistics: rank 0's (the queues already agree)
+        if rank != 0:
+            return
         save_checkpoint(state_path, {"ident": json.dumps(ident), "model": model.state_dict(),
                                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step})
         save_checkpoint(out / WEIGHTS_FILE, {"config": cfg.to_dict(), "encoder": model.encoder.state_dict(),
@@ -359,30 +369,37 @@ def pretrain_ssl(corpus: Dataset, *, out_dir: str | Path, config: SSLConfig | di
 
     model.train()
     start = time.perf_counter() - (rows[-1]["seconds"] if rows else 0.0)
-    bar = progress_bar(cfg.steps, initial=step, desc="SSL pretraining", enabled=progress)
+    bar = progress_bar(cfg.steps, initial=step, desc="SSL pretraining", enabled=progress and rank == 0)
     while step < cfg.steps:
         g = _step_generator(seed, step)
         idx = torch.randperm(len(corpus), generator=g)[: cfg.batch_size]
         if len(idx) < cfg.batch_size:
             idx = idx[torch.randint(0, len(idx), (cfg.batch_size,), generator=g)]
+        if distributed:  # this rank's share of the global batch, its own augmentations
+            idx, g = idx[rank * per_rank:(rank + 1) * per_rank], _step_generator(seed * 1_000 + rank, step)
         views = [v.to(dev) for v in two_crops(_batch(corpus, idx), cfg, g)]
         with autocast(dev, cfg.autocast_bf16):
             losses = model(*views)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
+        average_gradients(model.online_parameters(), world)
         opt.step()
         lr = opt.param_groups[0]["lr"]
         sched.step()
         step += 1
+        values = mean_over_ranks([float(v.detach()) for v in losses.values()], dev, world)
         rows.append({"step": step, "epoch": step * cfg.batch_size / len(corpus),
-                     **{k: float(v.detach()) for k, v in losses.items()}, "lr": lr, "seconds": time.perf_counter() - start})
+                     **dict(zip(losses, map(float, values))), "lr": lr, "seconds": time.perf_counter() - start})
         bar.update(1)
         bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}")
         if step % cfg.save_every == 0 or step == cfg.steps:
             save(rows[-1]["seconds"])
     bar.close()
+    barrier(distributed)  # rank 0 has written its last save before any rank looks for it
     if not (out / WEIGHTS_FILE).exists():
         save(rows[-1]["seconds"] if rows else 0.0)
+    if distributed:
+        check_ranks_in_sync([model], out, rank, world)
     return out
 
 

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rbclib.core.config import check_known_fields
+from rbclib.core.distributed import (average_gradients, barrier, check_ranks_in_sync, mean_over_ranks, rank_share,
+                                     start_distributed)
 from rbclib.seg.datasets import PHASE_RANGE_RAD, CropPicker, denormalise_phase, normalise_phase
 from rbclib.synth.nets import Discriminator, Generator
 from rbclib.core.io import read_labels, read_phase
@@ -261,15 +263,20 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
     """Train one DDGAN on patches of phase maps [rad] + class maps; returns ``out_dir``.
 
     device: where the networks train (default :func:`rbclib.core.training.pick_device`:
-    cuda, mps or cpu). Every epoch appends to ``log.csv`` and rewrites ``last.pt`` and
+    cuda, mps or cpu). Under ``torchrun`` (``python -m rbclib.launch ddgan ...``) each rank
+    trains on ``batch_size / world`` patches of its own and the gradients are averaged over
+    the ranks (:mod:`rbclib.core.distributed`); rank 0 writes. Every epoch appends to ``log.csv`` and rewrites ``last.pt`` and
     ``generator.pt``; with ``resume`` an existing ``last.pt`` with the same config continues
     where it stopped (randomness is re-derived per epoch from (seed, epoch), so a resumed run
     matches an uninterrupted one on the same device). ``on_epoch_end(epoch, ema_generator)``
     may plot.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = pick_device(device)
+    rank, world, distributed, dev = start_distributed(device)
+    per_rank = rank_share(config.batch_size, world)
+    ranked = (rank,) if distributed else ()  # each rank draws its own share of the batch
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     sampler = PatchSampler.for_config(phases, labels, config)
     sched = make_schedule(config.n_steps, beta_min=config.beta_min, beta_max=config.beta_max).to(dev)
     torch.manual_seed(_seed_for(seed, 0))
@@ -291,17 +298,18 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
         opt_d.load_state_dict(state["opt_d"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
         rows = read_log_rows(out, upto="epoch", last=start_epoch)
-    write_json(out / "config.json", config.to_dict())
+    if rank == 0:
+        write_json(out / "config.json", config.to_dict())
     mask = config.kind == "mask"
     bar = progress_bar(config.epochs * config.iters_per_epoch, initial=start_epoch * config.iters_per_epoch,
-                       desc=f"DDGAN {config.kind}", enabled=progress)
+                       desc=f"DDGAN {config.kind}", enabled=progress and rank == 0)
     for epoch in range(start_epoch, config.epochs):
-        rng = np.random.default_rng(_seed_for(seed, 1, epoch))
-        torch.manual_seed(_seed_for(seed, 2, epoch))
+        rng = np.random.default_rng(_seed_for(seed, 1, epoch, *ranked))
+        torch.manual_seed(_seed_for(seed, 2, epoch, *ranked))
         sums = {"loss_d": 0.0, "loss_g": 0.0, "loss_l1": 0.0, "r1": 0.0}
         t0 = time.perf_counter()
         for _ in range(config.iters_per_epoch):
-            phase, onehot = (v.to(dev) for v in sampler.sample(rng, config.batch_size))
+            phase, onehot = (v.to(dev) for v in sampler.sample(rng, per_rank))
             x0, cond = (onehot, phase) if mask else (phase, None)
             B = x0.shape[0]
             t = torch.randint(1, config.n_steps + 1, (B,)).to(dev)
@@ -326,6 +334,7 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
             loss_d = loss_d + F.softplus(d_fake).mean()
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
+            average_gradients(d.parameters(), world)
             opt_d.step()
             # generator
             with autocast(dev, config.autocast_bf16):
@@ -337,6 +346,7 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
             loss_l1 = (x0_fake - x0).abs().mean() if mask else torch.zeros((), device=dev)
             opt_g.zero_grad(set_to_none=True)
             (loss_g + config.lambda_l1 * loss_l1).backward()
+            average_gradients(g.parameters(), world)
             opt_g.step()
             with torch.no_grad():
                 for pe, p in zip(g_ema.parameters(), g.parameters()):
@@ -346,14 +356,18 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
                 sums[k] += float(v.detach())
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, d=f"{float(loss_d.detach()):.3f}", g=f"{float(loss_g.detach()):.3f}")
-        n = config.iters_per_epoch
-        rows.append({"epoch": epoch + 1, "step": step, **{k: v / n for k, v in sums.items()},
-                     "seconds": time.perf_counter() - t0})
-        _save_state(out, config, g, d, g_ema, opt_g, opt_d, epoch + 1, step)
-        write_log(out, rows)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, g_ema)
+        means = mean_over_ranks([v / config.iters_per_epoch for v in sums.values()], dev, world)
+        if rank == 0:
+            rows.append({"epoch": epoch + 1, "step": step, **dict(zip(sums, map(float, means))),
+                         "seconds": time.perf_counter() - t0})
+            _save_state(out, config, g, d, g_ema, opt_g, opt_d, epoch + 1, step)
+            write_log(out, rows)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, g_ema)
+        barrier(distributed)
     bar.close()
+    if distributed:
+        check_ranks_in_sync([g, d, g_ema], out, rank, world)
     return out
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from rbclib.annotate.session import AnnotationSession
-from rbclib.core.config import get_profile
+from rbclib.profile import get_profile
 from rbclib.core.labels import CLASS_NAMES
 from rbclib.physics.simulate import simulate_dataset
 

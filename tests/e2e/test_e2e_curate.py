@@ -7,7 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-from rbclib.core.config import get_profile
+from rbclib.profile import get_profile
 
 
 def _decisions(path: Path) -> dict:

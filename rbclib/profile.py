@@ -1,9 +1,10 @@
-"""Typed profiles: one dataclass per stage is the schema of ``rbclib/profiles/<stage>.toml``.
+"""The smoke / quick / paper / gpu profiles: loading them, and one dataclass per stage as the
+schema of ``rbclib/profiles/<stage>.toml``.
 
-Every table (``[smoke]``, ``[quick]``, ``[paper]``) of a stage file is checked against its
-dataclass when the profiles are loaded (:func:`rbclib.core.config.load_profiles`, so before
-``rbc run`` starts a notebook and whenever a notebook loads its profile): an unknown,
-missing or mistyped key is a ``ProfileError`` naming the file, the table and the key.
+Profiles are data (one table per profile in each stage's TOML file): they fix sizes, never
+code paths. Every table of a stage file is checked against its dataclass when the profiles
+are loaded (:func:`load_profiles`, so before ``rbc run`` starts a notebook and whenever a
+notebook loads its profile): an unknown, missing or mistyped key is a ``ProfileError`` naming the file, the table and the key.
 Sub-tables (``[quick.common]`` of ``diffusion.toml``, ``[quick.ssl]`` of ``ssl.toml``)
 are checked against the library config they feed (:class:`rbclib.synth.ddgan.DDGANConfig`,
 :class:`rbclib.ssl.pretrain.SSLConfig`). See docs/ARCHITECTURE.md, "Profiles".
@@ -11,9 +12,11 @@ are checked against the library config they feed (:class:`rbclib.synth.ddgan.DDG
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import types
 import typing
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Union
 
 
@@ -184,3 +187,37 @@ def check_table(stage: str, table: dict[str, Any], *, where: str) -> None:
                 raise ProfileError(f"{where}.{sub}: unknown key {key!r}; expected some of {sorted(allowed)}")
             if not _type_ok(value, lib_hints[key]):
                 raise ProfileError(f"{where}.{sub}: key {key!r} = {value!r} should be {_type_name(lib_hints[key])}")
+
+
+PROFILE_NAMES = ("smoke", "quick", "paper", "gpu")
+
+
+def load_profiles() -> dict[str, dict[str, dict[str, Any]]]:
+    """All profiles: {profile: {stage: {key: value}}}, from ``profiles/<stage>.toml``."""
+    out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in PROFILE_NAMES}
+    folder = resources.files("rbclib").joinpath("profiles")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".toml"):
+            continue
+        stage, where = entry.name[: -len(".toml")], f"rbclib/profiles/{entry.name}"
+        try:
+            tables = tomllib.loads(entry.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ProfileError(f"{where}: not valid TOML: {exc}") from None
+        missing = [n for n in PROFILE_NAMES if n not in tables]
+        if missing:
+            raise ProfileError(f"{where}: no table for profile(s) {missing}")
+        extra = sorted(set(tables) - set(PROFILE_NAMES))
+        if extra:
+            raise ProfileError(f"{where}: unknown table(s) {extra}; expected {list(PROFILE_NAMES)}")
+        for name in PROFILE_NAMES:
+            check_table(stage, tables[name], where=f"{where} [{name}]")
+            out[name][stage] = tables[name]
+    return out
+
+
+def get_profile(name: str) -> dict[str, dict[str, Any]]:
+    """Sizes for one profile, by stage: ``get_profile("quick")["simulate"]["n_fields"]``."""
+    if name not in PROFILE_NAMES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {list(PROFILE_NAMES)}")
+    return load_profiles()[name]
