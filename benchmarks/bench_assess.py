@@ -41,12 +41,14 @@ def _worker(src: str, model: str, data: str, out: str, repeats: int) -> None:
     import warnings
 
     warnings.simplefilter("ignore")
-    try:
-        from rbclib.study.assess import assess
-    except ImportError:                       # the baseline commit's flat layout
-        from rbclib.assess import assess
+    import importlib
+    import inspect
 
-    assert Path(sys.modules["rbclib"].__file__).resolve().is_relative_to(Path(src).resolve())
+    # the layout of the tree under src decides (an editable install of this checkout would
+    # otherwise serve rbclib.study.assess to a baseline of the flat layout)
+    nested = (Path(src) / "rbclib" / "study" / "assess.py").is_file()
+    assess = importlib.import_module("rbclib.study.assess" if nested else "rbclib.assess").assess
+    assert Path(inspect.getsourcefile(assess)).resolve().is_relative_to(Path(src).resolve()), inspect.getsourcefile(assess)
     warm = Path(out + "_warm")
     one = Path(out + "_one")
     shutil.copytree(data, one, dirs_exist_ok=True)

@@ -364,6 +364,9 @@ def test_assess_series_end_to_end_resumable(tmp_path, oracle):
     write_phase(series / "day_08" / "phase" / "f1.tif", phase, Optics().replace(pixel_size_m=0.094e-6))
     r3 = A.assess(series, out, model_dir=model, n_boot=100, progress=False, on_error=None)
     assert r3.processed == ["day_08/f1"] and len(r3.skipped) == 3
+    # another clean-up setting is another result: everything is recomputed
+    r3b = A.assess(series, out, model_dir=model, n_boot=100, progress=False, on_error=None, trim_halo=True)
+    assert len(r3b.processed) == 4 and r3b.skipped == []
     # a run without overlays, resumed with overlays: the missing overlays are made, not listed unmade
     out2 = tmp_path / "out2"
     A.assess(series, out2, model_dir=model, n_boot=100, progress=False, on_error=None, overlays=False)

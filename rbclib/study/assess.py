@@ -123,7 +123,7 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
     model_path = model_path.resolve()
     model_key = {"model": str(model_path), "best_pt_mtime_ns": (model_path / "best.pt").stat().st_mtime_ns
                  if (model_path / "best.pt").exists() else None, "min_area_um2": min_area_um2,
-                 "fragment_fraction": fragment_fraction, "split": split,
+                 "fragment_fraction": fragment_fraction, "split": split, "trim_halo": trim_halo,
                  "predict_options": {**PREDICT_OPTIONS, **(predict_options or {})}}
     recon = Reconstructors()
     failures: list[tuple[str, str]] = []
