@@ -1,0 +1,130 @@
+"""Morphology score of (phase, mask) pairs: do the diffusion GANs draw red cells?
+
+A feature distance over whole patches (:mod:`rbclib.synth.scores`) does not see shape: it
+called cell-bright blobs good. This score looks at cells. The project's own cell finder
+(:func:`rbclib.annotate.proposals.propose_cells`, fixed threshold) and per-cell statistics
+(:func:`rbclib.physics.realism.cell_statistics`, the code that compares the twin with real
+holograms) run on generated patches and on real training patches; cells cut by the patch
+border are left out. Per cell:
+
+- shape: area [um^2], peak phase [rad], central dip ratio, outline roughness, eccentricity;
+- the mask's agreement with its phase: ``purity``, the share of the cell's masked pixels in
+  their majority class (G_M painting several classes into one cell lowers it), and ``iou``,
+  the intersection over union of the cell's proposal with the mask's cell (the 8-connected
+  component of mask > 0 overlapping it most);
+- ``class_name``: the mask's majority class over the cell.
+
+:func:`morphology_score` compares the generated cells with the real ones, per class and
+overall, against :data:`TARGETS` (issue 15, quick profile).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from skimage.measure import regionprops_table
+from skimage.segmentation import expand_labels
+
+from rbclib.annotate.proposals import propose_cells
+from rbclib.core.config import Optics
+from rbclib.core.labels import CLASS_NAMES
+from rbclib.physics.realism import cell_statistics
+from rbclib.synth.scores import CELL_THRESHOLD_RAD
+
+SHAPE_FEATURES = ("area_um2", "peak_phase_rad", "dip_ratio", "roughness", "eccentricity")
+CELL_TABLE_COLUMNS = ("patch", "cell_id", "class_name", *SHAPE_FEATURES, "purity", "iou")
+PURE_CELL = 0.9
+"""A cell counts as pure when at least this share of its masked pixels is one class."""
+TARGETS = {"area_in_real_range": 0.8, "peak_in_real_range": 0.8, "pure_cells": 0.9, "iou_median": 0.8}
+"""Targets at the quick budget (issue 15): shares of generated cells inside the real cells'
+5-95 % range of area and of peak phase, share of pure cells, median mask vs proposal IoU."""
+
+
+def _mask_agreement(instances: np.ndarray, labels: np.ndarray, *, region_px: int) -> pd.DataFrame:
+    """Per proposal id: majority mask class, purity, and IoU of the proposal with the masked
+    pixels of its region (the proposal grown by ``region_px``, split between neighbours)."""
+    n = int(instances.max(initial=0))
+    ids = np.arange(1, n + 1)
+    votes = np.zeros((n + 1, len(CLASS_NAMES)), np.int64)
+    np.add.at(votes, (instances.ravel(), labels.ravel()), 1)
+    cell_votes = votes[1:, 1:]                                    # classes 1.. (masked pixels)
+    masked = cell_votes.sum(axis=1)
+    majority = np.where(masked > 0, cell_votes.argmax(axis=1) + 1, 0)
+    purity = np.where(masked > 0, cell_votes.max(axis=1) / np.maximum(masked, 1), 0.0)
+    # the mask's share of the cell: masked pixels of the cell's own region (every pixel goes
+    # to the nearest proposal within reach), so that touching cells are told apart
+    region = expand_labels(instances, distance=region_px)
+    size_p = np.bincount(instances.ravel(), minlength=n + 1)[1:]
+    size_m = np.bincount(region.ravel(), weights=(labels > 0).ravel(), minlength=n + 1)[1:]
+    inter = np.bincount(instances.ravel(), weights=(labels > 0).ravel(), minlength=n + 1)[1:]
+    iou = inter / np.maximum(size_p + size_m - inter, 1)
+    return pd.DataFrame({"cell_id": ids, "class_name": [CLASS_NAMES[int(c)] for c in majority],
+                         "purity": purity, "iou": iou})
+
+
+def cell_table(phases: np.ndarray, labels: np.ndarray, *, pixel_size_m: float,
+               threshold_rad: float = CELL_THRESHOLD_RAD, min_area_um2: float = 8.0,
+               region_um: float = 1.5) -> pd.DataFrame:
+    """Cells of (n, H, W) phase patches [rad] with their (n, H, W) class masks, one row per
+    cell neither cut by the patch border nor under ``min_area_um2`` (platelets, specks: the
+    proposals' ``tiny`` flag), columns :data:`CELL_TABLE_COLUMNS`. A cell's region for the
+    IoU reaches ``region_um`` beyond its proposal."""
+    optics = Optics().replace(pixel_size_m=pixel_size_m)
+    region_px = int(round(region_um * 1e-6 / pixel_size_m))
+    frames = []
+    for i, (phase, mask) in enumerate(zip(np.asarray(phases, np.float32), np.asarray(labels))):
+        found = propose_cells(phase, threshold_rad=threshold_rad, pixel_size_m=pixel_size_m,
+                              min_area_um2=min_area_um2)
+        inst = found.instances
+        if not inst.any():
+            continue
+        stats = cell_statistics(phase, inst, optics=optics).drop(columns=["class_name", "touches_edge"])
+        shape = pd.DataFrame(regionprops_table(inst, properties=("label", "eccentricity"))).rename(
+            columns={"label": "cell_id"})
+        cells = (stats.merge(shape, on="cell_id").merge(found.flags, on="cell_id")
+                 .merge(_mask_agreement(inst, mask.astype(np.intp), region_px=region_px), on="cell_id"))
+        frames.append(cells[~cells["touches_edge"] & ~cells["tiny"]].assign(patch=i))
+    if not frames:
+        return pd.DataFrame(columns=list(CELL_TABLE_COLUMNS))
+    return pd.concat(frames, ignore_index=True)[list(CELL_TABLE_COLUMNS)]
+
+
+def _in_range(values: pd.Series, reference: pd.Series) -> float:
+    if not len(values) or not len(reference):
+        return float("nan")
+    lo, hi = np.nanpercentile(reference.astype(float), [5, 95])
+    return float(values.between(lo, hi).mean())
+
+
+def morphology_score(real: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFrame:
+    """Generated cells against real cells (two :func:`cell_table` results; real objects
+    the mask calls background, debris and platelets, are left out), one row per class of
+    the generated cells (their mask's class) and ``overall``.
+
+    Columns: ``n_generated``, ``n_real``; ``area_in_real_range`` / ``peak_in_real_range``
+    (share of generated cells inside the real cells' 5-95 % range of that class, or of all
+    real cells for ``overall`` and for a class with fewer than 5 real cells);
+    ``pure_cells`` (share with purity >= :data:`PURE_CELL`); ``iou_median``; the medians of
+    :data:`SHAPE_FEATURES` as ``<feature>_generated`` / ``<feature>_real``; ``meets_targets``
+    (every :data:`TARGETS` share met; ``overall`` only).
+    """
+    real = real[real["class_name"] != CLASS_NAMES[0]]           # debris and platelets: not cells
+    rows = []
+    groups = [(name, generated[generated["class_name"] == name]) for name in sorted(set(generated["class_name"]))]
+    for name, gen in [*groups, ("overall", generated)]:
+        ref = real[real["class_name"] == name] if name != "overall" else real
+        if len(ref) < 5:
+            ref = real
+        row = {"class_name": name, "n_generated": len(gen), "n_real": len(ref),
+               "area_in_real_range": _in_range(gen["area_um2"], ref["area_um2"]),
+               "peak_in_real_range": _in_range(gen["peak_phase_rad"], ref["peak_phase_rad"]),
+               "pure_cells": float((gen["purity"] >= PURE_CELL).mean()) if len(gen) else float("nan"),
+               "iou_median": float(gen["iou"].median()) if len(gen) else float("nan")}
+        for f in SHAPE_FEATURES:
+            row[f"{f}_generated"] = float(gen[f].median()) if len(gen) else float("nan")
+            row[f"{f}_real"] = float(ref[f].median()) if len(ref) else float("nan")
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("class_name")
+    table["meets_targets"] = False
+    overall = table.loc["overall"]
+    table.loc["overall", "meets_targets"] = bool(all(overall[k] >= v for k, v in TARGETS.items()))
+    return table
