@@ -47,18 +47,57 @@ def test_write_and_read_candidates(candidates):
     assert "cand_00003" not in filt.index
 
 
-def test_auto_select_favours_rare_classes():
+def test_old_candidates_get_their_cell_quality_and_keep_their_decisions(tmp_path):
+    from rbclib.core.config import Optics
+    from rbclib.synth.morphology import cell_table, real_ranges
+
+    rng = np.random.default_rng(1)
+    phase, labels = map(np.stack, zip(*[toy_field(rng, 64, 2) for _ in range(12)]))
+    optics = Optics().replace(pixel_size_m=0.5e-6)          # toy cells of radius 8-11 px: 16-30 um^2
+    folder = tmp_path / "cand"
+    cu.write_candidates(phase, labels, np.ones_like(phase), folder, optics=optics, progress=False)
+    assert (cu.read_candidates(folder)["cell_quality"] == 0).all()      # no real reference: unrated
+    store = cu.CurationDecisions(tmp_path / "d.json")
+    store.record("cand_00001", "accept")
+    ranges = real_ranges(cell_table(phase, labels, pixel_size_m=0.5e-6))
+    scored = cu.add_cell_quality(folder, ranges, optics=optics, progress=False)
+    assert scored["whole_cells"].sum() > 0 and scored["cell_quality"].max() == 1.0
+    assert cu.read_candidates(folder)["cell_quality"].equals(scored["cell_quality"])
+    assert cu.CurationDecisions(tmp_path / "d.json").ids("accept") == ["cand_00001"]
+    broken = labels.copy()
+    broken[:] = 0                                            # masks that miss every cell
+    cu.write_candidates(phase, broken, np.ones_like(phase), tmp_path / "bad", optics=optics, ranges=ranges,
+                        progress=False)
+    assert (cu.read_candidates(tmp_path / "bad")["cell_quality"] == 0).all()
+
+
+def test_auto_select_meets_the_requested_balance_best_cells_first():
     # columns: discocyte, spherocyte, echinocyte, stomatocyte
     table = _table([[5, 0, 0, 0], [4, 0, 0, 0], [1, 0, 0, 1], [0, 2, 0, 0], [0, 0, 1, 0], [3, 0, 0, 0], [0, 0, 0, 0]])
-    picked = cu.auto_select_balanced(table, 3, baseline_counts={"discocyte": 100, "spherocyte": 5})
-    assert set(picked) == {"c3", "c4", "c2"} and picked[0] == "c4"  # echinocyte rarest (0 baseline)
-    assert "c6" not in cu.auto_select_balanced(table, 7)  # cell-free pairs are never picked
+    picked = cu.auto_select_balanced(table, 4)                     # equal shares requested
+    assert set(picked) == {"c2", "c3", "c4", "c5"}                 # 4 D, 2 S, 1 E, 1 S: the closest four pairs
+    assert "c6" not in cu.auto_select_balanced(table, 7)           # cell-free pairs are never picked
     more = cu.auto_select_balanced(table, 4, already=["c4"], exclude=["c3"])
     assert len(more) == 3 and "c3" not in more and "c4" not in more
     low = table.assign(consistency=[0.9, 0.9, 0.1, 0.9, 0.9, 0.9, 0.9])
     assert "c2" not in cu.auto_select_balanced(low, 6, min_consistency=0.5)
-    bal = cu.class_balance(table, picked).set_index("class")
-    assert bal["cells"].sum() == 5 and bal.loc["discocyte", "cells"] == 1
+    # only discocytes requested: discocyte pairs, the best cells first among equally good balances
+    rated = table.assign(cell_quality=[0.2, 0.9, 0.0, 0.0, 0.0, 0.5, 0.0])
+    assert cu.auto_select_balanced(rated, 2, request={"discocyte": 1.0}) == ["c1", "c5"]
+    assert cu.auto_select_balanced(table, 2, request={"discocyte": 1.0}) == ["c0", "c1"]   # unrated: consistency, id
+    with pytest.raises(ValueError, match="unknown cell class"):
+        cu.auto_select_balanced(table, 2, request={"platelet": 1.0})
+
+
+def test_auto_selection_lands_within_five_points_of_the_request():
+    rng = np.random.default_rng(0)
+    counts = rng.poisson([2.0, 0.6, 0.6, 0.5], size=(600, 4))          # generated pairs: mostly discocytes
+    table = _table(counts.tolist()).assign(consistency=rng.uniform(0.5, 1.0, 600))
+    for request in (None, {"discocyte": 0.4, "spherocyte": 0.3, "echinocyte": 0.2, "stomatocyte": 0.1}):
+        picked = cu.auto_select_balanced(table, 60, request=request)
+        assert len(picked) == 60 and cu.balance_deviation_pp(table, picked, request) <= 5.0
+    everything = table["id"].tolist()
+    assert cu.balance_deviation_pp(table, everything) > 25                   # what no curation would give
 
 
 def test_decision_store_persists_undo_resume(tmp_path):
@@ -109,7 +148,7 @@ def test_selection_and_rotated_train_pairs(candidates, tmp_path):
     store.record_many(["cand_00002", "cand_00005"], "accept", by="auto")
     sel = cu.write_selection(tmp_path / "selection.json", store, mode="automatic", seed=0)
     assert sel["accepted"] == ["cand_00002", "cand_00005"] and sel["selected_by"]["cand_00002"] == "auto"
-    assert "rarity" in json.loads((tmp_path / "selection.json").read_text())["rule"]
+    assert "requested class balance" in json.loads((tmp_path / "selection.json").read_text())["rule"]
     written = cu.write_synthetic_train(candidates, sel["accepted"], tmp_path / "train", progress=False)
     assert len(written) == 8
     p0, l0 = cu.load_candidate(candidates, "cand_00002")
@@ -133,7 +172,7 @@ def test_auto_curate_rejects_broken_keeps_hand_decisions_and_fills_to_n_select(t
     store = cu.CurationDecisions(tmp_path / "d.json")
     store.record("c4", "reject", by="user")                      # a hand rejection is respected
     store.record("c0", "accept", by="user")                      # and so is a hand acceptance
-    picked = cu.auto_curate(store, table, 3, baseline_counts={"discocyte": 100.0}, min_consistency=0.5)
+    picked = cu.auto_curate(store, table, 3, request={"spherocyte": 0.5, "echinocyte": 0.5}, min_consistency=0.5)
     assert set(store.ids("reject")) == {"c1", "c4", "c5"}       # below 0.5 rejected automatically, c4 by hand
     assert len(picked) == 2 and set(picked) <= {"c2", "c3"} and set(store.ids("accept")) == {"c0", *picked}
     assert all(store.decisions[c]["by"] == "auto: balanced" for c in picked)

@@ -75,3 +75,18 @@ def test_cells_cut_by_the_border_and_specks_are_left_out():
     speck = np.zeros((1, 96, 96), np.float32)
     speck[0, 40:46, 40:46] = 1.0                                            # 0.75 um^2: a speck, not a cell
     assert len(cell_table(speck, (speck > 0).astype(np.uint8), pixel_size_m=PX_M)) == 0
+
+
+def test_cell_quality_is_the_share_of_cells_that_look_real():
+    from rbclib.synth.morphology import cell_passes, cell_quality, real_ranges
+
+    ranges = real_ranges(cell_table(*_cells(30, 0), pixel_size_m=PX_M))
+    assert set(ranges) == {"discocyte", "spherocyte", "echinocyte", "stomatocyte", "overall"}
+    lo, hi = ranges["discocyte"]["area_um2"]
+    assert 35 < lo < hi < 60                                            # discs of radius 3.6-4.2 um
+    good = cell_table(*_cells(10, 1), pixel_size_m=PX_M)
+    bad = cell_table(*_cells(10, 2, blob=True), pixel_size_m=PX_M)
+    assert cell_quality(good, ranges) >= 0.8 and cell_quality(bad, ranges) == 0.0
+    assert cell_quality(good.iloc[:0], ranges) == 0.0
+    worse = good.assign(iou=0.5)                                         # a mask that misses its cell
+    assert not cell_passes(worse, ranges).any()

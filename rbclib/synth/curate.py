@@ -3,13 +3,14 @@
 Park et al. 2025 (section 5.1) generated 5,000 pairs, kept 500 chosen for a balanced
 and diverse representation of the four RBC types (favouring the rare spherocytes and
 stomatocytes) and rotated each by 0/90/180/270 degrees. Here the choice is made either
-by hand in :class:`CurationWidget` or by :func:`auto_select_balanced`, whose rule is
-``SELECTION_RULE``. Every decision is written at once (atomic JSON), so curation can
-stop and resume at any time.
+by hand in :class:`CurationWidget` (best cells first) or by :func:`auto_select_balanced`,
+whose rule is ``SELECTION_RULE``: the requested class balance, and within it the pairs whose
+cells look most like real cells (:mod:`rbclib.synth.morphology`). Every decision is written
+at once (atomic JSON), so curation can stop and resume at any time.
 
 Candidate folder: ``phase/<id>.tif`` (float32 rad), ``labels/<id>.png`` (uint8 0..4),
 ``candidates.csv`` (one row per pair: id, consistency, mean_confidence, n_<class> cell
-counts, frac_<class> pixel fractions).
+counts, frac_<class> pixel fractions, whole_cells, cell_quality).
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from tqdm.auto import tqdm
 
 from rbclib.core.config import Optics
 from rbclib.seg.datasets import PHASE_RANGE_RAD
+from rbclib.physics.simulate import parse_mixture
+from rbclib.synth.morphology import cell_quality, cell_table
 from rbclib.synth.scores import CELL_THRESHOLD_RAD, consistency_score, mask_counts
 from rbclib.core.io import read_labels, read_phase, write_labels, write_phase
 from rbclib.core.files import back_up, read_json, write_csv, write_json
@@ -33,36 +36,68 @@ from rbclib.core.labels import CELL_CLASS_NAMES, overlay_rgb
 COUNT_COLS = tuple(f"n_{name}" for name in CELL_CLASS_NAMES)
 
 SELECTION_RULE = (
-    "Targeted sampling favouring rare classes (greedy). Candidates must pass the active "
-    "filters, reach the minimum consistency score and hold at least one cell. Each cell "
-    "class k gets the weight w_k = 1 / (1 + B_k + S_k), with B_k the class-k cells in the "
-    "real training masks and S_k those in the pairs accepted so far; a candidate with c_k "
-    "cells of class k scores sum_k w_k c_k / sum_k c_k (the mean rarity of its cells). The "
-    "top scorer is accepted (ties: more cells of the currently rarest class, then higher "
-    "consistency, then id), the weights are updated, and this repeats until the target "
-    "number of accepted pairs is reached or no candidate is left."
+    "The requested class balance, best cells first (greedy). Candidates must pass the active "
+    "filters, reach the minimum consistency score and hold at least one cell. At each step, "
+    "each candidate is scored by how far the class shares of the accepted cells would lie "
+    "from the requested shares once it is accepted (sum of absolute differences, in whole "
+    "percentage points). Among the candidates that come closest, the one with the highest "
+    "cell quality is accepted: the share of its whole cells that look like real ones (area and "
+    "peak phase inside the real cells' 5-95 % range of their class, one class per cell, mask "
+    "fitting the phase with IoU >= 0.8; rbclib.synth.morphology). Ties: higher consistency, "
+    "then id. This repeats until the target number of pairs is accepted or no candidate is left."
 )
+EQUAL_SHARES = {name: 1.0 / len(CELL_CLASS_NAMES) for name in CELL_CLASS_NAMES}
+"""The default request: the four cell classes in equal shares (the paper's "balanced"
+synthetic set, which favours the rare spherocytes and stomatocytes)."""
 
 
 # ----------------------------------------------------------------------------- candidates
 def write_candidates(phase: np.ndarray, labels: np.ndarray, confidence: np.ndarray, folder: str | Path, *,
                      optics: Optics | None = None, threshold_rad: float = CELL_THRESHOLD_RAD,
+                     ranges: dict[str, dict[str, tuple[float, float]]] | None = None,
                      progress: bool = True) -> pd.DataFrame:
     """Write generated pairs (phase [rad], labels, confidence; each (n, H, W)) as candidates.
 
     Returns (and writes as ``candidates.csv``) the table of ids, consistency score, mean
-    confidence, cells per class and pixel fraction per class.
+    confidence, cells per class, pixel fraction per class, ``whole_cells`` (cells not cut by
+    the patch border) and ``cell_quality`` (:func:`rbclib.synth.morphology.cell_quality`
+    against ``ranges``, the real cells' :func:`~rbclib.synth.morphology.real_ranges`; 0
+    without them).
     """
     folder = Path(folder)
+    pixel_size_m = (optics or Optics()).pixel_size_m
     rows = []
     for i in tqdm(range(len(phase)), desc="writing candidates", disable=not progress):
         cid = f"cand_{i:05d}"
         write_phase(folder / "phase" / f"{cid}.tif", phase[i], optics)
         write_labels(folder / "labels" / f"{cid}.png", labels[i])
         rows.append({"id": cid, "consistency": consistency_score(phase[i], labels[i], threshold_rad=threshold_rad),
-                     "mean_confidence": float(np.mean(confidence[i])), **mask_counts(labels[i])})
+                     "mean_confidence": float(np.mean(confidence[i])), **mask_counts(labels[i]),
+                     **_cell_scores(phase[i], labels[i], ranges, pixel_size_m=pixel_size_m, threshold_rad=threshold_rad)})
     table = pd.DataFrame(rows)
     write_csv(folder / "candidates.csv", table)
+    return table
+
+
+def _cell_scores(phase: np.ndarray, labels: np.ndarray, ranges: dict | None, *, pixel_size_m: float,
+                 threshold_rad: float) -> dict[str, float]:
+    cells = cell_table(phase[None], labels[None], pixel_size_m=pixel_size_m, threshold_rad=threshold_rad)
+    return {"whole_cells": len(cells), "cell_quality": cell_quality(cells, ranges) if ranges else 0.0}
+
+
+def add_cell_quality(folder: str | Path, ranges: dict[str, dict[str, tuple[float, float]]], *,
+                     optics: Optics | None = None, threshold_rad: float = CELL_THRESHOLD_RAD,
+                     progress: bool = True) -> pd.DataFrame:
+    """Score the candidates of a folder written before ``cell_quality`` existed (or against
+    other ``ranges``): add or replace ``whole_cells`` and ``cell_quality`` in
+    ``candidates.csv`` (rewritten atomically; pairs and decisions untouched)."""
+    folder = Path(folder)
+    table = read_candidates(folder)
+    pixel_size_m = (optics or Optics()).pixel_size_m
+    scores = [_cell_scores(*load_candidate(folder, cid), ranges, pixel_size_m=pixel_size_m, threshold_rad=threshold_rad)
+              for cid in tqdm(table["id"], desc="scoring candidates", disable=not progress)]
+    table = table.assign(**pd.DataFrame(scores, index=table.index))
+    write_csv(folder / "candidates.csv", table.reset_index(drop=True))
     return table
 
 
@@ -118,15 +153,32 @@ def class_balance(table: pd.DataFrame, ids: Iterable[str] | None = None) -> pd.D
     return pd.DataFrame({"class": CELL_CLASS_NAMES, "cells": counts.astype(int), "share": share})
 
 
-def auto_select_balanced(table: pd.DataFrame, n_select: int, *, baseline_counts: dict[str, float] | None = None,
+def class_request(request: dict[str, float] | str | None) -> np.ndarray:
+    """Requested class shares (cell classes in ``CELL_CLASS_NAMES`` order, summing to 1) from
+    a class name -> weight mapping or ``"discocyte=0.4,..."`` (None: :data:`EQUAL_SHARES`);
+    checked by :func:`rbclib.physics.simulate.parse_mixture`."""
+    shares = parse_mixture(EQUAL_SHARES if request is None else request)
+    return np.array([shares[name] for name in CELL_CLASS_NAMES])
+
+
+def balance_deviation_pp(table: pd.DataFrame, ids: Iterable[str], request: dict[str, float] | None = None) -> float:
+    """Largest difference [percentage points] between the class shares of the cells in ``ids``
+    and the requested shares (:func:`class_request`); nan when they hold no cell."""
+    got = class_balance(table, ids)
+    if got["cells"].sum() == 0:
+        return float("nan")
+    return float(100 * np.abs(got["share"].to_numpy() - class_request(request)).max())
+
+
+def auto_select_balanced(table: pd.DataFrame, n_select: int, *, request: dict[str, float] | None = None,
                          already: Iterable[str] = (), exclude: Iterable[str] = (),
                          pool: Iterable[str] | None = None, min_consistency: float = 0.0) -> list[str]:
     """Ids chosen by ``SELECTION_RULE`` until ``n_select`` pairs are accepted in total.
 
-    table: all candidates (index id); already: ids accepted before (count towards S_k and
+    table: all candidates (index id); request: class name -> share of the accepted cells
+    (default equal shares); already: ids accepted before (they count towards the shares and
     n_select); exclude: ids never to pick (rejected ones); pool: ids that may be picked
-    (default all, e.g. those passing a filter); baseline_counts: class name -> cells in
-    the real training set.
+    (default all, e.g. those passing a filter).
     """
     already, excluded = list(already), set(exclude) | set(already)
     ok = (table["consistency"] >= min_consistency) & ~table["id"].isin(excluded)
@@ -137,17 +189,17 @@ def auto_select_balanced(table: pd.DataFrame, n_select: int, *, baseline_counts:
     keep = counts.sum(1) > 0
     ids, counts = pool["id"].to_numpy()[keep], counts[keep]
     consistency = pool["consistency"].to_numpy(float)[keep]
-    base = np.array([float((baseline_counts or {}).get(name, 0.0)) for name in CELL_CLASS_NAMES])
+    quality = (pool["cell_quality"] if "cell_quality" in pool else pd.Series(0.0, index=pool.index)
+               ).fillna(0.0).to_numpy(float)[keep]
+    target = class_request(request)
     accepted = table.loc[already, list(COUNT_COLS)].to_numpy(float).sum(0) if already else np.zeros(len(CELL_CLASS_NAMES))
     free = np.ones(len(ids), bool)
     chosen: list[str] = []
-    totals = counts.sum(1)
     while len(already) + len(chosen) < n_select and free.any():
-        w = 1.0 / (1.0 + base + accepted)
-        score = counts @ w / totals
-        rarest = counts[:, int(np.argmax(w))]
-        order = np.lexsort((ids, -consistency, -rarest, -score))
-        best = next(i for i in order if free[i])
+        after = accepted + counts
+        distance = np.round(100 * np.abs(after / after.sum(1, keepdims=True) - target).sum(1))
+        distance[~free] = np.inf
+        best = np.lexsort((ids, -consistency, -quality, distance))[0]
         free[best] = False
         chosen.append(str(ids[best]))
         accepted += counts[best]
@@ -214,14 +266,14 @@ class CurationDecisions:
 
 
 def auto_curate(store: "CurationDecisions", table: pd.DataFrame, n_select: int, *,
-                baseline_counts: dict[str, float] | None = None, min_consistency: float = 0.0) -> list[str]:
+                request: dict[str, float] | None = None, min_consistency: float = 0.0) -> list[str]:
     """The automatic curation of 04, recorded in ``store``: reject every undecided candidate
     below ``min_consistency``, then accept by :func:`auto_select_balanced` until ``n_select``
     pairs are accepted in all (earlier decisions, by hand or not, are kept). Returns the ids
     accepted now."""
     broken = table.loc[table["consistency"] < min_consistency, "id"]
     store.record_many([c for c in broken if c not in store.decisions], "reject", by="auto: consistency")
-    picked = auto_select_balanced(table, n_select, baseline_counts=baseline_counts, already=store.ids("accept"),
+    picked = auto_select_balanced(table, n_select, request=request, already=store.ids("accept"),
                                   exclude=store.ids("reject"), min_consistency=min_consistency)
     store.record_many(picked, "accept", by="auto: balanced")
     return picked
@@ -272,14 +324,14 @@ class CurationWidget:
     """
 
     def __init__(self, candidates: str | Path, decisions_path: str | Path, *, n_target: int = 500,
-                 baseline_counts: dict[str, float] | None = None, min_consistency: float = 0.0,
+                 request: dict[str, float] | None = None, min_consistency: float = 0.0,
                  page_size: int = 12, thumb_px: int = 128):
         import ipywidgets as w
 
         self.candidates = Path(candidates)
         self.table = read_candidates(self.candidates)
         self.store = CurationDecisions(decisions_path)
-        self.baseline_counts = dict(baseline_counts or {})
+        self.request = request
         self.page_size, self.thumb_px, self.page = page_size, thumb_px, 0
         self.f_classes = w.SelectMultiple(options=CELL_CLASS_NAMES, description="must hold")
         self.f_count_class = w.Dropdown(options=CELL_CLASS_NAMES, value=CELL_CLASS_NAMES[-1], description="min count of")
@@ -291,7 +343,7 @@ class CurationWidget:
         self.btn_prev = self._button("< prev", "rbc-curate-prev", self.prev_page)
         self.btn_next = self._button("next >", "rbc-curate-next", self.next_page)
         self.btn_undo = self._button("undo", "rbc-curate-undo", lambda: self.undo())
-        self.btn_auto = self._button("auto-select balanced", "rbc-curate-auto", lambda: self.auto_select())
+        self.btn_auto = self._button("auto-select: balance, best cells", "rbc-curate-auto", lambda: self.auto_select())
         self.btn_auto.tooltip = SELECTION_RULE
         self.page_label, self.summary = w.HTML(), w.HTML()
         self.gallery = w.GridBox(layout=w.Layout(grid_template_columns=f"repeat(4, {thumb_px + 24}px)"))
@@ -321,11 +373,14 @@ class CurationWidget:
 
     # -- state
     def visible(self) -> pd.DataFrame:
-        """Candidates passing the current filters."""
+        """Candidates passing the current filters, best cell quality first (then id)."""
         sub = filter_candidates(self.table, classes_present=self.f_classes.value, count_class=self.f_count_class.value,
                                 min_count=self.f_min_count.value, min_consistency=self.f_consistency.value)
         if self.f_hide_decided.value:
             sub = sub[~sub["id"].isin(self.store.decisions)]
+        if "cell_quality" in sub:
+            order = np.lexsort((sub["id"].to_numpy(), -sub["cell_quality"].fillna(0.0).to_numpy(float)))
+            sub = sub.iloc[order]
         return sub
 
     def decide(self, cid: str, decision: str) -> None:
@@ -339,7 +394,7 @@ class CurationWidget:
 
     def auto_select(self) -> list[str]:
         """Accept pairs by SELECTION_RULE among the filtered, undecided candidates up to the target."""
-        ids = auto_select_balanced(self.table, self.n_target.value, baseline_counts=self.baseline_counts,
+        ids = auto_select_balanced(self.table, self.n_target.value, request=self.request,
                                    already=[c for c in self.store.ids("accept") if c in self.table.index],
                                    exclude=self.store.ids("reject"), pool=self.visible()["id"],
                                    min_consistency=self.f_consistency.value)
@@ -386,7 +441,8 @@ class CurationWidget:
         rej = self._button("reject", f"rbc-curate-reject-{cid}", lambda: self.decide(cid, "reject"))
         acc.layout = rej.layout = w.Layout(width=f"{self.thumb_px // 2 + 8}px")
         self.accept_buttons[cid], self.reject_buttons[cid] = acc, rej
-        text = w.HTML(f"<small>{cid} · {state}<br>{counts} · c={row['consistency']:.2f}</small>")
+        quality = f" · q={row['cell_quality']:.2f}" if "cell_quality" in row else ""
+        text = w.HTML(f"<small>{cid} · {state}<br>{counts} · c={row['consistency']:.2f}{quality}</small>")
         box = w.VBox([img, text, w.HBox([acc, rej])],
                      layout=w.Layout(border=f"3px solid {colour}", padding="2px"))
         box.add_class(f"rbc-curate-card-{state}")

@@ -26,7 +26,7 @@ from skimage.segmentation import expand_labels
 
 from rbclib.annotate.proposals import propose_cells
 from rbclib.core.config import Optics
-from rbclib.core.labels import CLASS_NAMES
+from rbclib.core.labels import CELL_CLASS_NAMES, CLASS_NAMES
 from rbclib.physics.realism import cell_statistics
 from rbclib.synth.scores import CELL_THRESHOLD_RAD
 
@@ -34,7 +34,9 @@ SHAPE_FEATURES = ("area_um2", "peak_phase_rad", "dip_ratio", "roughness", "eccen
 CELL_TABLE_COLUMNS = ("patch", "cell_id", "class_name", *SHAPE_FEATURES, "purity", "iou")
 PURE_CELL = 0.9
 """A cell counts as pure when at least this share of its masked pixels is one class."""
-TARGETS = {"area_in_real_range": 0.8, "peak_in_real_range": 0.8, "pure_cells": 0.9, "iou_median": 0.8}
+IOU_MIN = 0.8
+"""A cell's mask fits its phase when their IoU reaches this."""
+TARGETS = {"area_in_real_range": 0.8, "peak_in_real_range": 0.8, "pure_cells": 0.9, "iou_median": IOU_MIN}
 """Targets at the quick budget (issue 15): shares of generated cells inside the real cells'
 5-95 % range of area and of peak phase, share of pure cells, median mask vs proposal IoU."""
 
@@ -93,6 +95,41 @@ def _in_range(values: pd.Series, reference: pd.Series) -> float:
         return float("nan")
     lo, hi = np.nanpercentile(reference.astype(float), [5, 95])
     return float(values.between(lo, hi).mean())
+
+
+RANGE_FEATURES = ("area_um2", "peak_phase_rad")
+
+
+def real_ranges(real: pd.DataFrame) -> dict[str, dict[str, tuple[float, float]]]:
+    """The real cells' 5-95 % ranges of :data:`RANGE_FEATURES`: class name (and ``overall``)
+    -> {feature: (low, high)}; a class with fewer than 5 real cells takes the overall range.
+    Objects the mask calls background (debris, platelets) are not cells and are left out."""
+    real = real[real["class_name"] != CLASS_NAMES[0]]
+    if not len(real):
+        return {}
+
+    def span(frame: pd.DataFrame) -> dict[str, tuple[float, float]]:
+        return {f: tuple(float(v) for v in np.nanpercentile(frame[f].astype(float), [5, 95])) for f in RANGE_FEATURES}
+
+    overall = span(real)
+    out = {name: span(group) if len(group) >= 5 else overall for name, group in real.groupby("class_name")}
+    return {**{name: out.get(name, overall) for name in CELL_CLASS_NAMES}, "overall": overall}
+
+
+def cell_passes(cells: pd.DataFrame, ranges: dict[str, dict[str, tuple[float, float]]]) -> np.ndarray:
+    """Per cell of a :func:`cell_table`: area and peak phase inside the real range of its
+    class (:func:`real_ranges`), purity >= :data:`PURE_CELL` and IoU >= :data:`IOU_MIN`."""
+    ok = (cells["purity"].to_numpy(float) >= PURE_CELL) & (cells["iou"].to_numpy(float) >= IOU_MIN)
+    for j, name in enumerate(cells["class_name"]):
+        limits = ranges.get(name) if name != CLASS_NAMES[0] else None
+        ok[j] &= limits is not None and all(limits[f][0] <= float(cells[f].iloc[j]) <= limits[f][1]
+                                            for f in RANGE_FEATURES)
+    return ok
+
+
+def cell_quality(cells: pd.DataFrame, ranges: dict[str, dict[str, tuple[float, float]]]) -> float:
+    """Share of the whole cells of one pair that pass :func:`cell_passes`; 0 without any."""
+    return float(cell_passes(cells, ranges).mean()) if len(cells) else 0.0
 
 
 def morphology_score(real: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFrame:
