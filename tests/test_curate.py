@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ddgan_toy import toy_field  # noqa: E402
 
 from rbclib.synth import curate as cu  # noqa: E402
+from rbclib.synth.curate_widget import CurationWidget  # noqa: E402
 from rbclib.core.io import read_labels, read_phase  # noqa: E402
 from rbclib.core.labels import overlay_rgb  # noqa: E402
 
@@ -119,7 +120,7 @@ def test_decision_store_persists_undo_resume(tmp_path):
 def test_widget_clicks_persist_and_resume(candidates, tmp_path):
     pytest.importorskip("ipywidgets")
     path = tmp_path / "decisions.json"
-    w = cu.CurationWidget(candidates, path, n_target=5, page_size=4)
+    w = CurationWidget(candidates, path, n_target=5, page_size=4)
     assert len(w.gallery.children) == 4 and "page 1 / 4" in w.page_label.value
     assert "rbc-curate-accept-cand_00000" in w.accept_buttons["cand_00000"]._dom_classes
     w.accept_buttons["cand_00000"].click()
@@ -130,7 +131,7 @@ def test_widget_clicks_persist_and_resume(candidates, tmp_path):
     assert "page 2 / 4" in w.page_label.value and "cand_00004" in w.accept_buttons
     w.btn_undo.click()
     assert "cand_00001" not in json.loads(path.read_text())["decisions"]
-    w2 = cu.CurationWidget(candidates, path, n_target=5)  # resume
+    w2 = CurationWidget(candidates, path, n_target=5)  # resume
     assert w2.store.ids("accept") == ["cand_00000"] and "accepted 1 / target 5" in w2.summary.value
     w2.f_consistency.value = 0.5
     w2.btn_auto.click()

@@ -263,13 +263,13 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
     """Train one DDGAN on patches of phase maps [rad] + class maps; returns ``out_dir``.
 
     device: where the networks train (default :func:`rbclib.core.training.pick_device`:
-    cuda, mps or cpu). Under ``torchrun`` (``python -m rbclib.launch ddgan ...``) each rank
-    trains on ``batch_size / world`` patches of its own and the gradients are averaged over
-    the ranks (:mod:`rbclib.core.distributed`); rank 0 writes. Every epoch appends to ``log.csv`` and rewrites ``last.pt`` and
+    cuda, mps or cpu). Every epoch appends to ``log.csv`` and rewrites ``last.pt`` and
     ``generator.pt``; with ``resume`` an existing ``last.pt`` with the same config continues
     where it stopped (randomness is re-derived per epoch from (seed, epoch), so a resumed run
     matches an uninterrupted one on the same device). ``on_epoch_end(epoch, ema_generator)``
-    may plot.
+    may plot. Under ``torchrun`` (``python -m rbclib.launch ddgan ...``) each rank trains on
+    ``batch_size / world`` patches of its own, the gradients are averaged over the ranks
+    (:mod:`rbclib.core.distributed`) and rank 0 writes.
     """
     out = Path(out_dir)
     rank, world, distributed, dev = start_distributed(device)
