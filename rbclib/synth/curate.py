@@ -6,8 +6,8 @@ stomatocytes) and rotated each by 0/90/180/270 degrees. Here the choice is made 
 by hand in the gallery of :mod:`rbclib.synth.curate_widget` (best cells first) or by
 :func:`auto_select_balanced`, whose rule is ``SELECTION_RULE``: the requested class
 balance, and within it the pairs whose cells look most like real cells
-(:mod:`rbclib.synth.morphology`). Every decision is written
-at once (atomic JSON), so curation can stop and resume at any time.
+(:mod:`rbclib.synth.morphology`). Every decision is written at once (atomic JSON), so
+curation can stop and resume at any time.
 
 Candidate folder: ``phase/<id>.tif`` (float32 rad), ``labels/<id>.png`` (uint8 0..4),
 ``candidates.csv`` (one row per pair: id, consistency, mean_confidence, n_<class> cell
