@@ -80,7 +80,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 _SIMULATE_RANGES = {
     # option: help; each takes X (pinned) or LOW,HIGH (drawn per field), limits: rbclib.physics.recording.SETTING_LIMITS
     "density_per_1000um2": "cell density (default 2,10)",
-    "flat_discocyte_fraction": "share of discocytes drawn flat-topped like the real fresh cells (default 0.4)",
+    "flat_discocyte_fraction": "share of discocytes drawn flat-topped like the real fresh cells (default 0)",
     "touching_fraction": "share of cells touching another (default 0.1,0.6)",
     "overlap_fraction": "share of cells lying on another (default 0,0.12)",
     "platelets_per_cell": "platelets per cell, background class (default 0,0.08)",

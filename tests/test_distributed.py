@@ -19,6 +19,9 @@ from rbclib.core import distributed as D
 from rbclib.core.files import write_json
 from rbclib.core.io import write_labels, write_phase
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_train import _disk_pairs  # noqa: E402
+
 
 def test_helpers_leave_a_single_process_untouched(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -52,21 +55,13 @@ def _launch(args: list[str], port: int) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def _disk_run(folder: Path, n: int = 3, size: int = 64) -> Path:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:size, :size]
-    stems = []
-    for i in range(n):
-        labels = np.zeros((size, size), np.uint8)
-        phase = rng.normal(0, 0.02, (size, size)).astype(np.float32)
-        for cls in (1, 2):
-            cy, cx = rng.integers(12, size - 12, 2)
-            disk = (yy - cy) ** 2 + (xx - cx) ** 2 < 64
-            labels[disk], phase[disk] = cls, phase[disk] + cls
-        stems.append(f"field_{i:04d}")
-        write_phase(folder / "phase" / f"{stems[-1]}.tif", phase)
-        write_labels(folder / "labels" / f"{stems[-1]}.png", labels)
-    write_json(folder / "splits.json", {"train": stems, "test": [], "seed": 0, "method": "t"})
+def _disk_run(folder: Path, n: int = 3) -> Path:
+    """A run folder (phase, labels, splits.json) of ``n`` fields of two disc cells, all in train."""
+    pairs = _disk_pairs(n)
+    for p in pairs:
+        write_phase(folder / "phase" / f"{p.name}.tif", p.phase)
+        write_labels(folder / "labels" / f"{p.name}.png", p.labels)
+    write_json(folder / "splits.json", {"train": [p.name for p in pairs], "test": [], "seed": 0, "method": "t"})
     return folder
 
 

@@ -90,13 +90,6 @@ def cell_table(phases: np.ndarray, labels: np.ndarray, *, pixel_size_m: float,
     return pd.concat(frames, ignore_index=True)[list(CELL_TABLE_COLUMNS)]
 
 
-def _in_range(values: pd.Series, reference: pd.Series) -> float:
-    if not len(values) or not len(reference):
-        return float("nan")
-    lo, hi = np.nanpercentile(reference.astype(float), [5, 95])
-    return float(values.between(lo, hi).mean())
-
-
 RANGE_FEATURES = ("area_um2", "peak_phase_rad")
 
 
@@ -132,6 +125,14 @@ def cell_quality(cells: pd.DataFrame, ranges: dict[str, dict[str, tuple[float, f
     return float(cell_passes(cells, ranges).mean()) if len(cells) else 0.0
 
 
+def _share_inside(values: pd.Series, limits: dict[str, tuple[float, float]] | None, feature: str) -> float:
+    """Share of ``values`` inside ``limits[feature]`` (nan without values or limits)."""
+    if not len(values) or limits is None:
+        return float("nan")
+    lo, hi = limits[feature]
+    return float(values.between(lo, hi).mean())
+
+
 def morphology_score(real: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFrame:
     """Generated cells against real cells (two :func:`cell_table` results; real objects
     the mask calls background, debris and platelets, are left out), one row per class of
@@ -144,6 +145,7 @@ def morphology_score(real: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFram
     :data:`SHAPE_FEATURES` as ``<feature>_generated`` / ``<feature>_real``; ``meets_targets``
     (every :data:`TARGETS` share met; ``overall`` only).
     """
+    ranges = real_ranges(real)
     real = real[real["class_name"] != CLASS_NAMES[0]]           # debris and platelets: not cells
     rows = []
     groups = [(name, generated[generated["class_name"] == name]) for name in sorted(set(generated["class_name"]))]
@@ -151,9 +153,10 @@ def morphology_score(real: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFram
         ref = real[real["class_name"] == name] if name != "overall" else real
         if len(ref) < 5:
             ref = real
+        limits = ranges.get(name, ranges.get("overall"))
         row = {"class_name": name, "n_generated": len(gen), "n_real": len(ref),
-               "area_in_real_range": _in_range(gen["area_um2"], ref["area_um2"]),
-               "peak_in_real_range": _in_range(gen["peak_phase_rad"], ref["peak_phase_rad"]),
+               "area_in_real_range": _share_inside(gen["area_um2"], limits, "area_um2"),
+               "peak_in_real_range": _share_inside(gen["peak_phase_rad"], limits, "peak_phase_rad"),
                "pure_cells": float((gen["purity"] >= PURE_CELL).mean()) if len(gen) else float("nan"),
                "iou_median": float(gen["iou"].median()) if len(gen) else float("nan")}
         for f in SHAPE_FEATURES:
