@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         q.add_argument("--profile", default="quick", choices=list(PROFILE_NAMES))
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--config", default="{}", help="JSON object of training config overrides")
-    seg.add_argument("--model", default="resunet", help="resunet or a baseline (unet, deeplabv3plus, fcn, pspnet)")
+    seg.add_argument("--model", default="resunet", help="resunet or a baseline (unet, deeplabv3plus, fcn, pspnet, gan_watershed)")
     seg.add_argument("--init-from", type=Path, help="SSL model folder whose weights start the ResUnet")
     seg.add_argument("--extra-pairs-dir", type=Path, help="folder of synthetic pairs added to the patches (04)")
     ddg.add_argument("--kind", choices=["phase", "mask"], required=True, help="G_p (phase) or G_M (mask)")

@@ -19,6 +19,7 @@ from rbclib.study import segmenter as S
 from rbclib.core.config import Optics
 from rbclib.core.io import read_instances, write_camera_image, write_labels, write_phase
 from rbclib.core.labels import instances_from_labels
+from rbclib.seg.watershed import split_touching
 
 PAPER_PX = 0.1441e-6
 
@@ -238,13 +239,13 @@ def test_split_touching_cells():
     yy, xx = np.mgrid[:80, :120] * px * 1e6
     two = ((yy - 5.8) ** 2 + (xx - 5.0) ** 2 <= 3.8 ** 2) | ((yy - 5.8) ** 2 + (xx - 12.0) ** 2 <= 3.8 ** 2)
     labels = two.astype(np.uint8)
-    inst = S.split_touching(labels, instances_from_labels(labels), pixel_size_m=px)
+    inst = split_touching(labels, instances_from_labels(labels), pixel_size_m=px)
     assert inst.max() == 2 and inst[40, 35] != inst[40, 83] and (inst > 0).sum() == two.sum()
     # one elongated, irregular cell stays one
     one = ((yy - 5.8) / 3.0) ** 2 + ((xx - 8.0) / 5.0) ** 2 <= 1
     one |= (np.abs(yy - 5.8) < 0.3) & (np.abs(xx - 13.5) < 0.6)  # a spicule
     labels = one.astype(np.uint8)
-    assert S.split_touching(labels, instances_from_labels(labels), pixel_size_m=px).max() == 1
+    assert split_touching(labels, instances_from_labels(labels), pixel_size_m=px).max() == 1
     # among other cells, a split that would leave a piece under half a typical cell is refused,
     # while a merged pair of typical cells is still split
     yy, xx = np.mgrid[:200, :280] * px * 1e6
@@ -256,7 +257,7 @@ def test_split_touching_cells():
     lobed = disc(16, 16, 3.8) | disc(16, 21.5, 2.2)                           # a cell with a small lobe
     pair = disc(5, 23, 3.8) | disc(5, 30, 3.8)                                # two touching cells
     labels = (field | lobed | pair).astype(np.uint8)
-    out = S.split_touching(labels, instances_from_labels(labels), pixel_size_m=px)
+    out = split_touching(labels, instances_from_labels(labels), pixel_size_m=px)
     assert out.max() == 6
     cell = lambda y, x: out[int(y / (px * 1e6)), int(x / (px * 1e6))]      # noqa: E731
     assert cell(16, 16) == cell(16, 21.5) and cell(5, 23) != cell(5, 30)
@@ -266,7 +267,7 @@ def test_split_touching_cells():
     pressed = disc(16, 14, 3.8) | disc(16, 21.6, 3.8) | ((np.abs(yy - 16) < 3.4) & (xx > 14) & (xx < 21.6))
     big = disc(5, 26, 5.2)
     labels = (field | pressed | big).astype(np.uint8)
-    out = S.split_touching(labels, instances_from_labels(labels), pixel_size_m=px)
+    out = split_touching(labels, instances_from_labels(labels), pixel_size_m=px)
     assert out.max() == 6 and cell(16, 13) != cell(16, 22.5) and cell(5, 23) == cell(5, 29)
 
 

@@ -19,7 +19,8 @@ def test_resunet_resnet50_has_the_papers_parameter_count():
 @pytest.mark.parametrize("name", ["resunet", *BASELINES])
 def test_every_model_maps_phase_patches_to_class_logits(name):
     torch.manual_seed(0)
-    model = build_model(name, encoder="resnet18", in_channels=1, classes=4).eval()
+    model = build_model(name, encoder="pix2pix" if name == "gan_watershed" else "resnet18", in_channels=1,
+                        classes=4).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 1, 64, 64))
     assert out.shape == (2, 4, 64, 64)

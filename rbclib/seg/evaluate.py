@@ -30,6 +30,7 @@ METHOD_NAMES: dict[str, str] = {
     "deeplabv3plus": "DeepLab v3+",
     "fcn": "FCN",
     "pspnet": "PSPNet",
+    "gan_watershed": "GAN + Watershed",
     "ddgan_mask": "Denoising diffusion GAN",
     "seg_backbone": "ResUnet (backbone)",
     "seg_da": "ResUnet + DA",
@@ -64,7 +65,7 @@ def score_image(pred_labels: np.ndarray, true_labels: np.ndarray, *, covered: np
         ys, xs = np.nonzero(covered)
         sl = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
         pred_labels, true_labels = pred_labels[sl], true_labels[sl]
-        pred_instances = None  # recomputed on the crop
+        pred_instances = None if pred_instances is None else pred_instances[sl]
         true_instances = None if true_instances is None else true_instances[sl]
     if pred_instances is None:
         pred_instances = instances_from_labels(pred_labels)

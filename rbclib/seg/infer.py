@@ -109,9 +109,16 @@ def _check_phase(phase: np.ndarray) -> np.ndarray:
     return phase
 
 
-def _finish(probs: np.ndarray, covered: np.ndarray) -> Prediction:
+def _finish(probs: np.ndarray, covered: np.ndarray, config: dict[str, Any]) -> Prediction:
+    """Class map and instances of blended probabilities; ``postprocess = "watershed"`` (GAN +
+    Watershed) splits touching cells by :func:`rbclib.seg.watershed.split_touching`."""
     labels = probs.argmax(0).astype(np.uint8)
-    return Prediction(labels=labels, probs=probs, instances=instances_from_labels(labels), covered=covered)
+    instances = instances_from_labels(labels)
+    if config.get("postprocess", "none") == "watershed":
+        from rbclib.seg.watershed import split_touching
+
+        instances = split_touching(labels, instances, pixel_size_m=float(config["pixel_size_m"]))
+    return Prediction(labels=labels, probs=probs, instances=instances, covered=covered)
 
 
 def predict_images(model: nn.Module, phases: list[np.ndarray], *, config: dict[str, Any],
@@ -164,7 +171,7 @@ def predict_images(model: nn.Module, phases: list[np.ndarray], *, config: dict[s
             norm[y:y + side, x0:x0 + side] += win
         h, w = phase.shape
         probs = (acc / norm)[:, :h, :w]
-        out.append(_finish(np.ascontiguousarray(probs), np.ones((h, w), bool)))
+        out.append(_finish(np.ascontiguousarray(probs), np.ones((h, w), bool), config))
     return out
 
 
@@ -193,7 +200,7 @@ def predict_paper_protocol(model: nn.Module, phase: np.ndarray, *, config: dict[
     for (y, x0), p in zip(pos, tiles):
         probs[:, y:y + patch, x0:x0 + patch] = p
         covered[y:y + patch, x0:x0 + patch] = True
-    return _finish(probs, covered)
+    return _finish(probs, covered, config)
 
 
 def check_mask_classes(labels: np.ndarray, classes: int, *, source: str = "label map") -> None:

@@ -1,4 +1,5 @@
-"""Segmentation networks: the paper's ResUnet and the baselines of Tables 1-3.
+"""Segmentation networks: the paper's ResUnet and the baselines of Tables 1-3 (the GAN +
+Watershed generator lives in :mod:`rbclib.seg.gan_watershed`).
 
 All models map a (B, in_channels, H, W) float tensor (phase normalised to [-1, 1],
 replicated to ``in_channels``) to (B, classes, H, W) logits. H and W must be multiples
@@ -12,6 +13,8 @@ from typing import Any, Callable
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
+
+from rbclib.seg.gan_watershed import build_gan_watershed
 
 # The ResUnet decoder of the paper (Table 3: 73,688,197 parameters).
 RESUNET_DECODER_CHANNELS = (1024, 512, 256, 128, 64)
@@ -99,6 +102,7 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3plus": build_deeplabv3plus,
     "fcn": build_fcn,
     "pspnet": build_pspnet,
+    "gan_watershed": build_gan_watershed,
 }
 # Names of the methods in the paper's tables.
 DISPLAY_NAMES: dict[str, str] = {
@@ -107,12 +111,13 @@ DISPLAY_NAMES: dict[str, str] = {
     "deeplabv3plus": "DeepLab v3+",
     "fcn": "FCN",
     "pspnet": "PSPNet",
+    "gan_watershed": "GAN + Watershed",
 }
-BASELINES: tuple[str, ...] = ("unet", "deeplabv3plus", "fcn", "pspnet")
+BASELINES: tuple[str, ...] = ("unet", "deeplabv3plus", "fcn", "pspnet", "gan_watershed")
 
 
 def build_model(name: str, **kw: Any) -> nn.Module:
-    """Build a model by name ("resunet", "unet", "deeplabv3plus", "fcn", "pspnet");
+    """Build a model by name ("resunet", "unet", "deeplabv3plus", "fcn", "pspnet", "gan_watershed");
     keyword arguments (encoder, in_channels, classes) go to its builder."""
     if name not in MODEL_BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODEL_BUILDERS)}")

@@ -57,7 +57,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "autocast_bf16": False,  # bfloat16 autocast of the training forward pass (weights stay float32)
     "phase_range": list(PHASE_RANGE_RAD),
     "phase_gain": [1.0, 1.0],  # balanced crops: phase x a log-uniform gain from this range (instrument disagreement)
+    "adversarial_weight": 0.0,  # > 0: a PatchGAN discriminator adds this x its GAN loss (GAN + Watershed)
+    "postprocess": "none",  # "watershed": inference splits touching cells (rbclib.seg.watershed)
 }
+POSTPROCESS = ("none", "watershed")
 
 
 def make_config(config: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
@@ -72,6 +75,8 @@ def make_config(config: dict[str, Any] | None = None, **overrides: Any) -> dict[
     cfg["phase_gain"] = [float(v) for v in cfg["phase_gain"]]
     if cfg["patch_mode"] not in PATCH_MODES:
         raise ValueError(f"patch_mode {cfg['patch_mode']!r}: expected one of {PATCH_MODES}")
+    if cfg["postprocess"] not in POSTPROCESS:
+        raise ValueError(f"postprocess {cfg['postprocess']!r}: expected one of {POSTPROCESS}")
     if cfg["model_name"] != "resunet":
         cfg.pop("decoder_channels")  # the baselines keep their own decoders
     return cfg
@@ -107,7 +112,9 @@ def split_validation(stems: Sequence[str], *, fraction: float, seed: int) -> tup
 
 
 def _strip(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The part of a config that must match to resume (not bookkeeping)."""
+    """The part of a config that must match to resume (not bookkeeping); keys a config of an
+    older version lacks count as their defaults."""
+    cfg = {**{k: v for k, v in DEFAULT_CONFIG.items() if k in ("adversarial_weight", "postprocess")}, **cfg}
     return {k: v for k, v in cfg.items() if k not in ("train_images", "val_images", "n_train_patches", "world_size")}
 
 
@@ -121,6 +128,8 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
     ``val_pairs`` images (tiled inference, mean Dice overall, ``rbclib.seg.metrics``).
 
     init_from: an SSL model folder loaded with ``rbclib.ssl.pretrain.load_into_resunet`` (ResUnet only).
+    ``adversarial_weight`` > 0 trains a conditional GAN: a PatchGAN discriminator of (phase,
+    class probabilities) pairs steps after each generator step (:class:`rbclib.seg.gan_watershed.Adversary`).
     resume: continue from ``out_dir/last.pt`` when it was written with the same config
     (a finished run returns at once); False starts afresh. Returns ``out_dir``.
     """
@@ -174,6 +183,12 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
     total_steps = int(cfg["epochs"]) * steps
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(total_steps, 1))
     loss_fn = CEDiceLoss(ce_weight=float(cfg["ce_weight"]), dice_weight=float(cfg["dice_weight"]))
+    adversary = None
+    if float(cfg["adversarial_weight"]) > 0:
+        from rbclib.seg.gan_watershed import Adversary
+
+        adversary = Adversary(int(cfg["in_channels"]), int(cfg["classes"]), weight=float(cfg["adversarial_weight"]),
+                              device=dev, world=world, bf16=bool(cfg["autocast_bf16"]))
 
     start_epoch, best_score, log_rows = 0, -math.inf, []
     last_path = out_dir / CHECKPOINT
@@ -186,6 +201,8 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
         model.load_state_dict(ckpt["model"])
         optimiser.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if adversary is not None:
+            adversary.load_state_dict(ckpt["adversary"])
         start_epoch, best_score = int(ckpt["epoch"]) + 1, float(ckpt["best_score"])
         log_rows = read_log_rows(out_dir, upto="epoch", last=start_epoch - 1)
     if rank == 0:
@@ -204,7 +221,7 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
         if isinstance(grid, BalancedCropDataset):
             grid.set_epoch(epoch)
         net.train()
-        sums = np.zeros(3)
+        sums = np.zeros(4)  # loss, CE, Dice loss, discriminator loss (GAN only)
         for step, (x, y) in enumerate(loader):
             if step == steps:
                 break
@@ -213,18 +230,25 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
             with autocast(dev, bool(cfg["autocast_bf16"])):
                 logits = net(x)
             loss, ce, dice = loss_fn(logits.float(), y)
+            if adversary is not None:
+                loss = loss + adversary.generator_loss(x, logits)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             scheduler.step()
-            sums += [loss.item(), ce.item(), dice.item()]
+            d_loss = adversary.update(x, y, logits) if adversary is not None else 0.0
+            sums += [loss.item(), ce.item(), dice.item(), d_loss]
             bar.update(1)
         sums /= steps
         if distributed:
             broadcast_buffers(model)  # BatchNorm statistics: rank 0's, as DDP uses at every forward
+            if adversary is not None:
+                adversary.sync_buffers()
             sums = mean_over_ranks(sums, dev, world)
         row = {"epoch": epoch, "train_loss": sums[0], "train_ce": sums[1], "train_dice_loss": sums[2],
                "lr": scheduler.get_last_lr()[0]}
+        if adversary is not None:
+            row["train_discriminator_loss"] = sums[3]
         if rank == 0:
             if val_pairs:
                 scores = mean_scores(dice_per_class(predict_image(model, p.phase, config=cfg,
@@ -243,6 +267,8 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
             last = {"model": state, "epoch": epoch, "best_score": best_score, "config": cfg_json}
             if epoch + 1 < int(cfg["epochs"]):  # optimiser state only while there is something to resume
                 last.update(optimizer=optimiser.state_dict(), scheduler=scheduler.state_dict())
+                if adversary is not None:
+                    last["adversary"] = adversary.state_dict()
             save_checkpoint(last_path, last)
             write_log(out_dir, log_rows)
             bar.set_postfix(loss=f"{sums[0]:.3f}", val_dice=f"{row.get('val_dice_overall', float('nan')):.3f}")
@@ -286,11 +312,15 @@ def train_from_run(run_dir: str | Path, *, model_name: str, out_dir: str | Path,
 def config_from_profile(table: dict[str, Any], model_name: str) -> dict[str, Any]:
     """Training config of ``model_name`` from a ``profiles/segment.toml`` table: the
     DEFAULT_CONFIG keys it sets, with ``encoder`` for the ResUnet and ``baseline_encoder``
-    for the baselines."""
+    for the baselines; GAN + Watershed adds its generator, GAN loss and watershed."""
     cfg = {k: v for k, v in table.items() if k in DEFAULT_CONFIG}
     cfg["encoder"] = table["encoder"] if model_name == "resunet" else table.get("baseline_encoder", table["encoder"])
     if model_name != "resunet":
         cfg.pop("decoder_channels", None)
+    if model_name == "gan_watershed":
+        from rbclib.seg.gan_watershed import ADVERSARIAL_WEIGHT, ENCODER_NAME
+
+        cfg.update(encoder=ENCODER_NAME, adversarial_weight=ADVERSARIAL_WEIGHT, postprocess="watershed")
     return make_config(cfg, model_name=model_name)
 
 

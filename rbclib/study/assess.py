@@ -89,7 +89,7 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
     per day), ``indices.csv``, ``measurements.csv``, ``report.md`` + ``figures/*.png``,
     ``overlays/<image>.png``, ``labels/`` and ``instances/`` maps and, with ground truth,
     ``confusion.csv`` and ``ratio_errors.csv``. min_area_um2 / fragment_fraction: cell
-    clean-up (:func:`rbclib.study.segmenter.clean_instances`); split: split touching cells (:func:`rbclib.study.segmenter.split_touching`);
+    clean-up (:func:`rbclib.study.segmenter.clean_instances`); split: split touching cells (:func:`rbclib.seg.watershed.split_touching`);
     trim_halo: drop model pixels beyond a cell's bright body (:func:`rbclib.study.segmenter.trim_halo`);
     n_boot / seed: bootstrap of the confidence intervals; target_pp: largest ratio error
     [percentage points] counted as within target, with ground truth. Finished images (``per_image/<image>.json``
