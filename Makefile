@@ -6,7 +6,7 @@ STAMP := $(VENV)/.rbc-installed
 PROFILE ?= quick
 KERNEL := rbc-holo
 
-.PHONY: setup run test test-fast test-e2e bench ablation clean-runs
+.PHONY: setup run test test-fast test-e2e bench ablation label-efficiency clean-runs
 
 setup: $(STAMP)
 
@@ -27,12 +27,16 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not e2e"
 
-# Every benchmark but the multi-seed ablation (30-40 min per seed on 2 cores): that one is `make ablation`.
+# Every benchmark but the two long studies: the multi-seed ablation (30-40 min per seed on 2
+# cores, `make ablation`) and the label-efficiency study (about 1.5-2 h after `make run`, `make label-efficiency`).
 bench: setup
-	for b in benchmarks/bench_*.py; do [ "$$b" = benchmarks/bench_ablation.py ] && continue; echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in benchmarks/bench_*.py; do case "$$b" in *bench_ablation.py|*bench_label_efficiency.py) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
 
 ablation: setup
 	$(PY) benchmarks/bench_ablation.py --profile $(PROFILE) --seeds 0 1 2
+
+label-efficiency: setup
+	$(PY) benchmarks/bench_label_efficiency.py --run-dir runs/$(PROFILE) --profile $(PROFILE)
 
 clean-runs:
 	rm -rf runs/
