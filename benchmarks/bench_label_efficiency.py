@@ -131,10 +131,13 @@ def plot(results: pd.DataFrame, path: Path, *, title: str) -> None:
     stats = results.groupby(["arm", "n_labelled_fields"])[["dice_overall", "aji_overall"]].agg(["mean", "std"])
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, metric in zip(axes, ("dice_overall", "aji_overall")):
-        for arm in [a for a in ARMS if a in stats.index.get_level_values(0)]:
+        for i, arm in enumerate(ARMS):
+            if arm not in stats.index.get_level_values(0):
+                continue
             s = stats.loc[arm]
-            ax.errorbar(s.index, s[(metric, "mean")], yerr=s[(metric, "std")].fillna(0), marker="o", capsize=3,
-                        label=arm)
+            shift = 2 ** (0.04 * (i - 1.5))  # side by side, so that the error bars do not hide each other
+            ax.errorbar(s.index * shift, s[(metric, "mean")], yerr=s[(metric, "std")].fillna(0), marker="o",
+                        capsize=3, label=arm)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(results["n_labelled_fields"].unique()))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -216,7 +219,8 @@ def main() -> int:
     with pd.option_context("display.width", 160):
         print(table.round(3).to_string())
     plot(done, out_csv.with_suffix(".png"),
-         title=f"{args.profile}: {args.epochs} epochs per model, seeds {args.seeds}, test split of {args.run_dir.name}")
+         title=f"{args.profile}: {steps or args.epochs} {'steps' if steps else 'epochs'} per model, mean and sd over "
+               f"seeds {args.seeds}, test split of {args.run_dir.name}")
     return 0
 
 
