@@ -18,7 +18,7 @@ from rbclib.core.files import read_json, write_json, write_text
 from rbclib.core.paths import RunPaths
 
 STAGE_LABELS = {"01": "reconstruct", "02": "annotate", "03": "diffusion GANs", "04": "curation", "05": "SSL",
-                "06": "fine-tune (9 models)", "07": "evaluate", "08": "storage study"}
+                "06": "fine-tune", "07": "evaluate", "08": "storage study"}
 
 
 def _csv(path: Path, columns: tuple[str, ...] = ()) -> pd.DataFrame | None:
