@@ -181,3 +181,21 @@ def test_a_small_resunet_overfits_a_few_fields(tmp_path):
     assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0] / 3, log["train_loss"].tolist()
     for cls in ("discocyte", "spherocyte"):
         assert np.mean([d[cls] for d in dice]) >= 0.8, dice
+
+
+def test_a_model_folder_of_an_earlier_version_still_resumes(tmp_path):
+    """Checkpoints written before ``adversarial_weight`` / ``postprocess`` existed count them
+    as their defaults, so re-running 06 on an older run folder does not refuse its models."""
+    pairs = _disk_pairs(1)
+    cfg = {**TINY, "epochs": 1}
+    out = train.train_segmenter(pairs, [], model_name="pspnet", out_dir=tmp_path / "m", config=cfg, seed=0,
+                                progress=False)
+    ckpt = _state(out / "last.pt")
+    old = {k: v for k, v in json.loads(ckpt["config"]).items() if k not in ("adversarial_weight", "postprocess")}
+    torch.save({**ckpt, "config": json.dumps(old)}, out / "last.pt")
+    mtime = (out / "last.pt").stat().st_mtime_ns
+    train.train_segmenter(pairs, [], model_name="pspnet", out_dir=out, config=cfg, seed=0, progress=False)
+    assert (out / "last.pt").stat().st_mtime_ns == mtime  # recognised as finished, not retrained or refused
+    with pytest.raises(ValueError, match="different training config"):
+        train.train_segmenter(pairs, [], model_name="pspnet", out_dir=out, config={**cfg, "adversarial_weight": 0.1},
+                              seed=0, progress=False)
