@@ -15,7 +15,7 @@ from rbclib.seg.datasets import normalise_phase
 from rbclib.seg.gan_watershed import Adversary, build_gan_watershed
 from rbclib.seg.infer import load_model, predict_image, predict_paper_protocol
 from rbclib.seg.metrics import dice_per_class
-from tests.test_train import TINY, _disk_pairs, _state
+from tests.test_train import TINY, _disk_pairs, _state, interrupt_after_first_epoch
 
 GAN_TINY = {**TINY, "patch": 64, "rotations": 4, "lr": 2e-3}
 
@@ -74,17 +74,8 @@ def test_gan_training_learns_and_resumes_identically(tmp_path, monkeypatch):
     short = {**cfg, "epochs": 2}
     full = train.train_segmenter(pairs, [], model_name="gan_watershed", out_dir=tmp_path / "full", config=short,
                                  seed=1, progress=False)
-    real_write_log = train.write_log
-
-    def crash(*args, **kwargs):
-        real_write_log(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "write_log", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train.train_segmenter(pairs, [], model_name="gan_watershed", out_dir=tmp_path / "cut", config=short, seed=1,
-                              progress=False)
-    monkeypatch.setattr(train, "write_log", real_write_log)
+    interrupt_after_first_epoch(monkeypatch, pairs, [], model_name="gan_watershed", out_dir=tmp_path / "cut",
+                                config=short, seed=1)
     assert "adversary" in _state(tmp_path / "cut" / "last.pt")
     train.train_segmenter(pairs, [], model_name="gan_watershed", out_dir=tmp_path / "cut", config=short, seed=1,
                           progress=False)

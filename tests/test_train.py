@@ -66,6 +66,20 @@ def _state(path):
 BALANCED_BF16 = {**TINY, "patch_mode": "balanced", "autocast_bf16": True}
 
 
+def interrupt_after_first_epoch(monkeypatch, train_pairs, val_pairs, **kwargs):
+    """Run train_segmenter until the first epoch's checkpoint and log are written, then stop it."""
+    real_write_log = train.write_log
+
+    def crash(*args, **kw):
+        real_write_log(*args, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "write_log", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_segmenter(train_pairs, val_pairs, progress=False, **kwargs)
+    monkeypatch.setattr(train, "write_log", real_write_log)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", [TINY, BALANCED_BF16], ids=["paper-grid", "balanced-bf16"])
 def test_training_writes_a_model_folder_and_resumes_identically(tmp_path, monkeypatch, config):
@@ -81,17 +95,8 @@ def test_training_writes_a_model_folder_and_resumes_identically(tmp_path, monkey
     assert set(_state(full / "best.pt")) == {"model", "epoch", "score", "config"}
 
     # interrupted after the first epoch's checkpoint, then resumed: same weights as uninterrupted
-    real_write_log = train.write_log
-
-    def crash(*args, **kwargs):
-        real_write_log(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "write_log", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train.train_segmenter(pairs, val, model_name="pspnet", out_dir=tmp_path / "cut", config=config, seed=3,
-                              progress=False)
-    monkeypatch.setattr(train, "write_log", real_write_log)
+    interrupt_after_first_epoch(monkeypatch, pairs, val, model_name="pspnet", out_dir=tmp_path / "cut", config=config,
+                                seed=3)
     assert _state(tmp_path / "cut" / "last.pt")["epoch"] == 0
     train.train_segmenter(pairs, val, model_name="pspnet", out_dir=tmp_path / "cut", config=config, seed=3, progress=False)
     resumed = _state(tmp_path / "cut" / "last.pt")
