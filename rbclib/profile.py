@@ -27,12 +27,14 @@ class ProfileError(ValueError):
 @dataclass(frozen=True)
 class SimulateProfile:
     """01: the simulated dataset. cells_per_field pins a count range per field; without it
-    the density range (cells per 1000 um^2) sets the count."""
+    the density range (cells per 1000 um^2) sets the count; flat_discocyte_fraction: share of
+    discocytes drawn flat-topped like real fresh cells (simulate_field's default when absent)."""
     n_fields: int
     field_px: int
     mixture: str
     cells_per_field: Union[list[int], None] = None
     density_per_1000um2: Union[list[float], None] = None
+    flat_discocyte_fraction: Union[float, None] = None
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,9 @@ def test_check_table_accepts_ints_for_floats_and_optional_keys():
     table = {"n_fields": 2, "field_px": 64, "mixture": "discocyte=1"}
     check_table("simulate", table, where="x")
     check_table("simulate", {**table, "density_per_1000um2": [2, 10.5]}, where="x")
+    check_table("simulate", {**table, "flat_discocyte_fraction": 0.4}, where="x")
+    with pytest.raises(ProfileError, match="'flat_discocyte_fraction' = 'many' should be"):
+        check_table("simulate", {**table, "flat_discocyte_fraction": "many"}, where="x")
     with pytest.raises(ProfileError, match="'field_px' = 64.5 should be int"):
         check_table("simulate", {**table, "field_px": 64.5}, where="x")
     with pytest.raises(ProfileError, match="'n_fields' = True should be int"):
