@@ -42,7 +42,7 @@ def test_schedule_ends_in_noise_and_posterior_is_bayes():
     assert s.alpha_bars[0] == 1.0 and float(s.alpha_bars[-1]) < 1e-3
     assert torch.all(s.betas[1:] > 0) and torch.all(s.betas[1:] < 1)
     for t in range(2, 5):
-        a, ab, abp = 1 - s.betas[t], s.alpha_bars[t], s.alpha_bars[t - 1]
+        a, abp = 1 - s.betas[t], s.alpha_bars[t - 1]
         # Gaussian product of q(x_{t-1}|x0) and q(x_t|x_{t-1}): precision adds up
         assert float(1 / s.post_var[t]) == pytest.approx(float(1 / (1 - abp) + a / s.betas[t]), rel=1e-4)
         assert float(s.post_x0[t]) == pytest.approx(float(s.post_var[t] * abp.sqrt() / (1 - abp)), rel=1e-4)

@@ -5,7 +5,7 @@ twin's truth and :func:`figure_reconstruction` its figure."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from rbclib.core.config import Optics
 from rbclib.core.files import ImageFileError, check_output_dir, write_json
 from rbclib.core.io import LoadedImage, list_images, read_image, write_phase
 from rbclib.physics.holography import Reconstruction, Reconstructor, spectrum_image
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
