@@ -236,9 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schemes", type=Path, help="TOML file of morphology-index weight schemes "
                                                  "([name] weights = {discocyte = 0, ...}, description = ...)")
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay PNGs")
-    p.add_argument("--trim-halo", action="store_true",
-                   help="drop model pixels beyond a cell's bright body (halo that merges neighbours); for models "
-                        "trained on the twin with flat-topped discocytes (--flat-discocyte-fraction)")
+    p.add_argument("--trim-halo", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop model pixels beyond a cell's bright body (halo that merges neighbours); default: on "
+                        "for models trained on a twin with flat-topped discocytes (--flat-discocyte-fraction)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals")
     p.add_argument("--device", help="torch device of the model, e.g. cuda, cuda:1, cpu (default: cuda, mps or "
                                     "cpu, whichever is there)")

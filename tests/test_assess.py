@@ -291,6 +291,32 @@ def test_model_pixel_size_from_config_or_run(tmp_path):
     assert px == pytest.approx(0.3e-6) and "optics.json" in why
 
 
+def test_halo_trimming_follows_the_training_twin(tmp_path, oracle):
+    """Models of a twin with flat-topped discocytes need trim_halo (issue 13); it is on by
+    default exactly for them, read from their run's simulation record."""
+    run = tmp_path / "run"
+    model = run / "models" / "seg_backbone"
+    model.mkdir(parents=True)
+    (model / "best.pt").write_bytes(b"x")
+    record = run / "simulated" / "simulation.json"
+    assert not S.trained_on_flat_discocytes(model)                      # no record: real data
+    record.parent.mkdir()
+    for flat, expected in ((0.4, True), (0.0, False), ([0.0, 0.3], True), (None, False)):
+        record.write_text(json.dumps({"flat_discocyte_fraction": flat}))
+        assert S.trained_on_flat_discocytes(model) is expected, flat
+    record.write_text("{not json")
+    assert not S.trained_on_flat_discocytes(model)
+    record.write_text(json.dumps({"flat_discocyte_fraction": 0.4}))
+    assert S.Segmenter(model).trim_halo and not S.Segmenter(model, trim_halo=False).trim_halo
+    assert not S.Segmenter(oracle[0]).trim_halo                         # a model folder outside a run
+    phase, _ = _disk_field(FIELD, 3.0, PAPER_PX)
+    write_phase(tmp_path / "in" / "a.tif", phase)
+    A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=50, progress=False)
+    assert "halo trimming on" in (tmp_path / "out" / "report.md").read_text()
+    A.assess(tmp_path / "in", tmp_path / "out2", model_dir=model, n_boot=50, progress=False, trim_halo=False)
+    assert "halo trimming" not in (tmp_path / "out2" / "report.md").read_text()
+
+
 # ---------------------------------------------------------------- choosing a model
 
 

@@ -44,6 +44,7 @@ from rbclib.study.segmenter import (
     PREDICT_OPTIONS,
     RESAMPLE_TOLERANCE,
     Segmenter,
+    trained_on_flat_discocytes,
 )
 
 
@@ -78,7 +79,7 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
            day_map: Mapping[str, float] | str | Path | None = None, optics: OpticsOptions | None = None,
            schemes: Mapping[str, Any] | None = None, predict_options: Mapping[str, Any] | None = None,
            runs_roots: list[str | Path] | None = None, min_area_um2: float = MIN_CELL_AREA_UM2,
-           fragment_fraction: float = 0.35, split: bool = True, trim_halo: bool = False, n_boot: int = 2000,
+           fragment_fraction: float = 0.35, split: bool = True, trim_halo: bool | None = None, n_boot: int = 2000,
            seed: int = 0,
            target_pp: float = 3.0, overlays: bool = True, progress: bool = True, model_note: str | None = None,
            on_error: Callable[[str], None] | None = _stderr, batch_images: int = 2,
@@ -90,7 +91,8 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
     ``overlays/<image>.png``, ``labels/`` and ``instances/`` maps and, with ground truth,
     ``confusion.csv`` and ``ratio_errors.csv``. min_area_um2 / fragment_fraction: cell
     clean-up (:func:`rbclib.study.segmenter.clean_instances`); split: split touching cells (:func:`rbclib.seg.watershed.split_touching`);
-    trim_halo: drop model pixels beyond a cell's bright body (:func:`rbclib.study.segmenter.trim_halo`);
+    trim_halo: drop model pixels beyond a cell's bright body (:func:`rbclib.study.segmenter.trim_halo`;
+    None: when the model's training twin drew flat-topped discocytes, said in the report);
     n_boot / seed: bootstrap of the confidence intervals; target_pp: largest ratio error
     [percentage points] counted as within target, with ground truth. Finished images (``per_image/<image>.json``
     whose input files are unchanged and whose model is the same) are not recomputed.
@@ -121,6 +123,11 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
         model_path = Path(model_dir).expanduser()
         model_note = model_note or f"`{model_path}` (given with --model)"
     model_path = model_path.resolve()
+    if trim_halo is None:
+        trim_halo = trained_on_flat_discocytes(model_path)
+        if trim_halo:
+            model_note += ("; halo trimming on: its training twin drew flat-topped discocytes "
+                           "(`--no-trim-halo` turns it off)")
     model_key = {"model": str(model_path), "best_pt_mtime_ns": (model_path / "best.pt").stat().st_mtime_ns
                  if (model_path / "best.pt").exists() else None, "min_area_um2": min_area_um2,
                  "fragment_fraction": fragment_fraction, "split": split, "trim_halo": trim_halo,

@@ -174,6 +174,22 @@ def drop_faint_objects(labels: np.ndarray, instances: np.ndarray, phase: np.ndar
     return labels, relabel_sequential(inst)[0].astype(np.int32), int(len(faint))
 
 
+def trained_on_flat_discocytes(model_dir: str | Path) -> bool:
+    """True when the model folder's run (``<run>/models/<name>/``) simulated its training
+    twin with flat-topped discocytes (``flat_discocyte_fraction`` > 0 in
+    ``<run>/simulated/simulation.json``): such models paint halo around touching cells in the
+    cell's class and need :func:`trim_halo` (README, issue 13). False when that file is
+    absent (real annotated data, or a model folder moved out of its run)."""
+    from rbclib.core.files import read_json
+
+    record = Path(model_dir).resolve().parent.parent / "simulated" / "simulation.json"
+    try:
+        flat = read_json(record).get("flat_discocyte_fraction") or 0.0
+    except (OSError, ValueError, AttributeError):
+        return False
+    return float(np.max(flat)) > 0
+
+
 PREDICT_OPTIONS = {"fast": None}
 """Default inference options of ``rbc assess`` (:func:`rbclib.seg.infer.predict_images`): the
 training patch's tiles, bfloat16 where the hardware runs it. On 12 reconstructed twin
@@ -191,17 +207,17 @@ class Segmenter:
     batch_size, fast); min_area_um2 / fragment_fraction: see :func:`clean_instances`; objects far fainter than
     the image's typical cell are dropped too (:func:`drop_faint_objects`); split: split
     touching cells (:func:`split_touching`) after the clean-up; trim_halo: first set to
-    background what lies beyond a cell's bright body (:func:`trim_halo`). Off by default: with
-    the default quick model it raised the count on the non-telecentric real hologram from 39 to
-    52 (41 cells: halo it paints in another class than the cell survives as pieces), while a
-    model trained on the twin with flat-topped discocytes needs it (a quick backbone,
-    2026-12-01: real count ratio 0.84 / 1.00 / 0.61 without, 1.03 / 1.00 / 1.02 with it;
-    ``rbc assess --trim-halo``).
+    background what lies beyond a cell's bright body (:func:`trim_halo`); None (default): on
+    exactly when the model was trained on a twin with flat-topped discocytes
+    (:func:`trained_on_flat_discocytes`). Such a model needs it (a quick backbone, 2026-12-01:
+    real count ratio 0.84 / 1.00 / 0.61 without, 1.03 / 1.00 / 1.02 with it), while the default
+    quick model does not: it raised that model's count on the non-telecentric real hologram
+    from 39 to 52 (41 cells: halo it paints in another class than the cell survives as pieces).
     """
 
     def __init__(self, model_dir: str | Path, *, predict_options: Mapping[str, Any] | None = None,
                  min_area_um2: float = MIN_CELL_AREA_UM2, fragment_fraction: float = 0.35, split: bool = True,
-                 trim_halo: bool = False, device: str | None = None):
+                 trim_halo: bool | None = None, device: str | None = None):
         from rbclib.seg.infer import load_model
 
         self.model_dir = Path(model_dir)
@@ -211,7 +227,7 @@ class Segmenter:
         self.min_area_um2 = float(min_area_um2)
         self.fragment_fraction = float(fragment_fraction)
         self.split = bool(split)
-        self.trim_halo = bool(trim_halo)
+        self.trim_halo = trained_on_flat_discocytes(self.model_dir) if trim_halo is None else bool(trim_halo)
 
     def __call__(self, phase: np.ndarray,
                  pixel_size_m: float) -> tuple[np.ndarray, np.ndarray, dict[int, float], float, int]:
