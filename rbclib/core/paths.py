@@ -42,7 +42,17 @@ class RunPaths:
     def __init__(self, root: str | Path):
         object.__setattr__(self, "root", Path(root).expanduser().resolve())
 
+    @classmethod
+    def of_model(cls, model_dir: str | Path) -> "RunPaths":
+        """The run a model folder ``<run>/models/<name>/`` belongs to."""
+        return cls(Path(model_dir).expanduser().resolve().parent.parent)
+
     # 01_reconstruct
+    @property
+    def simulated(self) -> Path:
+        """The digital twin's dataset written by 01 (``simulation.json`` records its settings)."""
+        return self.root / "simulated"
+
     @property
     def phase(self) -> Path:
         return self.root / "phase"

@@ -10,6 +10,7 @@ import numpy as np
 
 from rbclib.core.config import PIXEL_SIZE_RANGE_M, Optics
 from rbclib.core.labels import instance_classes, instances_from_labels
+from rbclib.core.paths import RunPaths
 from rbclib.seg.watershed import split_touching
 
 RESAMPLE_TOLERANCE = 0.01  # relative pixel-size difference below which no resampling is done
@@ -182,7 +183,7 @@ def trained_on_flat_discocytes(model_dir: str | Path) -> bool:
     absent (real annotated data, or a model folder moved out of its run)."""
     from rbclib.core.files import read_json
 
-    record = Path(model_dir).resolve().parent.parent / "simulated" / "simulation.json"
+    record = RunPaths.of_model(model_dir).simulated / "simulation.json"
     try:
         flat = read_json(record).get("flat_discocyte_fraction") or 0.0
     except (OSError, ValueError, AttributeError):
@@ -285,7 +286,7 @@ def model_pixel_size(config: Mapping[str, Any], model_dir: str | Path | None = N
                                  f"(expected {lo:g}..{hi:g} m, e.g. 1.441e-07)")
             return float(value), "the model's config.json"
     if model_dir is not None:
-        run_optics = Path(model_dir).resolve().parent.parent / "optics.json"
+        run_optics = RunPaths.of_model(model_dir).optics_json
         if run_optics.is_file():
             try:
                 return Optics.from_json(run_optics).pixel_size_m, f"{run_optics}, the optics of the run that trained it"
