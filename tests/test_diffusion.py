@@ -70,6 +70,9 @@ def test_config_roundtrip_and_checks():
         dd.DDGANConfig(patch_px=20, g_widths=(8, 16, 32), d_widths=(8, 16, 32))
     with pytest.raises(ValueError, match="unknown"):
         dd.DDGANConfig.from_dict({"kind": "phase", "nope": 1})
+    # the x0 L1 term: the paper's (mask 1, phase none) unless a profile sets it
+    assert dd.DDGANConfig(kind="mask").lambda_l1 == 1.0 and dd.DDGANConfig(kind="phase").lambda_l1 == 0.0
+    assert dd.DDGANConfig(kind="phase", lambda_l1=2.0).lambda_l1 == 2.0
 
 
 def test_patch_sampler_shapes_and_pooling():
@@ -218,3 +221,17 @@ def test_mask_generator_learns_to_segment(toy_run, tmp_path):
     l1 = pd.read_csv(tmp_path / "gm" / "log.csv")["loss_l1"]
     assert l1.iloc[-3:].mean() < 0.75 * 0.4 < l1.iloc[0], list(l1)
     assert scores[config.epochs] > scores[1] + 0.1, scores
+
+
+def test_phase_generator_x0_term_learns(toy_run, tmp_path):
+    """With ``lambda_l1`` the phase generator's x0 L1 is trained and falls (learning
+    happens); without it (the paper's G_p) the term is not computed and logs 0."""
+    phases, labels, _ = dd.load_split_fields(toy_run.root)
+    fast = {**TINY, "epochs": 8, "iters_per_epoch": 10, "lr_g": 2e-3, "lr_d": 1e-3}
+    dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="phase", **fast, lambda_l1=1.0),
+                   out_dir=tmp_path / "with", seed=0, progress=False)
+    l1 = pd.read_csv(tmp_path / "with" / "log.csv")["loss_l1"]
+    assert l1.iloc[-2:].mean() < 0.7 * l1.iloc[0], list(l1)
+    dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="phase", **{**fast, "epochs": 1}),
+                   out_dir=tmp_path / "without", seed=0, progress=False)
+    assert (pd.read_csv(tmp_path / "without" / "log.csv")["loss_l1"] == 0).all()
