@@ -10,7 +10,7 @@ sampler keeps an EMA of the generator weights. The mask model takes the normalis
 phase patch as an extra input of both networks and adds lambda_l1 * |m0 - m0'|. The same
 L1 term on G_p's x0 is this project's addition (the paper has none; default off): at the
 quick budget the discriminator never learns to tell real from generated (accuracy 0.34-0.61
-at every step t in all eight generators trained on 2026-12-01), and the x0 term is what
+at every step t in all nine generators trained on 2026-12-01), and the x0 term is what
 makes G_p draw cell-sized, cell-bright objects (see 03).
 
 Data in the networks: phase normalised by ``rbclib.seg.datasets.normalise_phase`` (1
