@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from rbclib.core.config import PIXEL_SIZE_RANGE_M, Optics
+from rbclib.core.files import read_json
 from rbclib.core.labels import instance_classes, instances_from_labels
 from rbclib.core.paths import RunPaths
 from rbclib.seg.watershed import split_touching
@@ -181,8 +182,6 @@ def trained_on_flat_discocytes(model_dir: str | Path) -> bool:
     ``<run>/simulated/simulation.json``): such models paint halo around touching cells in the
     cell's class and need :func:`trim_halo` (README, issue 13). False when that file is
     absent (real annotated data, or a model folder moved out of its run)."""
-    from rbclib.core.files import read_json
-
     record = RunPaths.of_model(model_dir).simulated / "simulation.json"
     try:
         flat = read_json(record).get("flat_discocyte_fraction") or 0.0
