@@ -27,7 +27,7 @@ from scipy import fft as sfft
 from scipy import ndimage as ndi
 
 from rbclib.core.config import Optics
-from rbclib.physics.holography import robust_std
+from rbclib.physics.holography import median_and_robust_std, robust_std
 from rbclib.core.labels import CELL_CLASSES, CLASS_COLOURS, CLASS_IDS, CLASS_NAMES
 from rbclib.core.paths import source_checkout
 
@@ -178,9 +178,9 @@ def _medium_level(values: np.ndarray, *, n_sigma: float = 3.0, iterations: int =
     ``n_sigma`` robust s.d. around the median, so the cells' tail drops out."""
     v = np.asarray(values, np.float64).ravel()
     for _ in range(iterations):
-        med, sd = float(np.median(v)), robust_std(v)
+        med, sd = median_and_robust_std(v)
         v = v[np.abs(v - med) <= n_sigma * sd]
-    return float(np.median(v)), robust_std(v)
+    return median_and_robust_std(v)
 
 
 def foreground_mask(phase: np.ndarray, *, pixel_size_m: float, smooth_um: float = 0.3,
