@@ -189,14 +189,16 @@ def test_a_small_resunet_overfits_a_few_fields(tmp_path):
 
 
 def test_a_model_folder_of_an_earlier_version_still_resumes(tmp_path):
-    """Checkpoints written before ``adversarial_weight`` / ``postprocess`` existed count them
-    as their defaults, so re-running 06 on an older run folder does not refuse its models."""
+    """Checkpoints written before ``adversarial_weight``, ``postprocess``, ``pretrained_lr_scale``
+    and ``warmup_steps`` existed count them as their defaults, so re-running 06 on an older run
+    folder does not refuse its models."""
     pairs = _disk_pairs(1)
     cfg = {**TINY, "epochs": 1}
     out = train.train_segmenter(pairs, [], model_name="pspnet", out_dir=tmp_path / "m", config=cfg, seed=0,
                                 progress=False)
     ckpt = _state(out / "last.pt")
-    old = {k: v for k, v in json.loads(ckpt["config"]).items() if k not in ("adversarial_weight", "postprocess")}
+    newer = ("adversarial_weight", "postprocess", "pretrained_lr_scale", "warmup_steps")
+    old = {k: v for k, v in json.loads(ckpt["config"]).items() if k not in newer}
     torch.save({**ckpt, "config": json.dumps(old)}, out / "last.pt")
     mtime = (out / "last.pt").stat().st_mtime_ns
     train.train_segmenter(pairs, [], model_name="pspnet", out_dir=out, config=cfg, seed=0, progress=False)
@@ -204,3 +206,34 @@ def test_a_model_folder_of_an_earlier_version_still_resumes(tmp_path):
     with pytest.raises(ValueError, match="different training config"):
         train.train_segmenter(pairs, [], model_name="pspnet", out_dir=out, config={**cfg, "adversarial_weight": 0.1},
                               seed=0, progress=False)
+
+
+def test_warm_up_then_cosine_and_a_lower_rate_for_pretrained_layers():
+    """``warmup_steps``: the rate climbs linearly from 1 % to ``lr``, then decays by the cosine to
+    0 at the last step; without it the schedule is the plain cosine. ``pretrained_lr_scale``:
+    encoder and decoder (the layers SSL weights fill) train at the scaled rate, the head at
+    ``lr``, every parameter in exactly one group; without SSL weights there is one group."""
+    cfg = train.make_config(TINY, model_name="resunet", decoder_channels=[32, 16, 16, 8, 8], pretrained_lr_scale=0.1)
+    model = train.model_from_config(cfg)
+    groups = train._parameter_groups(model, cfg, pretrained=True)
+    optimiser = torch.optim.AdamW(groups, lr=1e-3)
+    assert [g["lr"] for g in optimiser.param_groups] == pytest.approx([1e-4, 1e-3])
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    assert {id(p) for p in model.segmentation_head.parameters()} <= {id(p) for p in groups[1]["params"]}
+    assert len(train._parameter_groups(model, cfg, pretrained=False)) == 1
+
+    def rates(warmup):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = train._schedule(opt, 100, warmup)
+        out = []
+        for _ in range(100):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return np.array(out)
+
+    plain, warm = rates(0), rates(10)
+    assert plain[0] == 1.0 and np.all(np.diff(plain) <= 0) and plain[-1] < 0.01
+    assert warm[0] == pytest.approx(0.01) and np.all(np.diff(warm[:11]) > 0) and warm[10] == pytest.approx(1.0)
+    assert np.all(np.diff(warm[10:]) <= 0) and warm[-1] < 0.01

@@ -59,6 +59,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "phase_gain": [1.0, 1.0],  # balanced crops: phase x a log-uniform gain from this range (instrument disagreement)
     "adversarial_weight": 0.0,  # > 0: a PatchGAN discriminator adds this x its GAN loss (GAN + Watershed)
     "postprocess": "none",  # "watershed": inference splits touching cells (rbclib.seg.watershed)
+    "pretrained_lr_scale": 1.0,  # learning-rate factor of the encoder and decoder when initialised from SSL weights
+    "warmup_steps": 0,     # linear learning-rate warm-up over the first steps, then the cosine decay
 }
 POSTPROCESS = ("none", "watershed")
 
@@ -114,8 +116,33 @@ def split_validation(stems: Sequence[str], *, fraction: float, seed: int) -> tup
 def _strip(cfg: dict[str, Any]) -> dict[str, Any]:
     """The part of a config that must match to resume (not bookkeeping); keys a config of an
     older version lacks count as their defaults."""
-    cfg = {**{k: v for k, v in DEFAULT_CONFIG.items() if k in ("adversarial_weight", "postprocess")}, **cfg}
+    cfg = {**{k: v for k, v in DEFAULT_CONFIG.items()
+              if k in ("adversarial_weight", "postprocess", "pretrained_lr_scale", "warmup_steps")}, **cfg}
     return {k: v for k, v in cfg.items() if k not in ("train_images", "val_images", "n_train_patches", "world_size")}
+
+
+def _parameter_groups(model: nn.Module, cfg: dict[str, Any], *, pretrained: bool) -> list[dict[str, Any]]:
+    """AdamW parameter groups: the encoder and decoder at ``pretrained_lr_scale`` x ``lr`` when
+    they hold SSL weights (``pretrained``) and the scale is not 1, else one group."""
+    scale = float(cfg["pretrained_lr_scale"])
+    if not pretrained or scale == 1.0:
+        return [{"params": list(model.parameters())}]
+    body = [p for part in (model.encoder, model.decoder) for p in part.parameters()]
+    ids = {id(p) for p in body}
+    return [{"params": body, "lr": float(cfg["lr"]) * scale},
+            {"params": [p for p in model.parameters() if id(p) not in ids]}]
+
+
+def _schedule(optimiser: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> Any:
+    """Cosine decay over ``total_steps``, after a linear warm-up from 1 % over ``warmup_steps``
+    (0: none) when there is one."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR
+    if warmup_steps <= 0:
+        return cosine(optimiser, T_max=max(total_steps, 1))
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 1))
+    return torch.optim.lr_scheduler.SequentialLR(
+        optimiser, [torch.optim.lr_scheduler.LinearLR(optimiser, start_factor=0.01, total_iters=warmup_steps),
+                    cosine(optimiser, T_max=max(total_steps - warmup_steps, 1))], milestones=[warmup_steps])
 
 
 def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, model_name: str, out_dir: str | Path,
@@ -178,10 +205,11 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
 
         model = load_into_resunet(model, init_from)
     model = channels_last(model, dev)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
+    optimiser = torch.optim.AdamW(_parameter_groups(model, cfg, pretrained=init_from is not None),
+                                  lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
     steps = len(loader) if not cfg["max_steps_per_epoch"] else min(len(loader), int(cfg["max_steps_per_epoch"]))
     total_steps = int(cfg["epochs"]) * steps
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(total_steps, 1))
+    scheduler = _schedule(optimiser, total_steps, int(cfg["warmup_steps"]))
     loss_fn = CEDiceLoss(ce_weight=float(cfg["ce_weight"]), dice_weight=float(cfg["dice_weight"]))
     adversary = None
     if float(cfg["adversarial_weight"]) > 0:
@@ -246,7 +274,7 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
                 adversary.sync_buffers()
             sums = mean_over_ranks(sums, dev, world)
         row = {"epoch": epoch, "train_loss": sums[0], "train_ce": sums[1], "train_dice_loss": sums[2],
-               "lr": scheduler.get_last_lr()[0]}
+               "lr": scheduler.get_last_lr()[-1]}
         if adversary is not None:
             row["train_discriminator_loss"] = sums[3]
         if rank == 0:
