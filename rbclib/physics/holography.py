@@ -22,9 +22,9 @@ Steps (:class:`Reconstructor`, one optical set-up, reused across holograms):
    divided by the background field; a plane fitted to the medium then removes drift
    between the two), else numerically: a 2-D polynomial (order 2: tilt, astigmatism and
    the spherical phase of non-telecentric set-ups) fitted by least squares to the
-   low-resolution phase on a grid of <= 64 x 64 background pixels (unwrapped against a first
-   fit to block averages), tilt first, cells being excluded iteratively (residual beyond 3
-   robust sigma). Without a
+   low-resolution phase on a grid of <= 64 x 64 background pixels (flattened by a first fit
+   to block averages, then unwrapped only where cells still wrap), tilt first, cells being
+   excluded iteratively (residual beyond 3 robust sigma). Without a
    background the non-periodic field rings within ~8 px of the image border.
 6. Optional refocusing by angular-spectrum propagation; ``refocus="auto"`` picks the
    distance minimising the average amplitude gradient (the metric nrefocus calls
