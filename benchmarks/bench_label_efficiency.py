@@ -68,6 +68,7 @@ def prepare_synthetic(run_dir: Path, level_dir: Path, stems: list[str], *, profi
     if (level_dir / "synthetic" / "selection.json").is_file():
         return train_dir
     P = get_profile(profile)["diffusion"]
+    request = parse_mixture("discocyte=0.25,spherocyte=0.25,echinocyte=0.25,stomatocyte=0.25")
     optics = Optics.from_json(run_dir / "optics.json")
     pairs = load_pairs(run_dir, stems)
     phases, labels = [p.phase for p in pairs], [p.labels for p in pairs]
@@ -77,20 +78,20 @@ def prepare_synthetic(run_dir: Path, level_dir: Path, stems: list[str], *, profi
         dirs = {}
         for kind in ("phase", "mask"):
             dirs[kind] = dd.train_ddgan(phases, labels, config=dd.config_from_profile(P, kind),
-                                        out_dir=level_dir / "models" / f"ddgan_{kind}", seed=0, progress=False)
+                                        out_dir=level_dir / "models" / f"ddgan_{kind}", seed=0, progress=False,
+                                        instances=dd.load_instances(run_dir, stems))
         cfg = dd.config_from_profile(P, "phase")
         real_phase, real_labels = ev.real_patches(phases, labels, patch_px=cfg.native_px, n=P["n_eval_patches"], seed=0,
                                                   cell_fraction=cfg.cell_crop_fraction,
                                                   class_balanced=cfg.class_balanced_crops)
         ranges = real_ranges(cell_table(real_phase, real_labels, pixel_size_m=optics.pixel_size_m))
         gen = dd.generate_pairs(dirs["phase"], dirs["mask"], P["n_candidates"], seed=0, batch_size=P["sample_batch"],
-                                progress=False)
+                                progress=False, class_share=request)
     finally:
         torch.set_num_threads(threads)
     cand_dir = level_dir / "synthetic" / "candidates"
     cu.write_candidates(gen.phase, gen.labels, gen.confidence, cand_dir, optics=optics, ranges=ranges, progress=False)
     table = cu.read_candidates(cand_dir)
-    request = parse_mixture("discocyte=0.25,spherocyte=0.25,echinocyte=0.25,stomatocyte=0.25")
     store = cu.CurationDecisions(level_dir / "synthetic" / "decisions.json")
     cu.auto_curate(store, table, P["n_select"], request=request, min_consistency=P["min_consistency"])
     accepted = store.ids("accept")

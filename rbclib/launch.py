@@ -37,8 +37,9 @@ def _ddgan(args: argparse.Namespace, profile: dict[str, Any]) -> None:
 
     config = ddgan.config_from_profile(profile["diffusion"], args.kind)
     config = dataclasses.replace(config, **json.loads(args.config))
-    phases, labels, _ = ddgan.load_split_fields(args.run_dir, "train")
-    ddgan.train_ddgan(phases, labels, config=config, out_dir=args.out_dir, seed=args.seed)
+    phases, labels, stems = ddgan.load_split_fields(args.run_dir, "train")
+    ddgan.train_ddgan(phases, labels, config=config, out_dir=args.out_dir, seed=args.seed,
+                      instances=ddgan.load_instances(args.run_dir, stems))
 
 
 def _ssl(args: argparse.Namespace, profile: dict[str, Any]) -> None:

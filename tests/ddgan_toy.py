@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rbclib.core.io import write_labels, write_phase
+from skimage.measure import label as connected_components
+
+from rbclib.core.io import write_instances, write_labels, write_phase
 from rbclib.core.files import write_json
 from rbclib.core.paths import RunPaths
 
@@ -43,6 +45,7 @@ def make_toy_run(run_dir: Path, *, n_fields: int = 4, size: int = 96, n_cells: i
         phase, labels = toy_field(rng, size, n_cells)
         write_phase(paths.phase / f"{stem}.tif", phase)
         write_labels(paths.labels / f"{stem}.png", labels)
+        write_instances(paths.instances / f"{stem}.png", connected_components(labels, connectivity=1).astype(np.int32))
     n_test = max(1, n_fields // 4)
     write_json(paths.splits_json, {"train": stems[n_test:], "test": stems[:n_test], "seed": seed, "method": "toy"})
     return paths

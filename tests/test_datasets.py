@@ -91,6 +91,25 @@ def test_crop_picker_balances_classes():
     assert hits < 10
 
 
+def test_crop_picker_names_the_centre_class_and_centres_on_cells():
+    lab = np.zeros((100, 100), np.uint8)
+    inst = np.zeros((100, 100), np.int32)
+    lab[10:20, 10:30], inst[10:20, 10:30] = 1, 1   # a discocyte, centroid (14.5, 19.5) -> (14, 20) or (15, 20)
+    lab[60:71, 50:61], inst[60:71, 50:61] = 2, 2   # a spherocyte, centroid (65, 55)
+    lab[60:71, 58:61] = 1                          # a few minority pixels: still a spherocyte
+    rng = np.random.default_rng(0)
+    picks = [CropPicker([lab], cell_fraction=1.0, instances=[inst]).pick_with_class(rng, 20) for _ in range(100)]
+    assert {c for c, *_ in picks} == {1, 2}
+    for c, i, y, x in picks:
+        assert i == 0 and (y + 10, x + 10) == {1: (np.rint(14.5), 20), 2: (65, 55)}[c]
+    # pixel-centred crops name the class of the pixel they are centred on; uniform crops name 0
+    for c, _, y, x in (CropPicker([lab], cell_fraction=1.0).pick_with_class(rng, 6) for _ in range(100)):
+        assert lab[y + 3, x + 3] == c
+    assert {CropPicker([lab], cell_fraction=0.0).pick_with_class(rng, 6)[0] for _ in range(20)} == {0}
+    with pytest.raises(ValueError, match="differ in shape"):
+        CropPicker([lab], instances=[inst[:50]])
+
+
 def test_balanced_crops_favour_rare_classes_and_are_reproducible():
     lab = np.zeros((200, 200), np.uint8)
     lab[:, :120] = 1  # mostly discocyte

@@ -79,8 +79,8 @@ def test_patch_sampler_shapes_and_pooling():
     rng = np.random.default_rng(0)
     phase, labels = toy_field(rng, 64, 4)
     s = dd.PatchSampler([phase], [labels], patch_px=16, downsample=2)
-    p, m = s.sample(np.random.default_rng(1), 5)
-    assert p.shape == (5, 1, 16, 16) and m.shape == (5, 5, 16, 16)
+    p, m, centre = s.sample(np.random.default_rng(1), 5)
+    assert p.shape == (5, 1, 16, 16) and m.shape == (5, 5, 16, 16) and centre.shape == (5,)
     assert float(p.min()) >= -1 and float(p.max()) <= 1
     assert torch.allclose(((m + 1) / 2).sum(1), torch.ones(5, 16, 16), atol=1e-5)  # soft one-hot sums to 1
     assert float((m[:, 1:] > -1).float().mean()) > 0  # crops centred on cells contain cells
@@ -235,3 +235,47 @@ def test_phase_generator_x0_term_learns(toy_run, tmp_path):
     dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="phase", **{**fast, "epochs": 1}),
                    out_dir=tmp_path / "without", seed=0, progress=False)
     assert (pd.read_csv(tmp_path / "without" / "log.csv")["loss_l1"] == 0).all()
+
+
+def test_draw_classes_meets_the_share_exactly():
+    a = dd.draw_classes(10, seed=0, share={"discocyte": 0.5, "spherocyte": 0.3, "echinocyte": 0.2})
+    assert np.bincount(a, minlength=5).tolist() == [0, 5, 3, 2, 0] and a.dtype == np.uint8
+    assert np.array_equal(a, dd.draw_classes(10, seed=0, share={"discocyte": 0.5, "spherocyte": 0.3, "echinocyte": 0.2}))
+    assert np.bincount(dd.draw_classes(7, seed=1), minlength=5)[1:].tolist() in ([2, 2, 2, 1], [2, 2, 1, 2], [2, 1, 2, 2],
+                                                                                  [1, 2, 2, 2])
+    with pytest.raises(ValueError, match="class share"):
+        dd.draw_classes(4, seed=0, share={"platelet": 1.0})
+
+
+def test_class_conditional_generators_draw_the_asked_class(toy_run, tmp_path):
+    """Learning happens: class-conditional G_p trained on cell-centred crops draws a higher
+    centre for an asked spherocyte (toy peak 2.4 rad) than for an asked discocyte (a dip of
+    ~0.9 rad at the centre), and G_M paints the asked class; neither holds after one epoch."""
+    phases, labels, stems = dd.load_split_fields(toy_run.root)
+    instances = dd.load_instances(toy_run.root, stems)
+    fast = {**TINY, "epochs": 10, "iters_per_epoch": 12, "lr_g": 2e-3, "lr_d": 1e-3, "ema": 0.9, "lambda_l1": 2.0,
+            "class_conditional": True, "crop_centre": "cell", "cell_crop_fraction": 1.0}
+    asked = torch.tensor([1] * 8 + [2] * 8)
+    gaps = {}
+
+    def centre_gap(epoch, generator):
+        if epoch in (1, fast["epochs"]):
+            x = dd.sample_x0(generator, dd.DDGANConfig(kind="phase", **fast), 16, seed=0, classes=asked)
+            centre = dd.denormalise_phase(x[:, 0, 6:10, 6:10].numpy()).mean(axis=(1, 2))
+            gaps[epoch] = float(centre[8:].mean() - centre[:8].mean())
+
+    with pytest.raises(ValueError, match="instance maps"):
+        dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="phase", **fast), out_dir=tmp_path / "gp", seed=0)
+    gp = dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="phase", **fast), out_dir=tmp_path / "gp", seed=0,
+                        instances=instances, progress=False, on_epoch_end=centre_gap)
+    assert gaps[fast["epochs"]] > 0.8 and gaps[fast["epochs"]] > gaps[1] + 0.4, gaps
+    gm = dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="mask", **{**fast, "lambda_l1": 5.0, "epochs": 25}),
+                        out_dir=tmp_path / "gm", seed=0, instances=instances, progress=False)
+    pairs = dd.generate_pairs(gp, gm, 16, seed=0, progress=False, class_share={"discocyte": 1, "spherocyte": 1})
+    assert np.bincount(pairs.asked_class, minlength=5).tolist() == [0, 8, 8, 0, 0]
+    centre = pairs.labels[:, 12:20, 12:20].reshape(16, -1)
+    painted = np.array([np.bincount(c, minlength=5).argmax() for c in centre])
+    assert (painted == pairs.asked_class).mean() >= 0.75, (painted, pairs.asked_class)
+    with pytest.raises(ValueError, match="class labels"):
+        dd.sample_x0(dd.load_generator(gp)[0], dd.DDGANConfig(kind="phase", **fast), 4, seed=0)
+

@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy.ndimage import label
 
 from rbclib.core import distributed as D
 from rbclib.core.files import write_json
-from rbclib.core.io import write_labels, write_phase
+from rbclib.core.io import write_instances, write_labels, write_phase
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_train import _disk_pairs  # noqa: E402
@@ -56,11 +57,12 @@ def _launch(args: list[str], port: int) -> None:
 
 
 def _disk_run(folder: Path, n: int = 3) -> Path:
-    """A run folder (phase, labels, splits.json) of ``n`` fields of two disc cells, all in train."""
+    """A run folder (phase, labels, instances, splits.json) of ``n`` fields of two disc cells, all in train."""
     pairs = _disk_pairs(n)
     for p in pairs:
         write_phase(folder / "phase" / f"{p.name}.tif", p.phase)
         write_labels(folder / "labels" / f"{p.name}.png", p.labels)
+        write_instances(folder / "instances" / f"{p.name}.png", label(p.labels > 0)[0].astype(np.int32))
     write_json(folder / "splits.json", {"train": [p.name for p in pairs], "test": [], "seed": 0, "method": "t"})
     return folder
 

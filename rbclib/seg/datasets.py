@@ -154,6 +154,26 @@ class PatchDataset(Dataset):
         return torch.from_numpy(x), self.targets[i]
 
 
+def _cell_centres(instances: np.ndarray, labels: np.ndarray, cls: int) -> np.ndarray:
+    """Flat pixel indices of the rounded centroids of the cells of class ``cls`` (majority
+    class of each instance of ``instances`` in ``labels``)."""
+    inst, lab = np.asarray(instances), np.asarray(labels)
+    if inst.shape != lab.shape:
+        raise ValueError(f"CropPicker: instance map {inst.shape} and class map {lab.shape} differ in shape")
+    n = int(inst.max(initial=0))
+    if n == 0:
+        return np.zeros(0, np.int64)
+    votes = np.zeros((n + 1, N_CLASSES), np.int64)
+    np.add.at(votes, (inst.ravel(), lab.ravel()), 1)
+    ids = np.flatnonzero((votes[:, 1:].argmax(axis=1) + 1 == cls) & (votes[:, 1:].sum(axis=1) > 0))
+    ids = ids[ids > 0]
+    yy, xx = np.indices(inst.shape)
+    size = np.bincount(inst.ravel(), minlength=n + 1)[ids]
+    cy = np.rint(np.bincount(inst.ravel(), weights=yy.ravel(), minlength=n + 1)[ids] / size).astype(np.int64)
+    cx = np.rint(np.bincount(inst.ravel(), weights=xx.ravel(), minlength=n + 1)[ids] / size).astype(np.int64)
+    return cy * inst.shape[1] + cx
+
+
 class CropPicker:
     """Where to crop training patches from a list of class maps.
 
@@ -161,36 +181,53 @@ class CropPicker:
     ``class_balanced`` the cell class is drawn uniformly among the classes present in the
     whole set, then a pixel of that class (so rare classes are seen as often as common
     ones: the DDGAN's training crops and the segmenter's ``patch_mode = "balanced"``);
-    otherwise any cell pixel. The remaining crops are placed uniformly in a random field.
+    otherwise any cell pixel. With ``instances`` (instance maps, one per class map) a crop is
+    centred on a cell's centroid instead, the cell drawn uniformly among the cells of the
+    class (the diffusion GANs' ``crop_centre = "cell"``). The remaining crops are placed
+    uniformly in a random field.
     """
 
-    def __init__(self, labels: list[np.ndarray], *, cell_fraction: float = 0.9, class_balanced: bool = True):
+    def __init__(self, labels: list[np.ndarray], *, cell_fraction: float = 0.9, class_balanced: bool = True,
+                 instances: list[np.ndarray] | None = None):
         self.shapes = [lab.shape for lab in labels]
         self.cell_fraction, self.class_balanced = cell_fraction, class_balanced
         self.where: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if instances is not None and len(instances) != len(labels):
+            raise ValueError(f"CropPicker: {len(instances)} instance maps for {len(labels)} class maps")
         for c in range(1, N_CLASSES):
-            per = [np.flatnonzero(np.asarray(lab).ravel() == c) for lab in labels]
+            if instances is None:
+                per = [np.flatnonzero(np.asarray(lab).ravel() == c) for lab in labels]
+            else:
+                per = [_cell_centres(inst, lab, c) for inst, lab in zip(instances, labels)]
             fields = np.concatenate([np.full(len(p), i) for i, p in enumerate(per)]) if per else np.zeros(0, int)
             if fields.size:
                 self.where[c] = (fields.astype(np.int64), np.concatenate(per))
 
     def pick(self, rng: np.random.Generator, patch_px: int) -> tuple[int, int, int]:
         """(field index, top, left) of one crop of side ``patch_px``."""
+        return self.pick_with_class(rng, patch_px)[1:]
+
+    def pick_with_class(self, rng: np.random.Generator, patch_px: int) -> tuple[int, int, int, int]:
+        """(class, field index, top, left) of one crop: the class of the pixel it is centred on
+        (0 for a crop placed uniformly)."""
         if self.where and rng.random() < self.cell_fraction:
             classes = sorted(self.where)
             if self.class_balanced:
-                fields, pixels = self.where[classes[int(rng.integers(len(classes)))]]
+                c = classes[int(rng.integers(len(classes)))]
+                fields, pixels = self.where[c]
+                j = int(rng.integers(len(fields)))
             else:
                 fields = np.concatenate([self.where[c][0] for c in classes])
                 pixels = np.concatenate([self.where[c][1] for c in classes])
-            j = int(rng.integers(len(fields)))
+                j = int(rng.integers(len(fields)))
+                c = classes[int(np.searchsorted(np.cumsum([len(self.where[k][0]) for k in classes]), j, side="right"))]
             i = int(fields[j])
             H, W = self.shapes[i]
             cy, cx = divmod(int(pixels[j]), W)
-            return i, int(np.clip(cy - patch_px // 2, 0, H - patch_px)), int(np.clip(cx - patch_px // 2, 0, W - patch_px))
+            return c, i, int(np.clip(cy - patch_px // 2, 0, H - patch_px)), int(np.clip(cx - patch_px // 2, 0, W - patch_px))
         i = int(rng.integers(len(self.shapes)))
         H, W = self.shapes[i]
-        return i, int(rng.integers(H - patch_px + 1)), int(rng.integers(W - patch_px + 1))
+        return 0, i, int(rng.integers(H - patch_px + 1)), int(rng.integers(W - patch_px + 1))
 
 
 class BalancedCropDataset(Dataset):

@@ -38,9 +38,9 @@ from rbclib.core.distributed import (average_gradients, barrier, check_ranks_in_
                                      start_distributed)
 from rbclib.seg.datasets import PHASE_RANGE_RAD, CropPicker, denormalise_phase, normalise_phase
 from rbclib.synth.nets import Discriminator, Generator
-from rbclib.core.io import read_labels, read_phase
+from rbclib.core.io import read_instances, read_labels, read_phase
 from rbclib.core.files import read_json, write_json
-from rbclib.core.labels import N_CLASSES
+from rbclib.core.labels import CELL_CLASS_NAMES, N_CLASSES
 from rbclib.core.paths import RunPaths
 from rbclib.core.training import (CHECKPOINT, autocast, channels_last, load_checkpoint, pick_device, progress as progress_bar,
                                   read_log_rows, resume_state, save_checkpoint, write_log)
@@ -62,6 +62,11 @@ class DDGANConfig:
     the L1 term |x0 - x0'| in the generator loss (default 1 for the mask, the paper's, and 0
     for the phase); cell_crop_fraction: share of crops centred on a cell pixel;
     class_balanced_crops: draw the centre's cell class uniformly (see CropPicker);
+    crop_centre: "pixel" (a crop is centred on a random pixel of a cell) or "cell" (on a
+    cell's centroid; needs the instance maps);
+    class_conditional: both networks take the class of the pixel a patch is centred on
+    (0 for the uniform crops) as a label y (:mod:`rbclib.synth.nets`), and sampling asks
+    for a class per patch;
     autocast_bf16: bfloat16 autocast of the networks' forward passes
     (:func:`rbclib.core.training.autocast`; losses in float32); channels_last: the networks in
     channels-last memory (:func:`rbclib.core.training.channels_last`, faster convolutions on GPUs).
@@ -89,6 +94,8 @@ class DDGANConfig:
     lambda_l1: float | None = None
     cell_crop_fraction: float = 0.9
     class_balanced_crops: bool = True
+    class_conditional: bool = False
+    crop_centre: str = "pixel"
     phase_range_rad: tuple[float, float] = PHASE_RANGE_RAD
     autocast_bf16: bool = False
     channels_last: bool = False
@@ -103,6 +110,8 @@ class DDGANConfig:
             raise ValueError(f"patch_px={self.patch_px} must be divisible by {div} for these widths")
         for name in ("g_widths", "d_widths", "betas", "phase_range_rad"):
             setattr(self, name, tuple(getattr(self, name)))
+        if self.crop_centre not in ("pixel", "cell"):
+            raise ValueError(f"DDGANConfig.crop_centre={self.crop_centre!r}; expected 'pixel' or 'cell'")
         if self.lambda_l1 is None:
             self.lambda_l1 = 1.0 if self.kind == "mask" else 0.0
 
@@ -118,6 +127,11 @@ class DDGANConfig:
     @property
     def cond_channels(self) -> int:
         return 0 if self.kind == "phase" else 1
+
+    @property
+    def n_classes(self) -> int:
+        """Class labels of a class-conditional model (0: unconditional)."""
+        return N_CLASSES if self.class_conditional else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -206,16 +220,24 @@ def load_split_fields(run_dir: str | Path, split: str = "train") -> tuple[list[n
     return phases, labels, list(splits[split])
 
 
+def load_instances(run_dir: str | Path, stems: list[str]) -> list[np.ndarray]:
+    """Instance maps (``instances/<stem>.png``, written by 02) of the fields ``stems``."""
+    paths = RunPaths(run_dir)
+    return [read_instances(paths.instances / f"{stem}.png") for stem in stems]
+
+
 class PatchSampler:
     """Random square crops (with random rot90 / flip) of phase + labels fields.
 
     Crop positions come from :class:`CropPicker` (cell-centred, class-balanced). Crops are ``patch_px * downsample`` data pixels, average-pooled by
-    ``downsample``. ``sample`` returns normalised phase (n, 1, P, P) and one-hot masks
-    scaled to [-1, 1] (n, 5, P, P; soft at cell edges when pooled), float32 tensors.
+    ``downsample``. ``sample`` returns normalised phase (n, 1, P, P), one-hot masks
+    scaled to [-1, 1] (n, 5, P, P; soft at cell edges when pooled), float32 tensors, and the
+    class each crop is centred on (n,) int64 (0 for uniform crops).
     """
 
     def __init__(self, phases: list[np.ndarray], labels: list[np.ndarray], *, patch_px: int, downsample: int = 1,
-                 cell_fraction: float = 0.9, class_balanced: bool = True, phase_range_rad: tuple[float, float] = PHASE_RANGE_RAD):
+                 cell_fraction: float = 0.9, class_balanced: bool = True, phase_range_rad: tuple[float, float] = PHASE_RANGE_RAD,
+                 instances: list[np.ndarray] | None = None):
         if not phases:
             raise ValueError("PatchSampler: no training fields given")
         small = [p.shape for p in phases if min(p.shape) < patch_px * downsample]
@@ -223,19 +245,25 @@ class PatchSampler:
             raise ValueError(f"PatchSampler: fields {small[:3]} are smaller than the {patch_px * downsample} px patches")
         self.phases = [normalise_phase(p, phase_range_rad) for p in phases]
         self.labels = [np.asarray(lab, dtype=np.uint8) for lab in labels]
-        self.picker = CropPicker(self.labels, cell_fraction=cell_fraction, class_balanced=class_balanced)
+        self.picker = CropPicker(self.labels, cell_fraction=cell_fraction, class_balanced=class_balanced,
+                                 instances=instances)
         self.patch_px, self.downsample = patch_px, downsample
 
     @classmethod
-    def for_config(cls, phases: list[np.ndarray], labels: list[np.ndarray], config: "DDGANConfig") -> "PatchSampler":
+    def for_config(cls, phases: list[np.ndarray], labels: list[np.ndarray], config: "DDGANConfig",
+                   instances: list[np.ndarray] | None = None) -> "PatchSampler":
+        if config.crop_centre == "cell" and instances is None:
+            raise ValueError("DDGANConfig.crop_centre='cell' needs the instance maps of the training fields")
         return cls(phases, labels, patch_px=config.patch_px, downsample=config.downsample,
                    cell_fraction=config.cell_crop_fraction, class_balanced=config.class_balanced_crops,
-                   phase_range_rad=config.phase_range_rad)
+                   phase_range_rad=config.phase_range_rad,
+                   instances=instances if config.crop_centre == "cell" else None)
 
-    def sample(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        P, f, ph, lab = self.patch_px * self.downsample, self.downsample, [], []
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        P, f, ph, lab, centre = self.patch_px * self.downsample, self.downsample, [], [], []
         for _ in range(n):
-            i, y, x = self.picker.pick(rng, P)
+            c, i, y, x = self.picker.pick_with_class(rng, P)
+            centre.append(c)
             p, m = self.phases[i][y:y + P, x:x + P], self.labels[i][y:y + P, x:x + P]
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
             p, m = np.rot90(p, k), np.rot90(m, k)
@@ -248,14 +276,15 @@ class PatchSampler:
         onehot = onehot.permute(0, 3, 1, 2).float()
         if f > 1:
             phase, onehot = F.avg_pool2d(phase, f), F.avg_pool2d(onehot, f)
-        return phase, onehot * 2.0 - 1.0
+        return phase, onehot * 2.0 - 1.0, torch.tensor(centre, dtype=torch.long)
 
 
 # ----------------------------------------------------------------------------- model
 def build_nets(config: DDGANConfig) -> tuple[Generator, Discriminator]:
     g = Generator(in_channels=config.channels, cond_channels=config.cond_channels, widths=config.g_widths,
-                  blocks=config.g_blocks, z_dim=config.z_dim)
-    d = Discriminator(channels=config.channels, cond_channels=config.cond_channels, widths=config.d_widths)
+                  blocks=config.g_blocks, z_dim=config.z_dim, n_classes=config.n_classes)
+    d = Discriminator(channels=config.channels, cond_channels=config.cond_channels, widths=config.d_widths,
+                      n_classes=config.n_classes)
     return g, d
 
 
@@ -264,10 +293,12 @@ def _seed_for(seed: int, *parts: int) -> int:
 
 
 def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: DDGANConfig, out_dir: str | Path,
-                seed: int, device: str | torch.device | None = None,
+                seed: int, instances: list[np.ndarray] | None = None, device: str | torch.device | None = None,
                 resume: bool = True, on_epoch_end: Callable[[int, Generator], None] | None = None,
                 progress: bool = True) -> Path:
     """Train one DDGAN on patches of phase maps [rad] + class maps; returns ``out_dir``.
+
+    instances: the fields' instance maps, needed when ``config.crop_centre == "cell"``.
 
     device: where the networks train (default :func:`rbclib.core.training.pick_device`:
     cuda, mps or cpu). Every epoch appends to ``log.csv`` and rewrites ``last.pt`` and
@@ -284,7 +315,7 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
     ranked = (rank,) if distributed else ()  # each rank draws its own share of the batch
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    sampler = PatchSampler.for_config(phases, labels, config)
+    sampler = PatchSampler.for_config(phases, labels, config, instances)
     sched = make_schedule(config.n_steps, beta_min=config.beta_min, beta_max=config.beta_max).to(dev)
     torch.manual_seed(_seed_for(seed, 0))
     g, d = build_nets(config)
@@ -316,8 +347,9 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
         sums = {"loss_d": 0.0, "loss_g": 0.0, "loss_l1": 0.0, "r1": 0.0}
         t0 = time.perf_counter()
         for _ in range(config.iters_per_epoch):
-            phase, onehot = (v.to(dev) for v in sampler.sample(rng, per_rank))
+            phase, onehot, centre = (v.to(dev) for v in sampler.sample(rng, per_rank))
             x0, cond = (onehot, phase) if mask else (phase, None)
+            y = centre if config.class_conditional else None
             B = x0.shape[0]
             t = torch.randint(1, config.n_steps + 1, (B,)).to(dev)
             x_prev = q_sample(sched, x0, t - 1, torch.randn_like(x0))
@@ -326,7 +358,7 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
             do_r1 = config.r1_gamma > 0 and step % config.r1_every == 0
             x_prev.requires_grad_(do_r1)
             with autocast(dev, config.autocast_bf16):
-                d_real = d(x_prev, x_t, t, cond).float()
+                d_real = d(x_prev, x_t, t, cond, y).float()
             loss_d = F.softplus(-d_real).mean()
             r1 = torch.zeros((), device=dev)
             if do_r1:
@@ -334,10 +366,10 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
                 r1 = grad.pow(2).flatten(1).sum(1).mean()
                 loss_d = loss_d + 0.5 * config.r1_gamma * config.r1_every * r1
             with torch.no_grad(), autocast(dev, config.autocast_bf16):
-                x0_fake = g(x_t, t, torch.randn(B, config.z_dim).to(dev), cond).float()
+                x0_fake = g(x_t, t, torch.randn(B, config.z_dim).to(dev), cond, y).float()
             x_prev_fake = posterior_sample(sched, x0_fake, x_t, t, torch.randn_like(x0))
             with autocast(dev, config.autocast_bf16):
-                d_fake = d(x_prev_fake, x_t, t, cond).float()
+                d_fake = d(x_prev_fake, x_t, t, cond, y).float()
             loss_d = loss_d + F.softplus(d_fake).mean()
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
@@ -345,10 +377,10 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
             opt_d.step()
             # generator
             with autocast(dev, config.autocast_bf16):
-                x0_fake = g(x_t, t, torch.randn(B, config.z_dim).to(dev), cond).float()
+                x0_fake = g(x_t, t, torch.randn(B, config.z_dim).to(dev), cond, y).float()
             x_prev_fake = posterior_sample(sched, x0_fake, x_t, t, torch.randn_like(x0))
             with autocast(dev, config.autocast_bf16):
-                d_gen = d(x_prev_fake, x_t, t, cond).float()
+                d_gen = d(x_prev_fake, x_t, t, cond, y).float()
             loss_g = F.softplus(-d_gen).mean()
             loss_l1 = (x0_fake - x0).abs().mean() if config.lambda_l1 > 0 else torch.zeros((), device=dev)
             opt_g.zero_grad(set_to_none=True)
@@ -401,17 +433,21 @@ def load_generator(model_dir: str | Path, *, device: str | torch.device = "cpu")
 # ----------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def sample_x0(generator: Generator, config: DDGANConfig, n: int, *, seed: int, cond: torch.Tensor | None = None,
-              batch_size: int = 32, n_steps: int | None = None, progress: bool = False) -> torch.Tensor:
+              classes: torch.Tensor | None = None, batch_size: int = 32, n_steps: int | None = None,
+              progress: bool = False) -> torch.Tensor:
     """Run the reverse chain x_T -> x_0 for ``n`` samples; (n, C, P, P) in [-1, 1].
 
     Sample i draws all its noise from its own generator seeded by (seed, i), so it does
     not depend on ``batch_size``. ``cond``: (n, 1, H, W) normalised phase for G_M (H, W
-    may differ from patch_px when divisible by the network's stride). ``n_steps``
+    may differ from patch_px when divisible by the network's stride). ``classes``: (n,) class
+    labels, required by a class-conditional model and ignored otherwise. ``n_steps``
     overrides T (for timing studies; the networks were trained for config.n_steps). Runs on the
     generator's device; the noise is drawn on the CPU, so samples repeat across devices up to
     floating point. Returns a CPU tensor.
     """
     T = n_steps or config.n_steps
+    if config.class_conditional and (classes is None or len(classes) != n):
+        raise ValueError(f"a class-conditional DDGAN ({config.kind}) needs {n} class labels")
     dev = next(generator.parameters()).device
     sched = make_schedule(T, beta_min=config.beta_min, beta_max=config.beta_max).to(dev)
     H, W = (config.patch_px, config.patch_px) if cond is None else tuple(cond.shape[-2:])
@@ -422,11 +458,12 @@ def sample_x0(generator: Generator, config: DDGANConfig, n: int, *, seed: int, c
         gens = [torch.Generator().manual_seed(_seed_for(seed, 3, i)) for i in idx]
         x = torch.stack([torch.randn(C, H, W, generator=gi) for gi in gens]).to(dev)
         c = None if cond is None else cond[start:start + len(idx)].to(dev)
+        y = classes[start:start + len(idx)].to(dev) if config.class_conditional else None
         for t_val in range(T, 0, -1):
             z = torch.stack([torch.randn(config.z_dim, generator=gi) for gi in gens]).to(dev)
             noise = torch.stack([torch.randn(C, H, W, generator=gi) for gi in gens]).to(dev)
             t = torch.full((len(idx),), t_val, dtype=torch.long, device=dev)
-            x0 = generator(x, t, z, c)
+            x0 = generator(x, t, z, c, y)
             x = posterior_sample(sched, x0, x, t, noise)
         out.append(x0.cpu())
     return torch.cat(out) if out else torch.zeros(0, C, H, W)
@@ -445,30 +482,53 @@ def mask_from_x0(x0: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class SyntheticPairs:
-    """Generated pairs: phase (n, P, P) float32 [rad], labels (n, P, P) uint8, confidence (n, P, P)."""
+    """Generated pairs: phase (n, P, P) float32 [rad], labels (n, P, P) uint8, confidence (n, P, P),
+    and the class each pair was asked for (n,) uint8 (0 from unconditional generators)."""
 
     phase: np.ndarray
     labels: np.ndarray
     confidence: np.ndarray
+    asked_class: np.ndarray
+
+
+def draw_classes(n: int, *, seed: int, share: dict[str, float] | None = None) -> np.ndarray:
+    """Class labels (n,) uint8 for class-conditional sampling: ``round(n * share)`` of each
+    cell class (the remainder to the largest shares), in a seeded random order; ``share``
+    maps class names to weights (default: the four cell classes equally)."""
+    weights = np.ones(len(CELL_CLASS_NAMES)) if share is None else np.array(
+        [float(share.get(name, 0.0)) for name in CELL_CLASS_NAMES])
+    if share is not None and (set(share) - set(CELL_CLASS_NAMES) or weights.min() < 0 or weights.sum() <= 0):
+        raise ValueError(f"class share {share!r}: expected non-negative weights of {CELL_CLASS_NAMES}")
+    quota = n * weights / weights.sum()
+    counts = np.floor(quota).astype(int)
+    counts[np.argsort(-(quota - counts), kind="stable")[:n - counts.sum()]] += 1
+    classes = np.repeat(np.arange(1, len(CELL_CLASS_NAMES) + 1), counts).astype(np.uint8)
+    return np.random.default_rng(_seed_for(seed, 12)).permutation(classes)
 
 
 def generate_pairs(phase_model_dir: str | Path, mask_model_dir: str | Path, n: int, *, seed: int,
-                   batch_size: int = 32, progress: bool = True,
+                   batch_size: int = 32, progress: bool = True, class_share: dict[str, float] | None = None,
                    device: str | torch.device | None = None) -> SyntheticPairs:
     """n pairs: a phase patch from G_p, then a mask from G_M conditioned on it (Fig. 2c);
-    sampled on ``device`` (default :func:`rbclib.core.training.pick_device`)."""
+    sampled on ``device`` (default :func:`rbclib.core.training.pick_device`). Class-conditional
+    generators are asked for the classes of :func:`draw_classes` (``class_share``: weights per
+    cell class, default equal), the same class for a pair's phase and mask."""
     gp, cp = load_generator(phase_model_dir, device=pick_device(device))
     gm, cm = load_generator(mask_model_dir, device=pick_device(device))
     if cp.phase_range_rad != cm.phase_range_rad:
         raise ValueError(f"{phase_model_dir} and {mask_model_dir} normalise phase differently")
     if cp.native_px != cm.native_px:
         raise ValueError(f"{phase_model_dir} makes {cp.native_px} px patches but {mask_model_dir} expects {cm.native_px} px")
-    phase_n = sample_x0(gp, cp, n, seed=_seed_for(seed, 10), batch_size=batch_size, progress=progress)
+    conditional = cp.class_conditional or cm.class_conditional
+    asked = draw_classes(n, seed=seed, share=class_share) if conditional else np.zeros(n, np.uint8)
+    classes = torch.from_numpy(asked.astype(np.int64))
+    phase_n = sample_x0(gp, cp, n, seed=_seed_for(seed, 10), classes=classes, batch_size=batch_size, progress=progress)
     phase_n = _resize(phase_n, cp.native_px).clamp(-1.0, 1.0)
     cond = F.avg_pool2d(phase_n, cm.downsample) if cm.downsample > 1 else phase_n
-    m0 = sample_x0(gm, cm, n, seed=_seed_for(seed, 11), cond=cond, batch_size=batch_size, progress=progress)
+    m0 = sample_x0(gm, cm, n, seed=_seed_for(seed, 11), cond=cond, classes=classes, batch_size=batch_size,
+                   progress=progress)
     labels, conf = mask_from_x0(_resize(m0, cm.native_px))
-    return SyntheticPairs(denormalise_phase(phase_n[:, 0].numpy(), cp.phase_range_rad), labels, conf)
+    return SyntheticPairs(denormalise_phase(phase_n[:, 0].numpy(), cp.phase_range_rad), labels, conf, asked)
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -482,7 +542,8 @@ def segment_with_mask_generator(model_dir: str | Path, phase: np.ndarray, *, see
 
     Images are cut into non-overlapping native_px tiles (reflect-padded at the border, the
     paper's patch protocol), each tile's mask is the mean x0 of ``n_samples`` stochastic
-    reverse chains, and the tiles are merged back to (N, H, W).
+    reverse chains, and the tiles are merged back to (N, H, W). A class-conditional G_M is
+    given label 0 for every tile (the label of its training crops not centred on a cell).
     """
     gm, cfg = load_generator(model_dir)
     if cfg.kind != "mask":
@@ -499,8 +560,9 @@ def segment_with_mask_generator(model_dir: str | Path, phase: np.ndarray, *, see
     cond = torch.from_numpy(np.ascontiguousarray(tiles))
     if cfg.downsample > 1:
         cond = F.avg_pool2d(cond, cfg.downsample)
-    x0 = sum(sample_x0(gm, cfg, len(cond), seed=_seed_for(seed, 20, k), cond=cond, batch_size=batch_size)
-             for k in range(n_samples)) / n_samples
+    unknown = torch.zeros(len(cond), dtype=torch.long)  # a class-conditional G_M: label 0, that of its uniform crops
+    x0 = sum(sample_x0(gm, cfg, len(cond), seed=_seed_for(seed, 20, k), cond=cond, classes=unknown,
+                       batch_size=batch_size) for k in range(n_samples)) / n_samples
     labels, conf = mask_from_x0(_resize(x0, P))
 
     def merge(a: np.ndarray) -> np.ndarray:
@@ -564,7 +626,8 @@ def preview_figure(model_dir: str | Path, *, n: int = 16, seed: int = 0, real_ph
     _, cfg = load_generator(model_dir)
     if cfg.kind == "phase":
         g, _ = load_generator(model_dir)
-        x = _resize(sample_x0(g, cfg, n, seed=seed), cfg.native_px)
+        classes = torch.from_numpy(draw_classes(n, seed=seed).astype(np.int64)) if cfg.class_conditional else None
+        x = _resize(sample_x0(g, cfg, n, seed=seed, classes=classes), cfg.native_px)
         return sample_grid_figure(denormalise_phase(x[:, 0].numpy(), cfg.phase_range_rad), None,
                                   title=f"G_p samples ({Path(model_dir).name})", phase_range_rad=cfg.phase_range_rad)
     if real_phase is None:

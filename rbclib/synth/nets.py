@@ -8,7 +8,11 @@ Its convolutions start from He (leaky-ReLU) initialisation: with PyTorch's defau
 activations shrank about 8x over three blocks, the logits stayed within +-0.2 and, on the
 quick budget (420 steps), the generator's feature Frechet distance was 94; with He init 22.
 An optional conditioning image (the phase patch for the mask model G_M) is concatenated
-to the input of both networks. Widths are configurable so the same code gives small CPU
+to the input of both networks. With ``n_classes`` both networks are class-conditional (the
+class of the cell a patch is centred on): the generator adds a learnt class embedding to
+its style vector (so the class enters every normalisation layer, like z), the
+discriminator adds a projection term <embed(y), features> to its logit (Miyato & Koyama,
+ICLR 2018). Widths are configurable so the same code gives small CPU
 nets at 64 px and paper-like nets at 256 px.
 """
 from __future__ import annotations
@@ -27,6 +31,14 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     return F.pad(emb, (0, dim % 2))
+
+
+def _labels(y: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """Class labels (B,) of a class-conditional network's batch ``x``; an error when missing."""
+    if y is None or y.shape != x.shape[:1]:
+        raise ValueError(f"a class-conditional network needs one class label per sample ({x.shape[0]}), got "
+                         f"{None if y is None else tuple(y.shape)}")
+    return y
 
 
 def _groups(ch: int) -> int:
@@ -72,11 +84,12 @@ class Generator(nn.Module):
 
     in_channels: channels of x_t; cond_channels: channels of the conditioning image
     (0 for none); widths: channels per U-Net level (H and W must be divisible by
-    2 ** (len(widths) - 1)); blocks: residual blocks per level; z_dim: latent size.
+    2 ** (len(widths) - 1)); blocks: residual blocks per level; z_dim: latent size;
+    n_classes: class labels y of a class-conditional generator (0: unconditional).
     """
 
     def __init__(self, *, in_channels: int, cond_channels: int = 0, widths: tuple[int, ...] = (32, 64, 128),
-                 blocks: int = 1, z_dim: int = 32):
+                 blocks: int = 1, z_dim: int = 32, n_classes: int = 0):
         super().__init__()
         self.in_channels, self.cond_channels, self.z_dim = in_channels, cond_channels, z_dim
         t_dim = style_dim = 4 * widths[0]
@@ -84,6 +97,7 @@ class Generator(nn.Module):
         self.t_mlp = nn.Sequential(nn.Linear(t_dim, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
         self.z_map = nn.Sequential(nn.Linear(z_dim, style_dim), nn.SiLU(), nn.Linear(style_dim, style_dim),
                                    nn.SiLU(), nn.Linear(style_dim, style_dim))
+        self.class_embed = nn.Embedding(n_classes, style_dim) if n_classes else None
         self.stem = nn.Conv2d(in_channels + cond_channels, widths[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -105,9 +119,12 @@ class Generator(nn.Module):
         self.out_norm = nn.GroupNorm(_groups(ch), ch)
         self.out = nn.Conv2d(ch, in_channels, 3, padding=1)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor, cond: torch.Tensor | None = None,
+                y: torch.Tensor | None = None) -> torch.Tensor:
         temb = self.t_mlp(timestep_embedding(t, self.t_dim))
         w = self.z_map(z)
+        if self.class_embed is not None:
+            w = w + self.class_embed(_labels(y, x_t))
         h = self.stem(x_t if cond is None else torch.cat([x_t, cond], dim=1))
         skips = []
         for i, level in enumerate(self.down):
@@ -144,9 +161,11 @@ class DiscBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D(x_{t-1}, x_t, t[, cond]) -> (B,) logits; channels: of x; cond_channels: of the condition."""
+    """D(x_{t-1}, x_t, t[, cond][, y]) -> (B,) logits; channels: of x; cond_channels: of the
+    condition; n_classes: class labels y of a class-conditional (projection) discriminator."""
 
-    def __init__(self, *, channels: int, cond_channels: int = 0, widths: tuple[int, ...] = (32, 64, 128)):
+    def __init__(self, *, channels: int, cond_channels: int = 0, widths: tuple[int, ...] = (32, 64, 128),
+                 n_classes: int = 0):
         super().__init__()
         t_dim = 4 * widths[0]
         self.t_dim = t_dim
@@ -155,17 +174,23 @@ class Discriminator(nn.Module):
         chans = [widths[0], *widths]
         self.blocks = nn.ModuleList([DiscBlock(chans[i], chans[i + 1], t_dim) for i in range(len(widths))])
         self.head = nn.Linear(widths[-1], 1)
+        self.class_embed = nn.Embedding(n_classes, widths[-1]) if n_classes else None
+        if self.class_embed is not None:  # the projection starts at 0: the logit is the unconditional one
+            nn.init.zeros_(self.class_embed.weight)
         for m in self.modules():  # variance-preserving init for leaky-ReLU convs (He et al. 2015)
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, a=0.2, nonlinearity="leaky_relu")
                 nn.init.zeros_(m.bias)
 
     def forward(self, x_prev: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                cond: torch.Tensor | None = None) -> torch.Tensor:
+                cond: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         temb = self.t_mlp(timestep_embedding(t, self.t_dim))
         parts = [x_prev, x_t] + ([] if cond is None else [cond])
         h = self.stem(torch.cat(parts, dim=1))
         for block in self.blocks:
             h = block(h, temb)
         h = F.leaky_relu(h, 0.2).sum(dim=(2, 3))
-        return self.head(h).squeeze(1)
+        logit = self.head(h).squeeze(1)
+        if self.class_embed is not None:
+            logit = logit + (self.class_embed(_labels(y, x_t)) * h).sum(dim=1)
+        return logit
