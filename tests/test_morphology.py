@@ -68,6 +68,17 @@ def test_real_looking_cells_meet_the_targets_and_blobs_do_not():
     assert score.loc["overall", "n_generated"] == 30 and score.loc["overall", "n_real"] == 30
 
 
+def test_spread_ratio_sees_one_cell_drawn_again_and_again():
+    real = cell_table(*_cells(30, 0), pixel_size_m=PX_M)
+    varied = morphology_score(real, cell_table(*_cells(30, 1), pixel_size_m=PX_M)).loc["overall"]
+    phase, labels = _cells(1, 1)
+    same = morphology_score(real, cell_table(np.repeat(phase, 30, axis=0), np.repeat(labels, 30, axis=0),
+                                             pixel_size_m=PX_M)).loc["overall"]
+    assert 0.5 < varied["area_spread_ratio"] < 2 and 0.5 < varied["peak_spread_ratio"] < 2
+    assert same["area_spread_ratio"] == 0 and same["peak_spread_ratio"] == 0
+    assert same["meets_targets"]                     # the targets alone cannot tell: one good cell passes them
+
+
 def test_cells_cut_by_the_border_and_specks_are_left_out():
     phase, labels = _cells(1, 0)
     shifted = np.roll(phase, 45, axis=1)                                    # the cell now straddles the border

@@ -208,8 +208,8 @@ class CropPicker:
         return self.pick_with_class(rng, patch_px)[1:]
 
     def pick_with_class(self, rng: np.random.Generator, patch_px: int) -> tuple[int, int, int, int]:
-        """(class, field index, top, left) of one crop: the class of the pixel it is centred on
-        (0 for a crop placed uniformly)."""
+        """(class, field index, top, left) of one crop: the class of the pixel (or, with
+        instance maps, the cell) it is centred on; 0 for a crop placed uniformly."""
         if self.where and rng.random() < self.cell_fraction:
             classes = sorted(self.where)
             if self.class_balanced:

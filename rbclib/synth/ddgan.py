@@ -11,7 +11,11 @@ phase patch as an extra input of both networks and adds lambda_l1 * |m0 - m0'|. 
 L1 term on G_p's x0 is this project's addition (the paper has none; default off): at the
 quick budget the discriminator never learns to tell real from generated (accuracy 0.34-0.61
 at every step t in all nine generators trained on 2026-12-01), and the x0 term is what
-makes G_p draw cell-sized, cell-bright objects (see 03).
+makes G_p draw cell-sized, cell-bright objects (see 03). Two more additions of this
+project, both off by default (the quick profile turns them on): patches centred on a cell's
+centroid (``crop_centre = "cell"``) and class-conditional networks (``class_conditional``;
+sampling asks for a class per pair). With them the x0 term draws round, one-class cells of
+the asked class instead of lumpy blobs (03, "What to expect").
 
 Data in the networks: phase normalised by ``rbclib.seg.datasets.normalise_phase`` (1
 channel); masks one-hot, scaled to [-1, 1] (5 channels).
@@ -64,9 +68,9 @@ class DDGANConfig:
     class_balanced_crops: draw the centre's cell class uniformly (see CropPicker);
     crop_centre: "pixel" (a crop is centred on a random pixel of a cell) or "cell" (on a
     cell's centroid; needs the instance maps);
-    class_conditional: both networks take the class of the pixel a patch is centred on
-    (0 for the uniform crops) as a label y (:mod:`rbclib.synth.nets`), and sampling asks
-    for a class per patch;
+    class_conditional: both networks take the class of the cell (or pixel) a patch is
+    centred on (0 for the uniform crops) as a label y (:mod:`rbclib.synth.nets`), and
+    sampling asks for a class per patch;
     autocast_bf16: bfloat16 autocast of the networks' forward passes
     (:func:`rbclib.core.training.autocast`; losses in float32); channels_last: the networks in
     channels-last memory (:func:`rbclib.core.training.channels_last`, faster convolutions on GPUs).

@@ -133,6 +133,12 @@ def _share_inside(values: pd.Series, limits: dict[str, tuple[float, float]] | No
     return float(values.between(lo, hi).mean())
 
 
+def _iqr(values: pd.Series) -> float:
+    """Interquartile range of ``values``."""
+    q1, q3 = np.nanpercentile(values.astype(float), [25, 75])
+    return float(q3 - q1)
+
+
 def morphology_score(real: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFrame:
     """Generated cells against real cells (two :func:`cell_table` results; real objects
     the mask calls background, debris and platelets, are left out), one row per class of
@@ -142,7 +148,10 @@ def morphology_score(real: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFram
     (share of generated cells inside the real cells' 5-95 % range of that class, or of all
     real cells for ``overall`` and for a class with fewer than 5 real cells);
     ``pure_cells`` (share with purity >= :data:`PURE_CELL`); ``iou_median``; the medians of
-    :data:`SHAPE_FEATURES` as ``<feature>_generated`` / ``<feature>_real``; ``meets_targets``
+    :data:`SHAPE_FEATURES` as ``<feature>_generated`` / ``<feature>_real``;
+    ``area_spread_ratio`` / ``peak_spread_ratio``: the generated cells' interquartile range of
+    area / peak phase over the real cells' (1: as varied as real cells; near 0: the same cell
+    drawn again and again, which the range shares above do not see); ``meets_targets``
     (every :data:`TARGETS` share met; ``overall`` only).
     """
     ranges = real_ranges(real)
@@ -162,6 +171,8 @@ def morphology_score(real: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFram
         for f in SHAPE_FEATURES:
             row[f"{f}_generated"] = float(gen[f].median()) if len(gen) else float("nan")
             row[f"{f}_real"] = float(ref[f].median()) if len(ref) else float("nan")
+        for short, f in (("area", "area_um2"), ("peak", "peak_phase_rad")):
+            row[f"{short}_spread_ratio"] = _iqr(gen[f]) / _iqr(ref[f]) if len(gen) and _iqr(ref[f]) > 0 else float("nan")
         rows.append(row)
     table = pd.DataFrame(rows).set_index("class_name")
     table["meets_targets"] = False
