@@ -243,7 +243,7 @@ def test_draw_classes_meets_the_share_exactly():
     assert np.array_equal(a, dd.draw_classes(10, seed=0, share={"discocyte": 0.5, "spherocyte": 0.3, "echinocyte": 0.2}))
     assert np.bincount(dd.draw_classes(7, seed=1), minlength=5)[1:].tolist() in ([2, 2, 2, 1], [2, 2, 1, 2], [2, 1, 2, 2],
                                                                                   [1, 2, 2, 2])
-    with pytest.raises(ValueError, match="class share"):
+    with pytest.raises(ValueError, match="unknown cell class"):
         dd.draw_classes(4, seed=0, share={"platelet": 1.0})
 
 

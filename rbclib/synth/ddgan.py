@@ -46,6 +46,7 @@ from rbclib.core.io import read_instances, read_labels, read_phase
 from rbclib.core.files import read_json, write_json
 from rbclib.core.labels import CELL_CLASS_NAMES, N_CLASSES
 from rbclib.core.paths import RunPaths
+from rbclib.physics.simulate import parse_mixture
 from rbclib.core.training import (CHECKPOINT, autocast, channels_last, load_checkpoint, pick_device, progress as progress_bar,
                                   read_log_rows, resume_state, save_checkpoint, write_log)
 
@@ -495,15 +496,13 @@ class SyntheticPairs:
     asked_class: np.ndarray
 
 
-def draw_classes(n: int, *, seed: int, share: dict[str, float] | None = None) -> np.ndarray:
+def draw_classes(n: int, *, seed: int, share: dict[str, float] | str | None = None) -> np.ndarray:
     """Class labels (n,) uint8 for class-conditional sampling: ``round(n * share)`` of each
-    cell class (the remainder to the largest shares), in a seeded random order; ``share``
-    maps class names to weights (default: the four cell classes equally)."""
-    weights = np.ones(len(CELL_CLASS_NAMES)) if share is None else np.array(
-        [float(share.get(name, 0.0)) for name in CELL_CLASS_NAMES])
-    if share is not None and (set(share) - set(CELL_CLASS_NAMES) or weights.min() < 0 or weights.sum() <= 0):
-        raise ValueError(f"class share {share!r}: expected non-negative weights of {CELL_CLASS_NAMES}")
-    quota = n * weights / weights.sum()
+    cell class (the remainder to the largest shares), in a seeded random order; ``share``:
+    weights per cell class as :func:`rbclib.physics.simulate.parse_mixture` reads them
+    (default: the four cell classes equally)."""
+    fractions = parse_mixture(share) if share is not None else dict.fromkeys(CELL_CLASS_NAMES, 1 / len(CELL_CLASS_NAMES))
+    quota = n * np.array([fractions[name] for name in CELL_CLASS_NAMES])
     counts = np.floor(quota).astype(int)
     counts[np.argsort(-(quota - counts), kind="stable")[:n - counts.sum()]] += 1
     classes = np.repeat(np.arange(1, len(CELL_CLASS_NAMES) + 1), counts).astype(np.uint8)
@@ -511,7 +510,7 @@ def draw_classes(n: int, *, seed: int, share: dict[str, float] | None = None) ->
 
 
 def generate_pairs(phase_model_dir: str | Path, mask_model_dir: str | Path, n: int, *, seed: int,
-                   batch_size: int = 32, progress: bool = True, class_share: dict[str, float] | None = None,
+                   batch_size: int = 32, progress: bool = True, class_share: dict[str, float] | str | None = None,
                    device: str | torch.device | None = None) -> SyntheticPairs:
     """n pairs: a phase patch from G_p, then a mask from G_M conditioned on it (Fig. 2c);
     sampled on ``device`` (default :func:`rbclib.core.training.pick_device`). Class-conditional
