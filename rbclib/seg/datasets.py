@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from rbclib.core.io import list_images, read_labels, read_phase
 from rbclib.core.files import ImageFileError, read_json
-from rbclib.core.labels import N_CLASSES
+from rbclib.core.labels import N_CLASSES, instance_classes
 from rbclib.seg.tiles import Mode, extract_patches, pad_to_min, rotations4
 
 # Fixed physical phase range [rad] mapped to [-1, 1]. At 682.5 nm and dn ~ 0.066 a 4 um
@@ -156,21 +156,18 @@ class PatchDataset(Dataset):
 
 def _cell_centres(instances: np.ndarray, labels: np.ndarray, cls: int) -> np.ndarray:
     """Flat pixel indices of the rounded centroids of the cells of class ``cls`` (majority
-    class of each instance of ``instances`` in ``labels``)."""
+    class of each instance, :func:`rbclib.core.labels.instance_classes`)."""
     inst, lab = np.asarray(instances), np.asarray(labels)
     if inst.shape != lab.shape:
         raise ValueError(f"CropPicker: instance map {inst.shape} and class map {lab.shape} differ in shape")
-    n = int(inst.max(initial=0))
-    if n == 0:
+    ids = np.array([i for i, c in instance_classes(lab, inst).items() if c == cls], dtype=np.int64)
+    if not ids.size:
         return np.zeros(0, np.int64)
-    votes = np.zeros((n + 1, N_CLASSES), np.int64)
-    np.add.at(votes, (inst.ravel(), lab.ravel()), 1)
-    ids = np.flatnonzero((votes[:, 1:].argmax(axis=1) + 1 == cls) & (votes[:, 1:].sum(axis=1) > 0))
-    ids = ids[ids > 0]
+    n = int(inst.max()) + 1
     yy, xx = np.indices(inst.shape)
-    size = np.bincount(inst.ravel(), minlength=n + 1)[ids]
-    cy = np.rint(np.bincount(inst.ravel(), weights=yy.ravel(), minlength=n + 1)[ids] / size).astype(np.int64)
-    cx = np.rint(np.bincount(inst.ravel(), weights=xx.ravel(), minlength=n + 1)[ids] / size).astype(np.int64)
+    size = np.bincount(inst.ravel(), minlength=n)[ids]
+    cy = np.rint(np.bincount(inst.ravel(), weights=yy.ravel(), minlength=n)[ids] / size).astype(np.int64)
+    cx = np.rint(np.bincount(inst.ravel(), weights=xx.ravel(), minlength=n)[ids] / size).astype(np.int64)
     return cy * inst.shape[1] + cx
 
 
