@@ -57,6 +57,13 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def fused_optimiser(device: torch.device) -> bool:
+    """Whether torch's Adam/AdamW should run fused on ``device`` (CPU and CUDA): one kernel
+    over all parameters instead of a loop of small ones. The quick ResUnet's 14.3 M
+    parameters: 7-9 ms instead of 34-52 ms a step on the 2-core CPU (2026-12-02)."""
+    return device.type in ("cpu", "cuda")
+
+
 def channels_last(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` on ``device`` in channels-last memory (faster convolutions on CPU and GPU)."""
     return model.to(device).to(memory_format=torch.channels_last)

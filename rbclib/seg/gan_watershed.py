@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rbclib.core.distributed import average_gradients, broadcast_buffers
-from rbclib.core.training import autocast
+from rbclib.core.training import autocast, fused_optimiser
 
 GENERATOR_WIDTHS = (64, 128, 256, 384, 512)
 ADVERSARIAL_WEIGHT = 0.1
@@ -117,7 +117,8 @@ class Adversary:
     def __init__(self, in_channels: int, classes: int, *, weight: float, device: torch.device, world: int = 1,
                  bf16: bool = False):
         self.net = PatchDiscriminator(in_channels + classes).to(device).to(memory_format=torch.channels_last)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=DISCRIMINATOR_LR, betas=(0.5, 0.999))
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=DISCRIMINATOR_LR, betas=(0.5, 0.999),
+                                    fused=fused_optimiser(device))
         self.weight, self.classes, self.world = float(weight), int(classes), int(world)
         self.device, self.bf16 = device, bool(bf16)
 

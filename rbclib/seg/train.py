@@ -29,7 +29,7 @@ from rbclib.seg.infer import check_mask_classes, model_from_config, predict_imag
 from rbclib.core.distributed import (barrier, broadcast_buffers, check_ranks_in_sync, mean_over_ranks, rank_share,
                                      start_distributed)
 from rbclib.core.files import write_json
-from rbclib.core.training import (CHECKPOINT, autocast, channels_last, load_checkpoint, progress as progress_bar,
+from rbclib.core.training import (CHECKPOINT, autocast, channels_last, fused_optimiser, load_checkpoint, progress as progress_bar,
                                   read_log_rows, save_checkpoint, write_log)
 
 PATCH_MODES = ("paper", "cover", "balanced")
@@ -152,7 +152,8 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
                     progress: bool = True) -> Path:
     """Train ``model_name`` on patches of ``train_pairs`` (+ the pairs in
     ``extra_pairs_dir``, used as they are), validating each epoch on the full
-    ``val_pairs`` images (tiled inference, mean Dice overall, ``rbclib.seg.metrics``).
+    ``val_pairs`` images (tiled inference, in bfloat16 autocast when the training runs in it,
+    as ``rbc assess`` does; mean Dice overall, ``rbclib.seg.metrics``).
 
     init_from: an SSL model folder loaded with ``rbclib.ssl.pretrain.load_into_resunet`` (ResUnet only).
     ``adversarial_weight`` > 0 trains a conditional GAN: a PatchGAN discriminator of (phase,
@@ -206,7 +207,7 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
         model = load_into_resunet(model, init_from)
     model = channels_last(model, dev)
     optimiser = torch.optim.AdamW(_parameter_groups(model, cfg, pretrained=init_from is not None),
-                                  lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
+                                  lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]), fused=fused_optimiser(dev))
     steps = len(loader) if not cfg["max_steps_per_epoch"] else min(len(loader), int(cfg["max_steps_per_epoch"]))
     total_steps = int(cfg["epochs"]) * steps
     scheduler = _schedule(optimiser, total_steps, int(cfg["warmup_steps"]))
@@ -280,7 +281,8 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
         if rank == 0:
             if val_pairs:
                 scores = mean_scores(dice_per_class(predict_image(model, p.phase, config=cfg,
-                                                                  batch_size=int(cfg["val_batch_size"])).labels, p.labels)
+                                                                  batch_size=int(cfg["val_batch_size"]),
+                                                                  fast=bool(cfg["autocast_bf16"])).labels, p.labels)
                                      for p in val_pairs)
                 row.update({f"val_dice_{k}": v for k, v in scores.items()})
                 score = scores["overall"] if not math.isnan(scores["overall"]) else -math.inf

@@ -44,6 +44,7 @@ from rbclib.core.training import (
     CHECKPOINT,
     autocast,
     channels_last,
+    fused_optimiser,
     load_checkpoint,
     read_log_rows,
     save_checkpoint,
@@ -335,7 +336,7 @@ def pretrain_ssl(corpus: Dataset, *, out_dir: str | Path, config: SSLConfig | di
     model.world = world
     model = channels_last(model, dev) if cfg.channels_last else model.to(dev)
     opt = torch.optim.AdamW(model.online_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=dev.type in ("cpu", "cuda"))  # fused: ~2.5x faster step on CPU
+                            fused=fused_optimiser(dev))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
     step, rows = 0, []
     state_path = out / CHECKPOINT

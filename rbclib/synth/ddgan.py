@@ -47,8 +47,8 @@ from rbclib.core.files import read_json, write_json
 from rbclib.core.labels import CELL_CLASS_NAMES, N_CLASSES
 from rbclib.core.paths import RunPaths
 from rbclib.physics.simulate import parse_mixture
-from rbclib.core.training import (CHECKPOINT, autocast, channels_last, load_checkpoint, pick_device, progress as progress_bar,
-                                  read_log_rows, resume_state, save_checkpoint, write_log)
+from rbclib.core.training import (CHECKPOINT, autocast, channels_last, fused_optimiser, load_checkpoint, pick_device,
+                                  progress as progress_bar, read_log_rows, resume_state, save_checkpoint, write_log)
 
 KINDS = ("phase", "mask")
 
@@ -329,8 +329,8 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
     g_ema.requires_grad_(False)
     place = (lambda net: channels_last(net, dev)) if config.channels_last else (lambda net: net.to(dev))
     g, d, g_ema = place(g), place(d), place(g_ema)
-    opt_g = torch.optim.Adam(g.parameters(), lr=config.lr_g, betas=config.betas)
-    opt_d = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=config.betas)
+    opt_g = torch.optim.Adam(g.parameters(), lr=config.lr_g, betas=config.betas, fused=fused_optimiser(dev))
+    opt_d = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=config.betas, fused=fused_optimiser(dev))
     start_epoch, rows, step = 0, [], 0
     state = resume_state(out, config.to_dict(), key="config") if resume else None
     if state is not None:
