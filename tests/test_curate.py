@@ -90,6 +90,16 @@ def test_auto_select_meets_the_requested_balance_best_cells_first():
         cu.auto_select_balanced(table, 2, request={"platelet": 1.0})
 
 
+def test_auto_select_finds_the_balanced_set_a_greedy_pick_misses():
+    # c0 alone is perfectly balanced, so a greedy pick takes it first and then cannot balance
+    # a second pair (4 : 1 either way); the exact set is c1 + c2 (3 : 3)
+    table = _table([[1, 1, 0, 0], [3, 0, 0, 0], [0, 3, 0, 0]]).assign(cell_quality=[1.0, 0.0, 0.0])
+    request = {"discocyte": 0.5, "spherocyte": 0.5}
+    picked = cu.auto_select_balanced(table, 2, request=request)
+    assert sorted(picked) == ["c1", "c2"] and cu.balance_deviation_pp(table, picked, request) == 0.0
+    assert cu.auto_select_balanced(table, 1, request=request) == ["c0"]
+
+
 def test_auto_selection_lands_within_five_points_of_the_request():
     rng = np.random.default_rng(0)
     counts = rng.poisson([2.0, 0.6, 0.6, 0.5], size=(600, 4))          # generated pairs: mostly discocytes
