@@ -253,8 +253,8 @@ def test_class_conditional_generators_draw_the_asked_class(toy_run, tmp_path):
     ~0.9 rad at the centre), and G_M paints an asked spherocyte as one and an asked
     discocyte as a cell that is not. Neither holds after one epoch. At this toy size G_M
     tells discocytes from echinocytes (three cells each, 16 px patches) by luck of the
-    trajectory: over 4 seeds, 2 painted the asked discocytes discocyte and 2 echinocyte
-    (2026-12-02), so the test does not ask for it."""
+    trajectory: of 8 runs (G_M seeds 0-3, fused and unfused Adam, 2026-12-02) one painted
+    most asked discocytes discocyte, the others echinocyte, so the test does not ask for it."""
     phases, labels, stems = dd.load_split_fields(toy_run.root)
     instances = dd.load_instances(toy_run.root, stems)
     fast = {**TINY, "epochs": 10, "iters_per_epoch": 12, "lr_g": 2e-3, "lr_d": 1e-3, "ema": 0.9, "lambda_l1": 2.0,

@@ -29,8 +29,8 @@ from rbclib.seg.infer import check_mask_classes, model_from_config, predict_imag
 from rbclib.core.distributed import (barrier, broadcast_buffers, check_ranks_in_sync, mean_over_ranks, rank_share,
                                      start_distributed)
 from rbclib.core.files import write_json
-from rbclib.core.training import (CHECKPOINT, autocast, channels_last, fused_optimiser, load_checkpoint, progress as progress_bar,
-                                  read_log_rows, save_checkpoint, write_log)
+from rbclib.core.training import (CHECKPOINT, autocast, channels_last, fused_optimiser, load_checkpoint,
+                                  progress as progress_bar, read_log_rows, save_checkpoint, write_log)
 
 PATCH_MODES = ("paper", "cover", "balanced")
 
@@ -207,7 +207,8 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
         model = load_into_resunet(model, init_from)
     model = channels_last(model, dev)
     optimiser = torch.optim.AdamW(_parameter_groups(model, cfg, pretrained=init_from is not None),
-                                  lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]), fused=fused_optimiser(dev))
+                                  lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]),
+                                  fused=fused_optimiser(dev))
     steps = len(loader) if not cfg["max_steps_per_epoch"] else min(len(loader), int(cfg["max_steps_per_epoch"]))
     total_steps = int(cfg["epochs"]) * steps
     scheduler = _schedule(optimiser, total_steps, int(cfg["warmup_steps"]))

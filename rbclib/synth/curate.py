@@ -212,14 +212,16 @@ def auto_select_balanced(table: pd.DataFrame, n_select: int, *, request: dict[st
     order = np.lexsort((ids, -consistency, -quality))         # rank 0: best cells, then consistency, then id
     rank = np.empty(n)
     rank[order] = np.arange(n)
-    # tie-breaks scaled to stay below the smallest change of balance a swap can make
-    tie = 1e-3 * (np.min(target[target > 0]) if (target > 0).any() else 1.0) * (rank + 1) / (n + 1) / max(n_pick, 1)
+    # tie-breaks by rank: together at most 1e-3 x the smallest requested share, far below the
+    # change of balance one cell makes
+    tie = 1e-3 * np.min(target[target > 0]) * (rank + 1) / (n + 1) / n_pick
     cost = np.concatenate([tie, np.ones(k)])
     constraints = [LinearConstraint(np.hstack([excess.T, -np.eye(k)]), -np.inf, -offset),
                    LinearConstraint(np.hstack([-excess.T, -np.eye(k)]), -np.inf, offset),
                    LinearConstraint(np.concatenate([np.ones(n), np.zeros(k)])[None], n_pick, n_pick)]
     result = milp(cost, constraints=constraints, integrality=np.concatenate([np.ones(n), np.zeros(k)]),
-                  bounds=Bounds(0, np.concatenate([np.ones(n), np.full(k, np.inf)])), options={"time_limit": 60, "mip_rel_gap": 0.0})
+                  bounds=Bounds(0, np.concatenate([np.ones(n), np.full(k, np.inf)])),
+                  options={"time_limit": 60, "mip_rel_gap": 0.0})
     if result.x is None:
         raise RuntimeError(f"class-balanced selection found no solution ({result.message})")
     chosen = np.flatnonzero(result.x[:n] > 0.5)
