@@ -172,7 +172,8 @@ def morphology_score(real: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFram
             row[f"{f}_generated"] = float(gen[f].median()) if len(gen) else float("nan")
             row[f"{f}_real"] = float(ref[f].median()) if len(ref) else float("nan")
         for short, f in (("area", "area_um2"), ("peak", "peak_phase_rad")):
-            row[f"{short}_spread_ratio"] = _iqr(gen[f]) / _iqr(ref[f]) if len(gen) and _iqr(ref[f]) > 0 else float("nan")
+            real_iqr = _iqr(ref[f]) if len(ref) else float("nan")
+            row[f"{short}_spread_ratio"] = _iqr(gen[f]) / real_iqr if len(gen) and real_iqr > 0 else float("nan")
         rows.append(row)
     table = pd.DataFrame(rows).set_index("class_name")
     table["meets_targets"] = False
