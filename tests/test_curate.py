@@ -14,8 +14,9 @@ from ddgan_toy import toy_field  # noqa: E402
 
 from rbclib.synth import curate as cu  # noqa: E402
 from rbclib.synth.curate_widget import CurationWidget  # noqa: E402
+from rbclib.core.files import write_csv  # noqa: E402
 from rbclib.core.io import read_labels, read_phase  # noqa: E402
-from rbclib.core.labels import overlay_rgb  # noqa: E402
+from rbclib.core.labels import IGNORE, border_cut_cells, overlay_rgb  # noqa: E402
 
 
 @pytest.fixture()
@@ -32,9 +33,12 @@ def candidates(tmp_path):
     return folder
 
 
-def _table(counts):
-    rows = [{"id": f"c{i}", "consistency": 0.9, **{c: n for c, n in zip(cu.COUNT_COLS, row)}}
-            for i, row in enumerate(counts)]
+def _table(counts, fragments=None):
+    """Candidates with these whole cells per class (+ ``fragments``: cells cut by the border)."""
+    fragments = np.zeros_like(counts) if fragments is None else fragments
+    rows = [{"id": f"c{i}", "consistency": 0.9, **{c: n for c, n in zip(cu.WHOLE_COLS, row)},
+             **{c: n + f for c, n, f in zip(cu.COUNT_COLS, row, cut)}}
+            for i, (row, cut) in enumerate(zip(counts, fragments))]
     return pd.DataFrame(rows).set_index("id", drop=False)
 
 
@@ -61,8 +65,11 @@ def test_old_candidates_get_their_cell_quality_and_keep_their_decisions(tmp_path
     store = cu.CurationDecisions(tmp_path / "d.json")
     store.record("cand_00001", "accept")
     ranges = real_ranges(cell_table(phase, labels, pixel_size_m=0.5e-6))
-    scored = cu.add_cell_quality(folder, ranges, optics=optics, progress=False)
+    written = cu.read_candidates(folder)
+    write_csv(folder / "candidates.csv", written.drop(columns=list(cu.WHOLE_COLS)))   # as an earlier version wrote it
+    scored = cu.rescore_candidates(folder, ranges, optics=optics, progress=False)
     assert scored["whole_cells"].sum() > 0 and scored["cell_quality"].max() == 1.0
+    assert scored[list(cu.WHOLE_COLS)].equals(written[list(cu.WHOLE_COLS)])
     assert cu.read_candidates(folder)["cell_quality"].equals(scored["cell_quality"])
     assert cu.CurationDecisions(tmp_path / "d.json").ids("accept") == ["cand_00001"]
     broken = labels.copy()
@@ -98,6 +105,15 @@ def test_auto_select_finds_the_balanced_set_a_greedy_pick_misses():
     picked = cu.auto_select_balanced(table, 2, request=request)
     assert sorted(picked) == ["c1", "c2"] and cu.balance_deviation_pp(table, picked, request) == 0.0
     assert cu.auto_select_balanced(table, 1, request=request) == ["c0"]
+
+
+def test_the_balance_counts_whole_cells_only():
+    # c0: one whole spherocyte among three discocyte fragments; c1: one whole discocyte
+    table = _table([[0, 1, 0, 0], [1, 0, 0, 0], [2, 0, 0, 0]], fragments=[[3, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    request = {"discocyte": 0.5, "spherocyte": 0.5}
+    assert cu.class_balance(table, ["c0"])["cells"].tolist() == [0, 1, 0, 0]
+    assert sorted(cu.auto_select_balanced(table, 2, request=request)) == ["c0", "c1"]
+    assert cu.balance_deviation_pp(table, ["c0", "c1"], request) == 0.0
 
 
 def test_auto_selection_lands_within_five_points_of_the_request():
@@ -164,8 +180,27 @@ def test_selection_and_rotated_train_pairs(candidates, tmp_path):
     assert len(written) == 8
     p0, l0 = cu.load_candidate(candidates, "cand_00002")
     p1 = read_phase(tmp_path / "train" / "phase" / "cand_00002_r1.tif").data
-    l3 = read_labels(tmp_path / "train" / "labels" / "cand_00002_r3.png")
-    assert np.array_equal(p1, np.rot90(p0, 1)) and np.array_equal(l3, np.rot90(l0, 3))
+    l3 = read_labels(tmp_path / "train" / "labels" / "cand_00002_r3.png", allow_ignore=True)
+    marked = np.where(border_cut_cells(l0), IGNORE, l0)
+    assert np.array_equal(p1, np.rot90(p0, 1)) and np.array_equal(l3, np.rot90(marked, 3))
+
+
+def test_train_pairs_leave_the_cells_cut_by_the_border_out(tmp_path):
+    from rbclib.seg.datasets import load_pairs_folder
+
+    labels = np.zeros((1, 32, 32), np.uint8)
+    labels[0, 10:20, 10:20] = 2                                  # a whole spherocyte
+    labels[0, 0:6, 20:30] = 1                                    # a discocyte cut by the top edge
+    phase = np.where(labels > 0, 1.5, 0.0).astype(np.float32)
+    cu.write_candidates(phase, labels, np.ones_like(phase), tmp_path / "cand", progress=False)
+    row = cu.read_candidates(tmp_path / "cand").iloc[0]
+    assert row["n_discocyte"] == 1 and row["n_whole_discocyte"] == 0 and row["n_whole_spherocyte"] == 1
+    cu.write_synthetic_train(tmp_path / "cand", ["cand_00000"], tmp_path / "train", progress=False)
+    l0 = read_labels(tmp_path / "train" / "labels" / "cand_00000_r0.png", allow_ignore=True)
+    assert (l0[0:6, 20:30] == IGNORE).all() and (l0[10:20, 10:20] == 2).all() and (l0 == IGNORE).sum() == 60
+    with pytest.raises(ValueError, match="cand_00000_r0.png: labels outside 0..4"):
+        load_pairs_folder(tmp_path / "train")                    # real pairs may not hold IGNORE
+    assert len(load_pairs_folder(tmp_path / "train", allow_ignore=True)) == 4
 
 
 def test_overlay_colours():
@@ -178,8 +213,9 @@ def test_overlay_colours():
 def test_auto_curate_rejects_broken_keeps_hand_decisions_and_fills_to_n_select(tmp_path):
     ids = [f"c{i}" for i in range(6)]
     table = pd.DataFrame({"id": ids, "consistency": [0.9, 0.2, 0.8, 0.7, 0.95, 0.1],
-                          "n_discocyte": [3, 1, 0, 2, 1, 1], "n_spherocyte": [0, 0, 2, 0, 0, 0],
-                          "n_echinocyte": [0, 0, 0, 1, 0, 0], "n_stomatocyte": [0, 0, 0, 0, 1, 0]}).set_index("id", drop=False)
+                          "n_whole_discocyte": [3, 1, 0, 2, 1, 1], "n_whole_spherocyte": [0, 0, 2, 0, 0, 0],
+                          "n_whole_echinocyte": [0, 0, 0, 1, 0, 0], "n_whole_stomatocyte": [0, 0, 0, 0, 1, 0]}
+                         ).set_index("id", drop=False)
     store = cu.CurationDecisions(tmp_path / "d.json")
     store.record("c4", "reject", by="user")                      # a hand rejection is respected
     store.record("c0", "accept", by="user")                      # and so is a hand acceptance

@@ -53,6 +53,19 @@ def test_discriminator_learns_to_tell_one_hot_truth_from_a_blurred_guess():
     assert adv.generator_loss(x, guess).item() > 2 * adv.generator_loss(x, truth).item()
 
 
+def test_discriminator_sees_no_difference_where_labels_are_ignored():
+    from rbclib.core.labels import IGNORE
+
+    torch.manual_seed(0)
+    adv = Adversary(1, 3, weight=1.0, device=torch.device("cpu"))
+    x, logits = torch.randn(2, 1, 32, 32), torch.randn(2, 3, 32, 32)
+    z = adv._logits(x, logits.softmax(1)).detach()        # D on the generator's probabilities
+    loss = adv.update(x, torch.full((2, 32, 32), IGNORE, dtype=torch.long), logits)
+    # real and fake inputs identical: half the BCE of z against 1 plus against 0
+    expected = 0.5 * (torch.nn.functional.softplus(-z).mean() + torch.nn.functional.softplus(z).mean())
+    assert np.isclose(loss, expected.item(), rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_gan_training_learns_and_resumes_identically(tmp_path, monkeypatch):
     """Learning happens: the generator's loss falls to a third and it segments its training

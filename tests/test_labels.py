@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rbclib.core.labels import (CLASS_COLOURS, CLASS_NAMES, check_labels, colourize, instance_classes,
-                           instances_from_labels, to_onehot)
+from rbclib.core.labels import (CLASS_COLOURS, CLASS_NAMES, IGNORE, border_cut_cells, check_labels, colourize,
+                                instance_classes, instances_from_labels, to_onehot)
 
 
 def test_paper_names_and_colours():
@@ -27,6 +27,23 @@ def test_check_labels_rejects_out_of_range_and_shape():
     with pytest.raises(ValueError, match="2-D"):
         check_labels(np.zeros((2, 2, 2)))
     assert check_labels(np.array([[0.0, 3.0]])).dtype == np.uint8
+    with pytest.raises(ValueError, match=r"outside 0..4: \[255\]"):
+        check_labels(np.array([[0, IGNORE]]), source="mask.png")           # only training pairs may hold it
+    assert check_labels(np.array([[0, IGNORE]]), allow_ignore=True)[0, 1] == IGNORE
+    with pytest.raises(ValueError, match=r"or 255 \(ignored in training\): \[9\]"):
+        check_labels(np.array([[9, IGNORE]]), allow_ignore=True)
+
+
+def test_border_cut_cells_are_the_components_that_reach_the_edge():
+    lab = np.zeros((12, 12), dtype=np.uint8)
+    lab[4:8, 4:8] = 2                       # whole
+    lab[0:3, 5:8] = 1                       # cut by the top edge
+    lab[9:12, 10:12] = 3                    # cut by the bottom-right corner
+    lab[8, 9] = 1                           # diagonal neighbour of that fragment: same component
+    cut = border_cut_cells(lab)
+    assert cut[0:3, 5:8].all() and cut[9:12, 10:12].all() and cut[8, 9]
+    assert not cut[4:8, 4:8].any() and cut.sum() == 9 + 6 + 1
+    assert not border_cut_cells(np.zeros((4, 4), np.uint8)).any()
 
 
 def test_instances_split_touching_cells_of_different_classes():

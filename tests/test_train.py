@@ -48,6 +48,22 @@ def test_ce_dice_loss_is_small_for_confident_right_answers():
     assert bad_total > 1
 
 
+def test_ce_dice_loss_leaves_ignored_pixels_out():
+    from rbclib.core.labels import IGNORE
+
+    torch.manual_seed(0)
+    target = torch.randint(0, 5, (2, 8, 8))
+    logits = torch.randn(2, 5, 8, 8, requires_grad=True)
+    ignored = target.clone()
+    ignored[:, :, :3] = IGNORE
+    total, ce, dice = train.CEDiceLoss()(logits, ignored)
+    total.backward()
+    assert torch.all(logits.grad[:, :, :, :3] == 0) and torch.any(logits.grad[:, :, :, 3:] != 0)
+    # the same as the loss over the known pixels alone
+    ref_total, ref_ce, ref_dice = train.CEDiceLoss()(logits[:, :, :, 3:], target[:, :, 3:])
+    assert torch.isclose(ce, ref_ce) and torch.isclose(dice, ref_dice, atol=1e-6)
+
+
 def test_config_and_validation_split():
     with pytest.raises(ValueError, match="unknown training config"):
         train.make_config({"epochz": 3})
@@ -121,6 +137,14 @@ def test_extra_pairs_are_added_and_bad_inputs_refused(tmp_path):
     out = train.train_segmenter(_disk_pairs(1), [], model_name="pspnet", out_dir=tmp_path / "m",
                                 config={**TINY, "epochs": 1}, extra_pairs_dir=extra, seed=0, progress=False)
     assert json.loads((out / "config.json").read_text())["n_train_patches"] == 4 + 3
+    from rbclib.core.labels import IGNORE
+
+    fragment = _disk_pairs(1, size=32, seed=6)[0]
+    write_phase(extra / "phase" / "s9.tif", fragment.phase)
+    write_labels(extra / "labels" / "s9.png", np.where(fragment.labels > 0, IGNORE, 0), allow_ignore=True)
+    out = train.train_segmenter(_disk_pairs(1), [], model_name="pspnet", out_dir=tmp_path / "m2",
+                                config={**TINY, "epochs": 1}, extra_pairs_dir=extra, seed=0, progress=False)
+    assert json.loads((out / "config.json").read_text())["n_train_patches"] == 4 + 4    # ignore labels accepted
     four = _disk_pairs(1)
     four[0].labels[:4, :4] = 4
     with pytest.raises(ValueError, match="only classes 0..2"):

@@ -235,19 +235,21 @@ def read_phase(path: str | Path) -> LoadedImage:
     return img
 
 
-def write_labels(path: str | Path, labels: np.ndarray) -> None:
-    """Write a uint8 class map (values 0..4) as PNG."""
+def write_labels(path: str | Path, labels: np.ndarray, *, allow_ignore: bool = False) -> None:
+    """Write a uint8 class map (values 0..4; and ``rbclib.core.labels.IGNORE`` where
+    ``allow_ignore``) as PNG."""
     from PIL import Image
 
-    arr = check_labels(labels, source=str(path))
+    arr = check_labels(labels, source=str(path), allow_ignore=allow_ignore)
     with atomic_path(path) as tmp:
         Image.fromarray(arr, mode="L").save(tmp, format="PNG")
 
 
-def read_labels(path: str | Path) -> np.ndarray:
-    """Read a class map PNG; errors name the file when values are outside 0..4."""
+def read_labels(path: str | Path, *, allow_ignore: bool = False) -> np.ndarray:
+    """Read a class map PNG; errors name the file when values are outside 0..4 (or
+    ``rbclib.core.labels.IGNORE`` where ``allow_ignore``: training pairs)."""
     img = read_image(path, allow_constant=True)
-    return check_labels(img.data, source=str(path))
+    return check_labels(img.data, source=str(path), allow_ignore=allow_ignore)
 
 
 def write_instances(path: str | Path, instances: np.ndarray) -> None:

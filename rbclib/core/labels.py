@@ -1,6 +1,7 @@
 """Class ids, names and colours (the paper's), one-hot encoding and instances.
 
-Masks are uint8 class maps 0..4; colours are for display only.
+Masks are uint8 class maps 0..4; colours are for display only. Training pairs may also hold
+:data:`IGNORE` where their label is not to be learnt.
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ CLASS_IDS: dict[str, int] = {name: cid for cid, name in CLASS_NAMES.items()}
 CELL_CLASSES: tuple[int, ...] = (DISCOCYTE, SPHEROCYTE, ECHINOCYTE, STOMATOCYTE)
 CELL_CLASS_NAMES: tuple[str, ...] = tuple(CLASS_NAMES[c] for c in CELL_CLASSES)
 N_CLASSES = 5
+IGNORE = 255
+"""Label of pixels left out of the training loss: in curated synthetic pairs, the cells cut by
+the patch border (:func:`border_cut_cells`), whose class and shape the patch does not show."""
 # Paper colours (RGB 0..1): black, red, blue, green, yellow.
 CLASS_COLOURS: dict[int, tuple[float, float, float]] = {
     BACKGROUND: (0.0, 0.0, 0.0),
@@ -29,18 +33,31 @@ CLASS_COLOURS: dict[int, tuple[float, float, float]] = {
 }
 
 
-def check_labels(labels: np.ndarray, *, source: str = "label map") -> np.ndarray:
-    """Return ``labels`` as uint8 after checking it is 2-D with values in 0..4."""
+def check_labels(labels: np.ndarray, *, source: str = "label map", allow_ignore: bool = False) -> np.ndarray:
+    """Return ``labels`` as uint8 after checking it is 2-D with values in 0..4 (and
+    :data:`IGNORE` where ``allow_ignore``: training pairs)."""
     arr = np.asarray(labels)
     if arr.ndim != 2:
         raise ValueError(f"{source}: expected a 2-D class map, got shape {arr.shape}")
     if arr.size and (not np.issubdtype(arr.dtype, np.integer) and not np.issubdtype(arr.dtype, np.bool_)):
         if not np.all(np.mod(arr, 1) == 0):
             raise ValueError(f"{source}: class map holds non-integer values")
-    if arr.size and (arr.min() < 0 or arr.max() >= N_CLASSES):
-        bad = sorted(set(np.unique(arr[(arr < 0) | (arr >= N_CLASSES)]).tolist()))[:5]
-        raise ValueError(f"{source}: labels outside 0..{N_CLASSES - 1}: {bad}")
+    bad_px = (arr < 0) | (arr >= N_CLASSES)
+    if allow_ignore:
+        bad_px &= arr != IGNORE
+    if arr.size and bad_px.any():
+        bad = sorted(set(np.unique(arr[bad_px]).tolist()))[:5]
+        also = f" or {IGNORE} (ignored in training)" if allow_ignore else ""
+        raise ValueError(f"{source}: labels outside 0..{N_CLASSES - 1}{also}: {bad}")
     return arr.astype(np.uint8, copy=False)
+
+
+def border_cut_cells(labels: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels of cells cut by the image border (8-connected components of
+    ``labels`` > 0 that reach the first or last row or column) of an (H, W) class map."""
+    comp, _ = ndi.label(np.asarray(labels) > 0, structure=np.ones((3, 3), dtype=bool))
+    edge = np.unique(np.concatenate([comp[0], comp[-1], comp[:, 0], comp[:, -1]]))
+    return np.isin(comp, edge[edge > 0])
 
 
 def to_onehot(labels: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:

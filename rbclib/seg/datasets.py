@@ -58,10 +58,11 @@ def phase_to_input(phase: np.ndarray, *, in_channels: int = 3,
     return np.tile(x, reps)
 
 
-def read_pair(phase_path: str | Path, labels_path: str | Path) -> Pair:
-    """Read one phase TIFF and its class-map PNG; errors name the file on size mismatch."""
+def read_pair(phase_path: str | Path, labels_path: str | Path, *, allow_ignore: bool = False) -> Pair:
+    """Read one phase TIFF and its class-map PNG (``allow_ignore``: it may hold
+    ``rbclib.core.labels.IGNORE``); errors name the file on size mismatch."""
     phase = read_phase(phase_path).data
-    labels = read_labels(labels_path)
+    labels = read_labels(labels_path, allow_ignore=allow_ignore)
     if phase.shape != labels.shape:
         raise ImageFileError(labels_path, f"label map {labels.shape} does not match phase image {phase.shape} ({phase_path})")
     return Pair(phase=phase, labels=labels, name=Path(phase_path).stem)
@@ -95,9 +96,10 @@ def load_pairs(run_dir: str | Path, stems: str | Sequence[str]) -> list[Pair]:
     return pairs
 
 
-def load_pairs_folder(folder: str | Path) -> list[Pair]:
+def load_pairs_folder(folder: str | Path, *, allow_ignore: bool = False) -> list[Pair]:
     """Pairs from a folder holding ``phase/<id>.tif`` and ``labels/<id>.png`` (e.g. the
-    accepted synthetic pairs of 04, ``<run>/synthetic/train``), matched by id."""
+    accepted synthetic pairs of 04, ``<run>/synthetic/train``, whose labels hold
+    ``rbclib.core.labels.IGNORE``: pass ``allow_ignore``), matched by id."""
     folder = Path(folder)
     phase_dir, labels_dir = folder / "phase", folder / "labels"
     for d in (phase_dir, labels_dir):
@@ -111,7 +113,7 @@ def load_pairs_folder(folder: str | Path) -> list[Pair]:
         raise ImageFileError(folder, f"unmatched phase/label ids, e.g. {missing[:5]}")
     if not phases:
         raise ImageFileError(folder, "no phase/*.tif + labels/*.png pairs")
-    return [read_pair(phases[k], labels[k]) for k in sorted(phases)]
+    return [read_pair(phases[k], labels[k], allow_ignore=allow_ignore) for k in sorted(phases)]
 
 
 class PatchDataset(Dataset):

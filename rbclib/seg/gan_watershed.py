@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rbclib.core.distributed import average_gradients, broadcast_buffers
+from rbclib.core.labels import IGNORE
 from rbclib.core.training import autocast, fused_optimiser
 
 GENERATOR_WIDTHS = (64, 128, 256, 384, 512)
@@ -133,9 +134,13 @@ class Adversary:
         return self.weight * F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred))
 
     def update(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> float:
-        """One discriminator step (pix2pix: half the summed real and fake BCE) -> its loss."""
-        real = F.one_hot(y.long(), self.classes).permute(0, 3, 1, 2).float()
+        """One discriminator step (pix2pix: half the summed real and fake BCE) -> its loss.
+        Where ``y`` is ``IGNORE`` the real input takes the generator's probabilities, so the
+        two inputs differ only where the labels are known."""
         fake = logits.detach().float().softmax(1)
+        known = (y != IGNORE).unsqueeze(1)
+        real = F.one_hot(y.long().masked_fill(~known[:, 0], 0), self.classes).permute(0, 3, 1, 2).float()
+        real = torch.where(known, real, fake)
         pred_real, pred_fake = self._logits(x, real), self._logits(x, fake)
         loss = 0.5 * (F.binary_cross_entropy_with_logits(pred_real, torch.ones_like(pred_real))
                       + F.binary_cross_entropy_with_logits(pred_fake, torch.zeros_like(pred_fake)))

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from rbclib.seg.datasets import PHASE_RANGE_RAD, phase_to_input
-from rbclib.core.labels import instances_from_labels
+from rbclib.core.labels import IGNORE, instances_from_labels
 from rbclib.seg.tiles import blend_window, pad_to_min, paper_positions, tile_positions
 from rbclib.core.training import bf16_is_fast, channels_last, load_checkpoint, pick_device
 
@@ -204,8 +204,10 @@ def predict_paper_protocol(model: nn.Module, phase: np.ndarray, *, config: dict[
 
 
 def check_mask_classes(labels: np.ndarray, classes: int, *, source: str = "label map") -> None:
-    """Raise ValueError when a mask holds a class id the model cannot predict."""
-    top = int(np.max(labels)) if np.size(labels) else 0
+    """Raise ValueError when a mask holds a class id the model cannot predict (pixels of
+    ``rbclib.core.labels.IGNORE`` aside)."""
+    labels = np.asarray(labels)
+    top = int(np.max(labels[labels != IGNORE], initial=0))
     if top >= classes:
         raise ValueError(f"{source}: holds class {top}, but the model predicts only classes 0..{classes - 1}")
 

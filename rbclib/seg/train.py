@@ -29,6 +29,7 @@ from rbclib.seg.infer import check_mask_classes, model_from_config, predict_imag
 from rbclib.core.distributed import (barrier, broadcast_buffers, check_ranks_in_sync, mean_over_ranks, rank_share,
                                      start_distributed)
 from rbclib.core.files import write_json
+from rbclib.core.labels import IGNORE
 from rbclib.core.training import (CHECKPOINT, autocast, channels_last, fused_optimiser, load_checkpoint,
                                   progress as progress_bar, read_log_rows, save_checkpoint, write_log)
 
@@ -86,13 +87,15 @@ def make_config(config: dict[str, Any] | None = None, **overrides: Any) -> dict[
 
 class CEDiceLoss(nn.Module):
     """L_CE-Dice: ``ce_weight`` * cross-entropy + ``dice_weight`` * (1 - soft Dice), the
-    Dice averaged over the classes present in the batch (smp ``DiceLoss``)."""
+    Dice averaged over the classes present in the batch (smp ``DiceLoss``); pixels labelled
+    ``rbclib.core.labels.IGNORE`` count in neither."""
 
     def __init__(self, *, ce_weight: float = 1.0, dice_weight: float = 1.0):
         super().__init__()
         from segmentation_models_pytorch.losses import DiceLoss
 
-        self.ce, self.dice = nn.CrossEntropyLoss(), DiceLoss(mode="multiclass", from_logits=True)
+        self.ce = nn.CrossEntropyLoss(ignore_index=IGNORE)
+        self.dice = DiceLoss(mode="multiclass", from_logits=True, ignore_index=IGNORE)
         self.ce_weight, self.dice_weight = ce_weight, dice_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -183,7 +186,7 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
                                    phase_gain=tuple(cfg["phase_gain"]))
     sets: list[Dataset] = [grid]
     if extra_pairs_dir:
-        extra = load_pairs_folder(extra_pairs_dir)
+        extra = load_pairs_folder(extra_pairs_dir, allow_ignore=True)
         for pair in extra:
             check_mask_classes(pair.labels, int(cfg["classes"]), source=f"{extra_pairs_dir}: {pair.name}")
         sets.append(PatchDataset(extra, mode="cover", rotations=1, **kw))

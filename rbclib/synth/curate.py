@@ -11,7 +11,14 @@ curation can stop and resume at any time.
 
 Candidate folder: ``phase/<id>.tif`` (float32 rad), ``labels/<id>.png`` (uint8 0..4),
 ``candidates.csv`` (one row per pair: id, consistency, mean_confidence, n_<class> cell
-counts, frac_<class> pixel fractions, whole_cells, cell_quality).
+counts, n_whole_<class> counts of the cells not cut by the patch border, frac_<class> pixel
+fractions, whole_cells, cell_quality).
+
+The class balance counts whole cells only: in the training pairs written from the accepted
+candidates, the cells cut by the patch border are labelled ``rbclib.core.labels.IGNORE`` and
+stay out of the training loss. A border fragment shows neither the cell's class nor its
+shape, and the generated patches hold many of them (mostly discocyte neighbours of the cell
+asked for), so they would tip the set back towards the commonest class.
 """
 from __future__ import annotations
 
@@ -30,16 +37,21 @@ from rbclib.synth.morphology import cell_quality, cell_table
 from rbclib.synth.scores import CELL_THRESHOLD_RAD, consistency_score, mask_counts
 from rbclib.core.io import read_labels, read_phase, write_labels, write_phase
 from rbclib.core.files import back_up, read_json, write_csv, write_json
-from rbclib.core.labels import CELL_CLASS_NAMES
+from rbclib.core.labels import CELL_CLASS_NAMES, IGNORE, border_cut_cells
 
 COUNT_COLS = tuple(f"n_{name}" for name in CELL_CLASS_NAMES)
+"""Candidate columns: cells per class, border fragments included."""
+WHOLE_COLS = tuple(f"n_whole_{name}" for name in CELL_CLASS_NAMES)
+"""Candidate columns: cells per class not cut by the patch border, the cells training learns
+from (:func:`write_synthetic_train`) and the class balance counts."""
 
 SELECTION_RULE = (
     "The requested class balance, best cells first. Candidates must pass the active filters, "
-    "reach the minimum consistency score and hold at least one cell. Of all sets of the target "
-    "number of pairs, the one whose accepted cells come closest to the requested class shares "
-    "is taken (summed differences between each class's cells and its requested share of all "
-    "accepted cells; found exactly by mixed-integer programming). Among sets that come as "
+    "reach the minimum consistency score and hold at least one whole cell (cells cut by the patch "
+    "border are left out of training and of the balance). Of all sets of the target "
+    "number of pairs, the one whose accepted whole cells come closest to the requested class "
+    "shares is taken (summed differences between each class's cells and its requested share of "
+    "all accepted cells; found exactly by mixed-integer programming). Among sets that come as "
     "close, the one with the higher cell quality: the share of a pair's whole cells that look "
     "like real ones (area and peak phase inside the real cells' 5-95 % range of their class, "
     "one class per cell, mask fitting the phase with IoU >= 0.8; rbclib.synth.morphology). "
@@ -58,8 +70,9 @@ def write_candidates(phase: np.ndarray, labels: np.ndarray, confidence: np.ndarr
     """Write generated pairs (phase [rad], labels, confidence; each (n, H, W)) as candidates.
 
     Returns (and writes as ``candidates.csv``) the table of ids, consistency score, mean
-    confidence, cells per class, pixel fraction per class, ``whole_cells`` (cells not cut by
-    the patch border) and ``cell_quality`` (:func:`rbclib.synth.morphology.cell_quality`
+    confidence, cells per class (all, and not cut by the patch border;
+    :func:`rbclib.synth.scores.mask_counts`), pixel fraction per class, ``whole_cells`` (cells
+    of the phase not cut by the patch border, as the morphology score finds them) and ``cell_quality`` (:func:`rbclib.synth.morphology.cell_quality`
     against ``ranges``, the real cells' :func:`~rbclib.synth.morphology.real_ranges`; 0
     without them).
     """
@@ -84,17 +97,21 @@ def _cell_scores(phase: np.ndarray, labels: np.ndarray, ranges: dict | None, *, 
     return {"whole_cells": len(cells), "cell_quality": cell_quality(cells, ranges) if ranges else 0.0}
 
 
-def add_cell_quality(folder: str | Path, ranges: dict[str, dict[str, tuple[float, float]]], *,
-                     optics: Optics | None = None, threshold_rad: float = CELL_THRESHOLD_RAD,
-                     progress: bool = True) -> pd.DataFrame:
-    """Score the candidates of a folder written before ``cell_quality`` existed (or against
-    other ``ranges``): add or replace ``whole_cells`` and ``cell_quality`` in
-    ``candidates.csv`` (rewritten atomically; pairs and decisions untouched)."""
+def rescore_candidates(folder: str | Path, ranges: dict[str, dict[str, tuple[float, float]]], *,
+                       optics: Optics | None = None, threshold_rad: float = CELL_THRESHOLD_RAD,
+                       progress: bool = True) -> pd.DataFrame:
+    """Score the candidates of a folder written by an earlier version (or against other
+    ``ranges``): add or replace the cell counts of :func:`rbclib.synth.scores.mask_counts`,
+    ``whole_cells`` and ``cell_quality`` in ``candidates.csv`` (rewritten atomically; pairs and
+    decisions untouched)."""
     folder = Path(folder)
     table = read_candidates(folder)
     pixel_size_m = (optics or Optics()).pixel_size_m
-    scores = [_cell_scores(*load_candidate(folder, cid), ranges, pixel_size_m=pixel_size_m, threshold_rad=threshold_rad)
-              for cid in tqdm(table["id"], desc="scoring candidates", disable=not progress)]
+    scores = []
+    for cid in tqdm(table["id"], desc="scoring candidates", disable=not progress):
+        phase, labels = load_candidate(folder, cid)
+        scores.append({**mask_counts(labels), **_cell_scores(phase, labels, ranges, pixel_size_m=pixel_size_m,
+                                                             threshold_rad=threshold_rad)})
     table = table.assign(**pd.DataFrame(scores, index=table.index))
     write_csv(folder / "candidates.csv", table.reset_index(drop=True))
     return table
@@ -145,9 +162,10 @@ def filter_candidates(table: pd.DataFrame, *, classes_present: Iterable[str] = (
 
 
 def class_balance(table: pd.DataFrame, ids: Iterable[str] | None = None) -> pd.DataFrame:
-    """Cells per cell class (and share of all cells) over ``ids`` (default: all rows)."""
+    """Whole cells (not cut by the patch border) per cell class, and share of all of them, over
+    ``ids`` (default: all rows)."""
     sub = table if ids is None else table.loc[list(ids)]
-    counts = np.array([sub[c].sum() if len(sub) else 0 for c in COUNT_COLS], dtype=float)
+    counts = np.array([sub[c].sum() if len(sub) else 0 for c in WHOLE_COLS], dtype=float)
     share = counts / counts.sum() if counts.sum() else np.zeros_like(counts)
     return pd.DataFrame({"class": CELL_CLASS_NAMES, "cells": counts.astype(int), "share": share})
 
@@ -161,8 +179,8 @@ def class_request(request: dict[str, float] | str | None) -> np.ndarray:
 
 
 def balance_deviation_pp(table: pd.DataFrame, ids: Iterable[str], request: dict[str, float] | None = None) -> float:
-    """Largest difference [percentage points] between the class shares of the cells in ``ids``
-    and the requested shares (:func:`class_request`); nan when they hold no cell."""
+    """Largest difference [percentage points] between the class shares of the whole cells in
+    ``ids`` and the requested shares (:func:`class_request`); nan when they hold no such cell."""
     got = class_balance(table, ids)
     if got["cells"].sum() == 0:
         return float("nan")
@@ -178,14 +196,15 @@ def auto_select_balanced(table: pd.DataFrame, n_select: int, *, request: dict[st
     table: all candidates (index id); request: class name -> share of the accepted cells
     (default equal shares); already: ids accepted before (they count towards the shares and
     n_select); exclude: ids never to pick (rejected ones); pool: ids that may be picked
-    (default all, e.g. those passing a filter).
+    (default all, e.g. those passing a filter). Cells are counted whole (:data:`WHOLE_COLS`).
 
     The set is found exactly, by mixed-integer programming (``scipy.optimize.milp``): it
     minimises the summed differences between the cells of each class and the requested share
     of all accepted cells; among sets that are as close, it takes the higher cell quality, then
     consistency, then the earlier id. A greedy pick (the rule before 2026-12-02) lay 10.1
     points from an equal request on a quick run's 600 candidates, where the exact set lies
-    6.6; on the run before, 2.6-4.0 against 1.4 (largest difference of a class share).
+    6.6; on the run before, 2.6-4.0 against 1.4 (largest difference of a class share, every
+    cell counted, border fragments too, as then).
     """
     from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -194,7 +213,7 @@ def auto_select_balanced(table: pd.DataFrame, n_select: int, *, request: dict[st
     if pool is not None:
         ok &= table["id"].isin(set(pool))
     pool = table[ok]
-    counts = pool[list(COUNT_COLS)].to_numpy(float)
+    counts = pool[list(WHOLE_COLS)].to_numpy(float)
     keep = counts.sum(1) > 0
     ids, counts = pool["id"].to_numpy()[keep], counts[keep]
     consistency = pool["consistency"].to_numpy(float)[keep]
@@ -204,7 +223,7 @@ def auto_select_balanced(table: pd.DataFrame, n_select: int, *, request: dict[st
     n_pick = min(max(n_select - len(already), 0), len(ids))
     if n_pick == 0:
         return []
-    accepted = table.loc[already, list(COUNT_COLS)].to_numpy(float).sum(0) if already else np.zeros(len(CELL_CLASS_NAMES))
+    accepted = table.loc[already, list(WHOLE_COLS)].to_numpy(float).sum(0) if already else np.zeros(len(CELL_CLASS_NAMES))
     # variables: x (one 0/1 per candidate), then e_c >= |cells_c - target_c * all cells| per class
     n, k = len(ids), len(target)
     excess = counts - np.outer(counts.sum(1), target)        # a candidate's part in cells_c - target_c * all
@@ -315,13 +334,15 @@ def write_selection(path: str | Path, store: CurationDecisions, *, mode: str, ru
 def write_synthetic_train(candidates: str | Path, ids: Iterable[str], out_dir: str | Path, *,
                           optics: Optics | None = None, progress: bool = True) -> list[str]:
     """Accepted pairs with x4 rotations (0, 90, 180, 270 deg) as ``phase/<id>_r<k>.tif`` +
-    ``labels/<id>_r<k>.png`` under ``out_dir``; returns the written ids."""
+    ``labels/<id>_r<k>.png`` under ``out_dir``, the cells cut by the patch border labelled
+    ``IGNORE`` (left out of the training loss); returns the written ids."""
     out, written = Path(out_dir), []
     for cid in tqdm(list(ids), desc="writing synthetic pairs", disable=not progress):
         phase, labels = load_candidate(candidates, cid)
+        labels = np.where(border_cut_cells(labels), IGNORE, labels).astype(np.uint8)
         for k in range(4):
             rid = f"{cid}_r{k}"
             write_phase(out / "phase" / f"{rid}.tif", np.rot90(phase, k), optics)
-            write_labels(out / "labels" / f"{rid}.png", np.rot90(labels, k))
+            write_labels(out / "labels" / f"{rid}.png", np.rot90(labels, k), allow_ignore=True)
             written.append(rid)
     return written

@@ -20,7 +20,7 @@ from scipy import linalg
 from scipy import ndimage as ndi
 
 from rbclib.seg.datasets import CropPicker
-from rbclib.core.labels import CELL_CLASSES, CLASS_NAMES, N_CLASSES, instances_from_labels
+from rbclib.core.labels import CELL_CLASSES, CLASS_NAMES, N_CLASSES, border_cut_cells, instances_from_labels
 
 FEATURE_NAMES = ("q10_rad", "q50_rad", "q90_rad", "q99_rad", "std_rad", "cell_area_frac",
                  "cell_mean_rad", "grad_mean_rad_px", "laplace_energy", "n_blobs", "mean_blob_px")
@@ -83,14 +83,19 @@ def phase_distribution_distance(real: np.ndarray, generated: np.ndarray, *, seed
 
 
 def mask_counts(labels: np.ndarray) -> dict[str, float]:
-    """Cells (connected components) per cell class and pixel fraction per class of one mask."""
+    """Of one (H, W) mask: cells (connected components) per cell class (``n_<class>``), those of
+    them not cut by the border (``n_whole_<class>``, :func:`rbclib.core.labels.border_cut_cells`)
+    and the pixel fraction per class (``frac_<class>``)."""
     labels = np.asarray(labels)
     inst = instances_from_labels(labels)
+    cut = set(np.unique(inst[border_cut_cells(labels)]).tolist())
     out: dict[str, float] = {}
     ids = np.unique(inst[inst > 0])
     cls_of = {int(i): int(np.bincount(labels[inst == i], minlength=N_CLASSES).argmax()) for i in ids}
     for c in CELL_CLASSES:
         out[f"n_{CLASS_NAMES[c]}"] = float(sum(1 for v in cls_of.values() if v == c))
+    for c in CELL_CLASSES:
+        out[f"n_whole_{CLASS_NAMES[c]}"] = float(sum(1 for i, v in cls_of.items() if v == c and i not in cut))
     for c in range(N_CLASSES):
         out[f"frac_{CLASS_NAMES[c]}"] = float(np.mean(labels == c))
     return out
