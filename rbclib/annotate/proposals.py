@@ -16,6 +16,7 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from rbclib.core.config import Optics
 from rbclib.core.io import read_phase
+from rbclib.core.labels import edge_ids
 from rbclib.seg.metrics import aji, match_instances
 
 
@@ -76,9 +77,8 @@ def propose_cells(phase: np.ndarray, *, threshold_rad: float | None = None, pixe
 def _flags(inst: np.ndarray, *, pixel_size_m: float, min_area_um2: float) -> pd.DataFrame:
     ids = np.arange(1, int(inst.max(initial=0)) + 1)
     area = np.bincount(inst.ravel(), minlength=ids.size + 1)[1:]
-    border = np.unique(np.concatenate([inst[0], inst[-1], inst[:, 0], inst[:, -1]]))
     min_px = min_area_um2 * 1e-12 / pixel_size_m ** 2
-    return pd.DataFrame({"cell_id": ids, "area_px": area, "touches_edge": np.isin(ids, border), "tiny": area < min_px})
+    return pd.DataFrame({"cell_id": ids, "area_px": area, "touches_edge": np.isin(ids, edge_ids(inst)), "tiny": area < min_px})
 
 
 def proposal_quality(proposed: np.ndarray, true_instances: np.ndarray) -> dict[str, float]:

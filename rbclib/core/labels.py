@@ -52,12 +52,19 @@ def check_labels(labels: np.ndarray, *, source: str = "label map", allow_ignore:
     return arr.astype(np.uint8, copy=False)
 
 
+def edge_ids(instances: np.ndarray) -> np.ndarray:
+    """Sorted ids (> 0) of the instances of an (H, W) instance map that reach its first or last
+    row or column (cells cut by the image border)."""
+    inst = np.asarray(instances)
+    edge = np.unique(np.concatenate([inst[0], inst[-1], inst[:, 0], inst[:, -1]]))
+    return edge[edge > 0]
+
+
 def border_cut_cells(labels: np.ndarray) -> np.ndarray:
     """(H, W) bool: the pixels of cells cut by the image border (8-connected components of
     ``labels`` > 0 that reach the first or last row or column) of an (H, W) class map."""
     comp, _ = ndi.label(np.asarray(labels) > 0, structure=np.ones((3, 3), dtype=bool))
-    edge = np.unique(np.concatenate([comp[0], comp[-1], comp[:, 0], comp[:, -1]]))
-    return np.isin(comp, edge[edge > 0])
+    return np.isin(comp, edge_ids(comp))
 
 
 def to_onehot(labels: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:

@@ -28,7 +28,7 @@ from scipy import ndimage as ndi
 
 from rbclib.core.config import Optics
 from rbclib.physics.holography import median_and_robust_std, robust_std
-from rbclib.core.labels import CELL_CLASSES, CLASS_COLOURS, CLASS_IDS, CLASS_NAMES
+from rbclib.core.labels import CELL_CLASSES, CLASS_COLOURS, CLASS_IDS, CLASS_NAMES, edge_ids
 from rbclib.core.paths import source_checkout
 
 EQUAL_MIXTURE: dict[str, float] = {CLASS_NAMES[c]: 1 / len(CELL_CLASSES) for c in CELL_CLASSES}
@@ -69,8 +69,7 @@ def cells_per_1000um2(instances: np.ndarray, *, pixel_size_m: float) -> float:
     """Cell density of an instance map (H, W) [cells per 1000 um^2]; cells touching the image
     edge count one half (about their share inside the field)."""
     ids = np.unique(instances[instances > 0])
-    edge = np.unique(np.concatenate([instances[0], instances[-1], instances[:, 0], instances[:, -1]]))
-    n = ids.size - 0.5 * np.count_nonzero(edge > 0)
+    n = ids.size - 0.5 * edge_ids(instances).size
     return float(n / (instances.size * (pixel_size_m * 1e6) ** 2) * 1000)
 
 
