@@ -49,6 +49,8 @@ from scipy import ndimage, optimize
 from rbclib.core.config import Optics
 from rbclib.core.files import ImageFileError
 from rbclib.core.io import check_image
+from rbclib.physics.phase_kernels import (MAD_TO_STD, block_means, jump_blocks, median, median_and_mad,
+                                          masked_normal_equations, robust_inliers, subtract_poly_and_wrap)
 
 FilterName = Literal["disk", "smooth disk", "gauss"]
 
@@ -225,13 +227,6 @@ def _eval_poly_at(coef: np.ndarray, y: np.ndarray, x: np.ndarray, order: int) ->
     return sum(c * t for c, t in zip(coef, _poly_terms(y, x, order)))
 
 
-def _wrap(phase: np.ndarray) -> np.ndarray:
-    """Phase wrapped into [-pi, pi), in place for float arrays."""
-    turns = np.floor((phase + np.pi) * (1 / (2 * np.pi)))
-    phase -= (2 * np.pi) * turns
-    return phase
-
-
 def angular_spectrum(field: np.ndarray, distance_m: float, optics: Optics) -> np.ndarray:
     """Propagate a complex field by ``distance_m`` [m] in the medium (angular spectrum).
 
@@ -289,8 +284,9 @@ def autofocus(field: np.ndarray, optics: Optics, *, interval_m: tuple[float, flo
 def _unwrap_where_wrapped(phase: np.ndarray, *, margin: int = 6) -> bool:
     """Unwrap ``phase`` [rad] in place, only in boxes around its 2-pi jumps; True if any.
 
-    Jumps are found between neighbouring pixels and marked on a grid of 8 px blocks; blocks
-    with jumps, grown by one block, form groups. Each group's box, grown by ``margin`` px, is
+    Jumps are found between neighbouring pixels and marked on a grid of 8 px blocks
+    (:func:`~rbclib.physics.phase_kernels.jump_blocks`); blocks with jumps, grown by one
+    block, form groups. Each group's box, grown by ``margin`` px, is
     unwrapped with scikit-image and then shifted by the multiple of 2 pi that keeps its border,
     which lies outside every wrapped region, where it was. (The block grid replaced a
     full-resolution dilation and labelling, 9 of a reconstruction's 41 ms, with the same phase
@@ -299,20 +295,11 @@ def _unwrap_where_wrapped(phase: np.ndarray, *, margin: int = 6) -> bool:
     """
     from skimage.restoration import unwrap_phase
 
-    block = 8  # px: 8 booleans make one 64-bit word
-    jy = np.abs(np.diff(phase, axis=0)) > np.pi
-    jx = np.abs(np.diff(phase, axis=1)) > np.pi
-    if not (jy.any() or jx.any()):
+    block = 8  # px, as jump_blocks
+    blocks = jump_blocks(phase)  # a jump marks the first pixel of its pair; the margin covers the second
+    if not blocks.any():
         return False
     h, w = phase.shape
-    ny, nx = -(-h // block), -(-w // block)
-    jumps = np.zeros((ny * block, nx * block), bool)
-    jumps[:h - 1, :w] |= jy  # a jump marks the first pixel of its pair; the margin covers the second
-    jumps[:h, :w - 1] |= jx
-    # any jump per block: each row's 8 booleans of a block read as one 64-bit word (40x faster
-    # than numpy's any over the reshaped axes)
-    blocks = (jumps.view(np.uint64) != 0).reshape(ny, block, nx).any(axis=1)
-    blocks = ndimage.binary_dilation(blocks, structure=np.ones((3, 3), bool))
     groups, _ = ndimage.label(blocks)
     for box in ndimage.find_objects(groups):
         sl = (slice(max(box[0].start * block - margin, 0), min(box[0].stop * block + margin, h)),
@@ -320,25 +307,23 @@ def _unwrap_where_wrapped(phase: np.ndarray, *, margin: int = 6) -> bool:
         crop = phase[sl]
         done = unwrap_phase(crop.astype(np.float64))
         edge = np.concatenate([(crop - done)[[0, -1], :].ravel(), (crop - done)[:, [0, -1]].ravel()])
-        turns = np.round(np.median(edge) / (2 * np.pi))
+        turns = np.round(median(edge) / (2 * np.pi))
         phase[sl] = (done + 2 * np.pi * turns).astype(phase.dtype)
     return True
-
-
-MAD_TO_STD = 1.482602218505602
-"""1 / Phi^-1(3/4): the median absolute deviation of a normal sample times this is its s.d."""
 
 
 def median_and_robust_std(values: np.ndarray) -> tuple[float, float]:
     """(median, robust standard deviation) of ``values`` (any shape; NaNs when empty). The
     robust s.d. is the normal-scaled median absolute deviation, 1.4826 x MAD: the same value
     as ``scipy.stats.median_abs_deviation(scale="normal")`` without its 0.3 ms of argument
-    handling per call, which made a third of a reconstruction's time. Two ``np.median`` calls."""
-    v = np.asarray(values).ravel()
+    handling per call, which made a third of a reconstruction's time. Compiled
+    (:func:`~rbclib.physics.phase_kernels.median_and_mad`): 2-4x faster than two ``np.median``
+    calls on the 4 k-25 k values of a reconstruction's robust fits."""
+    v = np.ascontiguousarray(values).ravel()
     if not v.size:
         return math.nan, math.nan
-    med = np.median(v)
-    return float(med), float(MAD_TO_STD * np.median(np.abs(v - med)))
+    med, mad = median_and_mad(v)
+    return float(med), float(MAD_TO_STD * mad)
 
 
 def robust_std(values: np.ndarray) -> float:
@@ -347,26 +332,22 @@ def robust_std(values: np.ndarray) -> float:
     return median_and_robust_std(values)[1]
 
 
-def _robust_background(phase: np.ndarray, *, n_sigma: float = 3.0, iterations: int = 4) -> np.ndarray:
-    """Mask of background pixels: iteratively drop pixels beyond n_sigma robust sigma."""
-    mask = np.ones(phase.shape, bool)
-    for _ in range(iterations):
-        med, sigma = median_and_robust_std(phase[mask])
-        new = np.abs(phase - med) < n_sigma * (sigma + 1e-9)
-        if new.sum() < 0.05 * phase.size or np.array_equal(new, mask):
-            break
-        mask = new
-    return mask
+def _robust_background(phase: np.ndarray) -> np.ndarray:
+    """Mask of background pixels (same shape as ``phase``): pixels beyond 3 robust sigma
+    dropped iteratively, 4 times at most (:func:`~rbclib.physics.phase_kernels.robust_inliers`)."""
+    return robust_inliers(phase.ravel(), 3.0, 4).reshape(phase.shape)
 
 
 def _iterative_fit(terms: np.ndarray, values: np.ndarray, mask: np.ndarray, valid: np.ndarray,
                    *, n_sigma: float = 3.0, iterations: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares fit of ``values`` on ``terms`` (N, K), excluding outliers (cells)
-    beyond ``n_sigma`` robust sigma of the residual at each pass; returns (coef, mask)."""
+    """Least-squares fit of ``values`` (N,) on ``terms`` (N, K) over ``mask`` (N,) bool, refitted
+    up to ``iterations`` times over the ``valid`` points whose residual lies within ``n_sigma``
+    robust s.d. of its median (cells drop out); stops when the mask no longer changes or would
+    keep fewer than 10 K points. Returns (coef (K,), mask (N,))."""
+    terms_t = np.ascontiguousarray(terms.T)
     coef = np.zeros(terms.shape[1])
     for _ in range(iterations):
-        a = terms[mask]
-        coef = np.linalg.solve(a.T @ a, a.T @ values[mask])  # normal equations: K is small
+        coef = np.linalg.solve(*masked_normal_equations(terms_t, values, mask.astype(np.float64)))
         resid = values - terms @ coef
         med, sigma = median_and_robust_std(resid[mask])
         new = (np.abs(resid - med) < n_sigma * (sigma + 1e-9)) & valid
@@ -547,7 +528,7 @@ class Reconstructor:
             mag = np.abs(box)
             iy, ix = np.unravel_index(int(np.argmax(mag)), mag.shape)
             off = math.hypot((iy - box.shape[0] // 2) / self.shape[0], (ix - box.shape[1] // 2) / self.shape[1])
-            if off > 0.25 * self._setup["radius"] or mag[iy, ix] < 20 * float(np.median(mag)):
+            if off > 0.25 * self._setup["radius"] or mag[iy, ix] < 20 * median(mag.ravel()):
                 self._prepare(find_sideband(img, source=source))
                 box = self._box(spec)
         return box
@@ -611,8 +592,9 @@ class Reconstructor:
         elif mode == "numerical":
             ratio = None
             phase = np.angle(field)
-            phase -= self._fit_aberration(box)  # fitted on the background: the medium ends near 0
-            phase = _wrap(phase)
+            # the aberration, fitted on the background, out (the medium ends near 0) and wrapped
+            subtract_poly_and_wrap(phase, self._fit_aberration(box), (np.arange(h) - h / 2) / (h / 2),
+                                   (np.arange(w) - w / 2) / (w / 2), self.poly_order)
             amplitude = functools.partial(_amplitude_rel, field)
         else:
             ry, rx = self._setup["residual"]
@@ -648,7 +630,7 @@ class Reconstructor:
             phase -= self._residual_surface(coarse, coarse_bg, step)
             coarse = phase[::step, ::step]
             coarse_bg = _robust_background(coarse)
-        offset = float(np.median(coarse[coarse_bg]))
+        offset = median(coarse[coarse_bg])
         phase -= np.float32(offset)
         coarse = phase[::step, ::step]
         if mode == "background":
@@ -676,7 +658,9 @@ class Reconstructor:
                           self.residual_order)
 
     def _fit_aberration(self, box: np.ndarray) -> np.ndarray:
-        """Polynomial phase [rad] (H, W) fitted on the background of the low-resolution field.
+        """Coefficients (as :func:`_poly_terms`, order ``poly_order``, at the coordinates
+        (i - H/2) / (H/2), (j - W/2) / (W/2) of the full-size pixels) of the polynomial phase
+        [rad] fitted on the background of the low-resolution field.
 
         Two passes, both robust fits (:meth:`_fit_medium`) on a grid of <= ~64 x 64 points. A
         first surface comes from the field averaged over blocks, unwrapped. The field flattened
@@ -696,40 +680,39 @@ class Reconstructor:
         ry, rx = self._setup["residual"]
         low *= np.exp(-2j * np.pi * ry * np.arange(my)[:, None] * (h / my)).astype(np.complex64)
         low *= np.exp(-2j * np.pi * rx * np.arange(mx)[None, :] * (w / mx)).astype(np.complex64)
-        yn = ((np.arange(my) * (h / my) - h / 2) / (h / 2))[:, None] * np.ones((1, mx))
-        xn = ((np.arange(mx) * (w / mx) - w / 2) / (w / 2))[None, :] * np.ones((my, 1))
+        y_low = (np.arange(my) * (h / my) - h / 2) / (h / 2)
+        x_low = (np.arange(mx) * (w / mx) - w / 2) / (w / 2)
+        yn = y_low[:, None] * np.ones((1, mx))
+        xn = x_low[None, :] * np.ones((my, 1))
         amp = np.abs(low)
         sub = max(1, int(math.ceil(max(my, mx) / 64)))
-        valid = amp > 0.2 * np.median(amp[::sub, ::sub])
+        valid = amp > 0.2 * median(amp[::sub, ::sub].ravel())
         by, bx = my // sub, mx // sub
-
-        def blocks(a: np.ndarray) -> np.ndarray:
-            return a[:by * sub, :bx * sub].reshape(by, sub, bx, sub).mean(axis=(1, 3))
-
-        coarse = unwrap_phase(np.angle(blocks(low)).astype(np.float64))
-        coef = self._fit_medium(coarse, blocks(yn), blocks(xn), blocks(valid) > 0.5)
-        surface = _eval_poly_at(coef, yn, xn, self.poly_order)
+        y_blocks = y_low[:by * sub].reshape(by, sub).mean(axis=1)[:, None] * np.ones((1, bx))
+        x_blocks = x_low[:bx * sub].reshape(bx, sub).mean(axis=1)[None, :] * np.ones((by, 1))
+        coarse = unwrap_phase(np.angle(block_means(low, sub)).astype(np.float64))
+        coef = self._fit_medium(coarse, y_blocks, x_blocks, block_means(valid.astype(np.float32), sub) > 0.5)
         # flattened by the first surface, only objects of more than pi (cells) still wrap:
         # unwrap around them, at the full low resolution that resolves their edges
-        residual = np.angle(low * np.exp(-1j * surface).astype(np.complex64))
+        residual = np.angle(low)
+        subtract_poly_and_wrap(residual, coef, y_low, x_low, self.poly_order)
         _unwrap_where_wrapped(residual)
-        unwrapped = (surface + residual)[::sub, ::sub]
         yn, xn, valid = yn[::sub, ::sub], xn[::sub, ::sub], valid[::sub, ::sub]
+        unwrapped = _eval_poly_at(coef, yn, xn, self.poly_order) + residual[::sub, ::sub]
         coef = self._fit_medium(unwrapped, yn, xn, valid)
         # the sub-bin tilt is linear, 2 pi ry y = 2 pi ry h/2 (y_n + 1) (the same for x): one
         # polynomial holds both
         coef[0] += 2 * np.pi * (ry * h / 2 + rx * w / 2)
         coef[1] += 2 * np.pi * ry * h / 2
         coef[2] += 2 * np.pi * rx * w / 2
-        return _eval_poly(coef, (np.arange(h) - h / 2) / (h / 2), (np.arange(w) - w / 2) / (w / 2),
-                          self.poly_order)
+        return coef
 
     def _fit_medium(self, phase: np.ndarray, yn: np.ndarray, xn: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Coefficients (as :func:`_poly_terms`, order ``poly_order``) of the polynomial fitted to
         ``phase`` [rad] at the coordinates ``yn``, ``xn`` (same shape, -1..1) over the ``valid``
         pixels, robustly (:func:`_iterative_fit`). Tilt first, then the full order from the
         tilt's background: a large object cannot pull a curved surface under itself."""
-        values, valid = phase.ravel(), valid.ravel()
+        values, valid = np.ascontiguousarray(phase, dtype=np.float64).ravel(), valid.ravel()
         mask = valid
         for order in sorted({min(1, self.poly_order), self.poly_order}):
             terms = np.stack([t.ravel() for t in _poly_terms(yn, xn, order)], axis=1)
