@@ -131,3 +131,8 @@ def test_jump_blocks_threshold_is_pi():
     got = K.jump_blocks(phase)
     np.testing.assert_array_equal(got, _numpy_jump_blocks(phase))
     assert got[40 // 8, 50 // 8] and not got[10 // 8, 10 // 8]
+
+
+def test_median_of_nothing_is_nan():
+    assert np.isnan(K.median(np.zeros(0)))
+    assert all(np.isnan(v) for v in K.median_and_mad(np.zeros(0, np.float32)))

@@ -86,13 +86,18 @@ def jump_blocks(phase: np.ndarray) -> np.ndarray:
 @njit(cache=True, nogil=True)
 def block_means(image: np.ndarray, size: int) -> np.ndarray:
     """Means of ``image`` (H, W), float or complex, over blocks of ``size`` x ``size`` px:
-    (H // size, W // size), the rows and columns beyond whole blocks left out; 10x faster than
-    numpy's mean over the reshaped axes on a 297 x 297 complex field."""
+    (H // size, W // size), the rows and columns beyond whole blocks left out; 6x faster than
+    numpy's mean over the reshaped axes on a 297 x 297 complex field (blocks of 5 px)."""
     by, bx = image.shape[0] // size, image.shape[1] // size
     out = np.zeros((by, bx), image.dtype)
     for i in range(by * size):
-        for j in range(bx * size):
-            out[i // size, j // size] += image[i, j]
+        row = image[i]
+        sums = out[i // size]
+        for b in range(bx):
+            s = row[b * size]
+            for k in range(1, size):
+                s += row[b * size + k]
+            sums[b] += s
     return out / (size * size)
 
 
@@ -102,10 +107,12 @@ _SELECT_SORT = 2048  # values few enough to sort
 
 @njit(cache=True, nogil=True)
 def _middle_values(values: np.ndarray) -> tuple[float, float]:
-    """The values of ranks (n - 1) // 2 and n // 2 (0-based) of ``values`` (1-D, n > 0), exactly;
-    NaNs when a value is NaN (as ``np.median``). Each pass histograms the values and keeps
+    """The values of ranks (n - 1) // 2 and n // 2 (0-based) of ``values`` (1-D), exactly; NaNs
+    when a value is NaN or there is none (as ``np.median``). Each pass histograms the values and keeps
     those in the bins holding the two ranks (the bin is monotonic in the value), until few
     enough are left to sort."""
+    if values.size == 0:
+        return math.nan, math.nan
     k1, k2 = (values.size - 1) // 2, values.size // 2
     left = values
     lo = hi = values[0]
@@ -148,9 +155,10 @@ def _middle_values(values: np.ndarray) -> tuple[float, float]:
 
 @njit(cache=True, nogil=True)
 def median(values: np.ndarray) -> float:
-    """The value ``np.median`` gives for ``values`` (1-D, non-empty; the mean of the two middle
-    values, in their dtype, for an even count), about 3x faster on the 4 k-90 k values of a
-    reconstruction's robust statistics (exact selection, :func:`_middle_values`)."""
+    """The value ``np.median`` gives for ``values`` (1-D; the mean of the two middle
+    values, in their dtype, for an even count; NaN when empty): 2x faster on 4 k values, 4-6x
+    on the 25 k-90 k values of a reconstruction's robust statistics (exact selection,
+    :func:`_middle_values`)."""
     a, b = _middle_values(values)
     if values.size % 2:
         return float(a)
@@ -159,8 +167,8 @@ def median(values: np.ndarray) -> float:
 
 @njit(cache=True, nogil=True)
 def median_and_mad(values: np.ndarray) -> tuple[float, float]:
-    """(median, median absolute deviation) of ``values`` (1-D, non-empty), as ``np.median``
-    computes them (:func:`median`)."""
+    """(median, median absolute deviation) of ``values`` (1-D), as ``np.median`` computes them
+    (:func:`median`)."""
     med = median(values)
     return med, median(np.abs(values - values.dtype.type(med)))
 
