@@ -134,6 +134,20 @@ def spectrum_image(hologram: np.ndarray) -> np.ndarray:
     return np.log10(spec + 1e-3).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=4)
+def _sideband_search_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(Hann window (H, W) float32, fy (H, 1), fx (1, W // 2 + 1) [cycles/px], radius |f|
+    (H, W // 2 + 1)) of the sideband search on an (H, W) hologram, rows from -1/2 to 1/2, kept
+    for the next hologram of that shape (4 of a search's 16 ms; read-only arrays)."""
+    win = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
+    fy = (np.arange(h) - h // 2)[:, None] / h
+    fx = np.arange(w // 2 + 1)[None, :] / w
+    rho = np.hypot(fy, fx)
+    for a in (win, fy, fx, rho):
+        a.flags.writeable = False
+    return win, fy, fx, rho
+
+
 def find_sideband(hologram: np.ndarray, *, source: str = "<array>", dc_radius: float = 0.04,
                   smooth_bins: float | None = None) -> tuple[float, float]:
     """Carrier (fy, fx) of one sideband [cycles/px], fx >= 0.
@@ -145,15 +159,12 @@ def find_sideband(hologram: np.ndarray, *, source: str = "<array>", dc_radius: f
     """
     img = _float_image(hologram, source)
     h, w = img.shape
-    win = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
+    win, fy, fx, rho = _sideband_search_grid(h, w)
     spec = np.abs(sfft.rfft2((img - img.mean()) * win, workers=-1))
     logmag = np.log(spec + 1e-6 * max(spec.max(), 1e-12))
     logmag = np.fft.fftshift(logmag, axes=0)  # rows: fy from -1/2 to 1/2
     sigma = smooth_bins if smooth_bins is not None else max(1.5, 0.004 * max(h, w))
     smooth = ndimage.gaussian_filter(logmag, sigma, mode=("wrap", "nearest"))
-    fy = (np.arange(h) - h // 2)[:, None] / h
-    fx = np.arange(w // 2 + 1)[None, :] / w
-    rho = np.hypot(fy, fx)
     valid = rho > dc_radius
     # the edge streaks of the camera frame run along the axes: mask a few bins there
     axis_bins = max(2, int(round(0.005 * max(h, w))))
