@@ -126,9 +126,11 @@ def _middle_values(values: np.ndarray) -> tuple[float, float]:
         if lo == hi:
             return lo, lo
         scale = (_SELECT_BINS - 1) / (float(hi) - float(lo))
+        if not 0.0 < scale < math.inf:  # a range that overflows, or of subnormals: sort
+            break
         counts = np.zeros(_SELECT_BINS, np.int64)
         for v in left:
-            counts[int((float(v) - float(lo)) * scale)] += 1
+            counts[min(int((float(v) - float(lo)) * scale), _SELECT_BINS - 1)] += 1
         below = 0  # values in the bins before ``first``
         first = 0
         while below + counts[first] <= k1:
@@ -144,7 +146,7 @@ def _middle_values(values: np.ndarray) -> tuple[float, float]:
         picked = np.empty(upto - below, values.dtype)
         m = 0
         for v in left:
-            b = int((float(v) - float(lo)) * scale)
+            b = min(int((float(v) - float(lo)) * scale), _SELECT_BINS - 1)
             if first <= b <= last:
                 picked[m] = v
                 m += 1
