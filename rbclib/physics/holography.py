@@ -685,32 +685,24 @@ class Reconstructor:
         from skimage.restoration import unwrap_phase
 
         low = self._to_low(box)
-        my, mx = low.shape
+        grid = self._low_grid(low.shape)
         h, w = self.shape
         # the integer demodulation leaves a sub-bin tilt: remove it first
         ry, rx = self._setup["residual"]
-        low *= np.exp(-2j * np.pi * ry * np.arange(my)[:, None] * (h / my)).astype(np.complex64)
-        low *= np.exp(-2j * np.pi * rx * np.arange(mx)[None, :] * (w / mx)).astype(np.complex64)
-        y_low = (np.arange(my) * (h / my) - h / 2) / (h / 2)
-        x_low = (np.arange(mx) * (w / mx) - w / 2) / (w / 2)
-        yn = y_low[:, None] * np.ones((1, mx))
-        xn = x_low[None, :] * np.ones((my, 1))
+        low *= grid["tilt_y"]
+        low *= grid["tilt_x"]
         amp = np.abs(low)
-        sub = max(1, int(math.ceil(max(my, mx) / 64)))
+        sub = grid["sub"]
         valid = amp > 0.2 * median(amp[::sub, ::sub].ravel())
-        by, bx = my // sub, mx // sub
-        y_blocks = y_low[:by * sub].reshape(by, sub).mean(axis=1)[:, None] * np.ones((1, bx))
-        x_blocks = x_low[:bx * sub].reshape(bx, sub).mean(axis=1)[None, :] * np.ones((by, 1))
         coarse = unwrap_phase(np.angle(block_means(low, sub)).astype(np.float64))
-        coef = self._fit_medium(coarse, y_blocks, x_blocks, block_means(valid.astype(np.float32), sub) > 0.5)
+        coef = self._fit_medium(coarse, grid["block_terms"], block_means(valid.astype(np.float32), sub) > 0.5)
         # flattened by the first surface, only objects of more than pi (cells) still wrap:
         # unwrap around them, at the full low resolution that resolves their edges
         residual = np.angle(low)
-        subtract_poly_and_wrap(residual, coef, y_low, x_low, self.poly_order)
+        subtract_poly_and_wrap(residual, coef, grid["y"], grid["x"], self.poly_order)
         _unwrap_where_wrapped(residual)
-        yn, xn, valid = yn[::sub, ::sub], xn[::sub, ::sub], valid[::sub, ::sub]
-        unwrapped = _eval_poly_at(coef, yn, xn, self.poly_order) + residual[::sub, ::sub]
-        coef = self._fit_medium(unwrapped, yn, xn, valid)
+        unwrapped = _eval_poly_at(coef, grid["y_sub"], grid["x_sub"], self.poly_order) + residual[::sub, ::sub]
+        coef = self._fit_medium(unwrapped, grid["sub_terms"], valid[::sub, ::sub])
         # the sub-bin tilt is linear, 2 pi ry y = 2 pi ry h/2 (y_n + 1) (the same for x): one
         # polynomial holds both
         coef[0] += 2 * np.pi * (ry * h / 2 + rx * w / 2)
@@ -718,16 +710,48 @@ class Reconstructor:
         coef[2] += 2 * np.pi * rx * w / 2
         return coef
 
-    def _fit_medium(self, phase: np.ndarray, yn: np.ndarray, xn: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def _low_grid(self, shape: tuple[int, int]) -> dict[str, Any]:
+        """What :meth:`_fit_aberration` needs of the low-resolution grid ``shape`` (my, mx), made
+        once per set-up: the sub-bin tilt ramps (complex64 (my, 1), (1, mx)), the coordinates
+        y (my,), x (mx,) of its points (-1..1 over the full image), the subsampling step
+        ``sub`` (<= ~64 points a side), the coordinates y_sub, x_sub (2-D) of the subsampled
+        points, and the polynomial terms (:func:`_poly_terms`, (N, K) per order of
+        :meth:`_fit_medium`) on the block means and on the subsampled points."""
+        key = ("low_grid", shape)
+        if key not in self._setup:
+            my, mx = shape
+            h, w = self.shape
+            ry, rx = self._setup["residual"]
+            y = (np.arange(my) * (h / my) - h / 2) / (h / 2)
+            x = (np.arange(mx) * (w / mx) - w / 2) / (w / 2)
+            sub = max(1, int(math.ceil(max(my, mx) / 64)))
+            by, bx = my // sub, mx // sub
+            y_blocks = y[:by * sub].reshape(by, sub).mean(axis=1)[:, None] * np.ones((1, bx))
+            x_blocks = x[:bx * sub].reshape(bx, sub).mean(axis=1)[None, :] * np.ones((by, 1))
+            y_sub = (y[:, None] * np.ones((1, mx)))[::sub, ::sub]
+            x_sub = (x[None, :] * np.ones((my, 1)))[::sub, ::sub]
+            orders = sorted({min(1, self.poly_order), self.poly_order})
+
+            def terms(yc: np.ndarray, xc: np.ndarray) -> dict[int, np.ndarray]:
+                return {o: np.stack([t.ravel() for t in _poly_terms(yc, xc, o)], axis=1) for o in orders}
+
+            self._setup[key] = {
+                "tilt_y": np.exp(-2j * np.pi * ry * np.arange(my)[:, None] * (h / my)).astype(np.complex64),
+                "tilt_x": np.exp(-2j * np.pi * rx * np.arange(mx)[None, :] * (w / mx)).astype(np.complex64),
+                "y": y, "x": x, "sub": sub, "y_sub": y_sub, "x_sub": x_sub,
+                "block_terms": terms(y_blocks, x_blocks), "sub_terms": terms(y_sub, x_sub)}
+        return self._setup[key]
+
+    def _fit_medium(self, phase: np.ndarray, terms: dict[int, np.ndarray], valid: np.ndarray) -> np.ndarray:
         """Coefficients (as :func:`_poly_terms`, order ``poly_order``) of the polynomial fitted to
-        ``phase`` [rad] at the coordinates ``yn``, ``xn`` (same shape, -1..1) over the ``valid``
-        pixels, robustly (:func:`_iterative_fit`). Tilt first, then the full order from the
-        tilt's background: a large object cannot pull a curved surface under itself."""
+        ``phase`` [rad] over the ``valid`` pixels (same shape), robustly (:func:`_iterative_fit`),
+        with ``terms`` {order: (N, K)} at the pixels' coordinates (:meth:`_low_grid`). Tilt first,
+        then the full order from the tilt's background: a large object cannot pull a curved
+        surface under itself."""
         values, valid = np.ascontiguousarray(phase, dtype=np.float64).ravel(), valid.ravel()
         mask = valid
-        for order in sorted({min(1, self.poly_order), self.poly_order}):
-            terms = np.stack([t.ravel() for t in _poly_terms(yn, xn, order)], axis=1)
-            coef, mask = _iterative_fit(terms, values, mask, valid)
+        for order in sorted(terms):
+            coef, mask = _iterative_fit(terms[order], values, mask, valid)
         return coef
 
     def _choose_sign(self, phase: np.ndarray) -> int:
