@@ -20,7 +20,6 @@ Without a CUDA GPU it says SKIP and exits 0 (``make bench`` runs it bare), unles
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 import warnings
@@ -34,6 +33,8 @@ def paper_model_folder(folder: Path, *, seed: int = 0) -> Path:
     weights, as ``rbclib.seg.train`` writes one."""
     import torch
 
+    from rbclib.core.files import write_json
+    from rbclib.core.training import save_checkpoint
     from rbclib.profile import get_profile
     from rbclib.seg.infer import model_from_config
 
@@ -44,8 +45,8 @@ def paper_model_folder(folder: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = model_from_config(config)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config, indent=1))
-    torch.save({"model": model.state_dict()}, folder / "best.pt")
+    write_json(folder / "config.json", config)
+    save_checkpoint(folder / "best.pt", {"model": model.state_dict()})
     return folder
 
 

@@ -49,8 +49,9 @@ from scipy import ndimage, optimize
 from rbclib.core.config import Optics
 from rbclib.core.files import ImageFileError
 from rbclib.core.io import check_image
-from rbclib.physics.phase_kernels import (MAD_TO_STD, block_means, jump_blocks, median, median_and_mad,
-                                          masked_normal_equations, robust_inliers, subtract_poly_and_wrap)
+from rbclib.physics.phase_kernels import (JUMP_BLOCK_PX, MAD_TO_STD, block_means, jump_blocks, median,
+                                          median_and_mad, masked_normal_equations, robust_inliers,
+                                          subtract_poly_and_wrap)
 
 FilterName = Literal["disk", "smooth disk", "gauss"]
 
@@ -306,7 +307,7 @@ def _unwrap_where_wrapped(phase: np.ndarray, *, margin: int = 6) -> bool:
     """
     from skimage.restoration import unwrap_phase
 
-    block = 8  # px, as jump_blocks
+    block = JUMP_BLOCK_PX
     blocks = jump_blocks(phase)  # a jump marks the first pixel of its pair; the margin covers the second
     if not blocks.any():
         return False
@@ -717,8 +718,7 @@ class Reconstructor:
         ``sub`` (<= ~64 points a side), the coordinates y_sub, x_sub (2-D) of the subsampled
         points, and the polynomial terms (:func:`_poly_terms`, (N, K) per order of
         :meth:`_fit_medium`) on the block means and on the subsampled points."""
-        key = ("low_grid", shape)
-        if key not in self._setup:
+        if "low_grid" not in self._setup:  # the box, so its low-resolution grid, is fixed per set-up
             my, mx = shape
             h, w = self.shape
             ry, rx = self._setup["residual"]
@@ -735,12 +735,12 @@ class Reconstructor:
             def terms(yc: np.ndarray, xc: np.ndarray) -> dict[int, np.ndarray]:
                 return {o: np.stack([t.ravel() for t in _poly_terms(yc, xc, o)], axis=1) for o in orders}
 
-            self._setup[key] = {
+            self._setup["low_grid"] = {
                 "tilt_y": np.exp(-2j * np.pi * ry * np.arange(my)[:, None] * (h / my)).astype(np.complex64),
                 "tilt_x": np.exp(-2j * np.pi * rx * np.arange(mx)[None, :] * (w / mx)).astype(np.complex64),
                 "y": y, "x": x, "sub": sub, "y_sub": y_sub, "x_sub": x_sub,
                 "block_terms": terms(y_blocks, x_blocks), "sub_terms": terms(y_sub, x_sub)}
-        return self._setup[key]
+        return self._setup["low_grid"]
 
     def _fit_medium(self, phase: np.ndarray, terms: dict[int, np.ndarray], valid: np.ndarray) -> np.ndarray:
         """Coefficients (as :func:`_poly_terms`, order ``poly_order``) of the polynomial fitted to

@@ -15,6 +15,9 @@ from numba import njit
 
 _PI32 = np.float32(np.pi)  # numpy compares float32 differences with np.pi in float32
 
+JUMP_BLOCK_PX = 8
+"""Side of the blocks :func:`jump_blocks` marks: 8, so that a block row's 8 flags are one 64-bit word."""
+
 
 @njit(cache=True, nogil=True)
 def subtract_poly_and_wrap(phase: np.ndarray, coef: np.ndarray, y: np.ndarray, x: np.ndarray,
@@ -53,15 +56,16 @@ def subtract_poly_and_wrap(phase: np.ndarray, coef: np.ndarray, y: np.ndarray, x
 
 @njit(cache=True, nogil=True)
 def jump_blocks(phase: np.ndarray) -> np.ndarray:
-    """Bool (ceil(H / 8), ceil(W / 8)): the blocks of 8 x 8 px of ``phase`` (H, W) [rad] within
-    one block (8-connected) of a block holding the first pixel of a pair of neighbours (down
-    or right) whose phase differs by more than pi (float32 pi, as numpy compares float32).
+    """Bool (ceil(H / 8), ceil(W / 8)): the blocks of 8 x 8 px (:data:`JUMP_BLOCK_PX`) of
+    ``phase`` (H, W) [rad] within one block (8-connected) of a block holding the first pixel
+    of a pair of neighbours (down or right) whose phase differs by more than pi (float32 pi,
+    as numpy compares float32).
     One pass, 8 flags read as one 64-bit word: 8x faster than numpy's differences and
     reductions; the growth replaces ``scipy.ndimage.binary_dilation`` on the grid."""
     h, w = phase.shape
-    nby, nbx = (h + 7) // 8, (w + 7) // 8
+    nby, nbx = -(-h // JUMP_BLOCK_PX), -(-w // JUMP_BLOCK_PX)
     hits = np.zeros((nby, nbx), np.bool_)
-    jumps = np.zeros(nbx * 8, np.uint8)  # one row's flags, padded to whole blocks
+    jumps = np.zeros(nbx * JUMP_BLOCK_PX, np.uint8)  # one row's flags, padded to whole blocks
     words = jumps.view(np.uint64)  # a block's 8 flags read as one word
     for i in range(h):
         row = phase[i]
@@ -72,7 +76,7 @@ def jump_blocks(phase: np.ndarray) -> np.ndarray:
             below = phase[i + 1]
             for j in range(w):
                 jumps[j] |= abs(below[j] - row[j]) > _PI32
-        bi = i // 8
+        bi = i // JUMP_BLOCK_PX
         for b in range(nbx):
             hits[bi, b] |= words[b] != 0
     grown = np.zeros((nby, nbx), np.bool_)
