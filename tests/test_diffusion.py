@@ -202,7 +202,8 @@ def _foreground_iou(model_dir, fields) -> float:
     return inter / union
 
 
-def test_mask_generator_learns_to_segment(toy_run, tmp_path):
+@pytest.mark.learning
+def test_mask_generator_learns_to_segment(toy_run, tmp_path, learning):
     """Learning happens: G_M's x0 L1 falls well below that of any constant mask (0.4: a
     constant -1 map, or all-background, misses 2 of the 5 channels on cell pixels), and its
     cell-vs-medium IoU on unseen fields rises from the first epoch to the last. A fast
@@ -217,22 +218,32 @@ def test_mask_generator_learns_to_segment(toy_run, tmp_path):
         if epoch in (1, config.epochs):
             scores[epoch] = _foreground_iou(tmp_path / "gm", fields)
 
-    dd.train_ddgan(phases, labels, config=config, out_dir=tmp_path / "gm", seed=0, progress=False, on_epoch_end=score)
+    dd.train_ddgan(phases, labels, config=config, out_dir=tmp_path / "gm", seed=learning.seed, progress=False,
+                   on_epoch_end=score)
     l1 = pd.read_csv(tmp_path / "gm" / "log.csv")["loss_l1"]
-    assert l1.iloc[-3:].mean() < 0.75 * 0.4 < l1.iloc[0], list(l1)
-    assert scores[config.epochs] > scores[1] + 0.1, scores
+    learning.below("x0 L1, last three epochs", l1.iloc[-3:].mean(), 0.75 * 0.4, list(l1))
+    learning.above("IoU gain, first to last epoch", scores[config.epochs] - scores[1], 0.1, scores)
 
 
-def test_phase_generator_x0_term_learns(toy_run, tmp_path):
-    """With ``lambda_l1`` the phase generator's x0 L1 is trained and falls (learning
-    happens); without it (the paper's G_p) the term is not computed and logs 0."""
+@pytest.mark.learning
+def test_phase_generator_x0_term_learns(toy_run, tmp_path, learning):
+    """With ``lambda_l1`` the phase generator's x0 L1 is trained (learning happens): over the
+    last four epochs it is well below that of the same generator left untrained (``lr_g`` 0)
+    on the same batches. It cannot fall to 0: at the last of the two steps x_t is pure noise,
+    so a floor of about 0.25 remains (seeds 0-4: 0.44-0.62 of the untrained L1). Without the
+    term (the paper's G_p) it is not computed and logs 0."""
     phases, labels, _ = dd.load_split_fields(toy_run.root)
-    fast = {**TINY, "epochs": 8, "iters_per_epoch": 10, "lr_g": 2e-3, "lr_d": 1e-3}
-    dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="phase", **fast, lambda_l1=1.0),
-                   out_dir=tmp_path / "with", seed=0, progress=False)
-    l1 = pd.read_csv(tmp_path / "with" / "log.csv")["loss_l1"]
-    assert l1.iloc[-2:].mean() < 0.7 * l1.iloc[0], list(l1)
-    dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="phase", **{**fast, "epochs": 1}),
+    fast = {**TINY, "epochs": 8, "iters_per_epoch": 10, "lr_d": 1e-3, "lambda_l1": 5.0}
+
+    def x0_l1(name: str, lr_g: float) -> pd.Series:
+        dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="phase", **fast, lr_g=lr_g), out_dir=tmp_path / name,
+                       seed=learning.seed, progress=False)
+        return pd.read_csv(tmp_path / name / "log.csv")["loss_l1"]
+
+    trained, untrained = x0_l1("with", 2e-3), x0_l1("untrained", 0.0)
+    learning.below("x0 L1 trained / untrained, last four epochs", trained.iloc[-4:].mean() / untrained.iloc[-4:].mean(),
+                   0.8, (list(trained), list(untrained)))
+    dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="phase", **{**fast, "epochs": 1, "lambda_l1": 0.0}),
                    out_dir=tmp_path / "without", seed=0, progress=False)
     assert (pd.read_csv(tmp_path / "without" / "log.csv")["loss_l1"] == 0).all()
 
@@ -247,7 +258,8 @@ def test_draw_classes_meets_the_share_exactly():
         dd.draw_classes(4, seed=0, share={"platelet": 1.0})
 
 
-def test_class_conditional_generators_draw_the_asked_class(toy_run, tmp_path):
+@pytest.mark.learning
+def test_class_conditional_generators_draw_the_asked_class(toy_run, tmp_path, learning):
     """Learning happens: class-conditional G_p trained on cell-centred crops draws a higher
     centre for an asked spherocyte (toy peak 2.4 rad) than for an asked discocyte (a dip of
     ~0.9 rad at the centre), and G_M paints an asked spherocyte as one and an asked
@@ -270,17 +282,19 @@ def test_class_conditional_generators_draw_the_asked_class(toy_run, tmp_path):
 
     with pytest.raises(ValueError, match="instance maps"):
         dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="phase", **fast), out_dir=tmp_path / "gp", seed=0)
-    gp = dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="phase", **fast), out_dir=tmp_path / "gp", seed=0,
-                        instances=instances, progress=False, on_epoch_end=centre_gap)
-    assert gaps[fast["epochs"]] > 0.8 and gaps[fast["epochs"]] > gaps[1] + 0.4, gaps
+    gp = dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="phase", **fast), out_dir=tmp_path / "gp",
+                        seed=learning.seed, instances=instances, progress=False, on_epoch_end=centre_gap)
+    learning.above("G_p centre gap spherocyte - discocyte [rad]", gaps[fast["epochs"]], 0.8, gaps)
+    learning.above("G_p centre gap gain, first to last epoch [rad]", gaps[fast["epochs"]] - gaps[1], 0.4, gaps)
     gm = dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="mask", **{**fast, "lambda_l1": 5.0, "epochs": 25}),
-                        out_dir=tmp_path / "gm", seed=0, instances=instances, progress=False)
+                        out_dir=tmp_path / "gm", seed=learning.seed, instances=instances, progress=False)
     pairs = dd.generate_pairs(gp, gm, 16, seed=0, progress=False, class_share={"discocyte": 1, "spherocyte": 1})
     assert np.bincount(pairs.asked_class, minlength=5).tolist() == [0, 8, 8, 0, 0]
     centre = pairs.labels[:, 12:20, 12:20].reshape(16, -1)
     painted = np.array([np.bincount(c, minlength=5).argmax() for c in centre])
     sphero, disco = painted[pairs.asked_class == 2], painted[pairs.asked_class == 1]
-    assert (sphero == 2).mean() >= 0.85 and np.isin(disco, (1, 3)).mean() >= 0.85, (painted, pairs.asked_class)
+    learning.above("G_M asked spherocytes painted spherocyte", (sphero == 2).mean(), 0.85, painted)
+    learning.above("G_M asked discocytes painted discocyte or echinocyte", np.isin(disco, (1, 3)).mean(), 0.85, painted)
     with pytest.raises(ValueError, match="class labels"):
         dd.sample_x0(dd.load_generator(gp)[0], dd.DDGANConfig(kind="phase", **fast), 4, seed=0)
 

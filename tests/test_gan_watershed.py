@@ -38,8 +38,8 @@ def test_profile_config_names_the_generator_gan_loss_and_watershed():
         train.make_config({"postprocess": "blur"})
 
 
-def test_discriminator_learns_to_tell_one_hot_truth_from_a_blurred_guess():
-    torch.manual_seed(0)
+@pytest.mark.learning
+def test_discriminator_learns_to_tell_one_hot_truth_from_a_blurred_guess(learning):
     adv = Adversary(1, 3, weight=1.0, device=torch.device("cpu"))
     y = torch.zeros(4, 32, 32, dtype=torch.long)
     y[:, 8:24, 8:24] = 1
@@ -47,10 +47,11 @@ def test_discriminator_learns_to_tell_one_hot_truth_from_a_blurred_guess():
     x = torch.randn(4, 1, 32, 32)
     guess = torch.zeros(4, 3, 32, 32)  # uniform probabilities: an uncommitted generator
     losses = [adv.update(x, y, guess) for _ in range(30)]
-    assert losses[-1] < 0.5 * losses[0], losses
+    learning.below("discriminator loss, last / first step", losses[-1] / losses[0], 0.5, losses)
     # ... so the generator's adversarial loss is high for the guess and low for the truth
     truth = torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float() * 30
-    assert adv.generator_loss(x, guess).item() > 2 * adv.generator_loss(x, truth).item()
+    learning.above("generator loss, guess / truth", adv.generator_loss(x, guess).item() / adv.generator_loss(x, truth).item(),
+                   2.0)
 
 
 def test_discriminator_sees_no_difference_where_labels_are_ignored():
@@ -67,22 +68,24 @@ def test_discriminator_sees_no_difference_where_labels_are_ignored():
 
 
 @pytest.mark.slow
-def test_gan_training_learns_and_resumes_identically(tmp_path, monkeypatch):
+@pytest.mark.learning
+def test_gan_training_learns_and_resumes_identically(tmp_path, monkeypatch, learning):
     """Learning happens: the generator's loss falls to a third and it segments its training
     fields (Dice >= 0.8); an interrupted run resumes (discriminator state included) to the
     same weights."""
     pairs = _disk_pairs(4, seed=3)
     cfg = train.make_config({**GAN_TINY, "epochs": 12, "adversarial_weight": 0.1, "encoder": "pix2pix",
                              "postprocess": "watershed"}, model_name="gan_watershed")
-    folder = train.train_segmenter(pairs, [], model_name="gan_watershed", out_dir=tmp_path / "m", config=cfg, seed=0,
-                                   progress=False)
+    folder = train.train_segmenter(pairs, [], model_name="gan_watershed", out_dir=tmp_path / "m", config=cfg,
+                                   seed=learning.seed, progress=False)
     log = pd.read_csv(folder / "log.csv")
-    assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0] / 3, log["train_loss"].tolist()
+    learning.below("training loss, last / first epoch", log["train_loss"].iloc[-1] / log["train_loss"].iloc[0], 1 / 3,
+                   log["train_loss"].tolist())
     assert log["train_discriminator_loss"].between(0, 5).all()
     model, config = load_model(folder, checkpoint="last.pt")
     for cls in ("discocyte", "spherocyte"):
         dice = [dice_per_class(predict_image(model, p.phase, config=config).labels, p.labels)[cls] for p in pairs]
-        assert np.mean(dice) >= 0.8, dice
+        learning.above(f"{cls} Dice on the training fields", np.mean(dice), 0.8, dice)
 
     short = {**cfg, "epochs": 2}
     full = train.train_segmenter(pairs, [], model_name="gan_watershed", out_dir=tmp_path / "full", config=short,

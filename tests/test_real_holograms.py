@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def small_model(tmp_path_factory) -> Path:
+def small_model(tmp_path_factory, learning_seed, learning_threads) -> Path:
     import torch
 
     from rbclib.seg.datasets import Pair
@@ -27,7 +27,7 @@ def small_model(tmp_path_factory) -> Path:
     from rbclib.physics.simulate import simulate_field
     from rbclib.seg.train import make_config, train_segmenter
 
-    torch.manual_seed(0)
+    torch.manual_seed(learning_seed)
     pairs = []
     for i in range(10):
         f = simulate_field(np.random.SeedSequence([7, i]), field_px=256)
@@ -36,10 +36,11 @@ def small_model(tmp_path_factory) -> Path:
                          patch_mode="balanced", rotations=1, epochs=8, max_steps_per_epoch=25, batch_size=8, lr=2e-3,
                          autocast_bf16=False, phase_gain=[0.7, 3.0], phase_range=[-1.0, 10.0])
     return train_segmenter(pairs[:8], pairs[8:], model_name="resunet", out_dir=tmp_path_factory.mktemp("model"),
-                           config=config, seed=0, progress=False)
+                           config=config, seed=learning_seed, progress=False)
 
 
-def test_assess_on_every_real_rbc_hologram(small_model, shared_data, tmp_path):
+@pytest.mark.learning
+def test_assess_on_every_real_rbc_hologram(small_model, shared_data, tmp_path, learning):
     paths = realism.real_hologram_paths(shared_data)
     if not paths:
         pytest.skip(f"no real RBC hologram in {shared_data / 'holograms'}")
@@ -48,7 +49,9 @@ def test_assess_on_every_real_rbc_hologram(small_model, shared_data, tmp_path):
         shares = [row[f"share_{c}"] for c in ("discocyte", "spherocyte", "echinocyte", "stomatocyte")]
         assert row["independent"] >= 5, row                                 # the finder sees the cells
         assert row["cells"] > 0 and math.isclose(sum(shares), 1.0, abs_tol=1e-9), row
-        assert 1 / 3 <= row["count_ratio"] <= 3, row                         # loose band, not the target
+        # a loose band, not the target: the count within a third to three times the independent one
+        learning.above(f"{path.name}: count / independent count", row["count_ratio"], 1 / 3, row)
+        learning.below(f"{path.name}: count / independent count", row["count_ratio"], 3.0, row)
         assert row["fragments_dropped"] >= 0 and Path(row["overlay"]).is_file(), row
         report = (tmp_path / path.stem / "report.md").read_text()
         assert "Fragments:" in report and "smaller than a plausible cell" in report

@@ -115,12 +115,14 @@ def test_config_validation_and_roundtrip():
 
 # ------------------------------------------------------------------ training and transfer
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
+def tiny_run(tmp_path_factory, learning_seed) -> Path:
     out = tmp_path_factory.mktemp("ssl") / "ssl"
-    return pretrain_ssl(BlobCorpus(), out_dir=out, config={**TINY, "steps": 12, "lr": 2e-3}, seed=0, progress=False)
+    return pretrain_ssl(BlobCorpus(), out_dir=out, config={**TINY, "steps": 12, "lr": 2e-3}, seed=learning_seed,
+                        progress=False)
 
 
-def test_pretraining_writes_folder_and_loss_decreases(tiny_run):
+@pytest.mark.learning
+def test_pretraining_writes_folder_and_loss_decreases(tiny_run, learning):
     for name in ("config.json", "encoder_decoder.pt", "last.pt", "log.csv"):
         assert (tiny_run / name).exists(), name
     cfg = json.loads((tiny_run / "config.json").read_text())
@@ -128,8 +130,10 @@ def test_pretraining_writes_folder_and_loss_decreases(tiny_run):
     log = read_ssl_log(tiny_run)
     assert list(log["step"]) == list(range(1, 13))
     assert np.allclose(log["loss"], log["contrastive"] + log["rec"], atol=1e-4)
-    assert log["loss"].iloc[-3:].mean() < log["loss"].iloc[:3].mean()
-    assert log["rec"].iloc[-3:].mean() < 0.5 * log["rec"].iloc[:3].mean()
+    learning.below("loss, last / first three steps", log["loss"].iloc[-3:].mean() / log["loss"].iloc[:3].mean(), 1.0,
+                   list(log["loss"]))
+    learning.below("reconstruction loss, last / first three steps",
+                   log["rec"].iloc[-3:].mean() / log["rec"].iloc[:3].mean(), 0.5, list(log["rec"]))
 
 
 def test_resume_refuses_other_config_and_skips_finished_run(tiny_run, tmp_path):
@@ -195,17 +199,20 @@ def test_load_into_resunet_copies_exactly_and_refuses_mismatch(tiny_run):
         load_into_resunet(build_resunet("resnet18", in_channels=1, classes=5), tiny_run)
 
 
-def test_probe_returns_accuracies_for_pretrained_and_random(tiny_run):
+@pytest.mark.learning
+def test_probe_returns_accuracies_for_pretrained_and_random(tiny_run, learning):
     corpus = BlobCorpus(12)
     images = torch.stack([F.interpolate(corpus[i][None], size=32, mode="area")[0] for i in range(12)])
     labels = np.array([0, 1] * 6)
     images[labels == 1] = 1.0  # class 0: discs, class 1: uniformly bright
-    table = probe_pretrained_vs_random(tiny_run, images, labels, seed=0, test_fraction=0.5, k=3)
+    table = probe_pretrained_vs_random(tiny_run, images, labels, seed=learning.seed, test_fraction=0.5, k=3)
     assert list(table["encoder"]) == ["pretrained", "random"]
     assert ((table["knn_accuracy"] >= 0) & (table["knn_accuracy"] <= 1)).all()
-    res = probe_encoder(build_resunet("resnet18").encoder, images, labels, test_fraction=0.5, k=3, seed=0)
+    res = probe_encoder(build_resunet("resnet18").encoder, images, labels, test_fraction=0.5, k=3, seed=learning.seed)
     assert res["n_train"] == 6 and res["n_test"] == 6 and res["chance"] == 0.5
-    assert res["knn_accuracy"] == 1.0 and res["linear_accuracy"] == 1.0  # trivially separable classes
+    # trivially separable classes: one error of the six test images (0.83) fails
+    learning.above("kNN accuracy, trivially separable classes", res["knn_accuracy"], 0.9)
+    learning.above("linear-probe accuracy, trivially separable classes", res["linear_accuracy"], 0.9)
 
 
 def test_holdout_split_is_stratified():
