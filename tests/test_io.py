@@ -134,3 +134,35 @@ def test_colour_image_is_converted_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"colour\.png: colour image \(RGB\) converted to grey"):
         grey = read_image(tmp_path / "colour.png").data
     assert grey.shape == (16, 16) and grey[0, 15] > grey[0, 0]
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "zstd"])
+def test_compressed_16_bit_tiffs_from_microscope_software_are_read(tmp_path, compression):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    camera = rng.integers(0, 4096, (64, 80), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "h.tif", camera, compression=compression)
+    img = read_image(tmp_path / "h.tif")
+    assert img.data.dtype == np.uint16 and np.array_equal(img.data, camera)
+
+
+def test_pixel_size_of_ome_and_imagej_metadata_and_the_flag_over_it(tmp_path):
+    import tifffile
+
+    camera = np.random.default_rng(1).integers(0, 255, (32, 32), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "h.ome.tif", camera, ome=True,
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.3, "PhysicalSizeXUnit": "\u00b5m",
+                               "PhysicalSizeY": 0.3, "PhysicalSizeYUnit": "\u00b5m"})
+    tifffile.imwrite(tmp_path / "ij.tif", camera, imagej=True, resolution=(1 / 0.25, 1 / 0.25), metadata={"unit": "um"})
+    tifffile.imwrite(tmp_path / "nm.ome.tif", camera, ome=True,
+                     metadata={"axes": "YX", "PhysicalSizeX": 120.0, "PhysicalSizeXUnit": "nm"})
+    tifffile.imwrite(tmp_path / "plain.tif", camera, resolution=(72, 72))      # 72 dpi says nothing of the sample
+    assert read_image(tmp_path / "h.ome.tif").meta["pixel_size_m"] == pytest.approx(0.3e-6)
+    assert read_image(tmp_path / "ij.tif").meta["pixel_size_m"] == pytest.approx(0.25e-6)
+    assert read_image(tmp_path / "nm.ome.tif").meta["pixel_size_m"] == pytest.approx(0.12e-6)
+    assert "pixel_size_m" not in read_image(tmp_path / "plain.tif").meta
+    opt = read_image(tmp_path / "h.ome.tif").optics()
+    assert opt.pixel_size_m == pytest.approx(0.3e-6) and opt.provenance["pixel_size_m"] == "metadata of h.ome.tif"
+    given = read_image(tmp_path / "h.ome.tif").optics(pixel_size_m=0.2e-6)
+    assert given.pixel_size_m == pytest.approx(0.2e-6) and given.provenance["pixel_size_m"] == "given by the user"

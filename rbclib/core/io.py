@@ -116,7 +116,8 @@ def read_image(path: str | Path, *, dataset: str | None = None, allow_constant: 
     array; ``bg_data``/``background`` becomes ``.background``. HDF5: dataset
     ``dataset`` or the first 2-D dataset; its attributes (qpformat: ``wavelength``,
     ``pixel size``, ``medium index``) become ``.meta``. TIFF: optics written by
-    :func:`write_phase` are read back.
+    :func:`write_phase` are read back, and the pixel size of OME-TIFF and ImageJ metadata;
+    LZW, deflate and zstd compression are read through ``imagecodecs``.
     """
     path = Path(path)
     if not path.exists():
@@ -135,7 +136,10 @@ def read_image(path: str | Path, *, dataset: str | None = None, allow_constant: 
                     _check_size(tuple(tif.series[0].shape), path)
                 data = tif.asarray()
                 desc = tif.pages[0].description if tif.pages else ""
+                pixel_size_m = _tiff_pixel_size_m(tif, path)
             meta.update(_meta_from_description(desc))
+            if pixel_size_m is not None and "pixel_size_m" not in meta:
+                meta["pixel_size_m"] = pixel_size_m
         elif suffix in (".png", ".jpg", ".jpeg", ".bmp"):
             from PIL import Image
 
@@ -204,6 +208,49 @@ def _first_2d_dataset(h5: Any, path: Path) -> str | None:
         warnings.warn(f"{path}: {len(found)} 2-D datasets {found[:5]}; using the first, {found[0]!r} "
                       "(read_image(..., dataset=NAME) picks another)", stacklevel=3)
     return found[0] if found else None
+
+
+_LENGTH_UNITS_M = {"m": 1.0, "mm": 1e-3, "millimeter": 1e-3, "millimetre": 1e-3, "cm": 1e-2, "centimeter": 1e-2,
+                   "um": 1e-6, "\u00b5m": 1e-6, "\u03bcm": 1e-6, "micron": 1e-6, "microns": 1e-6,
+                   "micrometer": 1e-6, "micrometre": 1e-6, "nm": 1e-9, "nanometer": 1e-9, "nanometre": 1e-9}
+
+
+def _length_m(value: float, unit: str) -> float | None:
+    """``value`` in ``unit`` (a spelling of m, mm, cm, um, nm) as metres; None for an unknown unit."""
+    factor = _LENGTH_UNITS_M.get(unit.strip().lower().replace("\\u00b5", "\u00b5"))
+    return None if factor is None or not np.isfinite(value) or value <= 0 else value * factor
+
+
+def _tiff_pixel_size_m(tif: Any, path: Path) -> float | None:
+    """The sample pixel size [m] an OME-TIFF (``PhysicalSizeX``/``Y``) or an ImageJ TIFF
+    (``unit`` with the X/Y resolution tags) declares; None when the file declares none.
+
+    Plain TIFF resolution tags (dots per inch or cm, 72 dpi by default) say nothing about the
+    sample and are not read. Non-square pixels give a warning and the X size.
+    """
+    sizes: tuple[float | None, float | None] = (None, None)
+    if tif.is_ome and tif.ome_metadata:
+        import xml.etree.ElementTree as ET
+
+        pixels = next((el for el in ET.fromstring(tif.ome_metadata).iter() if el.tag.endswith("}Pixels")
+                       or el.tag == "Pixels"), None)
+        if pixels is not None:
+            sizes = tuple(_length_m(float(pixels.get(f"PhysicalSize{ax}")), pixels.get(f"PhysicalSize{ax}Unit", "\u00b5m"))
+                          if pixels.get(f"PhysicalSize{ax}") else None for ax in "XY")
+    elif tif.is_imagej and tif.imagej_metadata and tif.imagej_metadata.get("unit"):
+        unit, tags = str(tif.imagej_metadata["unit"]), tif.pages[0].tags
+
+        def size(tag: str) -> float | None:
+            if tag not in tags:
+                return None
+            num, den = tags[tag].value
+            return _length_m(den / num, unit) if num else None
+
+        sizes = (size("XResolution"), size("YResolution"))
+    x, y = sizes
+    if x is not None and y is not None and abs(x - y) > 0.01 * x:
+        warnings.warn(f"{path}: non-square pixels ({x * 1e6:.4g} x {y * 1e6:.4g} um); using the X size", stacklevel=3)
+    return x if x is not None else y
 
 
 def _meta_from_description(desc: str) -> dict[str, Any]:
