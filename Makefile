@@ -6,7 +6,7 @@ STAMP := $(VENV)/.rbc-installed
 PROFILE ?= quick
 KERNEL := rbc-holo
 
-.PHONY: setup run test test-fast test-e2e bench ablation label-efficiency clean-runs
+.PHONY: setup run test test-fast test-e2e bench ablation label-efficiency clean-runs default-model test-margins
 
 setup: $(STAMP)
 
@@ -20,6 +20,15 @@ $(STAMP): pyproject.toml
 
 run: setup
 	$(VENV)/bin/rbc run --profile $(PROFILE) --run-dir runs/$(PROFILE)
+
+# The shipped default model (rbclib/models/default) from scratch by its recipe
+# (rbclib/models/recipe.toml): twin, training, checks and model card.
+default-model: setup
+	$(VENV)/bin/rbc default-model --out runs/default-model --ship
+
+# The learning tests over seeds 0-4 x torch threads 1-2 and two mutations (docs/testing.md).
+test-margins: setup
+	$(PY) tests/learning_sweep.py
 
 test: setup
 	$(PY) -m pytest -q -m "not e2e"

@@ -5,17 +5,19 @@ folder), then runs ``rbclib.study.assess.assess`` on it end to end (reconstructi
 measurement, per-image files, tables, figures, report) with
 
 - **baseline**: the pipeline of an earlier commit (``--baseline-rev``, default the last
-  commit before issue 17's work), exported with ``git archive`` and run from there;
-- **this version**: the working tree's ``rbclib``.
+  commit before the shipped default model), exported with ``git archive`` and run from
+  there, with ``--baseline-model`` (default: the same model as this version);
+- **this version**: the working tree's ``rbclib`` with ``--model`` (default: the shipped
+  default model).
 
-Each runs in its own process with the same model, threads and data; a first call on one
+Each runs in its own process with the same threads and data; a first call on one
 image warms imports and caches, then the best of ``--repeats`` timed calls counts. Prints
 holograms per second and the ratio, how much the two outputs agree (pixel labels, cells per
 image, class counts) and the Dice of each against the ground truth. Then the stages of this
 version one by one (read + reconstruct, segment, clean-up + measure, write), each in
 holograms per second. Run:
 
-    .venv/bin/python benchmarks/bench_assess.py [--model RUN/models/seg_backbone] [--n 12]
+    .venv/bin/python benchmarks/bench_assess.py [--model DIR] [--baseline-model RUN/models/seg_da] [--n 12]
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-BASELINE_REV = "70660cc"  # last commit before issue 17 (rbc assess: 128 px tiles in fp32, no pipelining)
+BASELINE_REV = "8ce0247"  # last commit before the shipped default model (issue 32)
 
 
 def _worker(src: str, model: str, data: str, out: str, repeats: int) -> None:
@@ -149,7 +151,9 @@ def _stages(model: Path, data: Path, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="model folder (default: best model of the latest run)")
+    parser.add_argument("--model", help="model folder of this version (default: the shipped default model; "
+                                        "`latest`: the best model of the latest run)")
+    parser.add_argument("--baseline-model", help="model folder of the baseline (default: the same as --model)")
     parser.add_argument("--n", type=int, default=12, help="number of simulated holograms")
     parser.add_argument("--size", type=int, default=900, help="hologram side [px]")
     parser.add_argument("--seed", type=int, default=5)
@@ -163,11 +167,12 @@ def main(argv: list[str] | None = None) -> dict:
         _worker(src, model, data, out, int(repeats))
         return {}
 
-    from rbclib.study.inputs import find_latest_model
     from rbclib.physics.simulate import simulate_dataset
+    from rbclib.study.inputs import resolve_model
 
     try:
-        model = (args.model or find_latest_model([REPO / "runs"])[0]).resolve()
+        model = resolve_model(args.model, [REPO / "runs"])[0].resolve()
+        base_model = resolve_model(args.baseline_model, [REPO / "runs"])[0].resolve() if args.baseline_model else model
     except FileNotFoundError as exc:
         raise SystemExit(f"bench_assess: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="bench_assess_") as tmp:
@@ -175,13 +180,13 @@ def main(argv: list[str] | None = None) -> dict:
         data = tmp / "data"
         simulate_dataset(data, n_fields=args.n, seed=args.seed, field_px=args.size, progress=False)
         base_src = _export(args.baseline_rev, tmp / "baseline")
-        base = _run_worker(base_src, model, data, tmp / "out_baseline", args.repeats)
+        base = _run_worker(base_src, base_model, data, tmp / "out_baseline", args.repeats)
         this = _run_worker(REPO, model, data, tmp / "out_this", args.repeats)
         agreement = _compare(tmp / "out_baseline", tmp / "out_this", data)
         stages = _stages(model, data, tmp / "out_stages")
     ratio = base["seconds"] / this["seconds"]
     print(f"rbc assess on {args.n} simulated {args.size}x{args.size} holograms (with background holograms), "
-          f"model {model}, {os.cpu_count()} CPU(s), best of {args.repeats}")
+          f"model {model}, baseline model {base_model}, {os.cpu_count()} CPU(s), best of {args.repeats}")
     print(f"{'version':36s} {'s':>7s} {'holo/s':>7s} {'cells':>6s}")
     for name, r in (("baseline " + args.baseline_rev, base), ("this version", this)):
         print(f"{name:36s} {r['seconds']:7.2f} {r['images'] / r['seconds']:7.2f} {r['cells']:6d}")
@@ -195,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("stages of this version, one after the other [holograms/s]:")
     for k, v in stages.items():
         print(f"  {k:48s} {v:7.2f}")
-    out = {"n": args.n, "size": args.size, "baseline_rev": args.baseline_rev, "baseline": base, "this": this,
+    out = {"n": args.n, "size": args.size, "baseline_rev": args.baseline_rev, "model": str(model),
+           "baseline_model": str(base_model), "baseline": base, "this": this,
            "speed_ratio": ratio, "agreement": agreement, "stages_holograms_per_s": stages}
     if args.json:
         from rbclib.core.files import write_json

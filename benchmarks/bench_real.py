@@ -8,7 +8,7 @@ the same reconstruction. Targets: the model's count within 15 % of the independe
 at least 80 % discocytes (the holograms show fresh blood). Exit 1 when a target fails.
 
     python benchmarks/bench_real.py [--model runs/quick/models/seg_backbone] [--figures figures/]
-Without --model: the best model of the latest ``make run``. --figures copies the overlays there.
+Without --model: the shipped default model; --model latest: the best of the latest ``make run``. --figures copies the overlays there.
 """
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ def main() -> int:
     import pandas as pd
 
     from rbclib.physics import realism
-    from rbclib.study.inputs import find_latest_model
+    from rbclib.study.inputs import resolve_model
     from rbclib.study.transfer import COUNT_TOLERANCE, FRESH_DISCOCYTE_MIN, real_hologram_check
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", help="model folder (default: the best of the latest run)")
+    p.add_argument("--model", help="model folder, or `latest` for the best of the latest run (default: the shipped "
+                                   "default model)")
     p.add_argument("--data", type=Path, default=realism.shared_data_dir(), help="real data folder")
     p.add_argument("--figures", type=Path, help="copy each overlay to FIGURES/real_<hologram>.png")
     args = p.parse_args()
@@ -36,7 +37,7 @@ def main() -> int:
     if not paths:
         print(f"SKIP: no real RBC hologram under {args.data / 'holograms'}")
         return 0
-    model, note = (args.model, f"model {args.model}") if args.model else find_latest_model()
+    model, note = resolve_model(args.model)
     print(note)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,7 @@ from the profile's mixture (the paper's class totals), discocytes in the profile
 the overall Dice drops by at most 0.03.
 
     python benchmarks/bench_transfer.py [--model runs/quick/models/seg_backbone] [--fields 12] [--seed 1000]
-Without --model: the best model of the latest ``make run``. Exit 1 when the drop exceeds 0.03.
+Without --model: the shipped default model; --model latest: the best of the latest ``make run``. Exit 1 when the drop exceeds 0.03.
 """
 from __future__ import annotations
 
@@ -19,18 +19,19 @@ import time
 
 
 def main() -> int:
-    from rbclib.study.inputs import find_latest_model
+    from rbclib.study.inputs import resolve_model
     from rbclib.profile import get_profile
     from rbclib.study.transfer import OTHER_OPTICS, OTHER_SETTINGS, dice_drop_ok, model_segmenter, transfer_table
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", help="model folder (default: the best of the latest run)")
+    p.add_argument("--model", help="model folder, or `latest` for the best of the latest run (default: the shipped "
+                                   "default model)")
     p.add_argument("--fields", type=int, default=12, help="test fields per domain")
     p.add_argument("--profile", default="quick", help="class mixture and discocyte forms of this profile's simulated data")
     p.add_argument("--seed", type=int, default=1000, help="seed of the test fields (not the training seeds)")
     p.add_argument("--limit", type=float, default=0.03, help="largest allowed drop of the overall Dice")
     args = p.parse_args()
-    model, note = (args.model, f"model {args.model}") if args.model else find_latest_model()
+    model, note = resolve_model(args.model)
     print(note)
     print(f"other optics: {OTHER_OPTICS.wavelength_m * 1e9:.0f} nm, {OTHER_OPTICS.pixel_size_m * 1e6:.3f} um/px, "
           f"carrier {OTHER_SETTINGS.carrier} cycles/px, coherent noise {OTHER_SETTINGS.noise_nm} nm")

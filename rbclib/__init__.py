@@ -29,6 +29,8 @@ _PUBLIC: dict[str, str] = {
     "dice_per_class": "rbclib.seg.metrics", "aji_per_class": "rbclib.seg.metrics",
     # the storage study on a user's images
     "Segmenter": "rbclib.study.segmenter", "assess": "rbclib.study.assess",
+    # one image -> its cells, with the shipped default model
+    "analyse": "rbclib.study.analyse", "CellAnalysis": "rbclib.study.analyse",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -30,11 +30,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_assess(args: argparse.Namespace) -> int:
     from rbclib.study.assess import assess, load_schemes
     from rbclib.study.image import OpticsOptions
-    from rbclib.study.inputs import find_latest_model
+    from rbclib.study.inputs import LATEST, resolve_model
 
-    model, note = (args.model, None) if args.model else find_latest_model()
-    if note:
-        print(f"rbc assess: {note}", file=sys.stderr)
+    model, note = resolve_model(args.model)
+    if args.model is None or args.model == LATEST:
+        print(f"rbc assess: model: {note}", file=sys.stderr)
     result = assess(args.input, args.out, model_dir=model, model_note=note, day_map=args.day_map,
                     optics=OpticsOptions(args.wavelength, args.pixel_size, args.medium_index, args.numerical_aperture),
                     schemes=load_schemes(args.schemes) if args.schemes else None,
@@ -49,6 +49,16 @@ def _cmd_assess(args: argparse.Namespace) -> int:
     print(f"rbc assess: {len(result.processed)} image(s) analysed, {len(result.skipped)} already done, "
           f"{len(result.failures)} skipped with problems; {len(result.cells)} cells; report: {result.out_dir / 'report.md'}")
     return 1 if result.failures else 0
+
+
+def _cmd_default_model(args: argparse.Namespace) -> int:
+    from rbclib.study.default_model import RECIPE, SHIPPED_MODEL_DIR, build_default_model
+
+    command = "rbc default-model" + (" --ship" if args.ship else "") + (f" --recipe {args.recipe}" if args.recipe else "")
+    folder = build_default_model(args.out, recipe_path=args.recipe or RECIPE,
+                                 ship=SHIPPED_MODEL_DIR if args.ship else None, command=command)
+    print(f"rbc default-model: model and card in {folder} (MODEL_CARD.md)")
+    return 0
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -230,21 +240,32 @@ def build_parser() -> argparse.ArgumentParser:
                                    "report.md to OUT. Resumable: finished images are skipped.")
     p.add_argument("input", type=Path, metavar="INPUT", help="image file or folder")
     p.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="output folder")
-    p.add_argument("--model", type=Path, help="model folder (default: best model of the latest `make run`)")
+    p.add_argument("--model", help="model folder, or `latest` for the best model of the latest `make run` "
+                                   "(default: the default model shipped with rbc-holo)")
     p.add_argument("--day-map", type=Path, help="CSV with columns file,day giving each image's storage day")
     _add_optics_arguments(p)
     p.add_argument("--schemes", type=Path, help="TOML file of morphology-index weight schemes "
                                                  "([name] weights = {discocyte = 0, ...}, description = ...)")
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay PNGs")
     p.add_argument("--trim-halo", action=argparse.BooleanOptionalAction, default=None,
-                   help="drop model pixels beyond a cell's bright body (halo that merges neighbours); default: on "
-                        "for models trained on a twin with flat-topped discocytes (--flat-discocyte-fraction)")
+                   help="drop model pixels beyond a cell's bright body (halo that merges neighbours); default: as the "
+                        "model's config.json says (on for models trained on a twin with flat-topped discocytes)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals")
     p.add_argument("--device", help="torch device of the model, e.g. cuda, cuda:1, cpu (default: cuda, mps or "
                                     "cpu, whichever is there)")
     p.add_argument("--batch-images", type=_positive_int, default=2, metavar="N",
                    help="images whose tiles go through the model together (default 2; more on a GPU)")
     p.set_defaults(func=_cmd_assess)
+
+    p = sub.add_parser("default-model", help="train, check and card the default model (make default-model)",
+                       description="Train the default model by its recipe (rbclib/models/recipe.toml) on the "
+                                   "digital twin, check it on the twin, another microscope and the real holograms "
+                                   "of ../shared/data, and write its model card. With --ship, copy it into the "
+                                   "package (rbclib/models/default) with compressed weights.")
+    p.add_argument("--out", type=Path, default=Path("runs/default-model"), help="work folder (default %(default)s)")
+    p.add_argument("--recipe", type=Path, help="recipe TOML (default: rbclib/models/recipe.toml)")
+    p.add_argument("--ship", action="store_true", help="write the result into rbclib/models/default")
+    p.set_defaults(func=_cmd_default_model)
 
     p = sub.add_parser("simulate", help="write a simulated dataset of RBC holograms with ground truth",
                        description="Physics-based digital twin of off-axis DHM holograms of red blood cells "

@@ -62,7 +62,8 @@ def oracle(monkeypatch, tmp_path):
 
     def load_model(model_dir, **kw):
         calls.append(Path(model_dir))
-        return object(), {"pixel_size_m": PAPER_PX, "patch": 64}
+        own = Path(model_dir) / "config.json"
+        return object(), {"pixel_size_m": PAPER_PX, "patch": 64, **(json.loads(own.read_text()) if own.is_file() else {})}
 
     monkeypatch.setattr(rbclib.seg.infer, "load_model", load_model)
     monkeypatch.setattr(rbclib.seg.infer, "predict_images", _oracle_predict)
@@ -280,41 +281,59 @@ def test_class_confidence_is_mean_prob_of_winning_class():
     assert S.class_confidence(probs, labels, inst) == pytest.approx({1: 0.7, 2: 0.7})
 
 
-def test_model_pixel_size_from_config_or_run(tmp_path):
+def test_model_pixel_size_comes_from_the_model_folder_alone(tmp_path):
     assert S.model_pixel_size({"pixel_size_m": 1e-7})[0] == 1e-7
     assert S.model_pixel_size({"optics": {"pixel_size_m": 2e-7}})[0] == 2e-7
-    px, why = S.model_pixel_size({}, tmp_path / "run" / "models" / "seg_da")
-    assert px == pytest.approx(PAPER_PX) and "assumed" in why
     (tmp_path / "run").mkdir()
     Optics().replace(pixel_size_m=0.3e-6).to_json(tmp_path / "run" / "optics.json")
-    px, why = S.model_pixel_size({}, tmp_path / "run" / "models" / "seg_da")
-    assert px == pytest.approx(0.3e-6) and "optics.json" in why
+    px, why = S.model_pixel_size({}, tmp_path / "run" / "models" / "seg_da")   # the run's optics are not read
+    assert px == pytest.approx(PAPER_PX) and "assumed" in why
 
 
-def test_halo_trimming_follows_the_training_twin(tmp_path, oracle):
-    """Models of a twin with flat-topped discocytes need trim_halo (issue 13); it is on by
-    default exactly for them, read from their run's simulation record."""
-    run = tmp_path / "run"
-    model = run / "models" / "seg_backbone"
-    model.mkdir(parents=True)
-    (model / "best.pt").write_bytes(b"x")
-    record = run / "simulated" / "simulation.json"
-    assert not S.trained_on_flat_discocytes(model)                      # no record: real data
-    record.parent.mkdir()
+def test_a_twin_with_flat_discocytes_is_recorded(tmp_path):
+    """train_from_run turns halo trimming on in the model's config when its run's twin drew
+    flat-topped discocytes (issue 13), read from the twin's simulation record."""
+    from rbclib.physics.simulate import drew_flat_discocytes
+
+    record = tmp_path / "simulation.json"
+    assert not drew_flat_discocytes(tmp_path)                          # no record: real data
     for flat, expected in ((0.4, True), (0.0, False), ([0.0, 0.3], True), (None, False)):
         record.write_text(json.dumps({"flat_discocyte_fraction": flat}))
-        assert S.trained_on_flat_discocytes(model) is expected, flat
+        assert drew_flat_discocytes(tmp_path) is expected, flat
     record.write_text("{not json")
-    assert not S.trained_on_flat_discocytes(model)
-    record.write_text(json.dumps({"flat_discocyte_fraction": 0.4}))
+    assert not drew_flat_discocytes(tmp_path)
+
+
+def test_halo_trimming_follows_the_model_config(tmp_path, oracle):
+    """Everything inference needs comes from the model folder: trim_halo is on exactly when
+    its config.json says so, whatever run the folder sits in; the flag overrides it."""
+    model = tmp_path / "run" / "models" / "seg_backbone"
+    model.mkdir(parents=True)
+    (model / "best.pt").write_bytes(b"x")
+    (model / "config.json").write_text(json.dumps({"trim_halo": True}))
     assert S.Segmenter(model).trim_halo and not S.Segmenter(model, trim_halo=False).trim_halo
-    assert not S.Segmenter(oracle[0]).trim_halo                         # a model folder outside a run
+    assert not S.Segmenter(oracle[0]).trim_halo                         # no trim_halo in its config
     phase, _ = _disk_field(FIELD, 3.0, PAPER_PX)
     write_phase(tmp_path / "in" / "a.tif", phase)
     A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=50, progress=False)
     assert "halo trimming on" in (tmp_path / "out" / "report.md").read_text()
     A.assess(tmp_path / "in", tmp_path / "out2", model_dir=model, n_boot=50, progress=False, trim_halo=False)
     assert "halo trimming" not in (tmp_path / "out2" / "report.md").read_text()
+
+
+def test_a_changed_model_config_is_not_mistaken_for_a_finished_image(tmp_path, oracle):
+    """The resume key holds the model's config: after its pixel size changes, images are
+    segmented again, not reported as already done."""
+    model = tmp_path / "model"
+    (model / "config.json").write_text(json.dumps({"pixel_size_m": PAPER_PX}))
+    phase, _ = _disk_field(FIELD, 3.0, PAPER_PX)
+    write_phase(tmp_path / "in" / "a.tif", phase)
+    first = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=20, progress=False)
+    again = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=20, progress=False)
+    assert first.processed == ["a"] and again.skipped == ["a"]
+    (model / "config.json").write_text(json.dumps({"pixel_size_m": 2 * PAPER_PX}))
+    changed = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=20, progress=False)
+    assert changed.processed == ["a"] and not changed.skipped
 
 
 # ---------------------------------------------------------------- choosing a model

@@ -40,13 +40,17 @@ def test_wheel_install_finds_models_in_cwd_and_rbc_runs(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(site), str(REPO)], check=True, capture_output=True)
     assert (site / "rbclib" / "study" / "assess.py").is_file() and (site / "rbclib" / "profiles" / "segment.toml").is_file()
+    shipped = site / "rbclib" / "models" / "default"
+    assert {p.name for p in shipped.iterdir()} >= {"best.pt", "config.json", "card.json", "MODEL_CARD.md"}
+    assert (site / "rbclib" / "models" / "recipe.toml").is_file()
     work = tmp_path / "work"
     in_cwd = _fake_model(work / "runs", "mine")
     elsewhere = _fake_model(tmp_path / "shared_runs", "lab")
     os.utime(elsewhere / "best.pt", (1, 1))        # older than the one in ./runs
-    code = ("import rbclib.core.paths as p, rbclib.study.assess as a, rbclib.pipeline as pl\n"
+    code = ("import rbclib.core.paths as p, rbclib.study.inputs as i, rbclib.pipeline as pl\n"
             "assert p.source_checkout() is None\n"
-            "print(a.find_latest_model()[0])\n"
+            f"assert i.resolve_model(None)[0].is_relative_to({str(site)!r})\n"
+            "print(i.resolve_model('latest')[0])\n"
             "try:\n    pl.default_notebooks_dir()\nexcept ValueError as e:\n    print(e)\n")
     env = {**os.environ, "PYTHONPATH": str(site), paths.RUNS_ENV: str(tmp_path / "shared_runs")}
     out = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, check=True)

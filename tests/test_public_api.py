@@ -9,7 +9,8 @@ import pytest
 
 import rbclib
 
-STABLE = ["ImageFileError", "Optics", "Reconstructor", "Segmenter", "aji_per_class", "assess", "build_model",
+STABLE = ["CellAnalysis", "ImageFileError", "Optics", "Reconstructor", "Segmenter", "aji_per_class", "analyse", "assess",
+          "build_model",
           "build_resunet", "dice_per_class", "get_profile", "load_model", "measure_cells", "predict_image", "predict_images",
           "read_image", "read_phase", "reconstruct", "reconstruct_files", "simulate_dataset", "simulate_field",
           "simulate_storage_series", "train_segmenter", "write_phase"]

@@ -75,3 +75,18 @@ def test_ddgan_and_ssl_train_in_channels_last_memory(tmp_path):
     out = pretrain_ssl(list(images), out_dir=tmp_path / "s",
                        config=ssl, seed=0, progress=False, device="cpu")
     assert (out / "encoder_decoder.pt").is_file()
+
+
+def test_compressed_weights_are_a_quarter_of_the_size_and_close():
+    """int8 per output channel (error at most half a step, max |w| / 254) and float16 for the
+    rest; integer buffers untouched."""
+    torch.manual_seed(0)
+    state = {"conv.weight": torch.randn(16, 8, 3, 3) * torch.logspace(-3, 0, 16).reshape(16, 1, 1, 1),
+             "conv.bias": torch.randn(16), "bn.num_batches_tracked": torch.tensor(7)}
+    packed = T.compress_weights(state)
+    assert packed["int8"]["conv.weight"].dtype == torch.int8 and packed["other"]["conv.bias"].dtype == torch.float16
+    back = T.expand_weights(packed)
+    step = state["conv.weight"].abs().amax(dim=(1, 2, 3), keepdim=True) / 127
+    assert ((back["conv.weight"] - state["conv.weight"]).abs() <= 0.5 * step + 1e-7).all()   # per channel, even tiny ones
+    assert torch.allclose(back["conv.bias"], state["conv.bias"], rtol=1e-3)
+    assert back["bn.num_batches_tracked"].item() == 7 and back["conv.weight"].dtype == torch.float32

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import shutil
@@ -127,3 +128,12 @@ def back_up(path: str | Path, *, keep: int = KEEP_BACKUPS) -> Path:
     for old in [*backups, backup][:-keep]:
         old.unlink(missing_ok=True)
     return backup
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

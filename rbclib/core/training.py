@@ -95,6 +95,31 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     return state
 
 
+def compress_weights(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A state dict for shipping: weights of two or more dimensions (convolutions, linear
+    layers) as int8 with one float32 scale per output channel (symmetric, max |w| -> 127), the
+    rest (biases, norm statistics) as float16; :func:`expand_weights` undoes it. About a
+    quarter of the float32 size; the answers it changes are measured where it is used (the
+    shipped default model's card is measured on the expanded weights)."""
+    int8, scales, other = {}, {}, {}
+    for name, value in state.items():
+        if torch.is_floating_point(value) and value.ndim >= 2:
+            flat = value.float().reshape(value.shape[0], -1)
+            scale = (flat.abs().amax(dim=1).clamp_min(1e-12) / 127.0).reshape(-1, *[1] * (value.ndim - 1))
+            int8[name] = torch.round(value.float() / scale).clamp(-127, 127).to(torch.int8)
+            scales[name] = scale
+        else:
+            other[name] = value.half() if torch.is_floating_point(value) else value
+    return {"int8": int8, "int8_scales": scales, "other": other}
+
+
+def expand_weights(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The float32 state dict of :func:`compress_weights`'s output."""
+    state = {name: q.float() * packed["int8_scales"][name] for name, q in packed["int8"].items()}
+    state.update({name: v.float() if torch.is_floating_point(v) else v for name, v in packed["other"].items()})
+    return state
+
+
 def resume_state(folder: str | Path, identity: Any, *, key: str = "identity",
                  map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
     """The ``last.pt`` of ``folder`` when it exists and was written by the same run

@@ -495,6 +495,18 @@ def _write_fields(out_dir: Path, seeds: Sequence[np.random.SeedSequence], *, pro
     return cells
 
 
+def drew_flat_discocytes(dataset_dir: str | Path) -> bool:
+    """True when the twin dataset in ``dataset_dir`` (its ``simulation.json``) drew a share of its
+    discocytes flat-topped (``flat_discocyte_fraction`` > 0); False without that record."""
+    from rbclib.core import files
+
+    try:
+        flat = files.read_json(Path(dataset_dir) / "simulation.json").get("flat_discocyte_fraction") or 0.0
+    except (OSError, ValueError, AttributeError):
+        return False
+    return float(np.max(flat)) > 0
+
+
 DATASET_ENTRIES = ("holograms", "backgrounds", "phase", "labels", "instances", "cells.csv", "fields.csv",
                    "optics.json", "splits.json", "simulation.json")
 """What :func:`simulate_dataset` writes into its folder (and only these are replaced)."""

@@ -21,7 +21,7 @@ from torch import nn
 from rbclib.seg.datasets import PHASE_RANGE_RAD, phase_to_input
 from rbclib.core.labels import IGNORE, instances_from_labels
 from rbclib.seg.tiles import blend_window, pad_to_min, paper_positions, tile_positions
-from rbclib.core.training import bf16_is_fast, channels_last, load_checkpoint, pick_device
+from rbclib.core.training import bf16_is_fast, channels_last, expand_weights, load_checkpoint, pick_device
 
 
 @dataclass
@@ -61,6 +61,8 @@ def load_model(model_dir: str | Path, *, checkpoint: str = "best.pt",
         if key not in config:
             raise ValueError(f"{cfg_path}: missing {key!r}")
     ckpt = load_checkpoint(ckpt_path)
+    if isinstance(ckpt.get("compressed_model"), dict):  # a shipped model (core.training.compress_weights)
+        ckpt["model"] = expand_weights(ckpt["compressed_model"])
     if not isinstance(ckpt.get("model"), dict):
         raise ValueError(f"{ckpt_path}: not an rbclib.seg.train checkpoint (expected a dict with the weights "
                          "under 'model', e.g. best.pt or last.pt of a model folder)")
@@ -127,7 +129,8 @@ def predict_images(model: nn.Module, phases: list[np.ndarray], *, config: dict[s
     """Segment whole phase images (each (H, W) [rad], any size) by overlapping tiles, the
     tiles of all images batched together (one forward pass can hold tiles of several images).
 
-    tile: tile side [px], a multiple of 32 (default: the training patch, ``config["patch"]``);
+    tile: tile side [px], a multiple of 32 (default: the config's ``infer_tile``, else its
+    training patch ``patch``);
     overlap: px shared by neighbouring tiles (default ``config["overlap"]``, else tile / 8);
     probabilities are blended with :func:`rbclib.seg.tiles.blend_window`; fast: bfloat16 autocast
     (None: where :func:`bf16_is_fast`).
@@ -146,7 +149,7 @@ def predict_images(model: nn.Module, phases: list[np.ndarray], *, config: dict[s
     phases = [_check_phase(p) for p in phases]
     if fast is None:
         fast = bf16_is_fast(_device_of(model))
-    side = int(tile or config["patch"])
+    side = int(tile or config.get("infer_tile") or config["patch"])
     if side % 32:
         raise ValueError(f"tile must be a multiple of 32 px (the encoders downsample 5 times), got {side}")
     ov = int(config.get("overlap", side // 8) if overlap is None else overlap)

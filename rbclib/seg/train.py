@@ -62,6 +62,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "postprocess": "none",  # "watershed": inference splits touching cells (rbclib.seg.watershed)
     "pretrained_lr_scale": 1.0,  # learning-rate factor of the encoder and decoder when initialised from SSL weights
     "warmup_steps": 0,     # linear learning-rate warm-up over the first steps, then the cosine decay
+    "infer_tile": 0,       # inference tile side [px] (0: the training patch)
+    "trim_halo": False,    # inference: drop model pixels beyond a cell's bright body (twins with flat-topped discocytes)
 }
 POSTPROCESS = ("none", "watershed")
 
@@ -120,7 +122,8 @@ def _strip(cfg: dict[str, Any]) -> dict[str, Any]:
     """The part of a config that must match to resume (not bookkeeping); keys a config of an
     older version lacks count as their defaults."""
     cfg = {**{k: v for k, v in DEFAULT_CONFIG.items()
-              if k in ("adversarial_weight", "postprocess", "pretrained_lr_scale", "warmup_steps")}, **cfg}
+              if k in ("adversarial_weight", "postprocess", "pretrained_lr_scale", "warmup_steps", "infer_tile",
+                       "trim_halo")}, **cfg}
     return {k: v for k, v in cfg.items() if k not in ("train_images", "val_images", "n_train_patches", "world_size")}
 
 
@@ -331,13 +334,20 @@ def train_from_run(run_dir: str | Path, *, model_name: str, out_dir: str | Path,
                    extra_pairs_dir: str | Path | None = None, device: str | torch.device | None = None,
                    progress: bool = True) -> Path:
     """Train on a run folder's train split (``splits.json``), holding out ``val_fraction``
-    of it (seeded) for validation; see :func:`train_segmenter`."""
+    of it (seeded) for validation; see :func:`train_segmenter`. What inference needs of the
+    run goes into the model's config: the pixel size of its ``optics.json``, and halo trimming
+    when its twin drew flat-topped discocytes."""
+    from rbclib.core.paths import RunPaths
+    from rbclib.physics.simulate import drew_flat_discocytes
+
     train_stems, val_stems = split_validation(read_splits(run_dir)["train"], fraction=val_fraction, seed=seed)
-    optics_json = Path(run_dir) / "optics.json"
-    if optics_json.is_file():
+    paths = RunPaths(run_dir)
+    if paths.optics_json.is_file():
         from rbclib.core.config import Optics
 
-        config = {**config, "pixel_size_m": Optics.from_json(optics_json).pixel_size_m}
+        config = {**config, "pixel_size_m": Optics.from_json(paths.optics_json).pixel_size_m}
+    if drew_flat_discocytes(paths.simulated):
+        config = {**config, "trim_halo": True}
     return train_segmenter(load_pairs(run_dir, train_stems), load_pairs(run_dir, val_stems), model_name=model_name,
                            out_dir=out_dir, config=config, init_from=init_from, extra_pairs_dir=extra_pairs_dir,
                            seed=seed, device=device, progress=progress)

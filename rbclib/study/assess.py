@@ -21,6 +21,7 @@ import pandas as pd
 from rbclib.core.files import (
     ImageFileError,
     check_output_dir,
+    file_sha256,
     read_json,
     write_csv,
     write_json,
@@ -37,14 +38,13 @@ from rbclib.study.image import (
     analyse_image,
     load_phase,
 )
-from rbclib.study.inputs import ImageJob, discover_inputs, find_latest_model
+from rbclib.study.inputs import ImageJob, discover_inputs, resolve_model
 from rbclib.study.segmenter import (
     FAINT_FRACTION,
     MIN_CELL_AREA_UM2,
     PREDICT_OPTIONS,
     RESAMPLE_TOLERANCE,
     Segmenter,
-    trained_on_flat_discocytes,
 )
 
 
@@ -67,6 +67,15 @@ def _fingerprint(job: ImageJob) -> dict[str, Any]:
     files = [p for p in (job.path, job.background, job.truth_labels, job.truth_instances, job.optics_json)
              if p is not None]
     return {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+
+
+def _model_fingerprint(model_path: Path) -> dict[str, Any]:
+    """What identifies a model's answers: its config's SHA-256 and its weights' size and mtime."""
+    config = model_path / "config.json"
+    weights = model_path / "best.pt"
+    stat = weights.stat() if weights.exists() else None
+    return {"config_sha256": file_sha256(config) if config.is_file() else None,
+            "best_pt": [stat.st_size, stat.st_mtime_ns] if stat else None}
 
 
 def _stderr(msg: str) -> None:
@@ -92,12 +101,13 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
     ``confusion.csv`` and ``ratio_errors.csv``. min_area_um2 / fragment_fraction: cell
     clean-up (:func:`rbclib.study.segmenter.clean_instances`); split: split touching cells (:func:`rbclib.seg.watershed.split_touching`);
     trim_halo: drop model pixels beyond a cell's bright body (:func:`rbclib.study.segmenter.trim_halo`;
-    None: when the model's training twin drew flat-topped discocytes, said in the report);
+    None: as the model's config says, said in the report);
     n_boot / seed: bootstrap of the confidence intervals; target_pp: largest ratio error
     [percentage points] counted as within target, with ground truth. Finished images (``per_image/<image>.json``
     whose input files are unchanged and whose model is the same) are not recomputed.
     A file that fails is reported through ``on_error`` and in ``report.md``, then skipped.
-    model_dir None: the best model of the latest run (:func:`find_latest_model`);
+    model_dir: a model folder, None for the shipped default model, ``"latest"`` for the best
+    model of the latest run (:func:`rbclib.study.inputs.resolve_model`);
     model_note: how the model was chosen, for the report; batch_images: images segmented
     together (their tiles share forward passes); device: torch device of the model (None: automatic).
     """
@@ -117,19 +127,16 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
         raise ValueError(f"batch_images={batch_images}: at least 1 image per forward pass")
     jobs = discover_inputs(input_path, day_map=day_map)
     check_output_dir(out)
-    if model_dir is None:
-        model_path, model_note = find_latest_model(runs_roots)
-    else:
-        model_path = Path(model_dir).expanduser()
-        model_note = model_note or f"`{model_path}` (given with --model)"
+    model_path, resolved_note = resolve_model(model_dir, runs_roots)
+    model_note = model_note or resolved_note
     model_path = model_path.resolve()
     if trim_halo is None:
-        trim_halo = trained_on_flat_discocytes(model_path)
+        config_json = model_path / "config.json"
+        trim_halo = config_json.is_file() and bool(read_json(config_json).get("trim_halo", False))
         if trim_halo:
-            model_note += ("; halo trimming on: its training twin drew flat-topped discocytes "
-                           "(`--no-trim-halo` turns it off)")
-    model_key = {"model": str(model_path), "best_pt_mtime_ns": (model_path / "best.pt").stat().st_mtime_ns
-                 if (model_path / "best.pt").exists() else None, "min_area_um2": min_area_um2,
+            model_note += ("; halo trimming on, as its config says (trained on a twin with flat-topped discocytes; "
+                           "`--no-trim-halo` turns it off)")
+    model_key = {"model": str(model_path), **_model_fingerprint(model_path), "min_area_um2": min_area_um2,
                  "fragment_fraction": fragment_fraction, "split": split, "trim_halo": trim_halo,
                  "predict_options": {**PREDICT_OPTIONS, **(predict_options or {})}}
     recon = Reconstructors()

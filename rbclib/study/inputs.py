@@ -11,8 +11,9 @@ Inputs (:func:`discover_inputs`):
 - any of these with a day-map CSV (columns ``file`` and ``day``; ``file`` is a path
   relative to the input, a file name or a stem), which overrides days from folder names.
 
-Without ``--model``, :func:`find_latest_model` picks the best arm (:func:`best_model_in`) of
-the most recent finished run.
+The model (:func:`resolve_model`): without ``--model`` the default model shipped inside the
+package; ``--model latest`` the best arm (:func:`best_model_in`) of the most recent finished
+run (:func:`find_latest_model`); else the model folder given.
 """
 from __future__ import annotations
 
@@ -216,10 +217,34 @@ def find_latest_model(runs_roots: list[str | Path] | None = None) -> tuple[Path,
                 run = pt.parents[2].resolve()
                 runs[run] = max(runs.get(run, 0.0), pt.stat().st_mtime)
     if not runs:
-        raise FileNotFoundError("no --model given and no trained model found (looked for runs/*/models/seg_*/best.pt "
+        raise FileNotFoundError("no trained model found for --model latest (looked for runs/*/models/seg_*/best.pt "
                                 f"under {', '.join(str(r) for r in roots)}); run `make run` first, pass --model DIR or set $RBC_RUNS")
     run = max(runs, key=runs.get)
     model = best_model_in(run / "models")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(runs[run]))
-    return model, (f"no --model given: using `{model}`, the arm with the highest validation Dice of the "
+    return model, (f"`--model latest`: `{model}`, the arm with the highest validation Dice of the "
                    f"most recent run `{run}` (trained {when})")
+
+
+LATEST = "latest"
+"""``--model latest``: the best arm of the most recent run (:func:`find_latest_model`)."""
+
+
+def resolve_model(model: str | Path | None, runs_roots: list[str | Path] | None = None) -> tuple[Path, str]:
+    """The model folder to use and a sentence for the report saying which it is.
+
+    None: the default model shipped inside the package
+    (:data:`rbclib.study.default_model.SHIPPED_MODEL_DIR`, named with its card); ``"latest"``:
+    :func:`find_latest_model` under ``runs_roots``; anything else: that model folder."""
+    from rbclib.study.default_model import SHIPPED_MODEL_DIR
+
+    if model is None:
+        if not (SHIPPED_MODEL_DIR / "best.pt").is_file():
+            raise FileNotFoundError(f"{SHIPPED_MODEL_DIR}: the shipped default model is missing from this installation "
+                                    "(reinstall rbc-holo, run `make default-model`, or pass --model DIR / --model latest)")
+        return SHIPPED_MODEL_DIR, (f"the shipped default model `rbclib/models/default` (model card: "
+                                   f"`{SHIPPED_MODEL_DIR / 'MODEL_CARD.md'}`)")
+    if str(model) == LATEST:
+        return find_latest_model(runs_roots)
+    folder = Path(model).expanduser()
+    return folder, f"`{folder}` (given with --model)"

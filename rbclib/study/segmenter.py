@@ -9,9 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from rbclib.core.config import PIXEL_SIZE_RANGE_M, Optics
-from rbclib.core.files import read_json
 from rbclib.core.labels import instance_classes, instances_from_labels
-from rbclib.core.paths import RunPaths
 from rbclib.seg.watershed import split_touching
 
 RESAMPLE_TOLERANCE = 0.01  # relative pixel-size difference below which no resampling is done
@@ -176,20 +174,6 @@ def drop_faint_objects(labels: np.ndarray, instances: np.ndarray, phase: np.ndar
     return labels, relabel_sequential(inst)[0].astype(np.int32), int(len(faint))
 
 
-def trained_on_flat_discocytes(model_dir: str | Path) -> bool:
-    """True when the model folder's run (``<run>/models/<name>/``) simulated its training
-    twin with flat-topped discocytes (``flat_discocyte_fraction`` > 0 in
-    ``<run>/simulated/simulation.json``): such models paint halo around touching cells in the
-    cell's class and need :func:`trim_halo` (README, issue 13). False when that file is
-    absent (real annotated data, or a model folder moved out of its run)."""
-    record = RunPaths.of_model(model_dir).simulated / "simulation.json"
-    try:
-        flat = read_json(record).get("flat_discocyte_fraction") or 0.0
-    except (OSError, ValueError, AttributeError):
-        return False
-    return float(np.max(flat)) > 0
-
-
 PREDICT_OPTIONS = {"fast": None}
 """Default inference options of ``rbc assess`` (:func:`rbclib.seg.infer.predict_images`): the
 training patch's tiles, bfloat16 where the hardware runs it. On 12 reconstructed twin
@@ -207,12 +191,14 @@ class Segmenter:
     batch_size, fast); min_area_um2 / fragment_fraction: see :func:`clean_instances`; objects far fainter than
     the image's typical cell are dropped too (:func:`drop_faint_objects`); split: split
     touching cells (:func:`split_touching`) after the clean-up; trim_halo: first set to
-    background what lies beyond a cell's bright body (:func:`trim_halo`); None (default): on
-    exactly when the model was trained on a twin with flat-topped discocytes
-    (:func:`trained_on_flat_discocytes`). Such a model needs it (a quick backbone, 2026-12-01:
-    real count ratio 0.84 / 1.00 / 0.61 without, 1.03 / 1.00 / 1.02 with it), while the default
-    quick model does not: it raised that model's count on the non-telecentric real hologram
-    from 39 to 52 (41 cells: halo it paints in another class than the cell survives as pieces).
+    background what lies beyond a cell's bright body (:func:`trim_halo`); None (default): as
+    the model's ``config.json`` says (``trim_halo``, set in training for twins with
+    flat-topped discocytes). Such a model needs it (a quick backbone, 2026-12-01: real count
+    ratio 0.84 / 1.00 / 0.61 without, 1.03 / 1.00 / 1.02 with it), while a model of the
+    Evans-Fung twin does not: it raised that model's count on the non-telecentric real
+    hologram from 39 to 52 (41 cells: halo it paints in another class than the cell survives
+    as pieces). Everything else inference needs comes from ``config.json`` too: pixel size,
+    phase range, tile, post-processing, classes.
     """
 
     def __init__(self, model_dir: str | Path, *, predict_options: Mapping[str, Any] | None = None,
@@ -227,7 +213,7 @@ class Segmenter:
         self.min_area_um2 = float(min_area_um2)
         self.fragment_fraction = float(fragment_fraction)
         self.split = bool(split)
-        self.trim_halo = trained_on_flat_discocytes(self.model_dir) if trim_halo is None else bool(trim_halo)
+        self.trim_halo = bool(self.config.get("trim_halo", False)) if trim_halo is None else bool(trim_halo)
 
     def __call__(self, phase: np.ndarray,
                  pixel_size_m: float) -> tuple[np.ndarray, np.ndarray, dict[int, float], float, int]:
@@ -272,9 +258,8 @@ class Segmenter:
 
 def model_pixel_size(config: Mapping[str, Any], model_dir: str | Path | None = None) -> tuple[float, str]:
     """Pixel size [m] a model was trained at and where that came from: its config
-    (``pixel_size_m`` or ``optics.pixel_size_m``), else the ``optics.json`` of the run it
-    was trained in (``<run>/models/<name>/`` -> ``<run>/optics.json``), else the paper's
-    0.1441 um/px (said so)."""
+    (``pixel_size_m`` or ``optics.pixel_size_m``), else the paper's 0.1441 um/px (said so).
+    A model folder is self-contained: nothing is read from the run that trained it."""
     for holder in (config, config.get("optics") or {}):
         if isinstance(holder, Mapping) and holder.get("pixel_size_m") is not None:
             value = holder["pixel_size_m"]
@@ -284,13 +269,6 @@ def model_pixel_size(config: Mapping[str, Any], model_dir: str | Path | None = N
                 raise ValueError(f"{where}: pixel_size_m={value!r} is not a pixel size at the sample "
                                  f"(expected {lo:g}..{hi:g} m, e.g. 1.441e-07)")
             return float(value), "the model's config.json"
-    if model_dir is not None:
-        run_optics = RunPaths.of_model(model_dir).optics_json
-        if run_optics.is_file():
-            try:
-                return Optics.from_json(run_optics).pixel_size_m, f"{run_optics}, the optics of the run that trained it"
-            except ValueError:
-                pass
     return Optics().pixel_size_m, "not recorded with the model: assumed the paper's 0.1441 um/px"
 
 

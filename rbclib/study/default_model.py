@@ -1,0 +1,254 @@
+"""The shipped default model: trained once by a fixed recipe, checked on the twin, another
+microscope and the real holograms, and shipped inside the package with its model card.
+
+``rbc default-model`` (``make default-model``) runs :func:`build_default_model`: it simulates
+the recipe's twin (:data:`RECIPE`), trains the segmenter, writes ``card.json`` and
+``MODEL_CARD.md`` (:func:`write_card`) and, with ``ship``, copies the model into
+:data:`SHIPPED_MODEL_DIR` with compressed weights (:func:`ship_model`).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rbclib.core.files import file_sha256
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+SHIPPED_MODEL_DIR = MODELS_DIR / "default"
+"""The default model of ``rbc assess`` and :func:`rbclib.analyse`: ``config.json``,
+``best.pt`` (int8 / float16 weights), ``card.json`` and ``MODEL_CARD.md``."""
+RECIPE = MODELS_DIR / "recipe.toml"
+"""The recipe of the shipped model: twin, training config, checks."""
+CARD_FILES = ("config.json", "best.pt")
+"""The files whose SHA-256 the model card records."""
+
+
+def read_recipe(path: str | Path = RECIPE) -> dict[str, Any]:
+    """The recipe TOML as a dict (``seed``, ``twin``, ``train``, ``check``)."""
+    recipe = tomllib.loads(Path(path).read_text())
+    missing = {"seed", "twin", "train", "check"} - set(recipe)
+    if missing:
+        raise ValueError(f"{path}: missing {sorted(missing)}")
+    return recipe
+
+
+def twin_pairs(recipe: dict[str, Any]) -> dict[str, list]:
+    """The recipe's twin (``noise_nm``, when given, replaces the twin's coherent-noise range),
+    reconstructed with its background holograms as 01 does (numerically where the reconstruction
+    refuses a background as too noisy):
+    {"train", "val", "test"} -> lists of (:class:`rbclib.seg.datasets.Pair`, instances) at
+    the twin's pixel size (0.1441 um/px)."""
+    from rbclib.physics.holography import reconstruct
+    from rbclib.physics.simulate import simulate_field
+    from rbclib.seg.datasets import Pair
+
+    from rbclib.physics.recording import HologramSettings
+
+    twin = recipe["twin"]
+    kw = {k: twin[k] for k in ("field_px", "density_per_1000um2", "mixture", "flat_discocyte_fraction")}
+    if "noise_nm" in twin:
+        kw["settings"] = HologramSettings(noise_nm=tuple(twin["noise_nm"]))
+    fields = []
+    for i, ss in enumerate(np.random.SeedSequence([int(recipe["seed"]), 32]).spawn(int(twin["n_fields"]))):
+        f = simulate_field(np.random.default_rng(ss), **kw)
+        try:
+            rec = reconstruct(f.hologram, background=f.background, optics=f.optics, source=f"default-model twin {i}")
+        except ValueError:  # a background too noisy for the reconstruction's check: compensated numerically
+            rec = reconstruct(f.hologram, optics=f.optics, source=f"default-model twin {i}")
+        fields.append((Pair(rec.phase.astype(np.float32), f.labels, f"twin_{i:03d}"), f.instances))
+    n_test, n_val = int(twin["test_fields"]), int(twin["val_fields"])
+    return {"test": fields[:n_test], "val": fields[n_test:n_test + n_val], "train": fields[n_test + n_val:]}
+
+
+def at_pixel_size(pairs: list, pixel_size_m: float, twin_pixel_size_m: float) -> list:
+    """Training pairs resampled from the twin's pixel size to the model's (phase linear with
+    anti-aliasing, labels nearest), as ``rbc assess`` resamples its inputs."""
+    from rbclib.seg.datasets import Pair
+    from rbclib.study.segmenter import resample
+
+    scale = twin_pixel_size_m / pixel_size_m
+    return [Pair(resample(p.phase, scale, order=1), resample(p.labels, scale, order=0), p.name) for p, _ in pairs]
+
+
+def train_default_model(recipe: dict[str, Any], out_dir: str | Path, *, pairs: dict[str, list] | None = None,
+                        progress: bool = True) -> Path:
+    """Train the recipe's segmenter into ``out_dir`` (a model folder); returns it."""
+    from rbclib.core.config import Optics
+    from rbclib.seg.train import make_config, train_segmenter
+
+    pairs = pairs or twin_pairs(recipe)
+    config = make_config(recipe["train"])
+    twin_px = Optics().pixel_size_m
+    return train_segmenter(at_pixel_size(pairs["train"], config["pixel_size_m"], twin_px),
+                           at_pixel_size(pairs["val"], config["pixel_size_m"], twin_px),
+                           model_name=config["model_name"], out_dir=out_dir, config=config,
+                           seed=int(recipe["seed"]), progress=progress)
+
+
+def twin_scores(model_dir: str | Path, pairs: list) -> dict[str, float]:
+    """Dice and AJI per class and overall of the model, segmenting as ``rbc assess`` does, on
+    (pair, instances) test fields, scored on the fields' own grid."""
+    from rbclib.core.config import Optics
+    from rbclib.seg.metrics import aji_per_class, dice_per_class, mean_scores
+    from rbclib.study.segmenter import Segmenter
+
+    segmenter = Segmenter(model_dir)
+    dice, aji = [], []
+    for pair, instances in pairs:
+        labels, pred_instances, *_ = segmenter(pair.phase, Optics().pixel_size_m)
+        dice.append(dice_per_class(labels, pair.labels))
+        aji.append(aji_per_class(labels, pair.labels, pred_instances=pred_instances, true_instances=instances))
+    return {**{f"dice_{k}": v for k, v in mean_scores(dice).items()}, **{f"aji_{k}": v for k, v in mean_scores(aji).items()}}
+
+
+def check_model(model_dir: str | Path, recipe: dict[str, Any], *, pairs: dict[str, list] | None = None,
+                real_data: str | Path | None = None) -> dict[str, Any]:
+    """The model card's numbers: parameters, own-twin test scores, the quick twin and another
+    microscope (:func:`rbclib.study.transfer.transfer_table`), the real holograms
+    (:func:`rbclib.study.transfer.real_hologram_check`) and holograms/s of ``rbc assess``."""
+    import tempfile
+
+    from rbclib.physics import realism
+    from rbclib.profile import get_profile
+    from rbclib.seg.compute import count_parameters
+    from rbclib.seg.infer import load_model
+    from rbclib.study.transfer import model_segmenter, real_hologram_check, transfer_table
+
+    check = recipe["check"]
+    pairs = pairs or twin_pairs(recipe)
+    out: dict[str, Any] = {"parameters": count_parameters(load_model(model_dir, device="cpu")[0])}
+    out["own_twin_test"] = twin_scores(model_dir, pairs["test"])
+    quick = get_profile("quick")["simulate"]
+    table = transfer_table(model_segmenter(model_dir), n_fields=int(check["transfer_fields"]),
+                           seed=int(check["transfer_seed"]), mixture=quick["mixture"])
+    out["quick_twin"] = {row: {k: float(v) for k, v in table.loc[row].items()} for row in table.index}
+    data = Path(real_data) if real_data else realism.shared_data_dir()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in realism.real_hologram_paths(data):
+            row = real_hologram_check(path, model_dir, Path(tmp) / path.stem)
+            row.pop("overlay")
+            rows.append(row)
+        out["speed"] = assess_speed(model_dir, int(check["speed_holograms"]), Path(tmp) / "speed")
+    out["real_holograms"] = rows
+    return out
+
+
+def assess_speed(model_dir: str | Path, n: int, work: Path) -> dict[str, float]:
+    """Holograms/s of :func:`rbclib.study.assess.assess` on ``n`` twin holograms of 900 x 900
+    px (warm: a first pass compiles and loads, the second is timed)."""
+    from rbclib.core.io import write_camera_image
+    from rbclib.physics.simulate import simulate_field
+    from rbclib.study.assess import assess
+
+    for i in range(n):
+        f = simulate_field(np.random.default_rng([7, i]), field_px=900)
+        write_camera_image(work / "holograms" / f"h{i:02d}.png", f.hologram)
+    assess(work / "holograms", work / "warm", model_dir=model_dir, progress=False, n_boot=10, overlays=False)
+    t0 = time.perf_counter()
+    assess(work / "holograms", work / "timed", model_dir=model_dir, progress=False, n_boot=10, overlays=False)
+    seconds = time.perf_counter() - t0
+    return {"holograms": n, "seconds": seconds, "holograms_per_s": n / seconds}
+
+
+def write_card(model_dir: str | Path, recipe: dict[str, Any], checks: dict[str, Any], *, command: str,
+               minutes: float) -> None:
+    """``card.json`` (recipe, checks, file hashes) and ``MODEL_CARD.md`` into ``model_dir``."""
+    from rbclib.core.files import write_json, write_text
+
+    model_dir = Path(model_dir)
+    card = {"name": "rbc-holo default model", "command": command, "build_minutes": round(minutes, 1),
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "recipe": recipe,
+            "checks": checks, "sha256": {name: file_sha256(model_dir / name) for name in CARD_FILES}}
+    write_json(model_dir / "card.json", card)
+    write_text(model_dir / "MODEL_CARD.md", render_card(card))
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def render_card(card: dict[str, Any]) -> str:
+    """The Markdown model card of ``card.json``'s content."""
+    recipe, checks, train = card["recipe"], card["checks"], card["recipe"]["train"]
+    twin = recipe["twin"]
+    own, quick = checks["own_twin_test"], checks["quick_twin"]
+    classes = ("discocyte", "spherocyte", "echinocyte", "stomatocyte")
+    lines = [f"# {card['name']}", "",
+             f"A {train['model_name']} ({train['encoder']} encoder, decoder {train['decoder_channels']}), "
+             f"{checks['parameters']:,} parameters, working at {train['pixel_size_m'] * 1e6:.4f} um/px "
+             f"(inputs are resampled to it), tiles of {train.get('infer_tile') or train['patch']} px, "
+             f"halo trimming {'on' if train.get('trim_halo') else 'off'}.", "",
+             "## Training data and recipe", "",
+             f"- Digital twin (`rbclib.physics.simulate`, off-axis holograms reconstructed with their backgrounds, or "
+             f"numerically where a background is too noisy for the check): "
+             f"{twin['n_fields']} fields of {twin['field_px']} px at 0.1441 um/px, density "
+             f"{twin['density_per_1000um2']} cells per 1000 um^2, mixture `{twin['mixture']}`, "
+             f"{_pct(twin['flat_discocyte_fraction'])} of discocytes flat-topped, coherent noise "
+             f"{twin.get('noise_nm', 'of the default range 3-25')} nm; {twin['test_fields']} fields held out for test, "
+             f"{twin['val_fields']} for validation.",
+             f"- Training: {train['epochs']} x {train['max_steps_per_epoch']} steps of {train['batch_size']} x "
+             f"{train['patch']} px class-balanced crops, lr {train['lr']}, phase gain {train['phase_gain']}, "
+             f"seed {recipe['seed']}. The whole recipe: `rbclib/models/recipe.toml`.",
+             f"- Made by `{card['command']}` in {card['build_minutes']} min on {card['machine']}.", "",
+             "## Twin", "",
+             "| test set | " + " | ".join(classes) + " | overall |", "|---|" + "---:|" * 5,
+             "| own twin, Dice | " + " | ".join(f"{own[f'dice_{c}']:.3f}" for c in classes)
+             + f" | {own['dice_overall']:.3f} |",
+             "| own twin, AJI | " + " | ".join(f"{own[f'aji_{c}']:.3f}" for c in classes)
+             + f" | {own['aji_overall']:.3f} |"]
+    for row in ("in-domain", "other optics", "drop"):
+        lines.append(f"| quick twin, {row}, Dice | " + " | ".join(f"{quick[row][c]:.3f}" for c in classes)
+                     + f" | {quick[row]['overall']:.3f} |")
+    lines += ["", "Other optics: `bench_transfer`'s microscope (633 nm, 0.094 um/px, noisier, another carrier).",
+              "", "## Real holograms (`../shared/data`)", "",
+              "| hologram | cells | independent count | ratio | " + " | ".join(classes) + " |",
+              "|---|---:|---:|---:|" + "---:|" * 4]
+    for r in checks["real_holograms"]:
+        lines.append(f"| `{r['hologram']}` | {r['cells']} | {r['independent']} | {r['count_ratio']:.2f} | "
+                     + " | ".join(_pct(r[f"share_{c}"]) for c in classes) + " |")
+    speed = checks["speed"]
+    lines += ["", "Targets: count within 15 % of the independent count, at least 80 % discocytes (fresh cells).",
+              "", "## Speed", "",
+              f"`rbc assess` on {speed['holograms']} twin holograms of 900 x 900 px: "
+              f"{speed['holograms_per_s']:.2f} holograms/s on the build machine (warm, both cores).", "",
+              "## Files", "", *[f"- `{k}`: SHA-256 `{v}`" for k, v in card["sha256"].items()], ""]
+    return "\n".join(lines)
+
+
+def ship_model(model_dir: str | Path, dest: str | Path = SHIPPED_MODEL_DIR) -> Path:
+    """Copy a trained model folder's ``config.json`` and ``best.pt`` into ``dest``, the weights
+    compressed (:func:`rbclib.core.training.compress_weights`: int8 convolutions, float16 rest;
+    no optimiser state); returns ``dest``. The card is written after, on ``dest``."""
+    from rbclib.core.files import write_json
+    from rbclib.core.training import compress_weights, load_checkpoint, save_checkpoint
+
+    model_dir, dest = Path(model_dir), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(model_dir / "best.pt")
+    save_checkpoint(dest / "best.pt", {"compressed_model": compress_weights(ckpt["model"]), "epoch": ckpt.get("epoch"),
+                                       "score": ckpt.get("score")})
+    write_json(dest / "config.json", json.loads((model_dir / "config.json").read_text()))
+    return dest
+
+
+def build_default_model(out_dir: str | Path, *, recipe_path: str | Path = RECIPE, ship: str | Path | None = None,
+                        command: str = "make default-model", progress: bool = True) -> Path:
+    """Train, check and card the default model in ``out_dir``; with ``ship``, copy it there
+    (compressed weights) and card that copy. Returns the carded folder."""
+    t0 = time.perf_counter()
+    recipe = read_recipe(recipe_path)
+    pairs = twin_pairs(recipe)
+    trained = train_default_model(recipe, Path(out_dir) / "model", pairs=pairs, progress=progress)
+    final = ship_model(trained, ship) if ship else trained
+    checks = check_model(final, recipe, pairs=pairs)
+    write_card(final, recipe, checks, command=command, minutes=(time.perf_counter() - t0) / 60)
+    pd.DataFrame(checks["real_holograms"]).to_csv(Path(out_dir) / "real_holograms.csv", index=False)
+    return final
