@@ -193,36 +193,24 @@ def test_class_composition_counts_cells():
 
 
 
-def _foreground_iou(model_dir, fields) -> float:
-    inter = union = 0
-    for phase, truth in fields:
-        pred, _ = dd.segment_with_mask_generator(model_dir, phase, seed=0)
-        inter += int(((pred > 0) & (truth > 0)).sum())
-        union += int(((pred > 0) | (truth > 0)).sum())
-    return inter / union
-
-
 @pytest.mark.learning
-def test_mask_generator_learns_to_segment(toy_run, tmp_path, learning):
-    """Learning happens: G_M's x0 L1 falls well below that of any constant mask (0.4: a
-    constant -1 map, or all-background, misses 2 of the 5 channels on cell pixels), and its
-    cell-vs-medium IoU on unseen fields rises from the first epoch to the last. A fast
-    learning rate for the test's 300 steps (the profiles' 1.6e-4 needs thousands)."""
+def test_mask_generator_learns(toy_run, tmp_path, learning):
+    """Learning happens: G_M's x0 L1 over its last three epochs is well below that of the same
+    generator left untrained (``lr_g`` 0) on the same batches (seeds 0-4, one thread: 0.19-0.27
+    against 0.91-1.00). A fast learning rate for the test's 300 steps (the profiles' 1.6e-4
+    needs thousands). Its sampled segmentation of unseen toy fields is not asserted: at this
+    size it depends on the seed (foreground IoU 0.21-0.73 over seeds 0-4, untrained 0.20-0.28)."""
     phases, labels, _ = dd.load_split_fields(toy_run.root)
-    fields = [toy_field(np.random.default_rng(100 + i), 64, 4) for i in range(3)]
-    config = dd.DDGANConfig(kind="mask", **{**TINY, "epochs": 12, "iters_per_epoch": 25, "lr_g": 2e-3, "lr_d": 1e-3,
-                                            "ema": 0.9, "lambda_l1": 5.0})
-    scores = {}
+    fast = {**TINY, "epochs": 12, "iters_per_epoch": 25, "lr_d": 1e-3, "ema": 0.9, "lambda_l1": 5.0}
 
-    def score(epoch, _generator):
-        if epoch in (1, config.epochs):
-            scores[epoch] = _foreground_iou(tmp_path / "gm", fields)
+    def x0_l1(name: str, lr_g: float) -> pd.Series:
+        dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="mask", **fast, lr_g=lr_g), out_dir=tmp_path / name,
+                       seed=learning.seed, progress=False)
+        return pd.read_csv(tmp_path / name / "log.csv")["loss_l1"]
 
-    dd.train_ddgan(phases, labels, config=config, out_dir=tmp_path / "gm", seed=learning.seed, progress=False,
-                   on_epoch_end=score)
-    l1 = pd.read_csv(tmp_path / "gm" / "log.csv")["loss_l1"]
-    learning.below("x0 L1, last three epochs", l1.iloc[-3:].mean(), 0.75 * 0.4, list(l1))
-    learning.above("IoU gain, first to last epoch", scores[config.epochs] - scores[1], 0.1, scores)
+    trained, untrained = x0_l1("gm", 2e-3), x0_l1("untrained", 0.0)
+    learning.below("x0 L1 trained / untrained, last three epochs",
+                   trained.iloc[-3:].mean() / untrained.iloc[-3:].mean(), 0.5, (list(trained), list(untrained)))
 
 
 @pytest.mark.learning
