@@ -14,7 +14,7 @@ from rbclib.profile import PROFILE_NAMES
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from rbclib.pipeline import NotebookFailed, run_notebooks
+    from rbclib.pipeline import NotebookFailed, RunInterrupted, run_notebooks
 
     only = [s for part in args.only for s in part.split(",") if s] if args.only else None
     run_dir = args.run_dir or Path("runs") / args.profile
@@ -24,6 +24,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except NotebookFailed as exc:
         print(f"rbc run: {exc}", file=sys.stderr)
         return 1
+    except RunInterrupted as exc:
+        print(f"rbc run: {exc}", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -182,12 +185,91 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _refocus_arg(text: str) -> str:
+    from rbclib.physics.holography import MAX_REFOCUS_M
+
     if text != "auto":
         try:
-            float(text)
+            value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"--refocus takes a distance in metres or 'auto', got {text!r}") from None
+        if not (math.isfinite(value) and abs(value) <= MAX_REFOCUS_M):
+            raise argparse.ArgumentTypeError(f"--refocus {text}: a distance within -{MAX_REFOCUS_M:g}..{MAX_REFOCUS_M:g} m "
+                                             "(e.g. 5e-6), or 'auto'")
     return text
+
+
+def _optics_arg(field: str, option: str):
+    """argparse type: a number within the physical range of ``Optics.<field>`` (SI units)."""
+    def parse(text: str) -> float:
+        from rbclib.core.config import OPTICS_RANGES
+
+        lo, hi = OPTICS_RANGES[field]
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise argparse.ArgumentTypeError(f"{option} {text}: expected a number within {lo:g}..{hi:g} (SI units)")
+        return value
+    return parse
+
+
+def _filter_size_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 0.5):
+        raise argparse.ArgumentTypeError(f"--filter-size {text}: a fraction of the carrier distance in (0, 0.5]")
+    return value
+
+
+def _int_in(lo: int, hi: int, option: str):
+    """argparse type: a whole number within lo..hi, the message naming ``option``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = lo - 1
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{option} {text}: a whole number within {lo}..{hi}")
+        return value
+    return parse
+
+
+def _checked_by(check, option: str):
+    """argparse type: ``check(text)``'s value, its ValueError becoming a usage error naming ``option``."""
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{option} {text}: {exc}") from None
+    return parse
+
+
+def _storage_day(text: str) -> float:
+    from rbclib.physics.simulate import storage_mixture
+
+    day = float(text)
+    storage_mixture(day)  # ValueError outside the modelled days
+    return day
+
+
+def _mixture(text: str) -> str:
+    from rbclib.physics.simulate import parse_mixture
+
+    parse_mixture(text)
+    return text
+
+
+def _seed_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"--seed {text}: a whole number within 0..{2 ** 32 - 1}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -209,10 +291,13 @@ def _cells_range(text: str) -> tuple[int, int]:
 
 def _add_optics_arguments(p: argparse.ArgumentParser) -> None:
     """Optics overrides shared by the commands that read microscope images (SI units)."""
-    p.add_argument("--wavelength", type=float, metavar="M", help="illumination wavelength [m], e.g. 682.5e-9")
-    p.add_argument("--pixel-size", type=float, metavar="M", help="pixel size at the sample [m], e.g. 0.1441e-6")
-    p.add_argument("--medium-index", type=float, metavar="N", help="refractive index of the medium, e.g. 1.3334")
-    p.add_argument("--numerical-aperture", type=float, metavar="NA",
+    p.add_argument("--wavelength", type=_optics_arg("wavelength_m", "--wavelength"), metavar="M",
+                   help="illumination wavelength [m], e.g. 682.5e-9")
+    p.add_argument("--pixel-size", type=_optics_arg("pixel_size_m", "--pixel-size"), metavar="M",
+                   help="pixel size at the sample [m], e.g. 0.1441e-6")
+    p.add_argument("--medium-index", type=_optics_arg("n_medium", "--medium-index"), metavar="N",
+                   help="refractive index of the medium, e.g. 1.3334")
+    p.add_argument("--numerical-aperture", type=_optics_arg("numerical_aperture", "--numerical-aperture"), metavar="NA",
                    help="objective NA, e.g. 0.65 (sets the sideband filter radius NA/wavelength; default 0.7)")
 
 
@@ -229,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", help="notebook numbers, e.g. 01,03")
     p.add_argument("--from", dest="start_from", help="start at this notebook number, e.g. 03")
     p.add_argument("--run-dir", type=Path, help="run folder (default runs/<profile>)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed_arg, default=0)
     p.add_argument("--notebooks", type=Path, help="folder of notebooks (default: the repository's)")
     p.set_defaults(func=_cmd_run)
 
@@ -250,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trim-halo", action=argparse.BooleanOptionalAction, default=None,
                    help="drop model pixels beyond a cell's bright body (halo that merges neighbours); default: as the "
                         "model's config.json says (on for models trained on a twin with flat-topped discocytes)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals")
+    p.add_argument("--seed", type=_seed_arg, default=0, help="seed of the bootstrap confidence intervals")
     p.add_argument("--device", help="torch device of the model, e.g. cuda, cuda:1, cpu (default: cuda, mps or "
                                     "cpu, whichever is there)")
     p.add_argument("--batch-images", type=_positive_int, default=2, metavar="N",
@@ -271,14 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Physics-based digital twin of off-axis DHM holograms of red blood cells "
                                    "(rbclib.physics.simulate): writes holograms/, backgrounds/, phase/, labels/, "
                                    "instances/, cells.csv, optics.json, splits.json to OUT.")
-    p.add_argument("--n-fields", type=int, required=True, metavar="N",
+    p.add_argument("--n-fields", type=_int_in(1, 100_000, "--n-fields"), required=True, metavar="N",
                    help="number of fields (with --storage-series: fields per storage day)")
-    p.add_argument("--seed", type=int, required=True, metavar="S", help="random seed (same seed, same dataset)")
+    p.add_argument("--seed", type=_seed_arg, required=True, metavar="S", help="random seed (same seed, same dataset)")
     p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="output dataset folder")
-    p.add_argument("--day", type=float, metavar="D", help="storage day 8..57: class mixture from the storage model")
-    p.add_argument("--mixture", metavar="CLASS=F,...", help="class fractions, e.g. discocyte=0.7,spherocyte=0.1,"
+    p.add_argument("--day", type=_checked_by(_storage_day, "--day"), metavar="D", help="storage day 8..57: class mixture from the storage model")
+    p.add_argument("--mixture", type=_checked_by(_mixture, "--mixture"), metavar="CLASS=F,...", help="class fractions, e.g. discocyte=0.7,spherocyte=0.1,"
                                                             "echinocyte=0.1,stomatocyte=0.1 (default: day 8)")
-    p.add_argument("--field-px", type=int, default=900, metavar="PX", help="field side in pixels (default 900)")
+    p.add_argument("--field-px", type=_int_in(32, 8192, "--field-px"), default=900, metavar="PX", help="field side in pixels (default 900)")
     p.add_argument("--cells-per-field", type=_cells_range, metavar="MIN,MAX",
                    help="cells per field (default: from --density-per-1000um2)")
     for option, text in _SIMULATE_RANGES.items():
@@ -309,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="propagate by M metres, or 'auto' (minimum average amplitude gradient within +-10 um)")
     p.add_argument("--filter", default="smooth disk", choices=["smooth disk", "disk", "gauss"],
                    help="sideband filter (default: smooth disk)")
-    p.add_argument("--filter-size", type=float, default=None, metavar="F",
+    p.add_argument("--filter-size", type=_filter_size_arg, default=None, metavar="F",
                    help="filter radius as a fraction of the carrier distance (default: the objective's "
                         "cut-off NA/wavelength, at most half the carrier distance)")
     p.add_argument("--sign", type=int, choices=[1, -1], help="force the phase sign (default: cells positive, automatic)")
@@ -336,18 +421,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message: Warning | str, category: type, filename: str, lineno: int, line: str | None = None) -> str:
+    return f"rbc: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     import pickle
+    import warnings
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown = warnings.formatwarning
+    if not args.debug:
+        warnings.formatwarning = _one_line_warning
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"rbc {args.command}: interrupted (Ctrl-C); finished files are kept, a rerun resumes", file=sys.stderr)
+        return 130
     except (ValueError, OSError, RuntimeError, pickle.UnpicklingError) as exc:
         if args.debug:
             raise
         print(f"rbc {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = shown
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ def discover(notebooks_dir: str | Path) -> list[Stage]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: notebooks folder not found")
     stages = [Stage(m.group(1), p) for p in sorted(folder.iterdir()) if (m := NOTEBOOK_PATTERN.match(p.name))]
+    if not stages:
+        raise ValueError(f"{folder}: no notebooks named NN_*.ipynb (e.g. 01_reconstruct.ipynb) in this folder")
     numbers = [s.number for s in stages]
     dupes = sorted({n for n in numbers if numbers.count(n) > 1})
     if dupes:
@@ -67,16 +69,24 @@ def discover(notebooks_dir: str | Path) -> list[Stage]:
 
 def select(stages: list[Stage], *, only: Iterable[str] | None = None, start_from: str | None = None) -> list[Stage]:
     """Filter stages by number: ``only`` (e.g. ["01", "03"]) and/or ``start_from`` ("03")."""
+    def number(text: str, option: str) -> str:
+        if not str(text).strip().isdigit():
+            raise ValueError(f"{option} {text}: expected notebook numbers such as 01 or 3")
+        return f"{int(text):02d}"
+
     known = {s.number for s in stages}
-    wanted = [f"{int(n):02d}" for n in only] if only else None
-    for n in (wanted or []) + ([f"{int(start_from):02d}"] if start_from else []):
+    wanted = [number(n, "--only") for n in only] if only else None
+    start_from = number(start_from, "--from") if start_from else None
+    for n in (wanted or []) + ([start_from] if start_from else []):
         if n not in known:
             raise ValueError(f"no notebook numbered {n}; have {sorted(known)}")
     out = stages
     if start_from:
-        out = [s for s in out if s.number >= f"{int(start_from):02d}"]
+        out = [s for s in out if s.number >= start_from]
     if wanted is not None:
         out = [s for s in out if s.number in wanted]
+    if not out:
+        raise ValueError(f"--only {','.join(wanted or [])} --from {start_from}: no notebook is both")
     return out
 
 
@@ -130,6 +140,10 @@ def run_notebooks(
         except PapermillExecutionError as exc:
             raise NotebookFailed(stage.path, _cell_index(stage.path, exc.source), exc.source,
                                  f"{exc.ename}: {exc.evalue}", target) from None
+        except KeyboardInterrupt:
+            _mark_interrupted(target)
+            raise RunInterrupted(f"interrupted during {stage.name}; its partial copy {target} says so, "
+                                 f"and `rbc run --from {stage.number}` starts again there") from None
         seconds = time.perf_counter() - start
         timings[stage.name] = {"seconds": round(seconds, 2), "profile": profile,
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -144,6 +158,31 @@ def run_notebooks(
         write_summary(paths.root)
         print(f"[rbc run] report: {report_md} (and report.html, summary.json)", flush=True)
     return executed
+
+
+class RunInterrupted(RuntimeError):
+    """``rbc run`` stopped by Ctrl-C; names the notebook it stopped in."""
+
+
+def _mark_interrupted(executed: Path) -> None:
+    """Put a first cell into the executed copy saying the run was interrupted (papermill's
+    copy would otherwise show the cells it never finished as if they had run)."""
+    import nbformat
+
+    from rbclib.core.files import atomic_path
+
+    if not executed.is_file():
+        return
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except Exception:  # noqa: BLE001 - a half-written copy: leave it as it is
+        return
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell(
+        "**Interrupted (Ctrl-C) while this notebook ran: cells after the last one with output did not run, "
+        "and outputs may be partial.**"))
+    nb.metadata.setdefault("rbc", {})["interrupted"] = True
+    with atomic_path(executed) as tmp:
+        nbformat.write(nb, tmp)
 
 
 def _cell_index(notebook: Path, source: str) -> int | None:

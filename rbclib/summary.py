@@ -14,20 +14,34 @@ from typing import Any
 
 import pandas as pd
 
-from rbclib.core.files import read_json, write_json, write_text
+from rbclib.core.files import ImageFileError, read_json, write_json, write_text
 from rbclib.core.paths import RunPaths
 
 STAGE_LABELS = {"01": "reconstruct", "02": "annotate", "03": "diffusion GANs", "04": "curation", "05": "SSL",
                 "06": "fine-tune", "07": "evaluate", "08": "storage study"}
 
 
+_TEXT_COLUMNS = {"probe_set", "encoder", "within_target"}
+
+
 def _csv(path: Path, columns: tuple[str, ...] = ()) -> pd.DataFrame | None:
-    """The table at ``path`` if it can be read, holds ``columns`` and has rows; else None."""
+    """The table at ``path`` if it can be read, holds ``columns`` and has rows; else None.
+    ImageFileError naming the file, column and row when a number column holds text."""
     try:
         table = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
-    return table if len(table) and set(columns) <= set(table.columns) else None
+    if not (len(table) and set(columns) <= set(table.columns)):
+        return None
+    for column in set(columns) - _TEXT_COLUMNS:
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        bad = numbers.isna() & table[column].notna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise ImageFileError(path, f"column {column!r} holds {table[column].iloc[row]!r} in row {row + 2}, "
+                                       "not a number")
+        table[column] = numbers
+    return table
 
 
 def _overall(path: Path) -> dict[str, float]:

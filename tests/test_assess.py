@@ -560,3 +560,164 @@ def test_a_bad_image_in_a_segmentation_batch_fails_alone(tmp_path, oracle, monke
     assert [(Path(f).name, p) for f, p in r.failures] == [("b.tif", "ValueError: phase too high for this test model")]
     assert len(r.cells) == 16 and set(r.cells["class_name"]) == {"discocyte"}
     assert not (tmp_path / "out" / "per_image" / "b.json").exists()
+
+
+# ---------------------------------------------------------------- reliability: keys, locks, names, bounds
+
+
+def test_resume_keys_hash_contents_not_size_and_time(tmp_path, oracle):
+    """An input or weights file replaced by other bytes with the same size and mtime is
+    analysed again; an unchanged one is reused."""
+    model, _ = oracle
+    phase, _ = _disk_field(FIELD, 3.0, PAPER_PX)
+    src = tmp_path / "in" / "a.tif"
+    write_phase(src, phase)
+    first = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False)
+    assert first.processed == ["a"] and len(first.cells) == 4
+    stat = src.stat()
+    moved = np.roll(phase, 1, axis=1)
+    moved[:, 0] = 0
+    write_phase(src, moved[:, ::-1].copy())                      # other bytes, same size
+    assert src.stat().st_size == stat.st_size
+    os.utime(src, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False)
+    assert again.processed == ["a"] and not again.skipped
+    weights = model / "best.pt"
+    wstat = weights.stat()
+    weights.write_bytes(b"y")
+    os.utime(weights, ns=(wstat.st_atime_ns, wstat.st_mtime_ns))
+    third = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False)
+    assert third.processed == ["a"]
+    fourth = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False)
+    assert fourth.skipped == ["a"] and not fourth.processed
+
+
+def test_results_of_another_run_are_never_gathered(tmp_path, oracle):
+    """A per-image result written with other options (a concurrent or older run) is reported,
+    not mixed into the tables."""
+    model, _ = oracle
+    for name in ("a", "b"):
+        write_phase(tmp_path / "in" / f"{name}.tif", _disk_field(FIELD, 3.0, PAPER_PX)[0])
+    A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False)
+    rec = tmp_path / "out" / "per_image" / "b.json"
+    data = json.loads(rec.read_text())
+    data["key"]["split"] = "other run"
+    rec.write_text(json.dumps(data))
+    keys = {"a": json.loads((tmp_path / "out" / "per_image" / "a.json").read_text())["key"],
+            "b": {**data["key"], "split": True}}
+    jobs = inputs.discover_inputs(tmp_path / "in")
+    res = A._finish(tmp_path / "out", jobs, keys, failures=[], skipped=[], processed=[], model_path=model,
+                    model_note="m", input_path=tmp_path / "in", schemes=None, n_boot=10, seed=0)
+    assert set(res.cells["image"]) == {"a"} and len(res.cells) == 4
+    assert len(res.failures) == 1 and "written by another run" in res.failures[0][1]
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_stale_locks_are_taken(tmp_path, oracle):
+    import subprocess
+    import sys
+
+    from rbclib.core.files import LOCK_NAME
+
+    model, _ = oracle
+    write_phase(tmp_path / "in" / "a.tif", _disk_field(FIELD, 3.0, PAPER_PX)[0])
+    out = tmp_path / "out"
+    out.mkdir()
+    import socket
+
+    (out / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "tool": "rbc assess",
+                                             "since": "now"}))
+    with pytest.raises(ValueError, match=r"out: in use by rbc assess \(pid"):
+        A.assess(tmp_path / "in", out, model_dir=model, n_boot=10, progress=False)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / LOCK_NAME).write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname()}))
+    r = A.assess(tmp_path / "in", out, model_dir=model, n_boot=10, progress=False)
+    assert r.processed == ["a"] and not (out / LOCK_NAME).exists()
+
+
+def test_formula_like_names_are_neutralised_in_csv_and_escaped_in_the_report(tmp_path, oracle):
+    model, _ = oracle
+    name = '=HYPERLINK("x","click")'
+    write_phase(tmp_path / "in" / f"{name}.tif", _disk_field(FIELD, 3.0, PAPER_PX)[0])
+    (tmp_path / "in" / "@<img src=x onerror=alert(1)>.tif").write_bytes(b"not a tiff")
+    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False, on_error=None)
+    assert set(r.cells["image"]) == {name}                                   # in memory: the name as it is
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
+    assert set(cells["image"]) == {"'" + name}
+    assert (pd.read_csv(tmp_path / "out" / "per_image" / f"{name}.csv")["image"] == "'" + name).all()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "<img" not in report.replace("\\<img", "") and "\\<img src=x onerror=alert(1)\\>" in report
+    assert r.cells["area_um2"].min() > 0                                    # numbers are left alone
+
+
+def test_a_claimed_pixel_size_cannot_ask_for_unbounded_memory(tmp_path, oracle):
+    model, _ = oracle
+    write_phase(tmp_path / "in" / "a.tif", _disk_field(FIELD, 3.0, PAPER_PX, shape_um=(74.0, 74.0))[0])  # 514 px
+    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False, on_error=None,
+                 optics=image.OpticsOptions(pixel_size_m=5e-6))
+    assert not r.processed and len(r.failures) == 1
+    assert "would be resampled to" in r.failures[0][1] and "--pixel-size" in r.failures[0][1]
+    S.check_resampled_size((8000, 8000), 1.0, PAPER_PX, PAPER_PX)             # 64 MP: allowed
+    with pytest.raises(ValueError, match="more than the"):
+        S.check_resampled_size((512, 512), 34.7, 5e-6, PAPER_PX)
+
+
+def test_day_maps_match_paths_and_refuse_ambiguity(tmp_path):
+    root = tmp_path / "series"
+    for day in (8, 13):
+        write_phase(root / f"day_{day:02d}" / "field_0000.tif", np.arange(16, dtype=np.float32).reshape(4, 4))
+    (tmp_path / "stem.csv").write_text("file,day\nfield_0000,20\n")
+    with pytest.raises(ImageFileError, match=r"stem\.csv: 'field_0000' names 2 images .*day_08/field_0000"):
+        inputs.discover_inputs(root, day_map=tmp_path / "stem.csv")
+    (tmp_path / "paths.csv").write_text("file,day\nday_08/field_0000.tif,9\nday_13/field_0000,14\n")
+    jobs = inputs.discover_inputs(root, day_map=tmp_path / "paths.csv")
+    assert {j.image: j.day for j in jobs} == {"day_08/field_0000": 9.0, "day_13/field_0000": 14.0}
+    (tmp_path / "conflict.csv").write_text("file,day\nday_08/field_0000.tif,9\nday_08/field_0000.tif,10\n")
+    with pytest.raises(ImageFileError, match=r"conflict\.csv: 'day_08/field_0000.tif' has two days: 9 \(row 2\) "
+                                             r"and 10 \(row 3\)"):
+        inputs.read_day_map(tmp_path / "conflict.csv")
+    for bad in ("inf", "-5", "nan", "x"):
+        (tmp_path / "bad.csv").write_text(f"file,day\nday_08/field_0000.tif,{bad}\n")
+        with pytest.raises(ImageFileError, match=r"bad\.csv: storage days must be finite numbers >= 0: row 2"):
+            inputs.read_day_map(tmp_path / "bad.csv")
+    (tmp_path / "latin1.csv").write_bytes("file,day\nday_08/fïeld.tif,9\n".encode("latin-1"))
+    with pytest.raises(ImageFileError, match=r"latin1\.csv: the day map is not UTF-8"):
+        inputs.read_day_map(tmp_path / "latin1.csv")
+    (tmp_path / "partial.csv").write_text("file,day\nday_08/field_0000.tif,9\nDay_13/Field_0000.tif,14\n")
+    with pytest.warns(UserWarning) as caught:
+        jobs = inputs.discover_inputs(root, day_map=tmp_path / "partial.csv")
+    text = " | ".join(str(w.message) for w in caught)
+    assert "match no image" in text and "'Day_13/Field_0000.tif'" in text and "day_13/field_0000" in text
+    assert {j.image: j.day for j in jobs} == {"day_08/field_0000": 9.0, "day_13/field_0000": 13.0}
+
+
+def test_false_detections_are_scored(tmp_path, oracle):
+    """An empty truth field with cells found in it: the confusion has them in row 'no cell' and
+    the precision falls."""
+    from rbclib.seg.metrics import NO_CELL
+
+    model, _ = oracle
+    phase, labels = _disk_field(FIELD, 3.0, PAPER_PX)
+    write_phase(tmp_path / "in" / "phase" / "a.tif", phase)
+    write_labels(tmp_path / "in" / "labels" / "a.png", np.zeros_like(labels))
+    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False)
+    assert r.summary.confusion.loc[NO_CELL].sum() == 4
+    assert r.summary.confusion.loc[NO_CELL, "discocyte"] == 3 and r.summary.precision["discocyte"] == 0.0
+    assert "4 detection(s) on true background" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_background_with_objects_falls_back_to_numerical_compensation(tmp_path, oracle):
+    """A background hologram that holds cells (here: another field's hologram) is named in a
+    warning and the field is compensated numerically, not refused."""
+    import shutil
+
+    from rbclib.physics.simulate import simulate_dataset
+
+    model, _ = oracle
+    data = simulate_dataset(tmp_path / "sim", n_fields=2, seed=4, field_px=256, progress=False)
+    shutil.copyfile(data / "holograms" / "field_0001.png", data / "backgrounds" / "field_0000.png")
+    with pytest.warns(UserWarning, match=r"backgrounds/field_0000.png: holds objects of its own.*field_0000.png is "
+                                         r"compensated numerically instead"):
+        r = A.assess(data, tmp_path / "out", model_dir=model, n_boot=10, progress=False, on_error=None)
+    assert sorted(r.processed) == ["field_0000", "field_0001"] and not r.failures
+    info = json.loads((tmp_path / "out" / "per_image" / "field_0000.json").read_text())
+    assert info["compensation"] == "numerical (its background hologram was refused)"

@@ -2,6 +2,8 @@
 ``rbc --debug`` shows the traceback instead."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -100,15 +102,27 @@ def test_nan_weights_and_impossible_pixel_size_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--refocus", "nan"], "refocus=nan m is outside"),
-    (["--refocus", "1e9"], "refocus=1000000000.0 m is outside"),
-    (["--pixel-size", "1e-3"], "pixel_size_m=0.001 is outside the physical range 1e-08..5e-06"),
-    (["--pixel-size", "1e-9"], "pixel_size_m=1e-09 is outside"),
+    (["--refocus", "nan"], "--refocus nan: a distance within"),
+    (["--refocus", "1e9"], "--refocus 1e9: a distance within"),
+    (["--refocus", "1"], "--refocus 1: a distance within"),
+    (["--pixel-size", "1e-3"], "--pixel-size 1e-3: expected a number within 1e-08..5e-06"),
+    (["--pixel-size", "1e-9"], "--pixel-size 1e-9: expected a number within"),
+    (["--wavelength", "0"], "--wavelength 0: expected a number within"),
+    (["--medium-index", "3.5"], "--medium-index 3.5: expected a number within 1..2"),
+    (["--filter-size", "0"], "--filter-size 0: a fraction of the carrier distance"),
 ])
-def test_impossible_scales_are_refused(tmp_path, capsys, args, message):
-    assert main(["reconstruct", str(_hologram(tmp_path)), "-o", str(tmp_path / "out"), "--quiet", *args]) == 1
+def test_impossible_options_are_usage_errors_before_any_work(tmp_path, capsys, args, message):
+    """Option ranges are checked while the command line is read: exit 2, the option named, no
+    output folder made."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reconstruct", str(_hologram(tmp_path)), "-o", str(tmp_path / "out"), "--quiet", *args])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and not (tmp_path / "out").exists(), err
+    assess_args = args if args[0] not in ("--refocus", "--filter-size") else ["--seed", "-1"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["assess", str(tmp_path), "-o", str(tmp_path / "out"), *assess_args])
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
 
 
 def test_reconstruct_does_not_overwrite_without_asking(tmp_path, capsys):
@@ -133,3 +147,45 @@ def test_reconstruct_never_writes_over_an_input_hologram(tmp_path, capsys):
     assert main(["reconstruct", str(folder), "-o", str(folder), "--quiet", "--overwrite"]) == 1
     assert "would replace the input hologram" in capsys.readouterr().err
     assert (folder / "h.tif").read_bytes() == before
+
+
+def test_reconstruct_takes_the_pixel_size_of_ome_metadata_and_says_so(tmp_path, capsys):
+    import tifffile
+
+    from rbclib.core.io import read_image
+
+    holo = read_image(_hologram(tmp_path)).data
+    tifffile.imwrite(tmp_path / "h.ome.tif", holo, ome=True,
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.3, "PhysicalSizeXUnit": "\u00b5m",
+                               "PhysicalSizeY": 0.3, "PhysicalSizeYUnit": "\u00b5m"})
+    assert main(["reconstruct", str(tmp_path / "h.ome.tif"), "-o", str(tmp_path / "rec"), "--quiet"]) == 0
+    optics = json.loads((tmp_path / "rec" / "optics.json").read_text())
+    assert optics["pixel_size_m"] == pytest.approx(0.3e-6)
+    assert optics["provenance"]["pixel_size_m"] == "metadata of h.ome.tif"
+    assert main(["reconstruct", str(tmp_path / "h.ome.tif"), "-o", str(tmp_path / "rec2"), "--quiet",
+                 "--pixel-size", "2e-7"]) == 0
+    assert json.loads((tmp_path / "rec2" / "optics.json").read_text())["pixel_size_m"] == pytest.approx(2e-7)
+
+
+@pytest.mark.parametrize("change,problem", [
+    ({"phase_range": [2, 2]}, "phase_range=\\[2, 2\\]: need \\[low, high\\]"),
+    ({"classes": 1}, "classes=1, in_channels=1: need >= 2 classes"),
+    ({"infer_tile": 4}, "infer_tile=4: tiles of at least 16 px"),
+    ({"overlap": 200, "infer_tile": 256}, "overlap=200 must be"),
+])
+def test_degenerate_model_configs_are_refused_at_load(tmp_path, change, problem):
+    from rbclib.seg.infer import check_model_config
+
+    config = {"model_name": "resunet", "encoder": "resnet18", "in_channels": 1, "classes": 5, "patch": 128,
+              "phase_range": [-1.0, 10.0]}
+    check_model_config(config, "m/config.json")
+    with pytest.raises(ValueError, match=f"m/config.json: {problem}"):
+        check_model_config({**config, **change}, "m/config.json")
+
+
+def test_a_corrupt_model_config_is_named(tmp_path):
+    from rbclib.seg.infer import load_model
+
+    (tmp_path / "config.json").write_text('{"model_name": "resunet"}\n{"x": 1}')
+    with pytest.raises(ValueError, match=r"config.json: not a valid model config.json \(Extra data"):
+        load_model(tmp_path)

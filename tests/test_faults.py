@@ -178,3 +178,25 @@ def test_cli_options_give_an_exit_status_never_a_traceback(tmp_path, capsys, opt
         code = exc.code
     assert code in (0, 1, 2)
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_full_disk_at_the_tables_still_names_every_skipped_file(tmp_path, monkeypatch, capsys):
+    from rbclib.cli import main
+    from rbclib.study import assess as A
+
+    model = _tiny_model(tmp_path / "model")
+    _phase_images(tmp_path / "in", 2)
+    (tmp_path / "in" / "broken.tif").write_bytes(b"not a tiff")
+    real_write = A.write_csv
+
+    def full_disk(path, frame, **kw):
+        if Path(path).name == "cells.csv":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, frame, **kw)
+
+    monkeypatch.setattr(A, "write_csv", full_disk)
+    rc = main(["assess", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(model), "--no-overlays"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert "cannot write the tables and report: No space left on device" in err and "cells.csv" in err
+    assert "broken.tif (" in err and "2 finished image(s) are kept in per_image/" in err

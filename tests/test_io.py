@@ -166,3 +166,12 @@ def test_pixel_size_of_ome_and_imagej_metadata_and_the_flag_over_it(tmp_path):
     assert opt.pixel_size_m == pytest.approx(0.3e-6) and opt.provenance["pixel_size_m"] == "metadata of h.ome.tif"
     given = read_image(tmp_path / "h.ome.tif").optics(pixel_size_m=0.2e-6)
     assert given.pixel_size_m == pytest.approx(0.2e-6) and given.provenance["pixel_size_m"] == "given by the user"
+
+
+def test_a_complex_field_is_refused_not_read_as_phase(tmp_path):
+    import tifffile
+
+    phase = np.linspace(0, 3, 64, dtype=np.float32).reshape(8, 8)
+    tifffile.imwrite(tmp_path / "field.tif", np.exp(1j * phase).astype(np.complex64))
+    with pytest.raises(ImageFileError, match=r"field.tif: complex-valued image \(complex64\)"):
+        read_image(tmp_path / "field.tif")

@@ -52,3 +52,32 @@ def test_cli_run_only_and_unknown_profile(tmp_path, capsys):
     assert (tmp_path / "stage1.json").exists() and not (tmp_path / "stage3.txt").exists()
     with pytest.raises(SystemExit):
         main(["run", "--profile", "huge"])
+
+
+def test_an_empty_or_unmatched_notebook_folder_is_refused(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = main(["run", "--profile", "smoke", "--run-dir", str(tmp_path / "run"), "--notebooks", str(empty)])
+    assert rc == 1 and "no notebooks named NN_*.ipynb" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "notebooks").exists() and not (tmp_path / "run" / "report.md").exists()
+    with pytest.raises(ValueError, match="--only abc: expected notebook numbers"):
+        select(discover(FIXTURES), only=["abc"])
+    with pytest.raises(ValueError, match="no notebook is both"):
+        select(discover(FIXTURES), only=["01"], start_from="02")
+
+
+def test_ctrl_c_leaves_one_line_and_a_copy_that_says_it_was_interrupted(tmp_path, capsys, monkeypatch):
+    import nbformat
+    import papermill
+
+    def interrupted(source, target, **kw):
+        nb = nbformat.read(source, as_version=4)
+        nbformat.write(nb, target)                      # papermill writes its copy as it goes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    rc = main(["run", "--profile", "smoke", "--run-dir", str(tmp_path), "--notebooks", str(FIXTURES)])
+    err = capsys.readouterr().err
+    assert rc == 130 and "interrupted during 01_first" in err and "Traceback" not in err
+    copy = nbformat.read(tmp_path / "notebooks" / "01_first.ipynb", as_version=4)
+    assert copy.metadata["rbc"]["interrupted"] is True and "Interrupted (Ctrl-C)" in copy.cells[0].source

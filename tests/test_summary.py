@@ -41,3 +41,15 @@ def test_summary_of_a_run_folder_and_readme_update(tmp_path):
     assert "ResUnet 0.812, U-Net 0.700" in text and "1 of 2 day x class pairs" in text
     with pytest.raises(ValueError, match="no <!-- measured:paper:start -->"):
         readme_block(text, "paper")
+
+
+def test_a_table_with_text_in_a_number_column_is_one_line_naming_it(tmp_path, capsys):
+    from rbclib.cli import main
+
+    tables = tmp_path / "run" / "tables"
+    tables.mkdir(parents=True)
+    (tables / "reconstruction_error.csv").write_text("field,rmse_cells_rad,rmse_background_rad\nf0,0.2,0.1\nf1,oops,0.1\n")
+    assert main(["report", "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "reconstruction_error.csv: column 'rmse_cells_rad' holds 'oops' in row 3, not a number" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

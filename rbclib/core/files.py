@@ -91,9 +91,35 @@ def read_json(path: str | Path) -> Any:
         raise ImageFileError(path, f"not valid JSON ({exc})") from exc
 
 
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet read a CSV cell as a formula (OWASP, CSV injection)."""
+
+
+def neutralise_formula(text: str) -> str:
+    """``text`` with a leading ``'`` when it starts like a spreadsheet formula (OWASP's advice
+    against CSV injection: the quote makes Excel and LibreOffice show the text as text)."""
+    return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
+
+
 def write_csv(path: str | Path, frame: "Any", **kwargs: Any) -> None:
-    """Write a pandas DataFrame atomically (index off unless asked)."""
+    """Write a pandas DataFrame atomically (index off unless asked). Text cells, and a text
+    index, that a spreadsheet would run as a formula are neutralised (:func:`neutralise_formula`);
+    numbers, negative ones included, are written as they are."""
     kwargs.setdefault("index", False)
+    import pandas as pd
+
+    def text(values: Any) -> bool:
+        return values.dtype == object or pd.api.types.is_string_dtype(values.dtype)
+
+    def safe(v: Any) -> Any:
+        return neutralise_formula(v) if isinstance(v, str) else v
+
+    frame = frame.copy()
+    for column in frame.columns:
+        if text(frame[column]):
+            frame[column] = frame[column].map(safe)
+    if text(frame.index):
+        frame.index = frame.index.map(safe)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, **kwargs)
 
@@ -137,3 +163,55 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+LOCK_NAME = ".rbc.lock"
+"""The lock file a tool holds in its output folder while it writes there (:func:`output_lock`)."""
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | Path, tool: str) -> Iterator[Path]:
+    """Hold ``folder/.rbc.lock`` while ``tool`` writes into ``folder``; ValueError naming the
+    folder and the holder when another live process holds it. A lock left by a process that is
+    gone (same host, pid not running) is stale and taken over."""
+    import socket
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "tool": tool,
+          "since": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_UMASK)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text())
+                pid, host = int(holder["pid"]), str(holder["host"])
+            except (OSError, ValueError, KeyError, TypeError):
+                holder, pid, host = {}, -1, ""
+            if host == me["host"] and not _process_alive(pid):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            raise ValueError(f"{folder}: in use by {holder.get('tool', 'another run')} (pid {pid} on "
+                             f"{host or 'an unknown host'} since {holder.get('since', '?')}); wait for it to "
+                             f"finish, or delete {lock} if that run is gone") from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    else:
+        raise ValueError(f"{folder}: cannot take {lock} (another run keeps taking it)")
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)

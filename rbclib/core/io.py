@@ -73,6 +73,10 @@ def check_image(arr: np.ndarray, path: str | Path, *, allow_constant: bool = Fal
         raise ImageFileError(path, f"empty image (shape {arr.shape})")
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ImageFileError(path, f"non-numeric pixel type {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise ImageFileError(path, f"complex-valued image ({arr.dtype}): a complex field is not a phase image; "
+                             "save its unwrapped phase (e.g. skimage.restoration.unwrap_phase(np.angle(field))) "
+                             "as a float TIFF in radians")
     if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
         n_bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise ImageFileError(path, f"{n_bad} NaN or infinite pixel(s)")

@@ -23,3 +23,24 @@ def one_line(text: Any) -> str:
     """``text`` made safe to put inside one Markdown line: line breaks become spaces (a file
     name holding a newline cannot start a heading or a list of its own)."""
     return " ".join(str(text).splitlines())
+
+
+_MARKUP = set("\\`*[]<>!&~")
+
+
+def md_text(text: Any) -> str:
+    """``text`` (e.g. a file name) as plain text in one Markdown line: :func:`one_line`, and the
+    characters that start links, images, code, emphasis or raw HTML escaped with a backslash,
+    so a name like ``<img onerror=...>.png`` is shown, never rendered."""
+    return "".join("\\" + c if c in _MARKUP else c for c in one_line(text))
+
+
+def md_code(text: Any) -> str:
+    """``text`` as one Markdown code span, fenced with more backticks than it holds in a row
+    (CommonMark), so no character of it can end the span early."""
+    import re
+
+    body = one_line(text)
+    fence = "`" * (max((len(run) for run in re.findall("`+", body)), default=0) + 1)
+    pad = " " if body.startswith("`") or body.endswith("`") else ""
+    return f"{fence}{pad}{body}{pad}{fence}"

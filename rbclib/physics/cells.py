@@ -58,10 +58,10 @@ against 0.1-0.5 for Evans-Fung cells). Thickness rim * sqrt(1 - x^(2k)) * (1 - d
 w^2)), x = r / R: edge power k, dimple depth d (centre / peak 0.55-0.9) and dimple width w
 (relative radius, a dimple 1.6-2.8 um across). A stomatocyte differs by its mouth: an
 elongated slit, deeper than this dimple. Default 0 because of the training budget it needs
-(quick backbone, 40 fields, bench_transfer protocol, 2026-12-01): with 0.4 and 1600 steps the
+(quick backbone, 40 fields, bench_transfer protocol): with 0.4 and 1600 steps the
 real fresh cells came out 94 / 100 / 80 % discocytes (1 / 0 / 4 % with 0) and the twin's
 echinocytes kept a Dice of 0.79, but after 800 steps echinocytes fell to 0.07; 1600 steps for
-the 8 models of a quick run do not fit its 45 min on 2 CPU cores (README)."""
+the 8 models of a quick run do not fit its 45 min on 2 CPU cores (docs/results.md)."""
 
 
 SPHEROCYTE_DIAMETER_UM = (5.5, 6.8)

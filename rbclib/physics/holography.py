@@ -303,7 +303,7 @@ def _unwrap_where_wrapped(phase: np.ndarray, *, margin: int = 6) -> bool:
     which lies outside every wrapped region, where it was. (The block grid replaced a
     full-resolution dilation and labelling, 9 of a reconstruction's 41 ms, with the same phase
     on 16 twin fields and 3 real holograms; growing a box by its group's own size as well gave
-    the same phase but for one border pixel, at 1.7x the time; 2026-12-01/02.)
+    the same phase but for one border pixel, at 1.7x the time.)
     """
     from skimage.restoration import unwrap_phase
 
@@ -396,7 +396,11 @@ NEGATIVE_OBJECT_FRACTION = 0.05
 at least half as much negative as positive) carries the objects of its "background": with
 the right background hologram the share is 0 on the twin, with another field's hologram of
 the same set-up 29-42 % (4 twin field pairs); 0 of 40 quick-profile twin fields refused with
-their own background (2026-12-01)."""
+their own background."""
+
+
+class BackgroundNotEmpty(ImageFileError):
+    """A background hologram that holds objects of its own (:func:`_check_background_is_empty`)."""
 
 
 def _check_background_is_empty(coarse: np.ndarray, source: str) -> None:
@@ -407,7 +411,7 @@ def _check_background_is_empty(coarse: np.ndarray, source: str) -> None:
     level = max(0.5, 0.25 * float(np.percentile(smooth, 99)))
     negative, positive = float(np.mean(smooth < -level)), float(np.mean(smooth > level))
     if negative > NEGATIVE_OBJECT_FRACTION and negative > 0.5 * positive:
-        raise ImageFileError(source, f"holds objects of its own ({100 * negative:.0f} % of the compensated field "
+        raise BackgroundNotEmpty(source, f"holds objects of its own ({100 * negative:.0f} % of the compensated field "
                              f"lies below -{level:.2f} rad): another field's hologram rather than an empty background?")
 
 
@@ -679,7 +683,7 @@ class Reconstructor:
         by it is then unwrapped only around what still wraps (cells of more than pi), and the
         phase is fitted again on the subsampled grid. Unwrapping the whole low-resolution field
         instead took 20 of a reconstruction's 55 ms and gave the same phase on 16 twin fields
-        and the 3 real RBC holograms (2026-12-02). Without the local unwrapping, the real
+        and the 3 real RBC holograms. Without the local unwrapping, the real
         holograms' phase moved by up to 0.026 rad, and a small test model's cell count on one
         of them by 20 %.
         """

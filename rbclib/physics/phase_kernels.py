@@ -2,7 +2,7 @@
 
 Each kernel does in one loop what took a chain of numpy passes over a whole image (a
 temporary array each), which made most of a no-background reconstruction's time beyond its
-FFTs. Numbers: ``benchmarks/bench_reconstruct.py`` and the README's throughput section.
+FFTs. Numbers: ``benchmarks/bench_reconstruct.py`` and docs/performance.md.
 Compiled on first use and cached on disk (``cache=True``), so only the first call of a fresh
 installation pays the compilation (seconds).
 """

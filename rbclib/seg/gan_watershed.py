@@ -35,8 +35,8 @@ loss; a tenth keeps the adversarial term a correction to the segmentation loss, 
 DISCRIMINATOR_LR = 2e-4  # pix2pix's Adam settings (betas 0.5, 0.999)
 DISCRIMINATOR_WIDTH = 32
 """First-layer width of the PatchGAN (pix2pix: 64). At 64 one discriminator update and the
-generator's adversarial pass took 1.7x the generator's own step (8 x 128 px, 2-core CPU,
-2026-12-01); at 32 the compute is a quarter."""
+generator's adversarial pass took 1.7x the generator's own step (8 x 128 px, 2-core CPU);
+at 32 the compute is a quarter."""
 ENCODER_NAME = "pix2pix"  # the ``encoder`` entry of a GAN + Watershed config (it has no ResNet encoder)
 
 

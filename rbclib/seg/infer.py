@@ -10,6 +10,7 @@ non-overlapping 3 x 3 grid of 256 px patches (covering only 768 x 768 of a 900 p
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,45 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
                        in_channels=int(config["in_channels"]), classes=int(config["classes"]), **extra)
 
 
+def check_model_config(config: Any, cfg_path: str | Path) -> None:
+    """ValueError naming ``cfg_path`` when a model config cannot give sane predictions: a
+    missing architecture key, fewer than 2 classes, an empty or reversed ``phase_range``, a
+    tile or patch under 16 px, or an overlap that leaves no tile interior."""
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"{cfg_path}: {problem}")
+
+    if not isinstance(config, dict):
+        raise bad("not a model config (expected a JSON object)")
+    for key in ("model_name", "encoder", "in_channels", "classes"):
+        if key not in config:
+            raise bad(f"missing {key!r}")
+
+    def number(key: str, kind: type = int) -> float | None:
+        value = config.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or (kind is int and value != int(value)):
+            raise bad(f"{key}={value!r} is not {'a whole number' if kind is int else 'a number'}")
+        return value
+
+    if number("classes") < 2 or number("in_channels") < 1:
+        raise bad(f"classes={config['classes']!r}, in_channels={config['in_channels']!r}: need >= 2 classes and "
+                  ">= 1 input channel")
+    for key in ("patch", "infer_tile"):
+        if (v := number(key)) is not None and v < 16:
+            raise bad(f"{key}={v!r}: tiles of at least 16 px")
+    side = number("infer_tile") or number("patch")
+    if (ov := number("overlap")) is not None and side is not None and not 0 <= 2 * ov < side:
+        raise bad(f"overlap={ov!r} must be >= 0 and less than half the tile ({side!r} px)")
+    if "phase_range" in config:
+        rng = config["phase_range"]
+        if not (isinstance(rng, list) and len(rng) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in rng)
+                and rng[0] < rng[1]):
+            raise bad(f"phase_range={rng!r}: need [low, high] radians with low < high")
+
+
 def load_model(model_dir: str | Path, *, checkpoint: str = "best.pt",
                device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from its folder (``config.json`` + ``best.pt``/``last.pt``) ->
@@ -56,10 +96,11 @@ def load_model(model_dir: str | Path, *, checkpoint: str = "best.pt",
     cfg_path, ckpt_path = model_dir / "config.json", model_dir / checkpoint
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{model_dir}: no config.json, so this is not a model folder written by rbclib.seg.train (cannot tell which architecture to build)")
-    config = json.loads(cfg_path.read_text())
-    for key in ("model_name", "encoder", "in_channels", "classes"):
-        if key not in config:
-            raise ValueError(f"{cfg_path}: missing {key!r}")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{cfg_path}: not a valid model config.json ({exc})") from None
+    check_model_config(config, cfg_path)
     ckpt = load_checkpoint(ckpt_path)
     if isinstance(ckpt.get("compressed_model"), dict):  # a shipped model (core.training.compress_weights)
         ckpt["model"] = expand_weights(ckpt["compressed_model"])
@@ -136,15 +177,15 @@ def predict_images(model: nn.Module, phases: list[np.ndarray], *, config: dict[s
     (None: where :func:`bf16_is_fast`).
 
     Bigger tiles than the training patch are faster but change the answers (quick model,
-    trained on 128 px crops; 48 reconstructed twin fields, 2026-12-01): one 928 px tile per
+    trained on 128 px crops; 48 reconstructed twin fields): one 928 px tile per
     900 px image segmented 3x faster than 128 px tiles, but only 99.0 % of pixels agreed and
     Dice fell 0.738 -> 0.730; with 256 px tiles 99.1 % and 0.737, and on the real holograms
     class shares moved by up to 17 points. So the default stays the training patch. A smaller
     overlap changes the answers too: 16 instead of 32 px takes a 900 px image in 8 x 8 instead
     of 10 x 10 tiles (1.4x faster in ``rbc assess``), but on 12 reconstructed 900 px twin
     holograms only 98.9 % of pixels agreed (worst image 97.1 %; Dice against the truth 0.711 ->
-    0.729), on the quick run's 40 fields of 512 px 99.91 % (Dice 0.6958 -> 0.6941), quick model,
-    2026-12-01. So the default stays the training config's overlap.
+    0.729), on the quick run's 40 fields of 512 px 99.91 % (Dice 0.6958 -> 0.6941), quick model.
+    So the default stays the training config's overlap.
     """
     phases = [_check_phase(p) for p in phases]
     if fast is None:

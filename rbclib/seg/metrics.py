@@ -203,17 +203,21 @@ def mean_scores(per_image: Iterable[Mapping[str, float]]) -> dict[str, float]:
 
 
 CONFUSION_COLUMNS: tuple[str, ...] = ("missed",) + CELL_CLASS_NAMES
+NO_CELL = "no cell"
+"""Confusion row of false detections: predicted cells lying mostly on true background."""
 
 
-def cell_confusion(pred_labels: np.ndarray, true_labels: np.ndarray, *,
-                   true_instances: np.ndarray | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+def cell_confusion(pred_labels: np.ndarray, true_labels: np.ndarray, *, true_instances: np.ndarray | None = None,
+                   pred_instances: np.ndarray | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
     """Per-cell classification (the paper's Figure 9) by instance matching.
 
     Each true cell (an instance of ``true_instances``, else an 8-connected component of
     a cell class of ``true_labels``; its true class is its majority class) takes as
     predicted class the majority of ``pred_labels`` over its pixels; a cell whose pixels
-    are mostly predicted background counts as ``missed``.
-    Returns (counts DataFrame, rows = true class names, columns ``missed`` + class names;
+    are mostly predicted background counts as ``missed``. A predicted cell (an instance of
+    ``pred_instances``, else a component of ``pred_labels``) with most of its pixels on true
+    background is a false detection: row :data:`NO_CELL`, column its predicted class.
+    Returns (counts DataFrame, rows = true class names + ``no cell``, columns ``missed`` + class names;
     per-class accuracy = correct / cells of that class, NaN for a class with no cells,
     plus ``overall`` = correct / all cells). Sum the counts of several images and call
     :func:`confusion_accuracy` for a data set.
@@ -234,18 +238,49 @@ def cell_confusion(pred_labels: np.ndarray, true_labels: np.ndarray, *,
     keep = t_counts.sum(1) > 0
     conf = np.zeros((len(CELL_CLASSES), N_CLASSES), dtype=np.int64)
     np.add.at(conf, (true_cls[keep] - 1, pred_cls[keep]), 1)
-    frame = pd.DataFrame(conf, index=pd.Index(CELL_CLASS_NAMES, name="true"),
+    false = _false_detections(pred, true, pred_instances)
+    conf = np.vstack([conf, false[None]])
+    frame = pd.DataFrame(conf, index=pd.Index(CELL_CLASS_NAMES + (NO_CELL,), name="true"),
                          columns=pd.Index(CONFUSION_COLUMNS, name="predicted"))
     return frame, confusion_accuracy(frame)
 
 
+def _false_detections(pred: np.ndarray, true: np.ndarray, pred_instances: np.ndarray | None) -> np.ndarray:
+    """Counts per confusion column of predicted cells whose pixels lie mostly on true background."""
+    inst = instances_from_labels(pred) if pred_instances is None else np.asarray(pred_instances)
+    if inst.shape != pred.shape:
+        raise ValueError(f"pred_instances has shape {inst.shape}, class maps have {pred.shape}")
+    ids, present = _compact(inst.astype(np.intp))
+    n = present.size
+    sel = ids.ravel() > 0
+    idx = ids.ravel()[sel]
+    on_background = np.bincount(idx, weights=(true.ravel()[sel] == BACKGROUND), minlength=n + 1)[1:]
+    size = np.bincount(idx, minlength=n + 1)[1:]
+    p_counts = np.bincount(idx * N_CLASSES + pred.ravel()[sel], minlength=(n + 1) * N_CLASSES).reshape(n + 1, N_CLASSES)[1:]
+    p_counts[:, BACKGROUND] = 0
+    pred_cls = np.argmax(p_counts, axis=1)
+    false = (size > 0) & (on_background > 0.5 * size) & (p_counts.sum(1) > 0)
+    return np.bincount(pred_cls[false], minlength=N_CLASSES).astype(np.int64)
+
+
 def confusion_accuracy(confusion: pd.DataFrame) -> dict[str, float]:
-    """Per-class accuracy (diagonal / row total, NaN for empty rows) and ``overall``."""
+    """Per-class accuracy (diagonal / row total, NaN for empty rows) and ``overall``, over the
+    true cells (false detections, row ``no cell``, are scored by :func:`confusion_precision`)."""
     acc: dict[str, float] = {}
     for name in CELL_CLASS_NAMES:
         total = int(confusion.loc[name].sum())
         acc[name] = float(confusion.loc[name, name] / total) if total else math.nan
-    total = int(confusion.to_numpy().sum())
+    total = int(confusion.loc[list(CELL_CLASS_NAMES)].to_numpy().sum())
     correct = int(sum(confusion.loc[n, n] for n in CELL_CLASS_NAMES))
     acc["overall"] = float(correct / total) if total else math.nan
     return acc
+
+
+def confusion_precision(confusion: pd.DataFrame) -> dict[str, float]:
+    """Per-class precision of the predicted cells: diagonal / column total, the column holding
+    the false detections (row ``no cell``) too; NaN for a class never predicted."""
+    prec: dict[str, float] = {}
+    for name in CELL_CLASS_NAMES:
+        total = int(confusion[name].sum())
+        prec[name] = float(confusion.loc[name, name] / total) if total else math.nan
+    return prec

@@ -14,7 +14,7 @@ SPLIT_PART_FRACTION = 0.5
 """A split must leave every part at least this fraction of the image's median object area
 (a piece smaller than half a typical cell is not a cell). Without this rule the split cut
 single real cells into pieces (the count on the real RBC holograms of ../shared/data was
-1.21-1.63x an independent count), 2026-12-01."""
+1.21-1.63x an independent count)."""
 
 
 LARGE_OBJECT_FACTOR = 1.6
@@ -23,7 +23,7 @@ LARGE_OBJECT_DEPTH_UM = 0.3
 cells pressed together, whose long contact leaves only a shallow neck in the distance map:
 it is split at this gentler seed depth (the real hologram rbc_pydhm.jpg: a touching pair of
 119 um^2 against a 58 um^2 median, neck 0.3-0.5 um deep, counted as one cell at 0.7 um).
-On 10 quick twin fields the count ratio stays 1.04 and the mean AJI 0.44 (2026-12-01)."""
+On 10 quick twin fields the count ratio stays 1.04 and the mean AJI 0.44."""
 
 
 def split_touching(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: float,

@@ -22,13 +22,14 @@ from rbclib.core.files import (
     ImageFileError,
     check_output_dir,
     file_sha256,
+    output_lock,
     read_json,
     write_csv,
     write_json,
     write_text,
 )
 from rbclib.core.io import write_instances, write_labels
-from rbclib.core.markdown import one_line
+from rbclib.core.markdown import md_code, md_text, one_line
 from rbclib.core.prefetch import prefetched
 from rbclib.study.image import (
     ImageResult,
@@ -64,18 +65,19 @@ class AssessResult:
 
 
 def _fingerprint(job: ImageJob) -> dict[str, Any]:
+    """The SHA-256 of each input file of ``job``: a file replaced by other bytes, whatever its
+    size and time stamp, is analysed again."""
     files = [p for p in (job.path, job.background, job.truth_labels, job.truth_instances, job.optics_json)
              if p is not None]
-    return {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+    return {str(p): file_sha256(p) for p in files}
 
 
 def _model_fingerprint(model_path: Path) -> dict[str, Any]:
-    """What identifies a model's answers: its config's SHA-256 and its weights' size and mtime."""
+    """What identifies a model's answers: the SHA-256 of its config and of its weights."""
     config = model_path / "config.json"
     weights = model_path / "best.pt"
-    stat = weights.stat() if weights.exists() else None
     return {"config_sha256": file_sha256(config) if config.is_file() else None,
-            "best_pt": [stat.st_size, stat.st_mtime_ns] if stat else None}
+            "weights_sha256": file_sha256(weights) if weights.is_file() else None}
 
 
 def _stderr(msg: str) -> None:
@@ -127,112 +129,124 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
         raise ValueError(f"batch_images={batch_images}: at least 1 image per forward pass")
     jobs = discover_inputs(input_path, day_map=day_map)
     check_output_dir(out)
-    model_path, resolved_note = resolve_model(model_dir, runs_roots)
-    model_note = model_note or resolved_note
-    model_path = model_path.resolve()
-    if trim_halo is None:
-        config_json = model_path / "config.json"
-        trim_halo = config_json.is_file() and bool(read_json(config_json).get("trim_halo", False))
-        if trim_halo:
-            model_note += ("; halo trimming on, as its config says (trained on a twin with flat-topped discocytes; "
-                           "`--no-trim-halo` turns it off)")
-    model_key = {"model": str(model_path), **_model_fingerprint(model_path), "min_area_um2": min_area_um2,
-                 "fragment_fraction": fragment_fraction, "split": split, "trim_halo": trim_halo,
-                 "predict_options": {**PREDICT_OPTIONS, **(predict_options or {})}}
-    recon = Reconstructors()
-    failures: list[tuple[str, str]] = []
-    skipped: list[str] = []
-    pending: list[tuple[ImageJob, dict]] = []
-    for job in jobs:
-        try:
-            key = {**model_key, "inputs": _fingerprint(job), "optics": (optics or OpticsOptions()).overrides()}
-        except OSError as exc:
-            failures.append((str(job.path), f"cannot read file ({exc})"))
-            continue
-        if _finished(out, job, key, overlays=overlays):
-            skipped.append(job.image)
-        else:
-            pending.append((job, key))
-    processed: list[str] = []
-    segmenter = Segmenter(model_path, predict_options=predict_options, min_area_um2=min_area_um2,
-                          fragment_fraction=fragment_fraction, split=split, trim_halo=trim_halo,
-                          device=device) if pending else None
-
-    def skip(job: ImageJob, problem: str) -> None:
-        """Report ``job`` as skipped and make sure it is not marked done."""
-        failures.append((str(job.path), problem))
-        if on_error is not None:
-            on_error(f"rbc assess: skipped {job.path}: {problem}")
-        (out / "per_image" / f"{job.image}.json").unlink(missing_ok=True)
-
-    def problem_of(exc: BaseException) -> str:
-        return getattr(exc, "problem", None) or f"{type(exc).__name__}: {exc}"
-
-    def predict(chunk: list[tuple[ImageJob, dict, LoadedImage]]) -> list[tuple | BaseException]:
-        """The model on a chunk at once; if that fails, image by image, so one bad image fails alone."""
-        try:
-            return segmenter.predict_many([ld.phase for _, _, ld in chunk],
-                                          [ld.optics.pixel_size_m for _, _, ld in chunk])
-        except Exception:  # noqa: BLE001 - retried image by image below
-            outcomes: list[tuple | BaseException] = []
-            for _, _, ld in chunk:
-                try:
-                    outcomes += segmenter.predict_many([ld.phase], [ld.optics.pixel_size_m])
-                except Exception as exc:  # noqa: BLE001
-                    outcomes.append(exc)
-            return outcomes
-
-    def finish(job: ImageJob, key: dict, loaded: LoadedImage, predicted: tuple) -> str | None:
-        """Clean-up, measurement and files of one image; returns its problem, if any."""
-        try:
-            res = analyse_image(job, loaded, segmenter.finish(predicted, loaded.phase.shape),
-                                min_area_um2=segmenter.min_area_um2)
-        except Exception as exc:  # noqa: BLE001 - a bad file is reported and skipped, never stops the batch
-            return problem_of(exc)
-        try:
-            _write_image_outputs(out, job, res, key=key, overlays=overlays, model_px=segmenter.pixel_size_m,
-                                 model_px_source=segmenter.pixel_size_source)
-        except OSError as exc:  # disk full, folder made read-only...: this image is not done, the rest go on
-            return f"cannot write its results ({exc.strerror or exc})"
-        return None
-
-    # A pipeline of three threads: a loader reads and reconstructs the next holograms, the
-    # main thread runs the model on ``batch_images`` at a time (their tiles share forward
-    # passes), a finisher cleans up, measures and writes the images the model is done with.
-    progress_bar = tqdm(total=len(pending), desc="assess", unit="image", disable=not progress)
-    finishing: list[tuple[ImageJob, Any]] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="assess-finisher") as finisher:
-        chunk: list[tuple[ImageJob, dict, LoadedImage]] = []
-        loads = prefetched(lambda item: load_phase(item[0], optics=optics, reconstructors=recon), pending,
-                           depth=max(2, batch_images))
-        for n, ((job, key), fut) in enumerate(loads, start=1):
+    with output_lock(out, "rbc assess"):
+        model_path, resolved_note = resolve_model(model_dir, runs_roots)
+        model_note = model_note or resolved_note
+        model_path = model_path.resolve()
+        if trim_halo is None:
+            config_json = model_path / "config.json"
+            trim_halo = config_json.is_file() and bool(read_json(config_json).get("trim_halo", False))
+            if trim_halo:
+                model_note += ("; halo trimming on, as its config says (trained on a twin with flat-topped discocytes; "
+                               "`--no-trim-halo` turns it off)")
+        model_key = {"model": str(model_path), **_model_fingerprint(model_path), "min_area_um2": min_area_um2,
+                     "fragment_fraction": fragment_fraction, "split": split, "trim_halo": trim_halo,
+                     "predict_options": {**PREDICT_OPTIONS, **(predict_options or {})}}
+        recon = Reconstructors()
+        failures: list[tuple[str, str]] = []
+        skipped: list[str] = []
+        pending: list[tuple[ImageJob, dict]] = []
+        done_keys: list[tuple[ImageJob, dict]] = []
+        for job in jobs:
             try:
-                chunk.append((job, key, fut.result()))
+                key = {**model_key, "inputs": _fingerprint(job), "optics": (optics or OpticsOptions()).overrides()}
+            except OSError as exc:
+                failures.append((str(job.path), f"cannot read file ({exc})"))
+                continue
+            if _finished(out, job, key, overlays=overlays):
+                skipped.append(job.image)
+                done_keys.append((job, key))
+            else:
+                pending.append((job, key))
+        processed: list[str] = []
+        segmenter = Segmenter(model_path, predict_options=predict_options, min_area_um2=min_area_um2,
+                              fragment_fraction=fragment_fraction, split=split, trim_halo=trim_halo,
+                              device=device) if pending else None
+
+        def skip(job: ImageJob, problem: str) -> None:
+            """Report ``job`` as skipped and make sure it is not marked done."""
+            failures.append((str(job.path), problem))
+            if on_error is not None:
+                on_error(f"rbc assess: skipped {job.path}: {problem}")
+            (out / "per_image" / f"{job.image}.json").unlink(missing_ok=True)
+
+        def problem_of(exc: BaseException) -> str:
+            return getattr(exc, "problem", None) or f"{type(exc).__name__}: {exc}"
+
+        def predict(chunk: list[tuple[ImageJob, dict, LoadedImage]]) -> list[tuple | BaseException]:
+            """The model on a chunk at once; if that fails, image by image, so one bad image fails alone."""
+            try:
+                return segmenter.predict_many([ld.phase for _, _, ld in chunk],
+                                              [ld.optics.pixel_size_m for _, _, ld in chunk])
+            except Exception:  # noqa: BLE001 - retried image by image below
+                outcomes: list[tuple | BaseException] = []
+                for _, _, ld in chunk:
+                    try:
+                        outcomes += segmenter.predict_many([ld.phase], [ld.optics.pixel_size_m])
+                    except Exception as exc:  # noqa: BLE001
+                        outcomes.append(exc)
+                return outcomes
+
+        def finish(job: ImageJob, key: dict, loaded: LoadedImage, predicted: tuple) -> str | None:
+            """Clean-up, measurement and files of one image; returns its problem, if any."""
+            try:
+                res = analyse_image(job, loaded, segmenter.finish(predicted, loaded.phase.shape),
+                                    min_area_um2=segmenter.min_area_um2)
             except Exception as exc:  # noqa: BLE001 - a bad file is reported and skipped, never stops the batch
-                skip(job, problem_of(exc))
-                progress_bar.update()
-            if chunk and (len(chunk) >= batch_images or n == len(pending)):
-                for (job, key, loaded), predicted in zip(chunk, predict(chunk)):
-                    if isinstance(predicted, BaseException):
-                        skip(job, problem_of(predicted))
-                    else:
-                        finishing.append((job, finisher.submit(finish, job, key, loaded, predicted)))
+                return problem_of(exc)
+            try:
+                _write_image_outputs(out, job, res, key=key, overlays=overlays, model_px=segmenter.pixel_size_m,
+                                     model_px_source=segmenter.pixel_size_source)
+            except OSError as exc:  # disk full, folder made read-only...: this image is not done, the rest go on
+                return f"cannot write its results ({exc.strerror or exc})"
+            return None
+
+        # A pipeline of three threads: a loader reads and reconstructs the next holograms, the
+        # main thread runs the model on ``batch_images`` at a time (their tiles share forward
+        # passes), a finisher cleans up, measures and writes the images the model is done with.
+        progress_bar = tqdm(total=len(pending), desc="assess", unit="image", disable=not progress)
+        finishing: list[tuple[ImageJob, Any]] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="assess-finisher") as finisher:
+            chunk: list[tuple[ImageJob, dict, LoadedImage]] = []
+            loads = prefetched(lambda item: load_phase(item[0], optics=optics, reconstructors=recon), pending,
+                               depth=max(2, batch_images))
+            for n, ((job, key), fut) in enumerate(loads, start=1):
+                try:
+                    chunk.append((job, key, fut.result()))
+                except Exception as exc:  # noqa: BLE001 - a bad file is reported and skipped, never stops the batch
+                    skip(job, problem_of(exc))
                     progress_bar.update()
-                chunk = []
-                # bounded memory: wait for the finisher when it lags more than two chunks behind
-                unfinished = [f for _, f in finishing if not f.done()]
-                for f in unfinished[:max(0, len(unfinished) - 2 * batch_images)]:
-                    f.result()
-    progress_bar.close()
-    for job, fut in finishing:
-        problem = fut.result()
-        if problem is None:
-            processed.append(job.image)
-        else:
-            skip(job, problem)
-    return _finish(out, jobs, failures=failures, skipped=skipped, processed=processed, model_path=model_path,
-                   model_note=model_note, input_path=Path(input_path), schemes=schemes, n_boot=n_boot, seed=seed,
-                   target_pp=target_pp)
+                if chunk and (len(chunk) >= batch_images or n == len(pending)):
+                    for (job, key, loaded), predicted in zip(chunk, predict(chunk)):
+                        if isinstance(predicted, BaseException):
+                            skip(job, problem_of(predicted))
+                        else:
+                            finishing.append((job, finisher.submit(finish, job, key, loaded, predicted)))
+                        progress_bar.update()
+                    chunk = []
+                    # bounded memory: wait for the finisher when it lags more than two chunks behind
+                    unfinished = [f for _, f in finishing if not f.done()]
+                    for f in unfinished[:max(0, len(unfinished) - 2 * batch_images)]:
+                        f.result()
+        progress_bar.close()
+        for job, fut in finishing:
+            problem = fut.result()
+            if problem is None:
+                processed.append(job.image)
+            else:
+                skip(job, problem)
+        keys = {job.image: key for job, key in [*pending, *done_keys]}
+        try:
+            return _finish(out, jobs, keys, failures=failures, skipped=skipped, processed=processed,
+                           model_path=model_path, model_note=model_note, input_path=Path(input_path),
+                           schemes=schemes, n_boot=n_boot, seed=seed, target_pp=target_pp)
+        except OSError as exc:  # e.g. the disk filled up: say so, and still name every skipped file
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise ValueError(
+                f"{out}: cannot write the tables and report: {exc.strerror or exc}{where}. The "
+                f"{len(processed) + len(skipped)} finished image(s) are kept in per_image/ and a rerun resumes"
+                + ("; skipped with problems: " + "; ".join(f"{f} ({why})" for f, why in failures) if failures
+                   else "")) from exc
 
 
 def _finished(out: Path, job: ImageJob, key: dict, *, overlays: bool) -> bool:
@@ -271,9 +285,12 @@ def _write_image_outputs(out: Path, job: ImageJob, res: ImageResult, *, key: dic
     write_json(out / "per_image" / f"{job.image}.json", {"key": key, **res.info, **extra})
 
 
-def _finish(out: Path, jobs: list[ImageJob], *, failures, skipped, processed, model_path: Path, model_note: str,
+def _finish(out: Path, jobs: list[ImageJob], keys: Mapping[str, dict], *, failures, skipped, processed,
+            model_path: Path, model_note: str,
             input_path: Path, schemes, n_boot: int, seed: int, target_pp: float = 3.0) -> AssessResult:
-    """Gather every finished image's results and write tables, figures and report."""
+    """Gather every finished image's results and write tables, figures and report. An image's
+    results are gathered only when their key is ``keys[image]`` (this run's inputs, model and
+    options); any other is reported as a failure, never mixed in."""
     from rbclib.study import storage_report
 
     failed = {f for f, _ in failures}
@@ -287,8 +304,14 @@ def _finish(out: Path, jobs: list[ImageJob], *, failures, skipped, processed, mo
         if not rec_path.exists():
             continue
         rec = read_json(rec_path)
+        if rec.get("key") != keys.get(job.image):
+            failures.append((str(job.path), "its results in per_image/ were written by another run with other "
+                                            "inputs, model or options; delete them and run again"))
+            continue
         infos.append(rec)
         frame = pd.read_csv(out / "per_image" / f"{job.image}.csv")
+        if "image" in frame.columns:
+            frame["image"] = job.image  # the name as it is, not as neutralised in the CSV
         frame["day"] = job.day  # a changed day map applies without recomputing
         frames.append(frame)
         images_by_day.setdefault(job.day, []).append(job.image)
@@ -323,9 +346,9 @@ def _finish(out: Path, jobs: list[ImageJob], *, failures, skipped, processed, mo
             _save_figure(fig, out / "figures" / f"{name}.png")
             fig_paths[name] = f"figures/{name}.png"
     context = storage_report.ReportContext(
-        input=f"`{one_line(input_path)}` ({len(jobs)} image file(s) found)", model=one_line(model_note),
+        input=f"{md_code(input_path)} ({len(jobs)} image file(s) found)", model=one_line(model_note),
         n_images=len(infos), sources=[one_line(s) for s in _source_lines(infos)],
-        failures=[(one_line(f), one_line(p)) for f, p in failures], figures=fig_paths,
+        failures=[(md_text(f), md_text(p)) for f, p in failures], figures=fig_paths,
         files=_file_descriptions(summary), generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     if summary is not None:
         write_text(out / "report.md", storage_report.render_report(summary, context))
@@ -357,9 +380,9 @@ def _source_lines(infos: list[dict]) -> list[str]:
         seen.setdefault(k, i)
     for (wl, px, nm), i in seen.items():
         prov = i["optics_provenance"]
-        lines.append(f"Optics: wavelength {wl * 1e9:.1f} nm ({prov.get('wavelength_m', '')}); pixel size "
-                     f"{px * 1e6:.4f} um ({prov.get('pixel_size_m', '')}); medium index {nm:.4f} "
-                     f"({prov.get('n_medium', '')}).")
+        lines.append(f"Optics: wavelength {wl * 1e9:.1f} nm ({md_text(prov.get('wavelength_m', ''))}); pixel size "
+                     f"{px * 1e6:.4f} um ({md_text(prov.get('pixel_size_m', ''))}); medium index {nm:.4f} "
+                     f"({md_text(prov.get('n_medium', ''))}).")
         if not any(w in prov.get("pixel_size_m", "") for w in ("metadata", "user", "optics.json")):
             lines.append("**The pixel size is the built-in default, not a value of your microscope: give "
                          "`--pixel-size` (and `--wavelength`) for correct sizes, masses and resampling.**")
@@ -402,7 +425,7 @@ def _empty_report(context: Any) -> str:
     lines = ["# Stored red blood cell quality report", "", f"Generated {context.generated} by `rbc assess`.", "",
              f"- Input: {context.input}", f"- Model: {context.model}", "",
              "No image could be analysed, so there are no ratios. Problems:", ""]
-    lines += [f"- `{f}`: {p}" for f, p in context.failures] or ["- none reported"]
+    lines += [f"- {f}: {p}" for f, p in context.failures] or ["- none reported"]
     return "\n".join(lines) + "\n"
 
 

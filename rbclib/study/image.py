@@ -10,6 +10,7 @@ image grid and measured (:func:`rbclib.physics.measure.measure_cells`).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,10 +118,17 @@ def load_phase(job: ImageJob, *, optics: OpticsOptions | None = None,
         bg, bg_name = img.background, (f"{job.path} [background]" if img.background is not None else "")
         if job.background is not None:
             bg, bg_name = read_image(job.background).data, str(job.background)
-        rec = (reconstructors or Reconstructors())(img.data, background=bg, background_name=bg_name,
-                                                    optics=opt, source=str(job.path))
-        return LoadedImage(rec.phase.astype(np.float32), opt, "hologram",
-                           "background hologram" if bg is not None else "numerical", provenance)
+        from rbclib.physics.holography import BackgroundNotEmpty
+
+        reconstruct = reconstructors or Reconstructors()
+        compensation = "background hologram" if bg is not None else "numerical"
+        try:
+            rec = reconstruct(img.data, background=bg, background_name=bg_name, optics=opt, source=str(job.path))
+        except BackgroundNotEmpty as exc:
+            warnings.warn(f"{exc}; {job.path} is compensated numerically instead", stacklevel=2)
+            rec = reconstruct(img.data, background=None, background_name="", optics=opt, source=str(job.path))
+            compensation = "numerical (its background hologram was refused)"
+        return LoadedImage(rec.phase.astype(np.float32), opt, "hologram", compensation, provenance)
     phase = img.data.astype(np.float32)
     top = float(np.nanmax(np.abs(phase))) if phase.size else 0.0
     if top > PHASE_LIMIT_RAD:
@@ -157,7 +165,7 @@ def analyse_image(job: ImageJob, loaded: LoadedImage, segmented: tuple, *, min_a
         if t_lab.shape != labels.shape:
             raise ImageFileError(job.truth_labels, f"ground truth of shape {t_lab.shape} does not match the image "
                                  f"{labels.shape}")
-        result.confusion, _ = cell_confusion(labels, t_lab, true_instances=t_inst)
+        result.confusion, _ = cell_confusion(labels, t_lab, true_instances=t_inst, pred_instances=instances)
         if t_inst is None:
             t_inst = instances_from_labels(t_lab)
         result.truth_classes = [CLASS_NAMES[c] for c in instance_classes(t_lab, t_inst).values() if c > 0]

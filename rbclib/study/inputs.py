@@ -21,6 +21,7 @@ import dataclasses
 import math
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -29,6 +30,7 @@ import pandas as pd
 
 from rbclib.core.files import ImageFileError, read_json
 from rbclib.core.io import IMAGE_SUFFIXES
+from rbclib.core.markdown import md_code
 from rbclib.core.paths import SEG_ARMS
 from rbclib.core.paths import runs_roots as default_runs_roots
 
@@ -67,21 +69,40 @@ def parse_day(name: str) -> float | None:
 
 def read_day_map(path: str | Path) -> dict[str, float]:
     """A CSV mapping files to storage days: columns ``file`` (or ``image``/``path``) and
-    ``day`` (or ``storage_day``). Returns {key as written: day}."""
+    ``day`` (or ``storage_day``). Returns {key as written: day}.
+
+    ImageFileError naming the file and the rows for: an unreadable file or encoding, missing
+    columns, a day that is not a finite number >= 0, and one file given two different days.
+    A row repeated with the same day is dropped with a warning."""
     path = Path(path)
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ImageFileError(path, f"the day map is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from exc
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ImageFileError(path, f"cannot read the day map ({exc})") from exc
     fcol = next((c for c in ("file", "image", "path", "filename") if c in frame.columns), None)
     dcol = next((c for c in ("day", "storage_day", "days") if c in frame.columns), None)
     if fcol is None or dcol is None:
         raise ImageFileError(path, f"day map needs columns 'file' and 'day'; has {list(frame.columns)}")
-    days = pd.to_numeric(frame[dcol], errors="coerce")
-    if days.isna().any():
-        bad = frame.loc[days.isna(), fcol].astype(str).tolist()[:5]
-        raise ImageFileError(path, f"non-numeric day for {bad}")
-    return {str(f).strip(): float(d) for f, d in zip(frame[fcol], days)}
+    files = frame[fcol].str.strip()
+    days = pd.to_numeric(frame[dcol].str.strip(), errors="coerce")
+    bad = [f"row {i + 2} ({f!r}: {d!r})" for i, (f, d, v) in enumerate(zip(files, frame[dcol], days))
+           if not (math.isfinite(v) and v >= 0)]
+    if bad:
+        raise ImageFileError(path, f"storage days must be finite numbers >= 0: {', '.join(bad[:5])}"
+                             + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
+    mapping: dict[str, float] = {}
+    first_row: dict[str, int] = {}
+    for i, (f, d) in enumerate(zip(files, days)):
+        if f in mapping and mapping[f] != d:
+            raise ImageFileError(path, f"{f!r} has two days: {mapping[f]:g} (row {first_row[f]}) and {d:g} "
+                                 f"(row {i + 2}); keep one")
+        if f in mapping:
+            warnings.warn(f"{path}: row {i + 2} repeats {f!r} (row {first_row[f]}); used once", stacklevel=2)
+            continue
+        mapping[f], first_row[f] = float(d), i + 2
+    return mapping
 
 
 def _images(folder: Path) -> list[Path]:
@@ -142,11 +163,7 @@ def discover_inputs(input_path: str | Path, *, day_map: Mapping[str, float] | st
         for d in day_dirs:
             jobs += _dataset_jobs(d, root, parse_day(d.name))
     if day_map:
-        mapped = [_apply_day_map(j, root, day_map) for j in jobs]
-        if jobs and all(m is j for m, j in zip(mapped, jobs)):
-            raise ImageFileError(Path(map_source), f"no entry matches an image under {root} (entries such as "
-                                 f"{list(day_map)[:3]}; images such as {[j.image for j in jobs[:3]]})")
-        jobs = mapped
+        jobs = _apply_day_map(jobs, root, day_map, Path(map_source))
     if not jobs:
         raise ImageFileError(root, f"no images found (looked for {', '.join(IMAGE_SUFFIXES)} files, in "
                              "holograms/ or phase/ sub-folders and in day_NN/ folders)")
@@ -157,12 +174,47 @@ def discover_inputs(input_path: str | Path, *, day_map: Mapping[str, float] | st
     return jobs
 
 
-def _apply_day_map(job: ImageJob, root: Path, day_map: Mapping[str, float]) -> ImageJob:
+def _day_map_matches(job: ImageJob, root: Path, key: str) -> bool:
+    """Whether day-map entry ``key`` names ``job``: a path relative to the input folder (with or
+    without its suffix, or the image id) when it holds a ``/``, else a file name or stem."""
     rel = job.path.relative_to(root).as_posix() if root.is_dir() else job.path.name
-    for key in (rel, job.image, job.path.name, job.path.stem):
-        if key in day_map:
-            return dataclasses.replace(job, day=day_map[key])
-    return job
+    if "/" in key.strip("/"):
+        key = key.strip("/")
+        return key in (rel, rel.rsplit(".", 1)[0], job.image)
+    return key in (job.path.name, job.path.stem)
+
+
+def _apply_day_map(jobs: list[ImageJob], root: Path, day_map: Mapping[str, float], source: Path) -> list[ImageJob]:
+    """``jobs`` with the days of ``day_map``. ImageFileError naming ``source`` when a bare name
+    matches several images (give their paths), when one image gets two days, or when no entry
+    matches any image; a warning names the entries that match no image (case differs, typo)."""
+    days: dict[str, tuple[float, str]] = {}
+    unmatched = []
+    for key, day in day_map.items():
+        hits = [j for j in jobs if _day_map_matches(j, root, key)]
+        if not hits:
+            unmatched.append(key)
+        elif len(hits) > 1 and "/" not in key.strip("/"):
+            raise ImageFileError(source, f"{key!r} names {len(hits)} images ({', '.join(j.image for j in hits[:3])}"
+                                 f"{', ...' if len(hits) > 3 else ''}); give each one's path relative to {root}, "
+                                 f"e.g. {hits[0].path.relative_to(root).as_posix() if root.is_dir() else key!r}")
+        for j in hits:
+            if j.image in days and days[j.image][0] != day:
+                raise ImageFileError(source, f"image {j.image} gets day {days[j.image][0]:g} from "
+                                     f"{days[j.image][1]!r} and day {day:g} from {key!r}; keep one")
+            days[j.image] = (float(day), key)
+    if jobs and not days:
+        raise ImageFileError(source, f"no entry matches an image under {root} (entries such as "
+                             f"{list(day_map)[:3]}; images such as {[j.image for j in jobs[:3]]})")
+    if unmatched:
+        warnings.warn(f"{source}: {len(unmatched)} entr{'y' if len(unmatched) == 1 else 'ies'} match no image "
+                      f"under {root} and are ignored: {', '.join(map(repr, unmatched[:5]))}"
+                      f"{' ...' if len(unmatched) > 5 else ''} (names are case-sensitive)", stacklevel=3)
+    missing = [j.image for j in jobs if j.image not in days]
+    if missing:
+        warnings.warn(f"{source}: {len(missing)} image(s) have no entry and keep the day of their folder name (or "
+                      f"none): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}", stacklevel=3)
+    return [dataclasses.replace(j, day=days[j.image][0]) if j.image in days else j for j in jobs]
 
 
 def training_finished(model_dir: str | Path) -> bool:
@@ -222,8 +274,8 @@ def find_latest_model(runs_roots: list[str | Path] | None = None) -> tuple[Path,
     run = max(runs, key=runs.get)
     model = best_model_in(run / "models")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(runs[run]))
-    return model, (f"`--model latest`: `{model}`, the arm with the highest validation Dice of the "
-                   f"most recent run `{run}` (trained {when})")
+    return model, (f"`--model latest`: {md_code(model)}, the arm with the highest validation Dice of the "
+                   f"most recent run {md_code(run)} (trained {when})")
 
 
 LATEST = "latest"
@@ -243,8 +295,8 @@ def resolve_model(model: str | Path | None, runs_roots: list[str | Path] | None 
             raise FileNotFoundError(f"{SHIPPED_MODEL_DIR}: the shipped default model is missing from this installation "
                                     "(reinstall rbc-holo, run `make default-model`, or pass --model DIR / --model latest)")
         return SHIPPED_MODEL_DIR, (f"the shipped default model `rbclib/models/default` (model card: "
-                                   f"`{SHIPPED_MODEL_DIR / 'MODEL_CARD.md'}`)")
+                                   f"{md_code(SHIPPED_MODEL_DIR / 'MODEL_CARD.md')})")
     if str(model) == LATEST:
         return find_latest_model(runs_roots)
     folder = Path(model).expanduser()
-    return folder, f"`{folder}` (given with --model)"
+    return folder, f"{md_code(folder)} (given with --model)"

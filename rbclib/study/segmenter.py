@@ -27,6 +27,19 @@ def resample(image: np.ndarray, scale: float, *, order: int) -> np.ndarray:
     return out.astype(image.dtype, copy=False)
 
 
+def check_resampled_size(shape: tuple[int, ...], scale: float, pixel_size_m: float, model_pixel_size_m: float) -> None:
+    """ValueError when resampling a ``shape`` image by ``scale`` would exceed the pixel cap of
+    an input image (:data:`rbclib.core.io.MAX_IMAGE_PIXELS`): memory stays bounded whatever
+    pixel size is claimed."""
+    from rbclib.core.io import MAX_IMAGE_PIXELS
+
+    h, w = (int(round(n * scale)) for n in shape[:2])
+    if h * w > MAX_IMAGE_PIXELS:
+        raise ValueError(f"at {pixel_size_m:g} m/px, {scale:.3g}x the model's {model_pixel_size_m:g} m/px, this "
+                         f"{shape[0]} x {shape[1]} px image would be resampled to {h} x {w} px, more than the "
+                         f"{MAX_IMAGE_PIXELS:,} pixels allowed; check --pixel-size (the pixel size at the sample)")
+
+
 def resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a label or instance map to ``shape``."""
     from skimage.transform import resize
@@ -152,7 +165,7 @@ cell: every red cell carries about the same haemoglobin (MCH 27-33 pg) over a si
 so cells of one image share their mean phase within about +-40 % (spherocytes highest),
 while the halos between touching cells, platelets and debris are far fainter. On the real
 RBC holograms of ../shared/data, the quick model's objects split into cells (0.9-1.1 of the
-median) and faint halo pieces (0.25-0.45), 2026-12-01."""
+median) and faint halo pieces (0.25-0.45)."""
 
 
 def drop_faint_objects(labels: np.ndarray, instances: np.ndarray, phase: np.ndarray, *,
@@ -177,7 +190,7 @@ def drop_faint_objects(labels: np.ndarray, instances: np.ndarray, phase: np.ndar
 PREDICT_OPTIONS = {"fast": None}
 """Default inference options of ``rbc assess`` (:func:`rbclib.seg.infer.predict_images`): the
 training patch's tiles, bfloat16 where the hardware runs it. On 12 reconstructed twin
-holograms (quick model, 2-core CPU with AVX-512-bf16, 2026-12-01) bfloat16 segmented 1.9x
+holograms (quick model, 2-core CPU with AVX-512-bf16) bfloat16 segmented 1.9x
 faster than fp32, 99.97 % of pixels agreeing, test Dice 0.7341 -> 0.7340
 (``benchmarks/bench_assess.py``)."""
 
@@ -193,7 +206,7 @@ class Segmenter:
     touching cells (:func:`split_touching`) after the clean-up; trim_halo: first set to
     background what lies beyond a cell's bright body (:func:`trim_halo`); None (default): as
     the model's ``config.json`` says (``trim_halo``, set in training for twins with
-    flat-topped discocytes). Such a model needs it (a quick backbone, 2026-12-01: real count
+    flat-topped discocytes). Such a model needs it (a quick backbone: real count
     ratio 0.84 / 1.00 / 0.61 without, 1.03 / 1.00 / 1.02 with it), while a model of the
     Evans-Fung twin does not: it raised that model's count on the non-telecentric real
     hologram from 39 to 52 (41 cells: halo it paints in another class than the cell survives
@@ -233,6 +246,8 @@ class Segmenter:
         from rbclib.seg.infer import predict_images
 
         scales = [px / self.pixel_size_m for px in pixel_sizes_m]
+        for phase, scale, px in zip(phases, scales, pixel_sizes_m):
+            check_resampled_size(phase.shape, scale, px, self.pixel_size_m)
         smalls = [resample(p.astype(np.float32), s, order=1) for p, s in zip(phases, scales)]
         preds = predict_images(self.model, smalls, config=self.config, **self.predict_options)
         return list(zip(preds, smalls, scales))

@@ -12,6 +12,7 @@ import pandas as pd
 
 from rbclib.core.labels import CELL_CLASS_NAMES, CELL_CLASSES, CLASS_COLOURS
 from rbclib.core.markdown import markdown_table
+from rbclib.seg.metrics import NO_CELL
 from rbclib.study.storage import (
     MORPHOLOGY_SCHEMES,
     TREND_MEASUREMENTS,
@@ -70,7 +71,8 @@ def plot_confusion(confusion: pd.DataFrame, *, title: str | None = None):
     share (per-class accuracy on the diagonal), annotated with share and count."""
     import matplotlib.pyplot as plt
 
-    rows = [c for c in CELL_CLASS_NAMES if c in confusion.index]
+    rows = [c for c in confusion.index if c in CELL_CLASS_NAMES] + \
+           [c for c in confusion.index if c not in CELL_CLASS_NAMES and confusion.loc[c].sum() > 0]
     cols = [c for c in CELL_CLASS_NAMES if c in confusion.columns] + \
            [c for c in confusion.columns if c not in CELL_CLASS_NAMES]
     counts = confusion.reindex(index=rows, columns=cols, fill_value=0).to_numpy(float)
@@ -148,7 +150,7 @@ class StorageSummary:
     """Every table of a storage study (all pandas DataFrames; see the functions above).
 
     ratios / indices / trends: estimates from the segmented cells; truth_ratios,
-    errors, confusion, accuracy: only when ground truth exists (else None / {}).
+    errors, confusion, accuracy, precision: only when ground truth exists (else None / {}).
     target_pp: ratio errors up to this many percentage points count as within target.
     """
 
@@ -160,6 +162,7 @@ class StorageSummary:
     errors: pd.DataFrame | None = None
     confusion: pd.DataFrame | None = None
     accuracy: dict[str, float] | None = None
+    precision: dict[str, float] | None = None
     ci_confidence: float = 0.95
     target_pp: float = 3.0
 
@@ -173,7 +176,7 @@ def summarise(cells: pd.DataFrame, *, images_by_day: Mapping[float, list[str]] |
     truth_cells: per-cell ground-truth table (``day``, ``image``, ``class_name``);
     confusion: summed :func:`rbclib.seg.metrics.cell_confusion` counts over all images.
     """
-    from rbclib.seg.metrics import confusion_accuracy
+    from rbclib.seg.metrics import confusion_accuracy, confusion_precision
 
     schemes = dict(schemes or MORPHOLOGY_SCHEMES)
     kw = dict(confidence=confidence, n_boot=n_boot, seed=seed)
@@ -189,6 +192,7 @@ def summarise(cells: pd.DataFrame, *, images_by_day: Mapping[float, list[str]] |
     if confusion is not None and int(confusion.to_numpy().sum()) > 0:
         summary.confusion = confusion
         summary.accuracy = confusion_accuracy(confusion)
+        summary.precision = confusion_precision(confusion)
     return summary
 
 
@@ -270,7 +274,10 @@ def render_report(summary: StorageSummary, context: ReportContext) -> str:
            *_headline(summary)]
     if summary.accuracy:
         acc = ", ".join(f"{k} {v:.2f}" for k, v in summary.accuracy.items() if not math.isnan(v))
-        out.append(f"- Ground truth was available: per-class accuracy {acc}.")
+        prec = ", ".join(f"{k} {v:.2f}" for k, v in (summary.precision or {}).items() if not math.isnan(v))
+        false = int(summary.confusion.loc[NO_CELL].sum()) if NO_CELL in summary.confusion.index else 0
+        out.append(f"- Ground truth was available: per-class accuracy {acc}; per-class precision {prec or 'n/a'} "
+                   f"({false} detection(s) on true background, row `{NO_CELL}` of the confusion table).")
     if summary.errors is not None and len(summary.errors):
         e = summary.errors.dropna(subset=["abs_error_pp"])
         out.append(f"- Estimated class ratios differ from the ground truth by at most {e['abs_error_pp'].max():.1f} "

@@ -26,7 +26,7 @@ OTHER_SETTINGS = HologramSettings(carrier=(0.12, 0.30), noise_nm=(15.0, 25.0))
 """Its holograms: another carrier (|f| 0.32 cycles/px, 3.1x its cut-off 0.104) and noisier:
 coherent noise 15-25 nm (the real holograms' level) where the in-domain twin draws 3-25 nm
 (median 8.7 nm). Noise beyond the training range is not covered: at 20-60 nm the quick
-model's overall Dice fell by 0.10 at the run's own optics (2026-12-01)."""
+model's overall Dice fell by 0.10 at the run's own optics."""
 FIELD_UM = 512 * 0.1441
 """Side of every test field [um]: the quick profile's 512 px at 0.1441 um/px."""
 

@@ -201,7 +201,7 @@ def auto_select_balanced(table: pd.DataFrame, n_select: int, *, request: dict[st
     The set is found exactly, by mixed-integer programming (``scipy.optimize.milp``): it
     minimises the summed differences between the cells of each class and the requested share
     of all accepted cells; among sets that are as close, it takes the higher cell quality, then
-    consistency, then the earlier id. A greedy pick (the rule before 2026-12-02) lay 10.1
+    consistency, then the earlier id. A greedy pick lay 10.1
     points from an equal request on a quick run's 600 candidates, where the exact set lies
     6.6; on the run before, 2.6-4.0 against 1.4 (largest difference of a class share, every
     cell counted, border fragments too, as then).

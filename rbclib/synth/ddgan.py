@@ -10,7 +10,7 @@ sampler keeps an EMA of the generator weights. The mask model takes the normalis
 phase patch as an extra input of both networks and adds lambda_l1 * |m0 - m0'|. The same
 L1 term on G_p's x0 is this project's addition (the paper has none; default off): at the
 quick budget the discriminator never learns to tell real from generated (accuracy 0.34-0.61
-at every step t in all nine generators trained on 2026-12-01), and the x0 term is what
+at every step t in all nine generators of a quick run), and the x0 term is what
 makes G_p draw cell-sized, cell-bright objects (see 03). Two more additions of this
 project, both off by default (the quick profile turns them on): patches centred on a cell's
 centroid (``crop_centre = "cell"``) and class-conditional networks (``class_conditional``;
