@@ -31,9 +31,11 @@ test-margins: setup
 	$(PY) tests/learning_sweep.py
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not e2e"
 
 test-fast: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow and not e2e"
 
 # Every benchmark but the two long studies: the multi-seed ablation (30-40 min per seed on 2

@@ -104,21 +104,6 @@ def model_predictor(model: Any, config: dict[str, Any], *, protocol: str = "tile
     raise ValueError(f"unknown protocol {protocol!r}; use 'tiled' or 'paper'")
 
 
-def mask_generator_predictor(model_dir: str | Path, *, seed: int) -> Callable[[np.ndarray], Prediction]:
-    """``phase -> Prediction`` using the DDGAN mask generator as a segmenter
-    (``rbclib.synth.ddgan.segment_with_mask_generator``; probabilities are one-hot)."""
-    from rbclib.synth.ddgan import segment_with_mask_generator
-    from rbclib.core.labels import to_onehot
-
-    def predict(phase: np.ndarray) -> Prediction:
-        labels, _ = segment_with_mask_generator(model_dir, phase, seed=seed)
-        labels = np.asarray(labels, dtype=np.uint8).reshape(phase.shape)
-        return Prediction(labels=labels, probs=to_onehot(labels), instances=instances_from_labels(labels),
-                          covered=np.ones(phase.shape, bool))
-
-    return predict
-
-
 def find_model_folders(run_dir: str | Path) -> dict[str, Path]:
     """Segmentation model folders of a run (``models/seg_<arm>/`` and baselines, those
     with a ``config.json`` and ``best.pt``), in the paper's table order."""

@@ -161,7 +161,7 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
     ``val_pairs`` images (tiled inference, in bfloat16 autocast when the training runs in it,
     as ``rbc assess`` does; mean Dice overall, ``rbclib.seg.metrics``).
 
-    init_from: an SSL model folder loaded with ``rbclib.ssl.pretrain.load_into_resunet`` (ResUnet only).
+    init_from: an SSL model folder loaded with ``rbclib.seg.pretrained.load_into_resunet`` (ResUnet only).
     ``adversarial_weight`` > 0 trains a conditional GAN: a PatchGAN discriminator of (phase,
     class probabilities) pairs steps after each generator step (:class:`rbclib.seg.gan_watershed.Adversary`).
     resume: continue from ``out_dir/last.pt`` when it was written with the same config
@@ -208,7 +208,7 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
     if init_from:
         if model_name != "resunet":
             raise ValueError(f"init_from (SSL weights) needs model_name='resunet', got {model_name!r}")
-        from rbclib.ssl.pretrain import load_into_resunet
+        from rbclib.seg.pretrained import load_into_resunet
 
         model = load_into_resunet(model, init_from)
     model = channels_last(model, dev)

@@ -13,7 +13,7 @@ reconstruction through the U-Net decoder:
 - total loss L = L_contrastive + rec_weight * L_rec (eq. 12; rec_weight 1 is the paper).
 
 A model folder holds ``config.json``, ``encoder_decoder.pt`` (the weights 06_finetune loads
-with :func:`load_into_resunet`), ``last.pt`` (full state, for resuming) and ``log.csv``
+with :func:`rbclib.seg.pretrained.load_into_resunet`), ``last.pt`` (full state, for resuming) and ``log.csv``
 (losses per step).
 
 The corpora are in :mod:`rbclib.ssl.corpus`, the probes in :mod:`rbclib.ssl.probe`.
@@ -52,9 +52,9 @@ from rbclib.core.training import (
 )
 from rbclib.core.training import progress as progress_bar
 from rbclib.seg.datasets import normalise_phase
+from rbclib.seg.pretrained import WEIGHTS_FILE, load_pretrained_weights
 from rbclib.ssl.corpus import corpus_kind, describe_corpus
 
-WEIGHTS_FILE = "encoder_decoder.pt"
 
 
 # Normalised value of 0 rad (the medium): the point intensity jitter scales around.
@@ -413,39 +413,6 @@ def read_ssl_log(ssl_dir: str | Path) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- transfer
-def load_ssl_weights(ssl_dir: str | Path) -> dict[str, Any]:
-    """{"config", "encoder", "decoder", "rec_head", "step"} from ``ssl_dir``/encoder_decoder.pt."""
-    path = Path(ssl_dir) / WEIGHTS_FILE
-    if not path.exists():
-        raise ImageFileError(path, "SSL weights not found (run pretrain_ssl into this folder first)")
-    return load_checkpoint(path)
-
-
-def load_into_resunet(model: nn.Module, ssl_dir: str | Path) -> nn.Module:
-    """Copy pretrained encoder and decoder weights of ``ssl_dir`` into a ResUnet ``model``
-    (built by :func:`rbclib.seg.models.build_resunet` with the same encoder and in_channels);
-    the segmentation head stays as it was. Raises ValueError naming the SSL encoder and
-    the mismatching tensors when the architectures differ. Returns ``model``."""
-    saved = load_ssl_weights(ssl_dir)
-    ssl_encoder = saved["config"].get("encoder")
-    for part in ("encoder", "decoder"):
-        target = getattr(model, part, None)
-        if target is None:
-            raise ValueError(f"{type(model).__name__} has no .{part}; load_into_resunet needs a ResUnet")
-        have = target.state_dict()
-        weights = saved[part]
-        missing = sorted(set(have) - set(weights))
-        extra = sorted(set(weights) - set(have))
-        shapes = sorted(k for k in set(have) & set(weights) if have[k].shape != weights[k].shape)
-        if missing or extra or shapes:
-            detail = "; ".join(f"{name}: {keys[:3]}{'...' if len(keys) > 3 else ''}" for name, keys in
-                               (("missing", missing), ("unexpected", extra), ("shape differs", shapes)) if keys)
-            raise ValueError(f"{Path(ssl_dir)}: SSL weights (encoder {ssl_encoder!r}, in_channels "
-                             f"{saved['config'].get('in_channels')}) do not fit the model's {part} ({detail})")
-        target.load_state_dict(weights)
-    return model
-
-
 # --------------------------------------------------------------------------- plots
 def plot_ssl_log(log: pd.DataFrame) -> "Any":
     """Loss curves (total, contrastive eq. 10, reconstruction eq. 11) and the contrastive
@@ -472,7 +439,7 @@ def plot_ssl_views(corpus: Dataset, ssl_dir: str | Path, *, n: int = 4, seed: in
     reconstruction of it (pretrained weights of ``ssl_dir``); returns a Figure."""
     import matplotlib.pyplot as plt
 
-    saved = load_ssl_weights(ssl_dir)
+    saved = load_pretrained_weights(ssl_dir)
     cfg = SSLConfig.from_dict(saved["config"])
     model = MoCoResUnet(cfg)
     model.encoder.load_state_dict(saved["encoder"])

@@ -13,7 +13,8 @@ from torch import nn
 
 from rbclib.core.training import pick_device
 from rbclib.ssl.corpus import holdout_split
-from rbclib.ssl.pretrain import SSLConfig, load_into_resunet, load_ssl_weights
+from rbclib.seg.pretrained import load_into_resunet, load_pretrained_weights
+from rbclib.ssl.pretrain import SSLConfig
 
 
 # --------------------------------------------------------------------------- probe
@@ -89,7 +90,7 @@ def probe_pretrained_vs_random(ssl_dir: str | Path, images: torch.Tensor, labels
     Features are computed on ``device`` (default: :func:`rbclib.core.training.pick_device`)."""
     from rbclib.seg.models import build_resunet
 
-    cfg = SSLConfig.from_dict(load_ssl_weights(ssl_dir)["config"])
+    cfg = SSLConfig.from_dict(load_pretrained_weights(ssl_dir)["config"])
     rows = []
     for name in ("pretrained", "random"):
         torch.manual_seed(seed)

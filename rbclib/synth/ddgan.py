@@ -41,6 +41,7 @@ from rbclib.core.config import check_known_fields
 from rbclib.core.distributed import (average_gradients, barrier, check_ranks_in_sync, mean_over_ranks, rank_share,
                                      start_distributed)
 from rbclib.seg.datasets import PHASE_RANGE_RAD, CropPicker, denormalise_phase, normalise_phase
+from rbclib.seg.infer import Prediction
 from rbclib.synth.nets import Discriminator, Generator
 from rbclib.core.io import read_instances, read_labels, read_phase
 from rbclib.core.files import read_json, write_json
@@ -640,3 +641,18 @@ def preview_figure(model_dir: str | Path, *, n: int = 16, seed: int = 0, real_ph
     labels = np.concatenate([real_labels[:n], pred]) if real_labels is not None else pred
     return sample_grid_figure(phase, labels, title="G_M masks: true (first rows), generated (last rows)",
                               phase_range_rad=cfg.phase_range_rad)
+
+
+def mask_generator_predictor(model_dir: str | Path, *, seed: int) -> Callable[[np.ndarray], Prediction]:
+    """``phase -> Prediction`` using the DDGAN mask generator as a segmenter
+    (:func:`segment_with_mask_generator`; probabilities are one-hot): the
+    DDGAN-as-segmenter row of 07's tables (:func:`rbclib.seg.evaluate.evaluate_predictor`)."""
+    from rbclib.core.labels import instances_from_labels, to_onehot
+
+    def predict(phase: np.ndarray) -> Prediction:
+        labels, _ = segment_with_mask_generator(model_dir, phase, seed=seed)
+        labels = np.asarray(labels, dtype=np.uint8).reshape(phase.shape)
+        return Prediction(labels=labels, probs=to_onehot(labels), instances=instances_from_labels(labels),
+                          covered=np.ones(phase.shape, bool))
+
+    return predict
