@@ -433,3 +433,16 @@ def test_another_fields_hologram_as_background_is_refused():
     with pytest.raises(ImageFileError, match="other.png: holds objects of its own"):
         reconstruct(a.hologram, background=b.hologram, optics=a.optics, background_source="other.png")
     assert reconstruct(a.hologram, background=a.background, optics=a.optics).compensation == "background"
+
+
+def test_sideband_of_narrow_strips_of_a_twin_hologram():
+    """Strips of a 900 px twin hologram down to 1:75 give the whole field's carrier: the
+    spectrum is smoothed by the same width in cycles/px along both axes."""
+    from rbclib.physics.simulate import simulate_field
+
+    field = simulate_field(np.random.default_rng(2), field_px=900)
+    holo = field.hologram
+    fy, fx = find_sideband(holo)
+    for strip in (holo[:24, :], holo[:, :24], holo[300:312, :], holo[:, 500:512]):
+        sy, sx = find_sideband(strip)
+        assert abs(sy - fy) < 0.01 and abs(sx - fx) < 0.01, (strip.shape, (sy, sx), (fy, fx))

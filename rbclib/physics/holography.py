@@ -165,7 +165,9 @@ def find_sideband(hologram: np.ndarray, *, source: str = "<array>", dc_radius: f
     logmag = np.log(spec + 1e-6 * max(spec.max(), 1e-12))
     logmag = np.fft.fftshift(logmag, axes=0)  # rows: fy from -1/2 to 1/2
     sigma = smooth_bins if smooth_bins is not None else max(1.5, 0.004 * max(h, w))
-    smooth = ndimage.gaussian_filter(logmag, sigma, mode=("wrap", "nearest"))
+    # the same width in cycles/px along both axes (a strip has coarser bins along its short side)
+    sigma_yx = (max(0.5, sigma * h / max(h, w)), max(0.5, sigma * w / max(h, w)))
+    smooth = ndimage.gaussian_filter(logmag, sigma_yx, mode=("wrap", "nearest"))
     valid = rho > dc_radius
     # the edge streaks of the camera frame run along the axes: mask a few bins there
     axis_bins = max(2, int(round(0.005 * max(h, w))))
