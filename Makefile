@@ -6,7 +6,7 @@ STAMP := $(VENV)/.rbc-installed
 PROFILE ?= quick
 KERNEL := rbc-holo
 
-.PHONY: setup run test test-fast test-e2e bench ablation label-efficiency clean-runs default-model test-margins
+.PHONY: api-docs setup run test test-fast test-e2e bench ablation label-efficiency clean-runs default-model test-margins
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ test-margins: setup
 test: setup
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not e2e"
+
+# The API reference from the docstrings (pdoc, numpy style) into build/api/ (tests/test_api_docs.py builds it too).
+api-docs: setup
+	$(PY) -m pdoc rbclib $$($(PY) -c "import pkgutil, rbclib; print(' '.join('rbclib.' + m.name for m in pkgutil.iter_modules(rbclib.__path__)))") --docformat numpy -o build/api
 
 test-fast: setup
 	$(VENV)/bin/lint-imports
