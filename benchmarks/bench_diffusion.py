@@ -39,7 +39,7 @@ def time_pairs(models, n: int, batch: int, n_steps: int | None = None) -> float:
     (gp, cp), (gm, cm) = models["phase"], models["mask"]
     t0 = time.perf_counter()
     ph = dd.sample_x0(gp, cp, n, seed=0, batch_size=batch, n_steps=n_steps)
-    ph = dd._resize(ph, cp.native_px)
+    ph = dd.resize_patches(ph, cp.native_px)
     cond = F.avg_pool2d(ph, cm.downsample) if cm.downsample > 1 else ph
     dd.sample_x0(gm, cm, n, seed=1, cond=cond, batch_size=batch, n_steps=n_steps)
     return time.perf_counter() - t0

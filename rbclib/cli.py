@@ -185,7 +185,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _refocus_arg(text: str) -> str:
-    from rbclib.physics.holography import MAX_REFOCUS_M
+    from rbclib.physics.refocus import MAX_REFOCUS_M
 
     if text != "auto":
         try:

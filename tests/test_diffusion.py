@@ -14,6 +14,7 @@ from ddgan_toy import make_toy_run, toy_field  # noqa: E402
 
 from rbclib.synth import ddgan as dd  # noqa: E402
 from rbclib.synth import scores as ev  # noqa: E402
+from rbclib.synth.mask_segmenter import segment_with_mask_generator  # noqa: E402
 
 TINY = dict(patch_px=16, downsample=2, n_steps=2, g_widths=(8, 16), d_widths=(8, 16), z_dim=8,
             batch_size=4, epochs=2, iters_per_epoch=2)
@@ -135,12 +136,12 @@ def test_mask_from_x0_confidence():
 
 def test_segment_with_mask_generator_any_size(trained):
     phase = toy_field(np.random.default_rng(5), 50, 3)[0]
-    labels, conf = dd.segment_with_mask_generator(trained["mask"], phase, seed=0)
+    labels, conf = segment_with_mask_generator(trained["mask"], phase, seed=0)
     assert labels.shape == conf.shape == (50, 50) and labels.dtype == np.uint8
-    again, _ = dd.segment_with_mask_generator(trained["mask"], phase[None], seed=0)
+    again, _ = segment_with_mask_generator(trained["mask"], phase[None], seed=0)
     assert np.array_equal(again[0], labels)
     with pytest.raises(ValueError, match="mask model"):
-        dd.segment_with_mask_generator(trained["phase"], phase, seed=0)
+        segment_with_mask_generator(trained["phase"], phase, seed=0)
     comp = dd.generator_compute(trained["mask"])
     assert comp["params"] > 1000 and comp["macs_per_patch"] == pytest.approx(2 * comp["macs_per_step"])
 

@@ -155,3 +155,20 @@ def test_library_code_carries_no_lab_log(source):
     found = sorted({m.group(0) for m in LAB_LOG.finditer(text)} | {m.group(0) for m in DATED.finditer(text)})
     assert not found, f"{_rel(source)}: dated or lab-log notes {found}; the history belongs in CHANGELOG.md / git log"
     assert "/tmp/" not in text, f"{_rel(source)}: a /tmp/ path"
+
+
+MAX_MODULE_LINES = 600
+
+
+def test_no_library_module_is_over_600_lines():
+    long = {_rel(p): n for p in (REPO / "rbclib").rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them along their seams): {long}"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_rel)
+def test_notebook_code_reads_without_wrapping(notebook):
+    """JupyterLab does not wrap code: every code line is at most 100 characters."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    long = [line for c in cells if c["cell_type"] == "code" for line in "".join(c["source"]).splitlines()
+            if len(line) > 100]
+    assert not long, f"{_rel(notebook)}: {len(long)} code line(s) over 100 characters, e.g. {long[0]!r}"

@@ -13,7 +13,9 @@ from scipy import ndimage
 
 from rbclib.cli import main
 from rbclib.core.config import Optics
-from rbclib.physics.holography import Reconstructor, angular_spectrum, autofocus, find_sideband, reconstruct
+from rbclib.physics.holography import Reconstructor, reconstruct
+from rbclib.physics.refocus import angular_spectrum, autofocus
+from rbclib.physics.sideband import find_sideband
 from rbclib.physics.phase_files import reconstruct_files
 from rbclib.core.io import read_phase, write_camera_image
 from rbclib.core.files import ImageFileError, read_json

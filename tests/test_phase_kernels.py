@@ -7,7 +7,7 @@ from hypothesis.extra import numpy as hnp
 from scipy import ndimage
 
 from rbclib.physics import phase_kernels as K
-from rbclib.physics.holography import _eval_poly, _iterative_fit, _poly_terms
+from rbclib.physics.robust_fit import eval_poly, iterative_fit, poly_terms
 
 
 def _numpy_wrap(phase):
@@ -21,7 +21,7 @@ def test_subtract_poly_and_wrap_matches_numpy(order):
     y, x = (np.arange(h) - h / 2) / (h / 2), (np.arange(w) - w / 2) / (w / 2)
     coef = rng.normal(0, 5, (order + 1) * (order + 2) // 2)
     phase = rng.uniform(-np.pi, np.pi, (h, w)).astype(np.float32)
-    expected = _numpy_wrap(phase.astype(np.float64) - _eval_poly(coef, y, x, order))
+    expected = _numpy_wrap(phase.astype(np.float64) - eval_poly(coef, y, x, order))
     got = phase.copy()
     K.subtract_poly_and_wrap(got, coef, y, x, order)
     assert got.dtype == np.float32
@@ -91,7 +91,7 @@ def test_block_means_match_numpy():
 def test_masked_normal_equations_and_robust_fit():
     rng = np.random.default_rng(2)
     y, x = np.meshgrid(np.linspace(-1, 1, 50), np.linspace(-1, 1, 60), indexing="ij")
-    terms = np.stack([t.ravel() for t in _poly_terms(y, x, 2)], axis=1)
+    terms = np.stack([t.ravel() for t in poly_terms(y, x, 2)], axis=1)
     weight = (rng.random(len(terms)) < 0.7).astype(np.float64)
     values = rng.normal(size=len(terms))
     ata, atb = K.masked_normal_equations(np.ascontiguousarray(terms.T), values, weight)
@@ -104,7 +104,7 @@ def test_masked_normal_equations_and_robust_fit():
     cells = rng.random(len(terms)) < 0.2
     values[cells] += rng.uniform(1, 4, cells.sum())
     valid = np.ones(len(terms), bool)
-    coef, mask = _iterative_fit(terms, values, valid, valid)
+    coef, mask = iterative_fit(terms, values, valid, valid)
     np.testing.assert_allclose(coef, true, atol=0.01)
     assert mask[cells].mean() < 0.05 and mask[~cells].mean() > 0.95
 

@@ -39,19 +39,20 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from typing import Any, Literal
 
 import numpy as np
 import scipy.fft as sfft
-from scipy import ndimage, optimize
+from scipy import ndimage
 
 from rbclib.core.config import Optics
 from rbclib.core.files import ImageFileError
 from rbclib.core.io import check_image
-from rbclib.physics.phase_kernels import (JUMP_BLOCK_PX, MAD_TO_STD, block_means, jump_blocks, median,
-                                          median_and_mad, masked_normal_equations, robust_inliers,
-                                          subtract_poly_and_wrap)
+from rbclib.physics.phase_kernels import JUMP_BLOCK_PX, block_means, jump_blocks, median, subtract_poly_and_wrap
+from rbclib.physics.sideband import find_sideband, float_hologram
+from rbclib.physics.refocus import MAX_REFOCUS_M, angular_spectrum, autofocus
+from rbclib.physics.robust_fit import (eval_poly, eval_poly_at, iterative_fit, poly_terms, robust_background,
+                                       robust_std)
 
 FilterName = Literal["disk", "smooth disk", "gauss"]
 
@@ -60,12 +61,6 @@ FILTERS = ("disk", "smooth disk", "gauss")
 
 
 _SMOOTH_EDGE = 0.1  # half-width of the smooth-disk edge, relative to the radius
-
-
-_MIN_PEAK_CONTRAST = 3.0  # sideband peak over the spectrum at its radius, in ln units (x20)
-
-
-_SATURATED_FRACTION = 1e-3  # warn above this fraction of pixels at the dtype maximum
 
 
 class Reconstruction:
@@ -117,96 +112,6 @@ class Reconstruction:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _float_image(hologram: np.ndarray, source: str) -> np.ndarray:
-    arr = check_image(hologram, source)
-    if np.issubdtype(arr.dtype, np.integer):
-        info = np.iinfo(arr.dtype)
-        n_sat = int(np.count_nonzero(arr == info.max))
-        if n_sat > _SATURATED_FRACTION * arr.size:
-            warnings.warn(f"{source}: {n_sat} pixel(s) ({100 * n_sat / arr.size:.2f} %) saturated at "
-                          f"{info.max}; phase near them is unreliable", RuntimeWarning, stacklevel=3)
-    return np.asarray(arr, dtype=np.float32)
-
-
-def spectrum_image(hologram: np.ndarray) -> np.ndarray:
-    """log10 |FFT| of a hologram, zero frequency centred, float32 (H, W) (for display)."""
-    img = np.asarray(hologram, dtype=np.float32)
-    spec = sfft.fftshift(np.abs(sfft.fft2(img - img.mean(), workers=-1)))
-    return np.log10(spec + 1e-3).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=4)
-def _sideband_search_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(Hann window (H, W) float32, fy (H, 1), fx (1, W // 2 + 1) [cycles/px], radius |f|
-    (H, W // 2 + 1)) of the sideband search on an (H, W) hologram, rows from -1/2 to 1/2, kept
-    for the next hologram of that shape (4 of a search's 16 ms; read-only arrays)."""
-    win = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
-    fy = (np.arange(h) - h // 2)[:, None] / h
-    fx = np.arange(w // 2 + 1)[None, :] / w
-    rho = np.hypot(fy, fx)
-    for a in (win, fy, fx, rho):
-        a.flags.writeable = False
-    return win, fy, fx, rho
-
-
-def find_sideband(hologram: np.ndarray, *, source: str = "<array>", dc_radius: float = 0.04,
-                  smooth_bins: float | None = None) -> tuple[float, float]:
-    """Carrier (fy, fx) of one sideband [cycles/px], fx >= 0.
-
-    dc_radius: radius [cycles/px] of the masked DC disk (the low-frequency autocorrelation
-    term, plus the bins on the axes near it); smooth_bins: sigma [bins] of the Gaussian
-    smoothing of the log-magnitude (default 0.4 % of the image side, >= 1.5).
-    Raises ImageFileError when no sideband stands out of the spectrum.
-    """
-    img = _float_image(hologram, source)
-    h, w = img.shape
-    win, fy, fx, rho = _sideband_search_grid(h, w)
-    spec = np.abs(sfft.rfft2((img - img.mean()) * win, workers=-1))
-    logmag = np.log(spec + 1e-6 * max(spec.max(), 1e-12))
-    logmag = np.fft.fftshift(logmag, axes=0)  # rows: fy from -1/2 to 1/2
-    sigma = smooth_bins if smooth_bins is not None else max(1.5, 0.004 * max(h, w))
-    # the same width in cycles/px along both axes (a strip has coarser bins along its short side)
-    sigma_yx = (max(0.5, sigma * h / max(h, w)), max(0.5, sigma * w / max(h, w)))
-    smooth = ndimage.gaussian_filter(logmag, sigma_yx, mode=("wrap", "nearest"))
-    valid = rho > dc_radius
-    # the edge streaks of the camera frame run along the axes: mask a few bins there
-    axis_bins = max(2, int(round(0.005 * max(h, w))))
-    valid &= ~((np.abs(fy * h) < axis_bins) & (rho < 4 * dc_radius))
-    valid &= ~((np.abs(fx * w) < axis_bins) & (rho < 4 * dc_radius))
-    valid[:, -1] &= (w % 2 == 1)  # Nyquist column appears once only for even w
-    score = np.where(valid, smooth, -np.inf)
-    iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
-    # a sideband stands out of the spectrum at its own radius (natural images do not:
-    # their spectrum falls off with radius about equally in every direction)
-    ring = valid & (np.abs(rho - rho[iy, ix]) < max(0.02, 2 * sigma / max(h, w)))
-    contrast = float(smooth[iy, ix]) - float(np.median(smooth[ring]))
-    if not np.isfinite(contrast) or contrast < _MIN_PEAK_CONTRAST:
-        raise ImageFileError(source, "no off-axis sideband in the spectrum (strongest peak only "
-                             f"{math.exp(max(contrast, 0)):.1f}x above the spectrum at its spatial frequency); "
-                             "is this an off-axis hologram?")
-    # sub-bin refinement: parabola through the smoothed log-magnitude
-    dy = _parabola(smooth, iy, ix, axis=0)
-    dx = _parabola(smooth, iy, ix, axis=1)
-    carrier_y = (iy - h // 2 + dy) / h
-    carrier_x = (ix + dx) / w
-    if carrier_x < 0:  # stay in the half-plane
-        carrier_y, carrier_x = -carrier_y, -carrier_x
-    return float(carrier_y), float(carrier_x)
-
-
-def _parabola(arr: np.ndarray, iy: int, ix: int, *, axis: int) -> float:
-    n = arr.shape[axis]
-    i = iy if axis == 0 else ix
-    if i <= 0 or i >= n - 1:
-        return 0.0
-    if axis == 0:
-        a, b, c = arr[i - 1, ix], arr[i, ix], arr[i + 1, ix]
-    else:
-        a, b, c = arr[iy, i - 1], arr[iy, i], arr[iy, i + 1]
-    den = a - 2 * b + c
-    if not np.isfinite(den) or den >= 0:
-        return 0.0
-    return float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
 
 
 def _filter_weights(dist: np.ndarray, radius: float, name: str) -> np.ndarray:
@@ -219,80 +124,6 @@ def _filter_weights(dist: np.ndarray, radius: float, name: str) -> np.ndarray:
     if name == "gauss":
         return np.exp(-0.5 * (dist / (radius / 2)) ** 2).astype(np.float32)
     raise ValueError(f"unknown filter {name!r}; choose one of {FILTERS}")
-
-
-def _poly_terms(y: np.ndarray, x: np.ndarray, order: int) -> list[np.ndarray]:
-    return [x ** i * y ** (k - i) for k in range(order + 1) for i in range(k + 1)]
-
-
-def _eval_poly(coef: np.ndarray, y: np.ndarray, x: np.ndarray, order: int) -> np.ndarray:
-    """Polynomial with the coefficients of :func:`_poly_terms` on the grid y (H,) x x (W,),
-    as a sum of order + 1 outer products (float32 (H, W))."""
-    out = np.zeros((len(y), len(x)), np.float32)
-    powers = [(i, k - i) for k in range(order + 1) for i in range(k + 1)]  # (x power, y power)
-    for px in range(order + 1):
-        col = sum(c * y ** py for c, (qx, py) in zip(coef, powers) if qx == px)  # y ** 0: an array
-        out += np.outer(col.astype(np.float32), (x ** px).astype(np.float32))
-    return out
-
-
-def _eval_poly_at(coef: np.ndarray, y: np.ndarray, x: np.ndarray, order: int) -> np.ndarray:
-    """Polynomial with the coefficients of :func:`_poly_terms` at the points ``y``, ``x`` (same shape)."""
-    return sum(c * t for c, t in zip(coef, _poly_terms(y, x, order)))
-
-
-def angular_spectrum(field: np.ndarray, distance_m: float, optics: Optics) -> np.ndarray:
-    """Propagate a complex field by ``distance_m`` [m] in the medium (angular spectrum).
-
-    The field is mirror-padded to reduce wrap-around; evanescent waves are dropped and
-    the plane-wave phase n*d/lambda is removed (the mean phase does not move).
-    """
-    return _Propagator(field, optics).propagate(distance_m)
-
-
-class _Propagator:
-    """Angular-spectrum propagation of one field to many distances (FFT done once)."""
-
-    def __init__(self, field: np.ndarray, optics: Optics):
-        h, w = field.shape
-        self.shape = (h, w)
-        self.pad = (h // 4, w // 4)
-        padded = np.pad(field, ((self.pad[0],) * 2, (self.pad[1],) * 2), mode="reflect")
-        ph, pw = padded.shape
-        self.spectrum = sfft.fft2(padded.astype(np.complex64), workers=-1)
-        fy = sfft.fftfreq(ph, d=optics.pixel_size_m)[:, None]
-        fx = sfft.fftfreq(pw, d=optics.pixel_size_m)[None, :]
-        k = optics.n_medium / optics.wavelength_m
-        arg = k ** 2 - fy ** 2 - fx ** 2
-        self.propagating = arg > 0
-        self.kz_minus_k = (np.sqrt(np.where(self.propagating, arg, 0)) - k).astype(np.float64)
-
-    def propagate(self, distance_m: float) -> np.ndarray:
-        kernel = np.where(self.propagating, np.exp(2j * np.pi * distance_m * self.kz_minus_k), 0)
-        out = sfft.ifft2(self.spectrum * kernel.astype(np.complex64), workers=-1)
-        (py, px), (h, w) = self.pad, self.shape
-        return out[py:py + h, px:px + w]
-
-
-def average_gradient(field: np.ndarray) -> float:
-    """Autofocus metric: mean magnitude of the amplitude gradient (minimal in focus)."""
-    amp = np.abs(field)
-    gy, gx = np.gradient(amp)
-    return float(np.mean(np.hypot(gy, gx)) / max(float(amp.mean()), 1e-12))
-
-
-def autofocus(field: np.ndarray, optics: Optics, *, interval_m: tuple[float, float] = (-10e-6, 10e-6),
-              n_coarse: int = 21) -> float:
-    """Distance [m] that brings ``field`` into focus: the minimum of :func:`average_gradient`
-    over ``interval_m`` (coarse grid of ``n_coarse`` steps, then bounded Brent refinement)."""
-    prop = _Propagator(field, optics)
-    grid = np.linspace(*interval_m, n_coarse)
-    values = [average_gradient(prop.propagate(d)) for d in grid]
-    i = int(np.argmin(values))
-    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, n_coarse - 1)]
-    res = optimize.minimize_scalar(lambda d: average_gradient(prop.propagate(d)), bounds=(lo, hi),
-                                   method="bounded", options={"xatol": 1e-3 * (interval_m[1] - interval_m[0])})
-    return float(res.x) if res.fun <= values[i] else float(grid[i])
 
 
 def _unwrap_where_wrapped(phase: np.ndarray, *, margin: int = 6) -> bool:
@@ -324,51 +155,6 @@ def _unwrap_where_wrapped(phase: np.ndarray, *, margin: int = 6) -> bool:
         turns = np.round(median(edge) / (2 * np.pi))
         phase[sl] = (done + 2 * np.pi * turns).astype(phase.dtype)
     return True
-
-
-def median_and_robust_std(values: np.ndarray) -> tuple[float, float]:
-    """(median, robust standard deviation) of ``values`` (any shape; NaNs when empty). The
-    robust s.d. is the normal-scaled median absolute deviation, 1.4826 x MAD: the same value
-    as ``scipy.stats.median_abs_deviation(scale="normal")`` without its 0.3 ms of argument
-    handling per call, which made a third of a reconstruction's time. Compiled
-    (:func:`~rbclib.physics.phase_kernels.median_and_mad`): 2x faster than two ``np.median``
-    calls on 4 k values, 4-6x on 25 k-90 k."""
-    v = np.ascontiguousarray(values).ravel()
-    if not v.size:
-        return math.nan, math.nan
-    med, mad = median_and_mad(v)
-    return float(med), float(MAD_TO_STD * mad)
-
-
-def robust_std(values: np.ndarray) -> float:
-    """Robust standard deviation of ``values`` (any shape; NaN when empty): the
-    normal-scaled median absolute deviation (:func:`median_and_robust_std`)."""
-    return median_and_robust_std(values)[1]
-
-
-def _robust_background(phase: np.ndarray) -> np.ndarray:
-    """Mask of background pixels (same shape as ``phase``): pixels beyond 3 robust sigma
-    dropped iteratively, 4 times at most (:func:`~rbclib.physics.phase_kernels.robust_inliers`)."""
-    return robust_inliers(phase.ravel(), 3.0, 4).reshape(phase.shape)
-
-
-def _iterative_fit(terms: np.ndarray, values: np.ndarray, mask: np.ndarray, valid: np.ndarray,
-                   *, n_sigma: float = 3.0, iterations: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares fit of ``values`` (N,) on ``terms`` (N, K) over ``mask`` (N,) bool, refitted
-    up to ``iterations`` times over the ``valid`` points whose residual lies within ``n_sigma``
-    robust s.d. of its median (cells drop out); stops when the mask no longer changes or would
-    keep fewer than 10 K points. Returns (coef (K,), mask (N,))."""
-    terms_t = np.ascontiguousarray(terms.T)
-    coef = np.zeros(terms.shape[1])
-    for _ in range(iterations):
-        coef = np.linalg.solve(*masked_normal_equations(terms_t, values, mask.astype(np.float64)))
-        resid = values - terms @ coef
-        med, sigma = median_and_robust_std(resid[mask])
-        new = (np.abs(resid - med) < n_sigma * (sigma + 1e-9)) & valid
-        if new.sum() < terms.shape[1] * 10 or np.array_equal(new, mask):
-            break
-        mask = new
-    return coef, mask
 
 
 def _amplitude_ratio(field: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -415,11 +201,6 @@ def _check_background_is_empty(coarse: np.ndarray, source: str) -> None:
     if negative > NEGATIVE_OBJECT_FRACTION and negative > 0.5 * positive:
         raise BackgroundNotEmpty(source, f"holds objects of its own ({100 * negative:.0f} % of the compensated field "
                              f"lies below -{level:.2f} rad): another field's hologram rather than an empty background?")
-
-
-MAX_REFOCUS_M = 500e-6
-"""Largest refocusing distance accepted: a cell layer 0.5 mm out of focus is far beyond what
-an objective's working range and a sample chamber allow (and its phase beyond recovery)."""
 
 
 class Reconstructor:
@@ -480,7 +261,7 @@ class Reconstructor:
             if bg.shape != self.shape:
                 raise ImageFileError(background_source, f"background hologram of shape {bg.shape} does not match "
                                      f"the hologram shape {self.shape}")
-            self._bg_raw = _float_image(bg, background_source)
+            self._bg_raw = float_hologram(bg, background_source)
 
     # -- set-up ---------------------------------------------------------------------
     def _prepare(self, carrier: tuple[float, float]) -> None:
@@ -579,14 +360,14 @@ class Reconstructor:
         if arr.ndim == 2 and arr.shape != self.shape:
             raise ImageFileError(source, f"hologram of shape {arr.shape}, but this reconstructor was set up "
                                  f"for {self.shape}")
-        img = _float_image(arr, source)
+        img = float_hologram(arr, source)
         bg_raw = None
         if background is not None:
             bg_arr = np.asarray(background)
             if bg_arr.shape != self.shape:
                 raise ImageFileError(background_source, f"background hologram of shape {bg_arr.shape} does not "
                                      f"match the hologram shape {self.shape} of {source}")
-            bg_raw = _float_image(bg_arr, background_source)
+            bg_raw = float_hologram(bg_arr, background_source)
         mode = self.compensation
         if mode == "auto":
             mode = "background" if (bg_raw is not None or self._bg_raw is not None) else "numerical"
@@ -641,13 +422,13 @@ class Reconstructor:
         if sign < 0:
             phase = np.negative(phase, out=phase)
         coarse = phase[::step, ::step]
-        coarse_bg = _robust_background(coarse)
+        coarse_bg = robust_background(coarse)
         if mode == "background" and self.residual_order is not None and self.residual_order > 0:
             # drift between hologram and background (tilt, defocus of the reference): fit it
             # on the medium of the coarse grid and remove it
             phase -= self._residual_surface(coarse, coarse_bg, step)
             coarse = phase[::step, ::step]
-            coarse_bg = _robust_background(coarse)
+            coarse_bg = robust_background(coarse)
         offset = median(coarse[coarse_bg])
         phase -= np.float32(offset)
         coarse = phase[::step, ::step]
@@ -670,13 +451,13 @@ class Reconstructor:
         h, w = self.shape
         yc = ((np.arange(coarse.shape[0]) * step - h / 2) / (h / 2))[:, None] * np.ones((1, coarse.shape[1]))
         xc = ((np.arange(coarse.shape[1]) * step - w / 2) / (w / 2))[None, :] * np.ones((coarse.shape[0], 1))
-        terms = np.stack([t.ravel() for t in _poly_terms(yc, xc, self.residual_order)], axis=1)
-        coef, _ = _iterative_fit(terms, coarse.ravel().astype(np.float64), mask.ravel(), mask.ravel())
-        return _eval_poly(coef, (np.arange(h) - h / 2) / (h / 2), (np.arange(w) - w / 2) / (w / 2),
+        terms = np.stack([t.ravel() for t in poly_terms(yc, xc, self.residual_order)], axis=1)
+        coef, _ = iterative_fit(terms, coarse.ravel().astype(np.float64), mask.ravel(), mask.ravel())
+        return eval_poly(coef, (np.arange(h) - h / 2) / (h / 2), (np.arange(w) - w / 2) / (w / 2),
                           self.residual_order)
 
     def _fit_aberration(self, box: np.ndarray) -> np.ndarray:
-        """Coefficients (as :func:`_poly_terms`, order ``poly_order``, at the coordinates
+        """Coefficients (as :func:`poly_terms`, order ``poly_order``, at the coordinates
         (i - H/2) / (H/2), (j - W/2) / (W/2) of the full-size pixels) of the polynomial phase
         [rad] fitted on the background of the low-resolution field.
 
@@ -708,7 +489,7 @@ class Reconstructor:
         residual = np.angle(low)
         subtract_poly_and_wrap(residual, coef, grid["y"], grid["x"], self.poly_order)
         _unwrap_where_wrapped(residual)
-        unwrapped = _eval_poly_at(coef, grid["y_sub"], grid["x_sub"], self.poly_order) + residual[::sub, ::sub]
+        unwrapped = eval_poly_at(coef, grid["y_sub"], grid["x_sub"], self.poly_order) + residual[::sub, ::sub]
         coef = self._fit_medium(unwrapped, grid["sub_terms"], valid[::sub, ::sub])
         # the sub-bin tilt is linear, 2 pi ry y = 2 pi ry h/2 (y_n + 1) (the same for x): one
         # polynomial holds both
@@ -722,7 +503,7 @@ class Reconstructor:
         once per set-up: the sub-bin tilt ramps (complex64 (my, 1), (1, mx)), the coordinates
         y (my,), x (mx,) of its points (-1..1 over the full image), the subsampling step
         ``sub`` (<= ~64 points a side), the coordinates y_sub, x_sub (2-D) of the subsampled
-        points, and the polynomial terms (:func:`_poly_terms`, (N, K) per order of
+        points, and the polynomial terms (:func:`poly_terms`, (N, K) per order of
         :meth:`_fit_medium`) on the block means and on the subsampled points."""
         if "low_grid" not in self._setup:  # the box, so its low-resolution grid, is fixed per set-up
             my, mx = shape
@@ -739,7 +520,7 @@ class Reconstructor:
             orders = sorted({min(1, self.poly_order), self.poly_order})
 
             def terms(yc: np.ndarray, xc: np.ndarray) -> dict[int, np.ndarray]:
-                return {o: np.stack([t.ravel() for t in _poly_terms(yc, xc, o)], axis=1) for o in orders}
+                return {o: np.stack([t.ravel() for t in poly_terms(yc, xc, o)], axis=1) for o in orders}
 
             self._setup["low_grid"] = {
                 "tilt_y": np.exp(-2j * np.pi * ry * np.arange(my)[:, None] * (h / my)).astype(np.complex64),
@@ -749,15 +530,15 @@ class Reconstructor:
         return self._setup["low_grid"]
 
     def _fit_medium(self, phase: np.ndarray, terms: dict[int, np.ndarray], valid: np.ndarray) -> np.ndarray:
-        """Coefficients (as :func:`_poly_terms`, order ``poly_order``) of the polynomial fitted to
-        ``phase`` [rad] over the ``valid`` pixels (same shape), robustly (:func:`_iterative_fit`),
+        """Coefficients (as :func:`poly_terms`, order ``poly_order``) of the polynomial fitted to
+        ``phase`` [rad] over the ``valid`` pixels (same shape), robustly (:func:`iterative_fit`),
         with ``terms`` {order: (N, K)} at the pixels' coordinates (:meth:`_low_grid`). Tilt first,
         then the full order from the tilt's background: a large object cannot pull a curved
         surface under itself."""
         values, valid = np.ascontiguousarray(phase, dtype=np.float64).ravel(), valid.ravel()
         mask = valid
         for order in sorted(terms):
-            coef, mask = _iterative_fit(terms[order], values, mask, valid)
+            coef, mask = iterative_fit(terms[order], values, mask, valid)
         return coef
 
     def _choose_sign(self, phase: np.ndarray) -> int:

@@ -12,7 +12,8 @@ import numpy as np
 from rbclib.core.config import Optics
 from rbclib.core.files import ImageFileError, check_output_dir, write_json
 from rbclib.core.io import LoadedImage, list_images, read_image, write_phase
-from rbclib.physics.holography import Reconstruction, Reconstructor, spectrum_image
+from rbclib.physics.holography import Reconstruction, Reconstructor
+from rbclib.physics.sideband import spectrum_image
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -25,7 +25,7 @@ def subtract_poly_and_wrap(phase: np.ndarray, coef: np.ndarray, y: np.ndarray, x
     """In place: phase (H, W) float32 [rad] <- phase - P(y_i, x_j), wrapped into [-pi, pi).
 
     P is the polynomial of total order ``order`` with coefficients ``coef`` in the order
-    x^i y^(k-i) for k = 0..order, i = 0..k (``rbclib.physics.holography._poly_terms``);
+    x^i y^(k-i) for k = 0..order, i = 0..k (``rbclib.physics.robust_fit.poly_terms``);
     y (H,) and x (W,) are the coordinates of the rows and columns.
     """
     h, w = phase.shape

@@ -27,7 +27,7 @@ from scipy import fft as sfft
 from scipy import ndimage as ndi
 
 from rbclib.core.config import Optics
-from rbclib.physics.holography import median_and_robust_std, robust_std
+from rbclib.physics.robust_fit import median_and_robust_std, robust_std
 from rbclib.core.labels import CELL_CLASSES, CLASS_COLOURS, CLASS_IDS, CLASS_NAMES, edge_ids
 from rbclib.core.paths import source_checkout
 

@@ -72,9 +72,9 @@ class Reconstructors:
 
 def has_sideband(image: np.ndarray) -> bool:
     """Whether ``image`` (H, W) is an off-axis hologram: its spectrum holds a sideband
-    (:func:`rbclib.physics.holography.find_sideband`). Decides, for floating-point files, between a
+    (:func:`rbclib.physics.sideband.find_sideband`). Decides, for floating-point files, between a
     hologram and a phase map; integer files are camera images, so holograms, anyway."""
-    from rbclib.physics.holography import find_sideband
+    from rbclib.physics.sideband import find_sideband
 
     try:
         find_sideband(image)

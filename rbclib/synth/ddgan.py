@@ -26,7 +26,6 @@ Model folder: ``config.json``, ``last.pt`` (full training state, for resume),
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,6 @@ from rbclib.core.config import check_known_fields
 from rbclib.core.distributed import (average_gradients, barrier, check_ranks_in_sync, mean_over_ranks, rank_share,
                                      start_distributed)
 from rbclib.seg.datasets import PHASE_RANGE_RAD, CropPicker, denormalise_phase, normalise_phase
-from rbclib.seg.infer import Prediction
 from rbclib.synth.nets import Discriminator, Generator
 from rbclib.core.io import read_instances, read_labels, read_phase
 from rbclib.core.files import read_json, write_json
@@ -294,7 +292,7 @@ def build_nets(config: DDGANConfig) -> tuple[Generator, Discriminator]:
     return g, d
 
 
-def _seed_for(seed: int, *parts: int) -> int:
+def seed_for(seed: int, *parts: int) -> int:
     return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0])
 
 
@@ -323,7 +321,7 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
         out.mkdir(parents=True, exist_ok=True)
     sampler = PatchSampler.for_config(phases, labels, config, instances)
     sched = make_schedule(config.n_steps, beta_min=config.beta_min, beta_max=config.beta_max).to(dev)
-    torch.manual_seed(_seed_for(seed, 0))
+    torch.manual_seed(seed_for(seed, 0))
     g, d = build_nets(config)
     g_ema, _ = build_nets(config)
     g_ema.load_state_dict(g.state_dict())
@@ -348,8 +346,8 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
     bar = progress_bar(config.epochs * config.iters_per_epoch, initial=start_epoch * config.iters_per_epoch,
                        desc=f"DDGAN {config.kind}", enabled=progress and rank == 0)
     for epoch in range(start_epoch, config.epochs):
-        rng = np.random.default_rng(_seed_for(seed, 1, epoch, *ranked))
-        torch.manual_seed(_seed_for(seed, 2, epoch, *ranked))
+        rng = np.random.default_rng(seed_for(seed, 1, epoch, *ranked))
+        torch.manual_seed(seed_for(seed, 2, epoch, *ranked))
         sums = {"loss_d": 0.0, "loss_g": 0.0, "loss_l1": 0.0, "r1": 0.0}
         t0 = time.perf_counter()
         for _ in range(config.iters_per_epoch):
@@ -461,7 +459,7 @@ def sample_x0(generator: Generator, config: DDGANConfig, n: int, *, seed: int, c
     out = []
     for start in tqdm(range(0, n, batch_size), desc=f"sampling {config.kind}", disable=not progress, leave=False):
         idx = range(start, min(n, start + batch_size))
-        gens = [torch.Generator().manual_seed(_seed_for(seed, 3, i)) for i in idx]
+        gens = [torch.Generator().manual_seed(seed_for(seed, 3, i)) for i in idx]
         x = torch.stack([torch.randn(C, H, W, generator=gi) for gi in gens]).to(dev)
         c = None if cond is None else cond[start:start + len(idx)].to(dev)
         y = classes[start:start + len(idx)].to(dev) if config.class_conditional else None
@@ -507,7 +505,7 @@ def draw_classes(n: int, *, seed: int, share: dict[str, float] | str | None = No
     counts = np.floor(quota).astype(int)
     counts[np.argsort(-(quota - counts), kind="stable")[:n - counts.sum()]] += 1
     classes = np.repeat(np.arange(1, len(CELL_CLASS_NAMES) + 1), counts).astype(np.uint8)
-    return np.random.default_rng(_seed_for(seed, 12)).permutation(classes)
+    return np.random.default_rng(seed_for(seed, 12)).permutation(classes)
 
 
 def generate_pairs(phase_model_dir: str | Path, mask_model_dir: str | Path, n: int, *, seed: int,
@@ -526,55 +524,18 @@ def generate_pairs(phase_model_dir: str | Path, mask_model_dir: str | Path, n: i
     conditional = cp.class_conditional or cm.class_conditional
     asked = draw_classes(n, seed=seed, share=class_share) if conditional else np.zeros(n, np.uint8)
     classes = torch.from_numpy(asked.astype(np.int64))
-    phase_n = sample_x0(gp, cp, n, seed=_seed_for(seed, 10), classes=classes, batch_size=batch_size, progress=progress)
-    phase_n = _resize(phase_n, cp.native_px).clamp(-1.0, 1.0)
+    phase_n = sample_x0(gp, cp, n, seed=seed_for(seed, 10), classes=classes, batch_size=batch_size, progress=progress)
+    phase_n = resize_patches(phase_n, cp.native_px).clamp(-1.0, 1.0)
     cond = F.avg_pool2d(phase_n, cm.downsample) if cm.downsample > 1 else phase_n
-    m0 = sample_x0(gm, cm, n, seed=_seed_for(seed, 11), cond=cond, classes=classes, batch_size=batch_size,
+    m0 = sample_x0(gm, cm, n, seed=seed_for(seed, 11), cond=cond, classes=classes, batch_size=batch_size,
                    progress=progress)
-    labels, conf = mask_from_x0(_resize(m0, cm.native_px))
+    labels, conf = mask_from_x0(resize_patches(m0, cm.native_px))
     return SyntheticPairs(denormalise_phase(phase_n[:, 0].numpy(), cp.phase_range_rad), labels, conf, asked)
 
 
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+def resize_patches(x: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear resize of (n, C, h, w) to (n, C, size, size); identity when already that size."""
     return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-
-
-def segment_with_mask_generator(model_dir: str | Path, phase: np.ndarray, *, seed: int, n_samples: int = 1,
-                                batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """G_M used as a segmenter: phase [rad] (N, H, W) or (H, W) -> (class maps uint8, confidence).
-
-    Images are cut into non-overlapping native_px tiles (reflect-padded at the border, the
-    paper's patch protocol), each tile's mask is the mean x0 of ``n_samples`` stochastic
-    reverse chains, and the tiles are merged back to (N, H, W). A class-conditional G_M is
-    given label 0 for every tile (the label of its training crops not centred on a cell).
-    """
-    gm, cfg = load_generator(model_dir)
-    if cfg.kind != "mask":
-        raise ValueError(f"{model_dir}: is a {cfg.kind!r} DDGAN; a mask model (G_M) is needed")
-    arr = np.asarray(phase, dtype=np.float32)
-    single = arr.ndim == 2
-    arr = arr[None] if single else arr
-    N, H, W = arr.shape
-    P = cfg.native_px
-    ph, pw = -H % P, -W % P
-    padded = np.pad(normalise_phase(arr, cfg.phase_range_rad), ((0, 0), (0, ph), (0, pw)), mode="reflect")
-    ny, nx = padded.shape[1] // P, padded.shape[2] // P
-    tiles = padded.reshape(N, ny, P, nx, P).transpose(0, 1, 3, 2, 4).reshape(-1, 1, P, P)
-    cond = torch.from_numpy(np.ascontiguousarray(tiles))
-    if cfg.downsample > 1:
-        cond = F.avg_pool2d(cond, cfg.downsample)
-    unknown = torch.zeros(len(cond), dtype=torch.long)  # a class-conditional G_M: label 0, that of its uniform crops
-    x0 = sum(sample_x0(gm, cfg, len(cond), seed=_seed_for(seed, 20, k), cond=cond, classes=unknown,
-                       batch_size=batch_size) for k in range(n_samples)) / n_samples
-    labels, conf = mask_from_x0(_resize(x0, P))
-
-    def merge(a: np.ndarray) -> np.ndarray:
-        full = a.reshape(N, ny, nx, P, P).transpose(0, 1, 3, 2, 4).reshape(N, ny * P, nx * P)
-        return full[:, :H, :W]
-
-    labels, conf = merge(labels), merge(conf)
-    return (labels[0], conf[0]) if single else (labels, conf)
 
 
 def generator_compute(model_dir: str | Path) -> dict[str, float]:
@@ -593,66 +554,6 @@ def generator_compute(model_dir: str | Path) -> dict[str, float]:
             "downsample": float(cfg.downsample)}
 
 
-def sample_grid_figure(phase: np.ndarray, labels: np.ndarray | None = None, *, ncols: int = 8,
-                       title: str | None = None, phase_range_rad: tuple[float, float] = PHASE_RANGE_RAD):
-    """Grid of phase patches [rad] (n, P, P), each with its coloured mask below when given."""
-    import matplotlib.pyplot as plt
-
-    from rbclib.core.labels import colourize
-
-    n = len(phase)
-    ncols = max(1, min(ncols, n))
-    rows_per = 1 if labels is None else 2
-    nrows = math.ceil(n / ncols) * rows_per
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.6 * nrows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i in range(n):
-        r, c = divmod(i, ncols)
-        axes[r * rows_per, c].imshow(phase[i], cmap="gray", vmin=phase_range_rad[0], vmax=phase_range_rad[1])
-        if labels is not None:
-            axes[r * rows_per + 1, c].imshow(colourize(labels[i]))
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
 def config_from_profile(stage: dict[str, Any], kind: str) -> DDGANConfig:
     """DDGANConfig of ``kind`` from a profile's diffusion table ([common] then [<kind>] keys)."""
     return DDGANConfig(kind=kind, **{**stage.get("common", {}), **stage.get(kind, {})})
-
-
-def preview_figure(model_dir: str | Path, *, n: int = 16, seed: int = 0, real_phase: np.ndarray | None = None,
-                   real_labels: np.ndarray | None = None):
-    """Sample grid of one model folder (the per-epoch check): G_p draws ``n`` phase patches;
-    G_M segments ``real_phase`` (n, native_px, native_px) [rad], shown beside ``real_labels``."""
-    _, cfg = load_generator(model_dir)
-    if cfg.kind == "phase":
-        g, _ = load_generator(model_dir)
-        classes = torch.from_numpy(draw_classes(n, seed=seed).astype(np.int64)) if cfg.class_conditional else None
-        x = _resize(sample_x0(g, cfg, n, seed=seed, classes=classes), cfg.native_px)
-        return sample_grid_figure(denormalise_phase(x[:, 0].numpy(), cfg.phase_range_rad), None,
-                                  title=f"G_p samples ({Path(model_dir).name})", phase_range_rad=cfg.phase_range_rad)
-    if real_phase is None:
-        raise ValueError(f"{model_dir}: a mask model needs real_phase patches to preview")
-    pred, _ = segment_with_mask_generator(model_dir, real_phase[:n], seed=seed)
-    phase = np.concatenate([real_phase[:n], real_phase[:n]]) if real_labels is not None else real_phase[:n]
-    labels = np.concatenate([real_labels[:n], pred]) if real_labels is not None else pred
-    return sample_grid_figure(phase, labels, title="G_M masks: true (first rows), generated (last rows)",
-                              phase_range_rad=cfg.phase_range_rad)
-
-
-def mask_generator_predictor(model_dir: str | Path, *, seed: int) -> Callable[[np.ndarray], Prediction]:
-    """``phase -> Prediction`` using the DDGAN mask generator as a segmenter
-    (:func:`segment_with_mask_generator`; probabilities are one-hot): the
-    DDGAN-as-segmenter row of 07's tables (:func:`rbclib.seg.evaluate.evaluate_predictor`)."""
-    from rbclib.core.labels import instances_from_labels, to_onehot
-
-    def predict(phase: np.ndarray) -> Prediction:
-        labels, _ = segment_with_mask_generator(model_dir, phase, seed=seed)
-        labels = np.asarray(labels, dtype=np.uint8).reshape(phase.shape)
-        return Prediction(labels=labels, probs=to_onehot(labels), instances=instances_from_labels(labels),
-                          covered=np.ones(phase.shape, bool))
-
-    return predict
