@@ -721,3 +721,14 @@ def test_a_background_with_objects_falls_back_to_numerical_compensation(tmp_path
     assert sorted(r.processed) == ["field_0000", "field_0001"] and not r.failures
     info = json.loads((tmp_path / "out" / "per_image" / "field_0000.json").read_text())
     assert info["compensation"] == "numerical (its background hologram was refused)"
+
+
+def test_resize_to_is_scikit_images_nearest_neighbour_in_the_maps_dtype():
+    from skimage.transform import resize
+
+    rng = np.random.default_rng(0)
+    for shape, out in (((450, 451), (900, 903)), ((300, 700), (911, 1999)), ((100, 100), (37, 41))):
+        ids = rng.integers(0, 60000, shape).astype(np.int32)
+        ref = resize(ids, out, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
+        got = S.resize_to(ids, out)
+        assert got.dtype == np.int32 and np.array_equal(got, ref)

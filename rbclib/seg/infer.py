@@ -202,20 +202,23 @@ def predict_images(model: nn.Module, phases: list[np.ndarray], *, config: dict[s
         inputs.append(phase_to_input(np.stack([padded[y:y + side, x0:x0 + side] for y, x0 in pos]),
                                      in_channels=int(config["in_channels"]),
                                      phase_range=tuple(config.get("phase_range", PHASE_RANGE_RAD))))
-    tiles_all = predict_batches(model, np.concatenate(inputs), batch_size=batch_size, fast=fast)
-    counts = np.cumsum([0] + [len(x) for x in inputs])
+    # The tiles' probabilities are blended into each image's accumulator batch by batch, never
+    # all held at once (an 8000 px image at the shipped model's pixel size: 324 tiles, 0.4 GB).
+    where = [(i, yx) for i, (_, pos) in enumerate(plans) for yx in pos]
+    tiles_in = np.concatenate(inputs)
     win = blend_window(side, ov)
+    acc = [np.zeros((int(config["classes"]),) + shape, np.float32) for shape, _ in plans]
+    norm = [np.zeros(shape, np.float32) for shape, _ in plans]
+    for start in range(0, len(tiles_in), batch_size):
+        probs = predict_batches(model, tiles_in[start:start + batch_size], batch_size=batch_size, fast=fast)
+        for (i, (y, x0)), p in zip(where[start:start + batch_size], probs):
+            acc[i][:, y:y + side, x0:x0 + side] += p * win
+            norm[i][y:y + side, x0:x0 + side] += win
     out = []
-    for phase, (shape, pos), a, b in zip(phases, plans, counts[:-1], counts[1:]):
-        tiles = tiles_all[a:b]
-        acc = np.zeros((tiles.shape[1],) + shape, np.float32)
-        norm = np.zeros(shape, np.float32)
-        for (y, x0), p in zip(pos, tiles):
-            acc[:, y:y + side, x0:x0 + side] += p * win
-            norm[y:y + side, x0:x0 + side] += win
+    for phase, a, n in zip(phases, acc, norm):
+        a /= n
         h, w = phase.shape
-        probs = (acc / norm)[:, :h, :w]
-        out.append(_finish(np.ascontiguousarray(probs), np.ones((h, w), bool), config))
+        out.append(_finish(np.ascontiguousarray(a[:, :h, :w]), np.ones((h, w), bool), config))
     return out
 
 

@@ -41,12 +41,15 @@ def check_resampled_size(shape: tuple[int, ...], scale: float, pixel_size_m: flo
 
 
 def resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label or instance map to ``shape``."""
-    from skimage.transform import resize
-
+    """Nearest-neighbour resize of a label or instance map to ``shape``, in its own dtype: the
+    pixels of scikit-image's order-0 ``resize`` (output pixel centres mapped onto the input
+    grid), without its float64 copies (an 8000 px int32 map: 0.26 GB instead of about 1 GB)."""
     if image.shape == tuple(shape):
         return image
-    return resize(image, shape, order=0, preserve_range=True, anti_aliasing=False).astype(image.dtype)
+    (h, w), (out_h, out_w) = image.shape[:2], shape
+    rows = np.minimum(((np.arange(out_h) + 0.5) * (h / out_h)).astype(np.intp), h - 1)
+    cols = np.minimum(((np.arange(out_w) + 0.5) * (w / out_w)).astype(np.intp), w - 1)
+    return image[np.ix_(rows, cols)]
 
 
 MIN_CELL_AREA_UM2 = 15.0
