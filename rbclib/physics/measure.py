@@ -52,7 +52,9 @@ def measure_cells(phase: np.ndarray, instances: np.ndarray, *, optics: Optics,
     equivalent radius around the centroid) / max phase (about 1 for a spherocyte, < 1 for
     a biconcave discocyte); ``touches_edge``: the mask reaches the image border.
     """
-    phase = np.asarray(phase, dtype=np.float64)
+    phase = np.asarray(phase)
+    if not np.issubdtype(phase.dtype, np.floating):
+        phase = phase.astype(np.float64)
     inst = np.asarray(instances)
     if phase.ndim != 2:
         raise ValueError(f"phase must be a 2-D map, got shape {phase.shape}")
@@ -72,7 +74,7 @@ def measure_cells(phase: np.ndarray, instances: np.ndarray, *, optics: Optics,
     dn = optics.delta_n
     px_um = optics.pixel_size_m * 1e6
     da_um2 = px_um ** 2
-    opd_um = phase * (optics.wavelength_m * 1e6) / (2 * math.pi)
+    um_per_rad = (optics.wavelength_m * 1e6) / (2 * math.pi)  # optical path difference per radian
     attrs = {"delta_n_assumed": dn, "n_cell_assumed": optics.n_cell, "n_medium": optics.n_medium,
              "wavelength_m": optics.wavelength_m, "pixel_size_m": optics.pixel_size_m,
              "alpha_m3_per_kg": optics.alpha_m3_per_kg,
@@ -86,22 +88,26 @@ def measure_cells(phase: np.ndarray, instances: np.ndarray, *, optics: Optics,
 
     props = regionprops_table(inst, intensity_image=phase, properties=(
         "label", "area", "centroid", "equivalent_diameter_area", "perimeter_crofton", "solidity", "eccentricity",
-        "intensity_mean", "intensity_max", "bbox", "image", "image_intensity"))
+        "intensity_max", "bbox", "image", "image_intensity"))
     ids = props["label"].astype(int)
     area_px = props["area"].astype(float)
-    ov_um3 = ndi.sum_labels(opd_um, inst, ids) * da_um2
+    # per-cell sums in float64 (bincount), with no whole-image float64 copy of the phase
+    phase_sum = ndi.sum_labels(phase, inst, ids)
+    phase_mean = phase_sum / area_px
+    ov_um3 = phase_sum * um_per_rad * da_um2
     h, w = inst.shape
     surface, dip = np.empty(ids.size), np.empty(ids.size)
     for k in range(ids.size):
         mask = props["image"][k]
-        half_h = np.pad(np.where(mask, props["image_intensity"][k], 0.0), 1) * (optics.wavelength_m * 1e6) / (2 * math.pi) / dn / 2
+        cell_phase = props["image_intensity"][k].astype(np.float64)
+        half_h = np.pad(np.where(mask, cell_phase, 0.0), 1) * um_per_rad / dn / 2
         planar = (half_h.shape[0] - 1) * (half_h.shape[1] - 1) * da_um2
         surface[k] = 2.0 * (_mesh_area(half_h, px_um) - planar + area_px[k] * da_um2)
         r_eq = math.sqrt(area_px[k] / math.pi)
         yy, xx = np.nonzero(mask)
         cy, cx = yy.mean(), xx.mean()
         central = (yy - cy) ** 2 + (xx - cx) ** 2 <= (CENTRAL_DISC_FRACTION * r_eq) ** 2
-        vals = props["image_intensity"][k][yy, xx]
+        vals = cell_phase[yy, xx]
         peak = vals.max()
         dip[k] = float(vals[central].mean() / peak) if central.any() and peak > 0 else math.nan
     touches = ((props["bbox-0"] == 0) | (props["bbox-1"] == 0) | (props["bbox-2"] == h) | (props["bbox-3"] == w))
@@ -118,12 +124,12 @@ def measure_cells(phase: np.ndarray, instances: np.ndarray, *, optics: Optics,
         "area_um2": area_px * da_um2,
         "equivalent_diameter_um": props["equivalent_diameter_area"] * px_um,
         "perimeter_um": perimeter_um,
-        "phase_mean_rad": props["intensity_mean"],
-        "phase_max_rad": props["intensity_max"],
+        "phase_mean_rad": phase_mean,
+        "phase_max_rad": props["intensity_max"].astype(np.float64),
         "optical_volume_um3": ov_um3,
         "dry_mass_pg": ov_um3 * 1e-18 / optics.alpha_m3_per_kg * 1e15,
-        "thickness_mean_um": props["intensity_mean"] * (optics.wavelength_m * 1e6) / (2 * math.pi) / dn,
-        "thickness_max_um": props["intensity_max"] * (optics.wavelength_m * 1e6) / (2 * math.pi) / dn,
+        "thickness_mean_um": phase_mean * um_per_rad / dn,
+        "thickness_max_um": props["intensity_max"].astype(np.float64) * um_per_rad / dn,
         "volume_um3": volume,
         "surface_area_um2": surface,
         "sphericity": sphericity,

@@ -187,11 +187,13 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
                         outcomes.append(exc)
                 return outcomes
 
-        def finish(job: ImageJob, key: dict, loaded: LoadedImage, predicted: tuple) -> str | None:
-            """Clean-up, measurement and files of one image; returns its problem, if any."""
+        def finish(job: ImageJob, key: dict, loaded: LoadedImage, handed: list[tuple]) -> str | None:
+            """Clean-up, measurement and files of one image; returns its problem, if any. The
+            model's output comes in a list that is emptied here, so that its class
+            probabilities are freed before the cells are measured (bounded memory)."""
             try:
-                res = analyse_image(job, loaded, segmenter.finish(predicted, loaded.phase.shape),
-                                    min_area_um2=segmenter.min_area_um2)
+                segmented = segmenter.finish(handed.pop(), loaded.phase.shape)
+                res = analyse_image(job, loaded, segmented, min_area_um2=segmenter.min_area_um2)
             except Exception as exc:  # noqa: BLE001 - a bad file is reported and skipped, never stops the batch
                 return problem_of(exc)
             try:
@@ -221,9 +223,9 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
                         if isinstance(predicted, BaseException):
                             skip(job, problem_of(predicted))
                         else:
-                            finishing.append((job, finisher.submit(finish, job, key, loaded, predicted)))
+                            finishing.append((job, finisher.submit(finish, job, key, loaded, [predicted])))
                         progress_bar.update()
-                    chunk = []
+                    chunk, predicted = [], None  # the finisher alone holds the model's outputs now
                     # bounded memory: wait for the finisher when it lags more than two chunks behind
                     unfinished = [f for _, f in finishing if not f.done()]
                     for f in unfinished[:max(0, len(unfinished) - 2 * batch_images)]:
