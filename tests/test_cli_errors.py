@@ -171,6 +171,7 @@ def test_reconstruct_takes_the_pixel_size_of_ome_metadata_and_says_so(tmp_path, 
     ({"phase_range": [2, 2]}, "phase_range=\\[2, 2\\]: need \\[low, high\\]"),
     ({"classes": 1}, "classes=1, in_channels=1: need >= 2 classes"),
     ({"infer_tile": 4}, "infer_tile=4: tiles of at least 16 px"),
+    ({"patch": 0}, "patch=0: tiles of at least 16 px"),
     ({"overlap": 200, "infer_tile": 256}, "overlap=200 must be"),
 ])
 def test_degenerate_model_configs_are_refused_at_load(tmp_path, change, problem):
@@ -179,6 +180,7 @@ def test_degenerate_model_configs_are_refused_at_load(tmp_path, change, problem)
     config = {"model_name": "resunet", "encoder": "resnet18", "in_channels": 1, "classes": 5, "patch": 128,
               "phase_range": [-1.0, 10.0]}
     check_model_config(config, "m/config.json")
+    check_model_config({**config, "infer_tile": 0}, "m/config.json")      # 0: the training patch
     with pytest.raises(ValueError, match=f"m/config.json: {problem}"):
         check_model_config({**config, **change}, "m/config.json")
 

@@ -336,8 +336,9 @@ def test_cli(tmp_path, capsys):
                  "--mixture", "discocyte=0.5,spherocyte=0.5", "--quiet"]) == 0
     assert len(io.list_images(tmp_path / "c" / "holograms")) == 2
     assert set(pd.read_csv(tmp_path / "c" / "cells.csv").class_name) <= {"discocyte", "spherocyte"}
-    assert main(["simulate", "--n-fields", "1", "--seed", "3", "-o", str(tmp_path / "d"), "--mixture", "blob=1"]) == 1
-    assert "unknown cell class" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:             # a bad mixture is a usage error, found while parsing
+        main(["simulate", "--n-fields", "1", "--seed", "3", "-o", str(tmp_path / "d"), "--mixture", "blob=1"])
+    assert usage.value.code == 2 and "--mixture blob=1: unknown cell class" in capsys.readouterr().err
     assert main(["simulate", "--n-fields", "1", "--seed", "3", "-o", str(tmp_path / "d"), "--day", "8",
                  "--mixture", "discocyte=1"]) == 1
     assert "not both" in capsys.readouterr().err

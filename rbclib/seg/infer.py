@@ -52,7 +52,8 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
 def check_model_config(config: Any, cfg_path: str | Path) -> None:
     """ValueError naming ``cfg_path`` when a model config cannot give sane predictions: a
     missing architecture key, fewer than 2 classes, an empty or reversed ``phase_range``, a
-    tile or patch under 16 px, or an overlap that leaves no tile interior."""
+    tile or patch under 16 px (``infer_tile`` 0 means the training patch), or an overlap that
+    leaves no tile interior."""
     def bad(problem: str) -> ValueError:
         return ValueError(f"{cfg_path}: {problem}")
 
@@ -74,8 +75,8 @@ def check_model_config(config: Any, cfg_path: str | Path) -> None:
     if number("classes") < 2 or number("in_channels") < 1:
         raise bad(f"classes={config['classes']!r}, in_channels={config['in_channels']!r}: need >= 2 classes and "
                   ">= 1 input channel")
-    for key in ("patch", "infer_tile"):
-        if (v := number(key)) is not None and v < 16:
+    for key in ("patch", "infer_tile"):  # infer_tile 0: the training patch
+        if (v := number(key)) is not None and v < 16 and not (key == "infer_tile" and v == 0):
             raise bad(f"{key}={v!r}: tiles of at least 16 px")
     side = number("infer_tile") or number("patch")
     if (ov := number("overlap")) is not None and side is not None and not 0 <= 2 * ov < side:
