@@ -237,6 +237,10 @@ def _int_in(lo: int, hi: int, option: str):
     return parse
 
 
+_SEED = _int_in(0, 2 ** 32 - 1, "--seed")
+"""argparse type of every ``--seed``: numpy's seed range."""
+
+
 def _checked_by(check, option: str):
     """argparse type: ``check(text)``'s value, its ValueError becoming a usage error naming ``option``."""
     def parse(text: str) -> Any:
@@ -260,16 +264,6 @@ def _mixture(text: str) -> str:
 
     parse_mixture(text)
     return text
-
-
-def _seed_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < 2 ** 32:
-        raise argparse.ArgumentTypeError(f"--seed {text}: a whole number within 0..{2 ** 32 - 1}")
-    return value
 
 
 def _positive_int(text: str) -> int:
@@ -314,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", help="notebook numbers, e.g. 01,03")
     p.add_argument("--from", dest="start_from", help="start at this notebook number, e.g. 03")
     p.add_argument("--run-dir", type=Path, help="run folder (default runs/<profile>)")
-    p.add_argument("--seed", type=_seed_arg, default=0)
+    p.add_argument("--seed", type=_SEED, default=0)
     p.add_argument("--notebooks", type=Path, help="folder of notebooks (default: the repository's)")
     p.set_defaults(func=_cmd_run)
 
@@ -335,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trim-halo", action=argparse.BooleanOptionalAction, default=None,
                    help="drop model pixels beyond a cell's bright body (halo that merges neighbours); default: as the "
                         "model's config.json says (on for models trained on a twin with flat-topped discocytes)")
-    p.add_argument("--seed", type=_seed_arg, default=0, help="seed of the bootstrap confidence intervals")
+    p.add_argument("--seed", type=_SEED, default=0, help="seed of the bootstrap confidence intervals")
     p.add_argument("--device", help="torch device of the model, e.g. cuda, cuda:1, cpu (default: cuda, mps or "
                                     "cpu, whichever is there)")
     p.add_argument("--batch-images", type=_positive_int, default=2, metavar="N",
@@ -358,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "instances/, cells.csv, optics.json, splits.json to OUT.")
     p.add_argument("--n-fields", type=_int_in(1, 100_000, "--n-fields"), required=True, metavar="N",
                    help="number of fields (with --storage-series: fields per storage day)")
-    p.add_argument("--seed", type=_seed_arg, required=True, metavar="S", help="random seed (same seed, same dataset)")
+    p.add_argument("--seed", type=_SEED, required=True, metavar="S", help="random seed (same seed, same dataset)")
     p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="output dataset folder")
     p.add_argument("--day", type=_checked_by(_storage_day, "--day"), metavar="D", help="storage day 8..57: class mixture from the storage model")
     p.add_argument("--mixture", type=_checked_by(_mixture, "--mixture"), metavar="CLASS=F,...", help="class fractions, e.g. discocyte=0.7,spherocyte=0.1,"

@@ -223,15 +223,7 @@ def cell_confusion(pred_labels: np.ndarray, true_labels: np.ndarray, *, true_ins
     :func:`confusion_accuracy` for a data set.
     """
     pred, true = _check_pair(pred_labels, true_labels)
-    inst = instances_from_labels(true) if true_instances is None else np.asarray(true_instances)
-    if inst.shape != true.shape:
-        raise ValueError(f"true_instances has shape {inst.shape}, class maps have {true.shape}")
-    ids, present = _compact(inst.astype(np.intp))
-    n = present.size
-    sel = ids.ravel() > 0
-    idx = ids.ravel()[sel]
-    t_counts = np.bincount(idx * N_CLASSES + true.ravel()[sel], minlength=(n + 1) * N_CLASSES).reshape(n + 1, N_CLASSES)[1:]
-    p_counts = np.bincount(idx * N_CLASSES + pred.ravel()[sel], minlength=(n + 1) * N_CLASSES).reshape(n + 1, N_CLASSES)[1:]
+    t_counts, p_counts = _class_counts(true_instances, "true_instances", true, pred)
     t_counts[:, BACKGROUND] = 0  # an instance's true class is its majority cell class
     true_cls = np.argmax(t_counts, axis=1)
     pred_cls = np.argmax(p_counts, axis=1)
@@ -245,18 +237,26 @@ def cell_confusion(pred_labels: np.ndarray, true_labels: np.ndarray, *, true_ins
     return frame, confusion_accuracy(frame)
 
 
-def _false_detections(pred: np.ndarray, true: np.ndarray, pred_instances: np.ndarray | None) -> np.ndarray:
-    """Counts per confusion column of predicted cells whose pixels lie mostly on true background."""
-    inst = instances_from_labels(pred) if pred_instances is None else np.asarray(pred_instances)
-    if inst.shape != pred.shape:
-        raise ValueError(f"pred_instances has shape {inst.shape}, class maps have {pred.shape}")
+def _class_counts(instances: np.ndarray | None, name: str, of: np.ndarray,
+                  *class_maps: np.ndarray) -> list[np.ndarray]:
+    """Pixel counts per class (n, N_CLASSES) of each instance of ``instances`` (else of the
+    components of class map ``of``), one array per class map in ``(of, *class_maps)``."""
+    inst = instances_from_labels(of) if instances is None else np.asarray(instances)
+    if inst.shape != of.shape:
+        raise ValueError(f"{name} has shape {inst.shape}, class maps have {of.shape}")
     ids, present = _compact(inst.astype(np.intp))
     n = present.size
     sel = ids.ravel() > 0
     idx = ids.ravel()[sel]
-    on_background = np.bincount(idx, weights=(true.ravel()[sel] == BACKGROUND), minlength=n + 1)[1:]
-    size = np.bincount(idx, minlength=n + 1)[1:]
-    p_counts = np.bincount(idx * N_CLASSES + pred.ravel()[sel], minlength=(n + 1) * N_CLASSES).reshape(n + 1, N_CLASSES)[1:]
+    return [np.bincount(idx * N_CLASSES + m.ravel()[sel], minlength=(n + 1) * N_CLASSES).reshape(n + 1, N_CLASSES)[1:]
+            for m in (of, *class_maps)]
+
+
+def _false_detections(pred: np.ndarray, true: np.ndarray, pred_instances: np.ndarray | None) -> np.ndarray:
+    """Counts per confusion column of predicted cells whose pixels lie mostly on true background."""
+    p_counts, t_counts = _class_counts(pred_instances, "pred_instances", pred, true)
+    on_background = t_counts[:, BACKGROUND]
+    size = t_counts.sum(1)
     p_counts[:, BACKGROUND] = 0
     pred_cls = np.argmax(p_counts, axis=1)
     false = (size > 0) & (on_background > 0.5 * size) & (p_counts.sum(1) > 0)
