@@ -109,7 +109,7 @@ def test_training_writes_folder_and_resume_matches(trained, toy_run, tmp_path):
     b = torch.load(folder / "generator.pt", weights_only=True)["generator_ema"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(pd.read_csv(tmp_path / "m" / "log.csv")) == 2
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match="different run"):
         dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="phase", **{**TINY, "z_dim": 4}),
                        out_dir=tmp_path / "m", seed=0, progress=False)
 

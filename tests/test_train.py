@@ -124,7 +124,7 @@ def test_training_writes_a_model_folder_and_resumes_identically(tmp_path, monkey
     mtime = (full / "last.pt").stat().st_mtime_ns
     train.train_segmenter(pairs, val, model_name="pspnet", out_dir=full, config=config, seed=3, progress=False)
     assert (full / "last.pt").stat().st_mtime_ns == mtime
-    with pytest.raises(ValueError, match="different training config"):
+    with pytest.raises(ValueError, match="different run"):
         train.train_segmenter(pairs, val, model_name="pspnet", out_dir=full, config={**config, "lr": 0.1}, seed=3,
                               progress=False)
 
@@ -228,7 +228,7 @@ def test_a_model_folder_of_an_earlier_version_still_resumes(tmp_path):
     mtime = (out / "last.pt").stat().st_mtime_ns
     train.train_segmenter(pairs, [], model_name="pspnet", out_dir=out, config=cfg, seed=0, progress=False)
     assert (out / "last.pt").stat().st_mtime_ns == mtime  # recognised as finished, not retrained or refused
-    with pytest.raises(ValueError, match="different training config"):
+    with pytest.raises(ValueError, match="different run"):
         train.train_segmenter(pairs, [], model_name="pspnet", out_dir=out, config={**cfg, "adversarial_weight": 0.1},
                               seed=0, progress=False)
 

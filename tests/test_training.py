@@ -42,7 +42,7 @@ def test_resume_state_same_run_other_run_and_none(tmp_path):
     assert T.resume_state(tmp_path, {"lr": 1}) is None
     T.save_checkpoint(tmp_path / T.CHECKPOINT, {"identity": {"lr": 1}, "step": 7})
     assert T.resume_state(tmp_path, {"lr": 1})["step"] == 7
-    with pytest.raises(ValueError, match=r"last\.pt: written with a different config"):
+    with pytest.raises(ValueError, match=r"last\.pt: written by a different run \(it differs in \[.lr.\]\)"):
         T.resume_state(tmp_path, {"lr": 2})
 
 

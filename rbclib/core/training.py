@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -120,18 +121,63 @@ def expand_weights(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
     return state
 
 
-def resume_state(folder: str | Path, identity: Any, *, key: str = "identity",
+def resume_state(folder: str | Path, identity: dict[str, Any], *,
+                 stored: Callable[[dict[str, Any]], dict[str, Any]] = lambda state: state["identity"],
                  map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-    """The ``last.pt`` of ``folder`` when it exists and was written by the same run
-    (``state[key] == identity``), None when there is none; ValueError naming the file when it
-    belongs to another run (another config, seed or corpus)."""
+    """The ``last.pt`` a trainer resumes from: the one resume path of every trainer.
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        The model folder.
+    identity : dict
+        What must be equal for the checkpoint to belong to this run (config, seed, corpus),
+        compared after a JSON round trip (tuples and lists are the same).
+    stored : callable, optional
+        Reads the identity a checkpoint recorded from its state dict (default:
+        ``state["identity"]``); trainers that store it otherwise pass their reader.
+    map_location : str or torch.device, optional
+        Where the tensors are loaded.
+
+    Returns
+    -------
+    dict or None
+        The checkpoint's state, or None when the folder holds none.
+
+    Raises
+    ------
+    ValueError
+        The checkpoint belongs to another run; the message names the file and the keys that differ.
+    """
     path = Path(folder) / CHECKPOINT
     if not path.is_file():
         return None
     state = load_checkpoint(path, map_location=map_location)
-    if state.get(key) != identity:
-        raise ValueError(f"{path}: written with a different config; use another folder or start afresh (resume=False)")
+    saved, wanted = _as_json(stored(state)), _as_json(identity)
+    if saved != wanted:
+        differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        raise ValueError(f"{path}: written by a different run (it differs in {differ}); "
+                         "use another folder or start afresh (resume=False)")
     return state
+
+
+def restore(state: dict[str, Any], parts: dict[str, Any]) -> None:
+    """Load each part's state dict from a resumed checkpoint.
+
+    Parameters
+    ----------
+    state : dict
+        A checkpoint returned by :func:`resume_state`.
+    parts : dict
+        ``{key in state: object with load_state_dict}`` (models, optimisers, schedulers).
+    """
+    for key, part in parts.items():
+        part.load_state_dict(state[key])
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples become lists), for comparing identities."""
+    return json.loads(json.dumps(value))
 
 
 def read_log_rows(folder: str | Path, *, upto: str, last: float) -> list[dict[str, Any]]:

@@ -30,8 +30,8 @@ from rbclib.core.distributed import (barrier, broadcast_buffers, check_ranks_in_
                                      start_distributed)
 from rbclib.core.files import write_json
 from rbclib.core.labels import IGNORE
-from rbclib.core.training import (CHECKPOINT, autocast, channels_last, fused_optimiser, load_checkpoint,
-                                  progress as progress_bar, read_log_rows, save_checkpoint, write_log)
+from rbclib.core.training import (CHECKPOINT, autocast, channels_last, fused_optimiser, progress as progress_bar,
+                                  read_log_rows, restore, resume_state, save_checkpoint, write_log)
 
 PATCH_MODES = ("paper", "cover", "balanced")
 
@@ -228,17 +228,13 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
 
     start_epoch, best_score, log_rows = 0, -math.inf, []
     last_path = out_dir / CHECKPOINT
-    if resume and last_path.is_file():
-        ckpt = load_checkpoint(last_path)
-        if _strip(json.loads(ckpt["config"])) != _strip(cfg):
-            raise ValueError(f"{last_path}: written with a different training config; use another out_dir or resume=False")
+    ckpt = (resume_state(out_dir, _strip(cfg), stored=lambda saved: _strip(json.loads(saved["config"])))
+            if resume else None)
+    if ckpt is not None:
         if int(ckpt["epoch"]) + 1 >= int(cfg["epochs"]):
             return out_dir  # finished earlier: nothing to do
-        model.load_state_dict(ckpt["model"])
-        optimiser.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if adversary is not None:
-            adversary.load_state_dict(ckpt["adversary"])
+        restore(ckpt, {"model": model, "optimizer": optimiser, "scheduler": scheduler,
+                       **({"adversary": adversary} if adversary is not None else {})})
         start_epoch, best_score = int(ckpt["epoch"]) + 1, float(ckpt["best_score"])
         log_rows = read_log_rows(out_dir, upto="epoch", last=start_epoch - 1)
     if rank == 0:

@@ -45,8 +45,9 @@ from rbclib.core.training import (
     autocast,
     channels_last,
     fused_optimiser,
-    load_checkpoint,
     read_log_rows,
+    restore,
+    resume_state,
     save_checkpoint,
     write_log,
 )
@@ -340,16 +341,9 @@ def pretrain_ssl(corpus: Dataset, *, out_dir: str | Path, config: SSLConfig | di
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
     step, rows = 0, []
     state_path = out / CHECKPOINT
-    if state_path.exists():
-        state = load_checkpoint(state_path, map_location=dev)
-        saved = json.loads(state["ident"])
-        if saved != ident:
-            diff = sorted(k for k in ident if saved.get(k) != ident[k])
-            raise ValueError(f"{state_path}: checkpoint of a different run (differs in {diff}); "
-                             f"use another out_dir or delete {out}")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+    state = resume_state(out, ident, stored=lambda saved: json.loads(saved["ident"]), map_location=dev)
+    if state is not None:
+        restore(state, {"model": model, "optimizer": opt, "scheduler": sched})
         step = int(state["step"])
         rows = read_log_rows(out, upto="step", last=step)
 

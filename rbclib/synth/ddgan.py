@@ -47,7 +47,8 @@ from rbclib.core.labels import CELL_CLASS_NAMES, N_CLASSES
 from rbclib.core.paths import RunPaths
 from rbclib.physics.simulate import parse_mixture
 from rbclib.core.training import (CHECKPOINT, autocast, channels_last, fused_optimiser, load_checkpoint, pick_device,
-                                  progress as progress_bar, read_log_rows, resume_state, save_checkpoint, write_log)
+                                  progress as progress_bar, read_log_rows, restore, resume_state, save_checkpoint,
+                                  write_log)
 
 KINDS = ("phase", "mask")
 
@@ -331,13 +332,9 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr_g, betas=config.betas, fused=fused_optimiser(dev))
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=config.betas, fused=fused_optimiser(dev))
     start_epoch, rows, step = 0, [], 0
-    state = resume_state(out, config.to_dict(), key="config") if resume else None
+    state = resume_state(out, config.to_dict(), stored=lambda saved: saved["config"]) if resume else None
     if state is not None:
-        g.load_state_dict(state["generator"])
-        d.load_state_dict(state["discriminator"])
-        g_ema.load_state_dict(state["generator_ema"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
+        restore(state, {"generator": g, "discriminator": d, "generator_ema": g_ema, "opt_g": opt_g, "opt_d": opt_d})
         start_epoch, step = int(state["epoch"]), int(state["step"])
         rows = read_log_rows(out, upto="epoch", last=start_epoch)
     if rank == 0:
