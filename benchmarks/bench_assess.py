@@ -121,13 +121,14 @@ def _compare(old: Path, new: Path, data: Path) -> dict:
 def _stages(model: Path, data: Path, out: Path) -> dict:
     """Holograms per second of this version's stages, run one after the other (no overlap)."""
     from rbclib.study.assess import _write_image_outputs
-    from rbclib.study.image import Reconstructors, analyse_image, load_phase
+    from rbclib.physics.phase_files import ReconstructorCache
+    from rbclib.study.image import analyse_image, load_phase
     from rbclib.study.inputs import discover_inputs
     from rbclib.study.segmenter import Segmenter
 
     jobs = discover_inputs(data)
     seg = Segmenter(model)
-    recon = Reconstructors()
+    recon = ReconstructorCache()
     seg(load_phase(jobs[0], reconstructors=recon).phase, seg.pixel_size_m)  # warm
     times = {}
     t0 = time.perf_counter()

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     from rbclib.physics.simulate import simulate_dataset
     from rbclib.seg.infer import load_model, predict_images
     from rbclib.study.assess import assess
-    from rbclib.study.image import Reconstructors, load_phase
+    from rbclib.physics.phase_files import ReconstructorCache
+    from rbclib.study.image import load_phase
     from rbclib.study.inputs import discover_inputs
 
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
             best_assess = min(best_assess, time.perf_counter() - t0)
 
         model, config = load_model(model_dir, device=args.device)
-        recon = Reconstructors()
+        recon = ReconstructorCache()
         phases = [load_phase(job, reconstructors=recon).phase for job in discover_inputs(data)]
         predict_images(model, phases[:args.batch_images], config=config, fast=None)  # warm
         best_model = float("inf")

@@ -16,8 +16,8 @@ from rbclib.core.config import Optics
 from rbclib.physics.holography import Reconstructor, reconstruct
 from rbclib.physics.refocus import angular_spectrum, autofocus
 from rbclib.physics.sideband import find_sideband
-from rbclib.physics.phase_files import reconstruct_files
-from rbclib.core.io import read_phase, write_camera_image
+from rbclib.physics.phase_files import ReconstructorCache, background_file, hologram_background, reconstruct_files
+from rbclib.core.io import read_image, read_phase, write_camera_image
 from rbclib.core.files import ImageFileError, read_json
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "holograms"
@@ -252,6 +252,38 @@ def test_reconstruct_files_and_cli(tmp_path):
     assert main(["reconstruct", str(tmp_path / "missing.png"), "-o", str(tmp_path / "cli2"), "--quiet"]) == 1
     assert not (tmp_path / "cli2").exists()
 
+
+
+def test_background_lookup_and_one_reconstructor_per_setup(tmp_path):
+    """The one path from a hologram on disk to its background and the Reconstructor of its
+    set-up, used by rbc reconstruct, rbc assess and notebook 01."""
+    true = phase_object(seed=30)
+    holo, bg = hologram(true, aberration=curvature(256, 6.0))
+    write_camera_image(tmp_path / "holograms" / "a.png", holo)
+    write_camera_image(tmp_path / "backgrounds" / "a.png", bg)
+    write_camera_image(tmp_path / "backgrounds" / "b.png", bg)
+    assert background_file(None, "a") is None
+    assert background_file(tmp_path / "backgrounds", "a").name == "a.png"
+    assert background_file(tmp_path / "backgrounds" / "b.png", "a").name == "b.png"   # one file serves all
+    with pytest.raises(ImageFileError, match="no background hologram named c"):
+        background_file(tmp_path / "backgrounds", "c")
+    with pytest.raises(ImageFileError, match="not found"):
+        background_file(tmp_path / "nowhere", "a")
+    img = read_image(tmp_path / "holograms" / "a.png")
+    data, name = hologram_background(img, tmp_path / "backgrounds")
+    assert np.array_equal(data, bg) and name.endswith("a.png")
+    assert hologram_background(img, None) == (None, "")
+
+    cache = ReconstructorCache()
+    with_bg = cache(holo, optics=Optics(), background=bg, source="a")
+    cache(holo[:, :200], optics=Optics(), background=bg[:, :200], source="narrow")
+    cache(holo, optics=Optics(), background=bg, source="again")
+    assert len(cache._cache) == 2                                        # one per (shape, optics, background)
+    shared = ReconstructorCache(shared_background=read_image(tmp_path / "backgrounds" / "a.png"))
+    assert np.allclose(shared(holo, optics=Optics(), source="a").phase, with_bg.phase, atol=1e-5)
+    assert rmse(with_bg.phase, true, true > 0.05) < 0.12
+    with pytest.raises(ImageFileError, match="does not match the shape"):
+        shared(holo[:, :200], optics=Optics(), source="narrow")
 
 # ----------------------------------------------------------------------------- bad input
 def test_plain_image_without_sideband_is_rejected():

@@ -12,7 +12,8 @@ import numpy as np
 from rbclib.core.config import Optics
 from rbclib.core.files import ImageFileError, check_output_dir, write_json
 from rbclib.core.io import LoadedImage, list_images, read_image, write_phase
-from rbclib.physics.holography import Reconstruction, Reconstructor
+from rbclib.physics.holography import Reconstructor
+from rbclib.physics.reconstruction_result import Reconstruction
 from rbclib.physics.sideband import spectrum_image
 
 if TYPE_CHECKING:
@@ -40,11 +41,125 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def _background_for(folder: Path, stem: str) -> Path:
-    found = [p for p in list_images(folder) if p.stem == stem]
+def background_file(background: str | Path | None, stem: str) -> Path | None:
+    """The background hologram of the hologram named ``stem``.
+
+    Parameters
+    ----------
+    background : str or pathlib.Path or None
+        One background hologram file for every hologram, a folder holding one per hologram
+        under the same stem, or None.
+    stem : str
+        The hologram's file name without its suffix.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The file, or None when ``background`` is None.
+
+    Raises
+    ------
+    ImageFileError
+        ``background`` does not exist, or its folder holds no file named ``stem``.
+    """
+    if background is None:
+        return None
+    background = Path(background)
+    if background.is_file():
+        return background
+    if not background.is_dir():
+        raise ImageFileError(background, "background hologram not found")
+    found = [p for p in list_images(background) if p.stem == stem]
     if not found:
-        raise ImageFileError(folder, f"no background hologram named {stem}.* for hologram {stem!r}")
+        raise ImageFileError(background, f"no background hologram named {stem}.* for hologram {stem!r}")
     return found[0]
+
+
+def hologram_background(image: LoadedImage, background: str | Path | None) -> tuple[np.ndarray | None, str]:
+    """The background hologram that goes with a hologram read from disk.
+
+    Parameters
+    ----------
+    image : rbclib.core.io.LoadedImage
+        The hologram as read by :func:`rbclib.core.io.read_image`.
+    background : str or pathlib.Path or None
+        A background file or folder (:func:`background_file`); None: the hologram file's
+        own background (NPZ ``bg_data``) if it has one.
+
+    Returns
+    -------
+    background : numpy.ndarray or None
+        (H, W) background hologram, or None (numerical compensation).
+    name : str
+        Where it came from, for messages ("" when there is none).
+    """
+    found = background_file(background, image.path.stem)
+    if found is not None:
+        return read_image(found).data, str(found)
+    if image.background is not None:
+        return image.background, f"{image.path} [background]"
+    return None, ""
+
+
+class ReconstructorCache:
+    """One :class:`rbclib.physics.holography.Reconstructor` per set-up (hologram shape, optics,
+    with or without a background hologram): the sideband, filter and sign found on one hologram
+    serve the next (re-detected only if the sideband moved).
+
+    Parameters
+    ----------
+    shared_background : rbclib.core.io.LoadedImage, optional
+        One background hologram for every hologram: prepared once by each Reconstructor
+        instead of with every hologram.
+    refocus : float or str, optional
+        Refocus distance [m], "auto", or None (no refocusing).
+    max_size : int, optional
+        Set-ups kept; the cache is emptied when a new one would exceed it.
+    **options
+        Further options of :class:`rbclib.physics.holography.Reconstructor`.
+    """
+
+    def __init__(self, *, shared_background: LoadedImage | None = None, refocus: float | str | None = None,
+                 max_size: int = 8, **options: Any) -> None:
+        self.shared_background, self.refocus, self.max_size, self.options = shared_background, refocus, max_size, options
+        self._cache: dict[tuple, Reconstructor] = {}
+
+    def __call__(self, hologram: np.ndarray, *, optics: Optics, background: np.ndarray | None = None,
+                 background_name: str = "", source: str = "") -> Reconstruction:
+        """Reconstruct one hologram with the Reconstructor of its set-up.
+
+        Parameters
+        ----------
+        hologram : numpy.ndarray
+            (H, W) camera hologram.
+        optics : rbclib.core.config.Optics
+            Its optics.
+        background : numpy.ndarray, optional
+            (H, W) background hologram of this hologram (ignored with a shared background).
+        background_name, source : str
+            Names of the background and the hologram, for messages.
+
+        Returns
+        -------
+        rbclib.physics.reconstruction_result.Reconstruction
+            Phase [rad] and what the reconstruction found.
+        """
+        shared = self.shared_background
+        if shared is not None and shared.data.shape != hologram.shape:
+            raise ImageFileError(shared.path, f"background hologram of shape {shared.data.shape} does not match "
+                                 f"the shape {hologram.shape} of {source}")
+        has_background = shared is not None or background is not None
+        key = (hologram.shape, repr(sorted(optics.to_dict().items())), has_background)
+        if key not in self._cache:
+            if len(self._cache) >= self.max_size:
+                self._cache.clear()
+            self._cache[key] = Reconstructor(hologram.shape, optics=optics, refocus=self.refocus,
+                                             background=None if shared is None else shared.data,
+                                             background_source=str(shared.path) if shared is not None else background_name,
+                                             **self.options)
+        if shared is not None:
+            background, background_name = None, str(shared.path)
+        return self._cache[key](hologram, background=background, source=source, background_source=background_name)
 
 
 def reconstruct_files(paths: Iterable[str | Path], out_dir: str | Path, *, background: str | Path | None = None,
@@ -80,18 +195,21 @@ def reconstruct_files(paths: Iterable[str | Path], out_dir: str | Path, *, backg
     if taken and not overwrite:
         raise ValueError(f"{out_dir}: already holds {len(taken)} of the phase images to write (e.g. {taken[0].name}); "
                          "choose another folder, or overwrite them (overwrite=True, rbc reconstruct --overwrite)")
-    background = Path(background) if background is not None else None
-    if background is not None and not background.exists():
+    if background is not None and not Path(background).exists():
         raise ImageFileError(background, "background hologram not found")
-    shared_bg = read_image(background) if background is not None and background.is_file() else None
+    shared = read_image(background) if background is not None and Path(background).is_file() else None
     out_dir = Path(out_dir)
-    recons: dict[tuple, Reconstructor] = {}
+    reconstruct = ReconstructorCache(shared_background=shared, refocus=refocus, max_size=len(files), **options)
     written: list[Path] = []
     first_optics: Optics | None = None
     for f in tqdm(files, desc="reconstruct", disable=not progress):
         try:
-            out, opt = _reconstruct_one(f, out_dir, recons, background=background, shared_bg=shared_bg, optics=optics,
-                                        optics_overrides=optics_overrides, refocus=refocus, options=options)
+            img = read_image(f)
+            opt = img.optics(default=optics, **(optics_overrides or {}))
+            bg, bg_name = (None, "") if shared is not None else hologram_background(img, background)
+            rec = reconstruct(img.data, optics=opt, background=bg, background_name=bg_name, source=str(f))
+            out = out_dir / f"{f.stem}.tif"
+            write_phase(out, rec.phase, opt)
         except (ImageFileError, ValueError) as exc:
             if on_error is None:
                 raise
@@ -102,35 +220,6 @@ def reconstruct_files(paths: Iterable[str | Path], out_dir: str | Path, *, backg
     if first_optics is not None:
         write_json(out_dir / "optics.json", first_optics.to_dict())
     return written
-
-
-def _reconstruct_one(f: Path, out_dir: Path, recons: dict[tuple, Reconstructor], *, background: Path | None,
-                     shared_bg: LoadedImage | None, optics: Optics | None, optics_overrides: dict[str, float] | None,
-                     refocus: float | str | None, options: dict[str, Any]) -> tuple[Path, Optics]:
-    """One file of :func:`reconstruct_files` -> (written phase path, its optics)."""
-    img = read_image(f)
-    opt = img.optics(default=optics, **(optics_overrides or {}))
-    if shared_bg is not None:
-        bg, bg_name = shared_bg.data, str(shared_bg.path)
-    elif background is not None:
-        bg_img = read_image(_background_for(background, f.stem))
-        bg, bg_name = bg_img.data, str(bg_img.path)
-    elif img.background is not None:
-        bg, bg_name = img.background, f"{f} [background]"
-    else:
-        bg, bg_name = None, ""
-    key = (img.data.shape, repr(sorted(opt.to_dict().items())), bg is not None)
-    if key not in recons:
-        if shared_bg is not None and shared_bg.data.shape != img.data.shape:
-            raise ImageFileError(shared_bg.path, f"background hologram of shape {shared_bg.data.shape} does "
-                                 f"not match the shape {img.data.shape} of {f}")
-        recons[key] = Reconstructor(img.data.shape, optics=opt, refocus=refocus, background_source=bg_name,
-                                    background=shared_bg.data if shared_bg is not None else None, **options)
-    rec = recons[key](img.data, background=None if shared_bg is not None else bg, source=str(f),
-                      background_source=bg_name)
-    out = out_dir / f"{f.stem}.tif"
-    write_phase(out, rec.phase, opt)
-    return out, opt
 
 
 def reconstruction_errors(phase_paths: Iterable[str | Path], truth_dir: str | Path) -> "pd.DataFrame":

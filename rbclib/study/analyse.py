@@ -65,7 +65,8 @@ def analyse(image: str | Path | np.ndarray, *, model: str | Path | None = None, 
     override the file's metadata and the defaults. background: background hologram of an
     array hologram. device: torch device (None: automatic).
     """
-    from rbclib.study.image import LoadedImage, OpticsOptions, Reconstructors, analyse_image, has_sideband, load_phase
+    from rbclib.physics.phase_files import ReconstructorCache
+    from rbclib.study.image import LoadedImage, OpticsOptions, analyse_image, has_sideband, load_phase
     from rbclib.study.inputs import ImageJob, resolve_model
 
     model_dir, _ = resolve_model(model)
@@ -77,8 +78,8 @@ def analyse(image: str | Path | np.ndarray, *, model: str | Path | None = None, 
             if overrides else Optics()
         provenance = {k: optics.provenance.get(k, "") for k in ("wavelength_m", "pixel_size_m", "n_medium")}
         if np.issubdtype(image.dtype, np.integer) or has_sideband(image):
-            rec = Reconstructors()(image, background=background, background_name="given background", optics=optics,
-                                   source="array")
+            rec = ReconstructorCache()(image, background=background, background_name="given background", optics=optics,
+                                       source="array")
             loaded = LoadedImage(rec.phase.astype(np.float32), optics, "hologram",
                                  "background hologram" if background is not None else "numerical", provenance)
         else:

@@ -31,11 +31,11 @@ from rbclib.core.files import (
 from rbclib.core.io import write_instances, write_labels
 from rbclib.core.markdown import md_code, md_text, one_line
 from rbclib.core.prefetch import prefetched
+from rbclib.physics.phase_files import ReconstructorCache
 from rbclib.study.image import (
     ImageResult,
     LoadedImage,
     OpticsOptions,
-    Reconstructors,
     analyse_image,
     load_phase,
 )
@@ -142,7 +142,7 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
         model_key = {"model": str(model_path), **_model_fingerprint(model_path), "min_area_um2": min_area_um2,
                      "fragment_fraction": fragment_fraction, "split": split, "trim_halo": trim_halo,
                      "predict_options": {**PREDICT_OPTIONS, **(predict_options or {})}}
-        recon = Reconstructors()
+        recon = ReconstructorCache()
         failures: list[tuple[str, str]] = []
         skipped: list[str] = []
         pending: list[tuple[ImageJob, dict]] = []

@@ -2,7 +2,7 @@
 (:func:`load_phase`), then segmentation and per-cell measurements (:func:`analyse_image`).
 
 Per image: integer-typed images are camera holograms and are reconstructed
-(:class:`rbclib.physics.holography.Reconstructor`), float images are phase maps [rad]; the phase
+(:class:`rbclib.physics.phase_files.ReconstructorCache`), float images are phase maps [rad]; the phase
 is resampled to the model's pixel size, segmented by tiled inference
 (:func:`rbclib.seg.infer.predict_images`, several images per forward pass), mapped back to the
 image grid and measured (:func:`rbclib.physics.measure.measure_cells`).
@@ -21,6 +21,7 @@ from rbclib.core.config import Optics
 from rbclib.core.files import ImageFileError
 from rbclib.core.io import read_image, read_instances, read_labels
 from rbclib.core.labels import CLASS_NAMES, instance_classes, instances_from_labels
+from rbclib.physics.phase_files import ReconstructorCache, hologram_background
 from rbclib.study.inputs import ImageJob
 
 
@@ -48,26 +49,6 @@ class ImageResult:
     info: dict[str, Any]
     truth_classes: list[str] | None = None
     confusion: pd.DataFrame | None = None
-
-
-class Reconstructors:
-    """One :class:`rbclib.physics.holography.Reconstructor` per (shape, optics): the sideband found on
-    one hologram serves the next (re-detected only if it moved); a background hologram is
-    passed with each hologram."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple, Any] = {}
-
-    def __call__(self, hologram: np.ndarray, *, background: np.ndarray | None, background_name: str,
-                 optics: Optics, source: str):
-        from rbclib.physics.holography import Reconstructor
-
-        key = (hologram.shape, repr(sorted(optics.to_dict().items())))
-        if key not in self._cache:
-            if len(self._cache) > 8:
-                self._cache.clear()
-            self._cache[key] = Reconstructor(hologram.shape, optics=optics)
-        return self._cache[key](hologram, background=background, source=source, background_source=background_name)
 
 
 SIDEBAND_PROBE_PX = 1024
@@ -110,7 +91,7 @@ class LoadedImage:
 
 
 def load_phase(job: ImageJob, *, optics: OpticsOptions | None = None,
-               reconstructors: Reconstructors | None = None) -> LoadedImage:
+               reconstructors: ReconstructorCache | None = None) -> LoadedImage:
     """Read ``job``'s file and reconstruct it if it is a hologram. Raises ImageFileError /
     ValueError for bad input."""
     overrides = (optics or OpticsOptions()).overrides()
@@ -123,12 +104,10 @@ def load_phase(job: ImageJob, *, optics: OpticsOptions | None = None,
     opt = img.optics(default, **overrides)
     provenance = {k: opt.provenance.get(k, "") for k in ("wavelength_m", "pixel_size_m", "n_medium")}
     if np.issubdtype(img.data.dtype, np.integer) or img.data.dtype == bool or has_sideband(img.data):
-        bg, bg_name = img.background, (f"{job.path} [background]" if img.background is not None else "")
-        if job.background is not None:
-            bg, bg_name = read_image(job.background).data, str(job.background)
         from rbclib.physics.holography import BackgroundNotEmpty
 
-        reconstruct = reconstructors or Reconstructors()
+        bg, bg_name = hologram_background(img, job.background)
+        reconstruct = reconstructors or ReconstructorCache()
         compensation = "background hologram" if bg is not None else "numerical"
         try:
             rec = reconstruct(img.data, background=bg, background_name=bg_name, optics=opt, source=str(job.path))
