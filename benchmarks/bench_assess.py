@@ -57,13 +57,21 @@ def _worker(src: str, model: str, data: str, out: str, repeats: int) -> None:
     for sub in ("holograms", "backgrounds", "phase", "labels", "instances"):
         for f in sorted((one / sub).glob("*"))[1:]:
             f.unlink()
-    assess(one, warm, model_dir=model, progress=False, on_error=None)
+    if "segmenter" in inspect.signature(assess).parameters:   # assess takes a Segmenter (built per call, as
+        segmenter_class = importlib.import_module("rbclib.study.segmenter").Segmenter   # the baseline loads its model)
+
+        def run(source, target):
+            return assess(source, target, segmenter=segmenter_class(model), progress=False, on_error=None)
+    else:
+        def run(source, target):
+            return assess(source, target, model_dir=model, progress=False, on_error=None)
+    run(one, warm)
     best = float("inf")
     for r in range(repeats):
         target = Path(out) if r == repeats - 1 else Path(f"{out}_r{r}")
         shutil.rmtree(target, ignore_errors=True)
         t0 = time.perf_counter()
-        res = assess(data, target, model_dir=model, progress=False, on_error=None)
+        res = run(data, target)
         best = min(best, time.perf_counter() - t0)
     print(json.dumps({"seconds": best, "images": len(res.processed), "cells": len(res.cells),
                       "failures": len(res.failures)}))

@@ -72,19 +72,20 @@ def main(argv: list[str] | None = None) -> dict:
     from rbclib.physics.phase_files import ReconstructorCache
     from rbclib.study.image import load_phase
     from rbclib.study.inputs import discover_inputs
+    from rbclib.study.segmenter import Segmenter
 
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         tmp = Path(tmp)
         model_dir = paper_model_folder(tmp / "paper_resunet")
         data = tmp / "data"
         simulate_dataset(data, n_fields=args.n, seed=7, field_px=args.size, progress=False)
-        assess(data, tmp / "warm", model_dir=model_dir, progress=False, on_error=None, device=args.device,
-               batch_images=args.batch_images)
+        assess(data, tmp / "warm", segmenter=Segmenter(model_dir, device=args.device), progress=False,
+               on_error=None, batch_images=args.batch_images)
         best_assess = float("inf")
         for r in range(args.repeats):
             t0 = time.perf_counter()
-            assess(data, tmp / f"out{r}", model_dir=model_dir, progress=False, on_error=None, device=args.device,
-                   batch_images=args.batch_images)
+            assess(data, tmp / f"out{r}", segmenter=Segmenter(model_dir, device=args.device), progress=False,
+                   on_error=None, batch_images=args.batch_images)
             best_assess = min(best_assess, time.perf_counter() - t0)
 
         model, config = load_model(model_dir, device=args.device)

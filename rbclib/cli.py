@@ -34,15 +34,16 @@ def _cmd_assess(args: argparse.Namespace) -> int:
     from rbclib.study.assess import assess, load_schemes
     from rbclib.study.image import OpticsOptions
     from rbclib.study.inputs import LATEST, resolve_model
+    from rbclib.study.segmenter import Segmenter
 
     model, note = resolve_model(args.model)
     if args.model is None or args.model == LATEST:
         print(f"rbc assess: model: {note}", file=sys.stderr)
-    result = assess(args.input, args.out, model_dir=model, model_note=note, day_map=args.day_map,
+    result = assess(args.input, args.out, segmenter=Segmenter(model, trim_halo=args.trim_halo, device=args.device),
+                    model_note=note, day_map=args.day_map,
                     optics=OpticsOptions(args.wavelength, args.pixel_size, args.medium_index, args.numerical_aperture),
                     schemes=load_schemes(args.schemes) if args.schemes else None,
-                    overlays=not args.no_overlays, seed=args.seed, on_error=None, device=args.device,
-                    batch_images=args.batch_images, trim_halo=args.trim_halo)
+                    overlays=not args.no_overlays, seed=args.seed, on_error=None, batch_images=args.batch_images)
     import matplotlib.pyplot as plt
 
     for fig in result.figures.values():

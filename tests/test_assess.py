@@ -60,11 +60,15 @@ def oracle(monkeypatch, tmp_path):
 
     calls = []
 
+    def read_model_config(model_dir):
+        own = Path(model_dir) / "config.json"
+        return {"pixel_size_m": PAPER_PX, "patch": 64, **(json.loads(own.read_text()) if own.is_file() else {})}
+
     def load_model(model_dir, **kw):
         calls.append(Path(model_dir))
-        own = Path(model_dir) / "config.json"
-        return object(), {"pixel_size_m": PAPER_PX, "patch": 64, **(json.loads(own.read_text()) if own.is_file() else {})}
+        return object(), read_model_config(model_dir)
 
+    monkeypatch.setattr(rbclib.seg.infer, "read_model_config", read_model_config)
     monkeypatch.setattr(rbclib.seg.infer, "load_model", load_model)
     monkeypatch.setattr(rbclib.seg.infer, "predict_images", _oracle_predict)
     model = tmp_path / "model"
@@ -315,9 +319,9 @@ def test_halo_trimming_follows_the_model_config(tmp_path, oracle):
     assert not S.Segmenter(oracle[0]).trim_halo                         # no trim_halo in its config
     phase, _ = _disk_field(FIELD, 3.0, PAPER_PX)
     write_phase(tmp_path / "in" / "a.tif", phase)
-    A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=50, progress=False)
+    A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=50, progress=False)
     assert "halo trimming on" in (tmp_path / "out" / "report.md").read_text()
-    A.assess(tmp_path / "in", tmp_path / "out2", model_dir=model, n_boot=50, progress=False, trim_halo=False)
+    A.assess(tmp_path / "in", tmp_path / "out2", segmenter=S.Segmenter(model, trim_halo=False), n_boot=50, progress=False)
     assert "halo trimming" not in (tmp_path / "out2" / "report.md").read_text()
 
 
@@ -328,11 +332,11 @@ def test_a_changed_model_config_is_not_mistaken_for_a_finished_image(tmp_path, o
     (model / "config.json").write_text(json.dumps({"pixel_size_m": PAPER_PX}))
     phase, _ = _disk_field(FIELD, 3.0, PAPER_PX)
     write_phase(tmp_path / "in" / "a.tif", phase)
-    first = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=20, progress=False)
-    again = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=20, progress=False)
+    first = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=20, progress=False)
+    again = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=20, progress=False)
     assert first.processed == ["a"] and again.skipped == ["a"]
     (model / "config.json").write_text(json.dumps({"pixel_size_m": 2 * PAPER_PX}))
-    changed = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=20, progress=False)
+    changed = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=20, progress=False)
     assert changed.processed == ["a"] and not changed.skipped
 
 
@@ -378,7 +382,7 @@ def test_assess_series_end_to_end_resumable(tmp_path, oracle):
     bad = tmp_path / "series" / "day_57" / "phase" / "f9.tif"
     bad.write_bytes(b"not a tiff")
     errors = []
-    r = A.assess(series, tmp_path / "out", model_dir=model, n_boot=100, progress=False, on_error=errors.append)
+    r = A.assess(series, tmp_path / "out", segmenter=S.Segmenter(model), n_boot=100, progress=False, on_error=errors.append)
     out = tmp_path / "out"
     assert len(r.processed) == 4 and r.skipped == [] and len(r.failures) == 1 and "f9.tif" in errors[0]
     ratios = pd.read_csv(out / "ratios.csv").set_index(["day", "class_name"])["ratio"]
@@ -402,22 +406,22 @@ def test_assess_series_end_to_end_resumable(tmp_path, oracle):
     assert "Fragments: 0 object(s) smaller than a plausible cell (15 um^2) or with less than 50%" in report
     # second run: nothing recomputed, same outputs, bad file reported again
     before = (out / "cells.csv").read_text()
-    r2 = A.assess(series, out, model_dir=model, n_boot=100, progress=False, on_error=None)
+    r2 = A.assess(series, out, segmenter=S.Segmenter(model), n_boot=100, progress=False, on_error=None)
     assert r2.processed == [] and len(r2.skipped) == 4 and len(r2.failures) == 1
     assert (out / "cells.csv").read_text() == before
     # a changed input is recomputed, the rest reused
     phase, _ = _disk_field([((6, 6), 1)], 3.0, 0.094e-6)
     write_phase(series / "day_08" / "phase" / "f1.tif", phase, Optics().replace(pixel_size_m=0.094e-6))
-    r3 = A.assess(series, out, model_dir=model, n_boot=100, progress=False, on_error=None)
+    r3 = A.assess(series, out, segmenter=S.Segmenter(model), n_boot=100, progress=False, on_error=None)
     assert r3.processed == ["day_08/f1"] and len(r3.skipped) == 3
     # another clean-up setting is another result: everything is recomputed
-    r3b = A.assess(series, out, model_dir=model, n_boot=100, progress=False, on_error=None, trim_halo=True)
+    r3b = A.assess(series, out, segmenter=S.Segmenter(model, trim_halo=True), n_boot=100, progress=False, on_error=None)
     assert len(r3b.processed) == 4 and r3b.skipped == []
     # a run without overlays, resumed with overlays: the missing overlays are made, not listed unmade
     out2 = tmp_path / "out2"
-    A.assess(series, out2, model_dir=model, n_boot=100, progress=False, on_error=None, overlays=False)
+    A.assess(series, out2, segmenter=S.Segmenter(model), n_boot=100, progress=False, on_error=None, overlays=False)
     assert not (out2 / "overlays").exists()
-    r4 = A.assess(series, out2, model_dir=model, n_boot=100, progress=False, on_error=None)
+    r4 = A.assess(series, out2, segmenter=S.Segmenter(model), n_boot=100, progress=False, on_error=None)
     assert len(r4.processed) == 4 and (out2 / "overlays" / "day_57" / "f1.png").is_file()
 
 
@@ -425,7 +429,7 @@ def test_assess_optics_override_and_no_temp_files(tmp_path, oracle):
     model, _ = oracle
     phase, _ = _disk_field(FIELD, 3.0, PAPER_PX)
     write_phase(tmp_path / "in" / "a.tif", phase)  # optics in the file: 0.1441 um/px
-    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, optics=image.OpticsOptions(pixel_size_m=0.2e-6),
+    r = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), optics=image.OpticsOptions(pixel_size_m=0.2e-6),
                  n_boot=50, progress=False)
     info = json.loads((tmp_path / "out" / "per_image" / "a.json").read_text())
     assert info["optics"]["pixel_size_m"] == 0.2e-6 and info["optics_provenance"]["pixel_size_m"] == "given by the user"
@@ -437,7 +441,7 @@ def test_assess_all_bad_writes_report(tmp_path, oracle):
     model, _ = oracle
     (tmp_path / "in").mkdir()
     np.savez(tmp_path / "in" / "nan.npz", data=np.full((8, 8), np.nan))
-    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, progress=False, on_error=None)
+    r = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), progress=False, on_error=None)
     assert r.summary is None and len(r.failures) == 1
     text = (tmp_path / "out" / "report.md").read_text()
     assert "NaN" in text and "No image could be analysed" in text
@@ -451,7 +455,7 @@ def test_float_camera_image_is_not_taken_for_phase(tmp_path, oracle):
     write_phase(tmp_path / "in" / "counts.tif", counts)
     yy, xx = np.mgrid[:phase.shape[0], :phase.shape[1]]
     write_phase(tmp_path / "in" / "holo.tif", 127 + 100 * np.cos(2 * np.pi * (0.1 * yy + 0.3 * xx) + phase))
-    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False, on_error=None)
+    r = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=10, progress=False, on_error=None)
     assert sorted(r.processed) == ["holo", "ok"] and len(r.failures) == 1            # a float hologram is a hologram
     assert "counts.tif" in r.failures[0][0] and "neither a phase map in radians" in r.failures[0][1]
     info = json.loads((tmp_path / "out" / "per_image" / "holo.json").read_text())
@@ -462,7 +466,7 @@ def test_a_file_name_with_a_newline_cannot_add_markdown(tmp_path, oracle):
     model, _ = oracle
     write_phase(tmp_path / "in" / "ok.tif", _disk_field(FIELD, 3.0, PAPER_PX)[0])
     (tmp_path / "in" / "bad\n# Injected heading.tif").write_bytes(b"not a tiff")
-    A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False, on_error=None)
+    A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=10, progress=False, on_error=None)
     lines = (tmp_path / "out" / "report.md").read_text().splitlines()
     assert not any(line.startswith("# Injected") for line in lines)
     assert any("bad # Injected heading.tif" in line for line in lines)
@@ -512,7 +516,7 @@ def test_assess_with_a_real_tiny_model(tmp_path):
                                                        "classes": 5, "patch": 64, "pixel_size_m": PAPER_PX}))
     phase, _ = _disk_field(FIELD, 3.0, PAPER_PX, shape_um=(12.0, 12.0))
     write_phase(tmp_path / "in" / "a.tif", phase)
-    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model_dir, n_boot=20, progress=False)
+    r = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model_dir), n_boot=20, progress=False)
     assert r.failures == [] and r.processed == ["a"]
     assert (tmp_path / "out" / "report.md").is_file()
     if len(r.cells):
@@ -530,7 +534,7 @@ def test_assess_real_hologram(tmp_path, oracle, shared_data):
     model, _ = oracle
     (tmp_path / "in").mkdir()
     shutil.copy(shared_data / "holograms" / "rbc_pydhm.jpg", tmp_path / "in")
-    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=50, progress=False)
+    r = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=50, progress=False)
     assert r.failures == [] and r.processed == ["rbc_pydhm"]
     info = json.loads((tmp_path / "out" / "per_image" / "rbc_pydhm.json").read_text())
     assert info["kind"] == "hologram" and info["compensation"] == "numerical"
@@ -554,7 +558,7 @@ def test_a_bad_image_in_a_segmentation_batch_fails_alone(tmp_path, oracle, monke
     sphero, _ = _disk_field(FIELD, 3.0, PAPER_PX)
     for name, phase in (("a", disco), ("b", sphero), ("c", disco), ("d", disco), ("e", disco)):
         write_phase(tmp_path / "in" / f"{name}.tif", phase)
-    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=50, progress=False, on_error=None,
+    r = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=50, progress=False, on_error=None,
                  batch_images=3)
     assert sorted(r.processed) == ["a", "c", "d", "e"]
     assert [(Path(f).name, p) for f, p in r.failures] == [("b.tif", "ValueError: phase too high for this test model")]
@@ -572,7 +576,7 @@ def test_resume_keys_hash_contents_not_size_and_time(tmp_path, oracle):
     phase, _ = _disk_field(FIELD, 3.0, PAPER_PX)
     src = tmp_path / "in" / "a.tif"
     write_phase(src, phase)
-    first = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False)
+    first = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=10, progress=False)
     assert first.processed == ["a"] and len(first.cells) == 4
     stat = src.stat()
     moved = np.roll(phase, 1, axis=1)
@@ -580,15 +584,15 @@ def test_resume_keys_hash_contents_not_size_and_time(tmp_path, oracle):
     write_phase(src, moved[:, ::-1].copy())                      # other bytes, same size
     assert src.stat().st_size == stat.st_size
     os.utime(src, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    again = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False)
+    again = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=10, progress=False)
     assert again.processed == ["a"] and not again.skipped
     weights = model / "best.pt"
     wstat = weights.stat()
     weights.write_bytes(b"y")
     os.utime(weights, ns=(wstat.st_atime_ns, wstat.st_mtime_ns))
-    third = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False)
+    third = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=10, progress=False)
     assert third.processed == ["a"]
-    fourth = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False)
+    fourth = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=10, progress=False)
     assert fourth.skipped == ["a"] and not fourth.processed
 
 
@@ -598,7 +602,7 @@ def test_results_of_another_run_are_never_gathered(tmp_path, oracle):
     model, _ = oracle
     for name in ("a", "b"):
         write_phase(tmp_path / "in" / f"{name}.tif", _disk_field(FIELD, 3.0, PAPER_PX)[0])
-    A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False)
+    A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=10, progress=False)
     rec = tmp_path / "out" / "per_image" / "b.json"
     data = json.loads(rec.read_text())
     data["key"]["split"] = "other run"
@@ -627,10 +631,10 @@ def test_a_second_run_into_the_same_folder_is_refused_and_stale_locks_are_taken(
     (out / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "tool": "rbc assess",
                                              "since": "now"}))
     with pytest.raises(ValueError, match=r"out: in use by rbc assess \(pid"):
-        A.assess(tmp_path / "in", out, model_dir=model, n_boot=10, progress=False)
+        A.assess(tmp_path / "in", out, segmenter=S.Segmenter(model), n_boot=10, progress=False)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (out / LOCK_NAME).write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname()}))
-    r = A.assess(tmp_path / "in", out, model_dir=model, n_boot=10, progress=False)
+    r = A.assess(tmp_path / "in", out, segmenter=S.Segmenter(model), n_boot=10, progress=False)
     assert r.processed == ["a"] and not (out / LOCK_NAME).exists()
 
 
@@ -639,7 +643,7 @@ def test_formula_like_names_are_neutralised_in_csv_and_escaped_in_the_report(tmp
     name = '=HYPERLINK("x","click")'
     write_phase(tmp_path / "in" / f"{name}.tif", _disk_field(FIELD, 3.0, PAPER_PX)[0])
     (tmp_path / "in" / "@<img src=x onerror=alert(1)>.tif").write_bytes(b"not a tiff")
-    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False, on_error=None)
+    r = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=10, progress=False, on_error=None)
     assert set(r.cells["image"]) == {name}                                   # in memory: the name as it is
     cells = pd.read_csv(tmp_path / "out" / "cells.csv")
     assert set(cells["image"]) == {"'" + name}
@@ -652,7 +656,7 @@ def test_formula_like_names_are_neutralised_in_csv_and_escaped_in_the_report(tmp
 def test_a_claimed_pixel_size_cannot_ask_for_unbounded_memory(tmp_path, oracle):
     model, _ = oracle
     write_phase(tmp_path / "in" / "a.tif", _disk_field(FIELD, 3.0, PAPER_PX, shape_um=(74.0, 74.0))[0])  # 514 px
-    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False, on_error=None,
+    r = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=10, progress=False, on_error=None,
                  optics=image.OpticsOptions(pixel_size_m=5e-6))
     assert not r.processed and len(r.failures) == 1
     assert "would be resampled to" in r.failures[0][1] and "--pixel-size" in r.failures[0][1]
@@ -699,7 +703,7 @@ def test_false_detections_are_scored(tmp_path, oracle):
     phase, labels = _disk_field(FIELD, 3.0, PAPER_PX)
     write_phase(tmp_path / "in" / "phase" / "a.tif", phase)
     write_labels(tmp_path / "in" / "labels" / "a.png", np.zeros_like(labels))
-    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False)
+    r = A.assess(tmp_path / "in", tmp_path / "out", segmenter=S.Segmenter(model), n_boot=10, progress=False)
     assert r.summary.confusion.loc[NO_CELL].sum() == 4
     assert r.summary.confusion.loc[NO_CELL, "discocyte"] == 3 and r.summary.precision["discocyte"] == 0.0
     assert "4 detection(s) on true background" in (tmp_path / "out" / "report.md").read_text()
@@ -717,7 +721,7 @@ def test_a_background_with_objects_falls_back_to_numerical_compensation(tmp_path
     shutil.copyfile(data / "holograms" / "field_0001.png", data / "backgrounds" / "field_0000.png")
     with pytest.warns(UserWarning, match=r"backgrounds/field_0000.png: holds objects of its own.*field_0000.png is "
                                          r"compensated numerically instead"):
-        r = A.assess(data, tmp_path / "out", model_dir=model, n_boot=10, progress=False, on_error=None)
+        r = A.assess(data, tmp_path / "out", segmenter=S.Segmenter(model), n_boot=10, progress=False, on_error=None)
     assert sorted(r.processed) == ["field_0000", "field_0001"] and not r.failures
     info = json.loads((tmp_path / "out" / "per_image" / "field_0000.json").read_text())
     assert info["compensation"] == "numerical (its background hologram was refused)"

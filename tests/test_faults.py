@@ -128,6 +128,7 @@ def test_truncated_and_foreign_files_are_named(tmp_path, suffix):
 
 def test_full_disk_skips_the_image_and_finishes_the_report(tmp_path, monkeypatch):
     from rbclib.study import assess as A
+    from rbclib.study.segmenter import Segmenter
 
     model = _tiny_model(tmp_path / "model")
     _phase_images(tmp_path / "in", 3)
@@ -139,7 +140,7 @@ def test_full_disk_skips_the_image_and_finishes_the_report(tmp_path, monkeypatch
         real_write(path, labels)
 
     monkeypatch.setattr(A, "write_labels", full_disk)
-    r = A.assess(tmp_path / "in", tmp_path / "out", model_dir=model, n_boot=10, progress=False, on_error=None,
+    r = A.assess(tmp_path / "in", tmp_path / "out", segmenter=Segmenter(model), n_boot=10, progress=False, on_error=None,
                  overlays=False)
     assert sorted(r.processed) == ["img_0", "img_2"] and len(r.failures) == 1
     assert "img_1" in r.failures[0][0] and "No space left on device" in r.failures[0][1]

@@ -89,19 +89,44 @@ def check_model_config(config: Any, cfg_path: str | Path) -> None:
             raise bad(f"phase_range={rng!r}: need [low, high] radians with low < high")
 
 
-def load_model(model_dir: str | Path, *, checkpoint: str = "best.pt",
-               device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from its folder (``config.json`` + ``best.pt``/``last.pt``) ->
-    (model in eval mode, channels-last, on ``device``; config dict)."""
-    model_dir = Path(model_dir)
-    cfg_path, ckpt_path = model_dir / "config.json", model_dir / checkpoint
+def read_model_config(model_dir: str | Path) -> dict[str, Any]:
+    """A model folder's ``config.json``, checked (:func:`check_model_config`), without its weights.
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        A model folder written by :mod:`rbclib.seg.train`.
+
+    Returns
+    -------
+    dict
+        The training config: architecture, classes, pixel size, phase range, inference options.
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder has no ``config.json``.
+    ValueError
+        The config is not valid JSON or describes a model that cannot run.
+    """
+    cfg_path = Path(model_dir) / "config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{model_dir}: no config.json, so this is not a model folder written by rbclib.seg.train (cannot tell which architecture to build)")
+        raise FileNotFoundError(f"{model_dir}: no config.json, so this is not a model folder written by "
+                                "rbclib.seg.train (cannot tell which architecture to build)")
     try:
         config = json.loads(cfg_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{cfg_path}: not a valid model config.json ({exc})") from None
     check_model_config(config, cfg_path)
+    return config
+
+
+def load_model(model_dir: str | Path, *, checkpoint: str = "best.pt",
+               device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from its folder (``config.json`` + ``best.pt``/``last.pt``) ->
+    (model in eval mode, channels-last, on ``device``; config dict)."""
+    model_dir = Path(model_dir)
+    config, ckpt_path = read_model_config(model_dir), model_dir / checkpoint
     ckpt = load_checkpoint(ckpt_path)
     if isinstance(ckpt.get("compressed_model"), dict):  # a shipped model (core.training.compress_weights)
         ckpt["model"] = expand_weights(ckpt["compressed_model"])

@@ -43,7 +43,6 @@ from rbclib.study.inputs import ImageJob, discover_inputs, resolve_model
 from rbclib.study.segmenter import (
     FAINT_FRACTION,
     MIN_CELL_AREA_UM2,
-    PREDICT_OPTIONS,
     RESAMPLE_TOLERANCE,
     Segmenter,
 )
@@ -86,32 +85,69 @@ def _stderr(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr)
 
 
-def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path | None = None,
+def assess(input_path: str | Path, out_dir: str | Path, *, segmenter: Segmenter | None = None,
            day_map: Mapping[str, float] | str | Path | None = None, optics: OpticsOptions | None = None,
-           schemes: Mapping[str, Any] | None = None, predict_options: Mapping[str, Any] | None = None,
-           runs_roots: list[str | Path] | None = None, min_area_um2: float = MIN_CELL_AREA_UM2,
-           fragment_fraction: float = 0.35, split: bool = True, trim_halo: bool | None = None, n_boot: int = 2000,
-           seed: int = 0,
-           target_pp: float = 3.0, overlays: bool = True, progress: bool = True, model_note: str | None = None,
-           on_error: Callable[[str], None] | None = _stderr, batch_images: int = 2,
-           device: str | None = None) -> AssessResult:
+           schemes: Mapping[str, Any] | None = None, n_boot: int = 2000, seed: int = 0, target_pp: float = 3.0,
+           overlays: bool = True, progress: bool = True, model_note: str | None = None,
+           on_error: Callable[[str], None] | None = _stderr, batch_images: int = 2) -> AssessResult:
     """Assess every image under ``input_path`` and write the study to ``out_dir``.
 
     Writes ``cells.csv`` (one row per cell), ``ratios.csv`` (class ratios with 95 % CI
     per day), ``indices.csv``, ``measurements.csv``, ``report.md`` + ``figures/*.png``,
     ``overlays/<image>.png``, ``labels/`` and ``instances/`` maps and, with ground truth,
-    ``confusion.csv`` and ``ratio_errors.csv``. min_area_um2 / fragment_fraction: cell
-    clean-up (:func:`rbclib.study.segmenter.clean_instances`); split: split touching cells (:func:`rbclib.seg.watershed.split_touching`);
-    trim_halo: drop model pixels beyond a cell's bright body (:func:`rbclib.study.segmenter.trim_halo`;
-    None: as the model's config says, said in the report);
-    n_boot / seed: bootstrap of the confidence intervals; target_pp: largest ratio error
-    [percentage points] counted as within target, with ground truth. Finished images (``per_image/<image>.json``
-    whose input files are unchanged and whose model is the same) are not recomputed.
-    A file that fails is reported through ``on_error`` and in ``report.md``, then skipped.
-    model_dir: a model folder, None for the shipped default model, ``"latest"`` for the best
-    model of the latest run (:func:`rbclib.study.inputs.resolve_model`);
-    model_note: how the model was chosen, for the report; batch_images: images segmented
-    together (their tiles share forward passes); device: torch device of the model (None: automatic).
+    ``confusion.csv`` and ``ratio_errors.csv``. Finished images (``per_image/<image>.json``
+    whose input files are unchanged and whose model and segmenter options are the same) are
+    not recomputed. A file that fails is reported through ``on_error`` and in ``report.md``,
+    then skipped.
+
+    Parameters
+    ----------
+    input_path : str or pathlib.Path
+        An image file, a folder of images, a dataset folder or a storage series
+        (:func:`rbclib.study.inputs.discover_inputs`).
+    out_dir : str or pathlib.Path
+        Output folder; neither the input folder nor inside it.
+    segmenter : rbclib.study.segmenter.Segmenter, optional
+        The model with its clean-up options (minimum area, fragments, splitting, halo
+        trimming, tiles, device); None: the shipped default model with the default options.
+        Its weights are loaded only if some image needs them.
+    day_map : mapping or str or pathlib.Path, optional
+        Storage day of each image (:func:`rbclib.study.inputs.read_day_map`).
+    optics : OpticsOptions, optional
+        Optics given by the user, over the files' metadata.
+    schemes : mapping, optional
+        Morphology index schemes (:func:`load_schemes`); None: the built-in ones.
+    n_boot, seed : int
+        Bootstrap resamples of the confidence intervals, and their seed.
+    target_pp : float
+        Largest class-ratio error [percentage points] counted as within target, with ground truth.
+    overlays : bool
+        Write ``overlays/<image>.png``.
+    progress : bool
+        Show a progress bar.
+    model_note : str, optional
+        How the model was chosen, for the report; None: the model folder's name.
+    on_error : callable, optional
+        Called with one line per skipped file (default: printed to stderr); None: silent.
+    batch_images : int
+        Images segmented together (their tiles share forward passes).
+
+    Returns
+    -------
+    AssessResult
+        Tables, figures, processed, skipped and failed images.
+
+    Raises
+    ------
+    ValueError
+        A bad output folder, ``batch_images`` < 1, or bad inputs or day map.
+
+    Notes
+    -----
+    One function holds the batch because the reading thread, the model and the finishing
+    thread share its state (pending jobs, failures, the output lock); the stages it calls
+    are separate functions (:func:`rbclib.study.image.load_phase`,
+    :meth:`rbclib.study.segmenter.Segmenter.predict_many`, :func:`_finish`).
     """
     from tqdm.auto import tqdm
 
@@ -130,18 +166,16 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
     jobs = discover_inputs(input_path, day_map=day_map)
     check_output_dir(out)
     with output_lock(out, "rbc assess"):
-        model_path, resolved_note = resolve_model(model_dir, runs_roots)
-        model_note = model_note or resolved_note
-        model_path = model_path.resolve()
-        if trim_halo is None:
-            config_json = model_path / "config.json"
-            trim_halo = config_json.is_file() and bool(read_json(config_json).get("trim_halo", False))
-            if trim_halo:
-                model_note += ("; halo trimming on, as its config says (trained on a twin with flat-topped discocytes; "
-                               "`--no-trim-halo` turns it off)")
-        model_key = {"model": str(model_path), **_model_fingerprint(model_path), "min_area_um2": min_area_um2,
-                     "fragment_fraction": fragment_fraction, "split": split, "trim_halo": trim_halo,
-                     "predict_options": {**PREDICT_OPTIONS, **(predict_options or {})}}
+        if segmenter is None:
+            model_path, resolved_note = resolve_model(None)
+            segmenter = Segmenter(model_path)
+            model_note = model_note or resolved_note
+        model_path = segmenter.model_dir.resolve()
+        model_note = model_note or md_code(segmenter.model_dir)
+        if segmenter.trim_halo and segmenter.trim_halo_from_config:
+            model_note += ("; halo trimming on, as its config says (trained on a twin with flat-topped discocytes; "
+                           "`--no-trim-halo` turns it off)")
+        model_key = {"model": str(model_path), **_model_fingerprint(model_path), **segmenter.options()}
         recon = ReconstructorCache()
         failures: list[tuple[str, str]] = []
         skipped: list[str] = []
@@ -159,9 +193,8 @@ def assess(input_path: str | Path, out_dir: str | Path, *, model_dir: str | Path
             else:
                 pending.append((job, key))
         processed: list[str] = []
-        segmenter = Segmenter(model_path, predict_options=predict_options, min_area_um2=min_area_um2,
-                              fragment_fraction=fragment_fraction, split=split, trim_halo=trim_halo,
-                              device=device) if pending else None
+        if pending:
+            segmenter.load()  # a model that cannot load is one error, not one per image
 
         def skip(job: ImageJob, problem: str) -> None:
             """Report ``job`` as skipped and make sure it is not marked done."""

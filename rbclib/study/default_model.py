@@ -147,13 +147,14 @@ def assess_speed(model_dir: str | Path, n: int, work: Path) -> dict[str, float]:
     from rbclib.core.io import write_camera_image
     from rbclib.physics.simulate import simulate_field
     from rbclib.study.assess import assess
+    from rbclib.study.segmenter import Segmenter
 
     for i in range(n):
         f = simulate_field(np.random.default_rng([7, i]), field_px=900)
         write_camera_image(work / "holograms" / f"h{i:02d}.png", f.hologram)
-    assess(work / "holograms", work / "warm", model_dir=model_dir, progress=False, n_boot=10, overlays=False)
+    assess(work / "holograms", work / "warm", segmenter=Segmenter(model_dir), progress=False, n_boot=10, overlays=False)
     t0 = time.perf_counter()
-    assess(work / "holograms", work / "timed", model_dir=model_dir, progress=False, n_boot=10, overlays=False)
+    assess(work / "holograms", work / "timed", segmenter=Segmenter(model_dir), progress=False, n_boot=10, overlays=False)
     seconds = time.perf_counter() - t0
     return {"holograms": n, "seconds": seconds, "holograms_per_s": n / seconds}
 

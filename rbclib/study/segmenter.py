@@ -3,6 +3,7 @@ resampling to the model's pixel size, tiled inference, then the clean-up of its 
 (fragments, faint objects, halo, touching cells) and per-cell class confidence."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -220,16 +221,60 @@ class Segmenter:
     def __init__(self, model_dir: str | Path, *, predict_options: Mapping[str, Any] | None = None,
                  min_area_um2: float = MIN_CELL_AREA_UM2, fragment_fraction: float = 0.35, split: bool = True,
                  trim_halo: bool | None = None, device: str | None = None):
-        from rbclib.seg.infer import load_model
-
         self.model_dir = Path(model_dir)
-        self.model, self.config = load_model(self.model_dir, device=device)
-        self.pixel_size_m, self.pixel_size_source = model_pixel_size(self.config, self.model_dir)
+        self.device = device
         self.predict_options = {**PREDICT_OPTIONS, **(predict_options or {})}
         self.min_area_um2 = float(min_area_um2)
         self.fragment_fraction = float(fragment_fraction)
         self.split = bool(split)
-        self.trim_halo = bool(self.config.get("trim_halo", False)) if trim_halo is None else bool(trim_halo)
+        self.trim_halo_from_config = trim_halo is None
+        self._trim_halo = trim_halo
+
+    @functools.cached_property
+    def config(self) -> dict[str, Any]:
+        """The model folder's checked ``config.json``, read on first use."""
+        from rbclib.seg.infer import read_model_config
+
+        return read_model_config(self.model_dir)
+
+    @functools.cached_property
+    def pixel_size_m(self) -> float:
+        """Pixel size [m] of the images the model was trained on (:func:`model_pixel_size`)."""
+        return model_pixel_size(self.config, self.model_dir)[0]
+
+    @property
+    def pixel_size_source(self) -> str:
+        """Where :attr:`pixel_size_m` comes from."""
+        return model_pixel_size(self.config, self.model_dir)[1]
+
+    @functools.cached_property
+    def trim_halo(self) -> bool:
+        """Whether halos are trimmed: as given, else as the model's config says."""
+        return bool(self.config.get("trim_halo", False)) if self._trim_halo is None else bool(self._trim_halo)
+
+    @functools.cached_property
+    def model(self) -> Any:
+        """The network, in eval mode on the device, loaded on first use (building a Segmenter is cheap)."""
+        from rbclib.seg.infer import load_model
+
+        model, _ = load_model(self.model_dir, device=self.device)
+        return model
+
+    def load(self) -> Segmenter:
+        """Read the config and load the weights now instead of on first use.
+
+        Returns
+        -------
+        Segmenter
+            This segmenter, ready to run.
+        """
+        _ = self.model
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """What, beside the weights, decides this Segmenter's answer (for resume keys)."""
+        return {"min_area_um2": self.min_area_um2, "fragment_fraction": self.fragment_fraction, "split": self.split,
+                "trim_halo": self.trim_halo, "predict_options": dict(self.predict_options)}
 
     def __call__(self, phase: np.ndarray,
                  pixel_size_m: float) -> tuple[np.ndarray, np.ndarray, dict[int, float], float, int]:

@@ -35,7 +35,18 @@ Segment = Callable[[np.ndarray, float], np.ndarray]
 
 
 def model_segmenter(model_dir: str | Path) -> Segment:
-    """The ``rbc assess`` segmentation of a trained model folder, as a :data:`Segment`."""
+    """The ``rbc assess`` segmentation of a trained model folder, as a :data:`Segment`.
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        A trained model folder.
+
+    Returns
+    -------
+    Segment
+        (phase [rad] (H, W), pixel size [m]) -> class map (H, W).
+    """
     from rbclib.study.segmenter import Segmenter
 
     segmenter = Segmenter(model_dir)
@@ -44,9 +55,30 @@ def model_segmenter(model_dir: str | Path) -> Segment:
 
 def twin_dice(segment: Segment, *, optics: Optics, settings: HologramSettings | None = None, n_fields: int = 6,
               seed: int = 1000, field_um: float = FIELD_UM, **simulate_kw: Any) -> pd.DataFrame:
-    """Dice per class and overall of ``segment`` on ``n_fields`` twin fields seen through
-    ``optics`` / ``settings`` (other ``simulate_kw`` go to :func:`rbclib.physics.simulate.simulate_field`).
-    One row per field: ``field``, the class names and ``overall`` (mean over the classes present)."""
+    """Dice per class and overall of ``segment`` on ``n_fields`` twin fields seen through ``optics`` / ``settings``.
+
+    Parameters
+    ----------
+    segment : Segment
+        The segmentation scored.
+    optics : rbclib.core.config.Optics
+        Optics of the twin fields.
+    settings : rbclib.physics.recording.HologramSettings, optional
+        Hologram settings (default: the simulator's).
+    n_fields : int, optional
+        Fields simulated; default 6.
+    seed : int, optional
+        Seed of the fields (``SeedSequence(seed).spawn``); default 1000.
+    field_um : float, optional
+        Side of every field [um]; default :data:`FIELD_UM`.
+    **simulate_kw
+        Other arguments of :func:`rbclib.physics.simulate.simulate_field`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per field: ``field``, the class names and ``overall`` (mean over the classes present).
+    """
     from rbclib.physics.holography import reconstruct
     from rbclib.seg.metrics import dice_per_class
     from rbclib.physics.simulate import simulate_field
@@ -61,9 +93,28 @@ def twin_dice(segment: Segment, *, optics: Optics, settings: HologramSettings | 
 
 
 def transfer_table(segment: Segment, *, n_fields: int = 6, seed: int = 1000, **simulate_kw: Any) -> pd.DataFrame:
-    """Mean Dice per class and overall on the in-domain twin (default optics and ranges) and on
-    :data:`OTHER_OPTICS` / :data:`OTHER_SETTINGS`; same seeds, so the same kinds of fields.
-    Rows ``in-domain``, ``other optics`` and ``drop`` (in-domain minus other)."""
+    """Mean Dice per class and overall on the in-domain twin and on other optics.
+
+    In-domain: default optics and ranges; other: :data:`OTHER_OPTICS` / :data:`OTHER_SETTINGS`;
+    same seeds, so the same kinds of fields.
+
+    Parameters
+    ----------
+    segment : Segment
+        The segmentation scored.
+    n_fields : int, optional
+        Fields per domain; default 6.
+    seed : int, optional
+        Seed of the fields of both domains; default 1000.
+    **simulate_kw
+        Passed on to :func:`twin_dice`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows ``in-domain``, ``other optics`` and ``drop`` (in-domain minus other); columns the
+        class names and ``overall``.
+    """
     domains = {"in-domain": (Optics(), None), "other optics": (OTHER_OPTICS, OTHER_SETTINGS)}
     table = pd.DataFrame({name: twin_dice(segment, optics=o, settings=s, n_fields=n_fields, seed=seed, **simulate_kw)
                           .drop(columns="field").mean() for name, (o, s) in domains.items()}).T
@@ -72,30 +123,66 @@ def transfer_table(segment: Segment, *, n_fields: int = 6, seed: int = 1000, **s
 
 
 def dice_drop_ok(table: pd.DataFrame, limit: float = 0.03) -> bool:
-    """Whether the overall Dice drop of :func:`transfer_table` is at most ``limit``."""
+    """Whether the overall Dice drop of :func:`transfer_table` is at most ``limit``.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A :func:`transfer_table` result.
+    limit : float, optional
+        Largest accepted drop; default 0.03.
+
+    Returns
+    -------
+    bool
+        True when the drop is finite and at most ``limit``.
+    """
     drop = float(table.loc["drop", "overall"])
     return math.isfinite(drop) and drop <= limit
 
 
 COUNT_TOLERANCE = 0.15
 """Largest relative difference between a model's cell count on a real hologram and the
-independent count of :func:`rbclib.physics.realism.find_cells` (issue 13)."""
+independent count of :func:`rbclib.physics.image_statistics.find_cells` (issue 13)."""
 FRESH_DISCOCYTE_MIN = 0.80
 """Least share of discocytes a model must report on fresh blood (the real RBC holograms)."""
 
 
 def real_hologram_check(path: str | Path, model_dir: str | Path, out_dir: str | Path, *,
                         optics_changes: dict[str, float] | None = None) -> dict[str, Any]:
-    """``rbc assess`` of one real hologram with ``model_dir`` (into ``out_dir``) beside an
-    independent count of the same reconstruction (:func:`rbclib.physics.realism.find_cells`).
+    """``rbc assess`` of one real hologram with ``model_dir`` beside an independent count.
 
-    optics_changes: wavelength / pixel size assumed for the file (default
-    :data:`rbclib.physics.realism.REAL_OPTICS`). Returns hologram, cells (the model's count),
-    independent, count_ratio, fragments_dropped, share_<class> for the four classes,
-    count_ok, discocytes_ok and overlay (path of ``rbc assess``'s overlay PNG)."""
-    from rbclib.physics import realism
+    The independent count is of the same reconstruction
+    (:func:`rbclib.physics.image_statistics.find_cells`).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The real hologram.
+    model_dir : str or pathlib.Path
+        The model folder assessed.
+    out_dir : str or pathlib.Path
+        Output folder of ``rbc assess``.
+    optics_changes : dict of str to float, optional
+        Wavelength / pixel size assumed for the file (default
+        :data:`rbclib.physics.realism.REAL_OPTICS`).
+
+    Returns
+    -------
+    dict of str to Any
+        hologram, cells (the model's count), independent, count_ratio, fragments_dropped,
+        share_<class> for the four classes, count_ok, discocytes_ok and overlay (path of
+        ``rbc assess``'s overlay PNG).
+
+    Raises
+    ------
+    ValueError
+        When ``rbc assess`` fails on the hologram.
+    """
+    from rbclib.physics import image_statistics, realism
     from rbclib.study.assess import assess
     from rbclib.study.image import OpticsOptions
+    from rbclib.study.segmenter import Segmenter
     from rbclib.physics.holography import reconstruct
     from rbclib.core.io import read_image
     from rbclib.core.files import read_json
@@ -103,13 +190,13 @@ def real_hologram_check(path: str | Path, model_dir: str | Path, out_dir: str | 
 
     path, out_dir = Path(path), Path(out_dir)
     changes = realism.REAL_OPTICS.get(path.name, {}) if optics_changes is None else optics_changes
-    result = assess(path, out_dir, model_dir=model_dir, n_boot=100, progress=False,
+    result = assess(path, out_dir, segmenter=Segmenter(model_dir), n_boot=100, progress=False,
                     optics=OpticsOptions(changes.get("wavelength_m"), changes.get("pixel_size_m")))
     if result.failures:
         raise ValueError(f"{path}: rbc assess failed: {result.failures[0][1]}")
     optics = Optics().replace(**changes)
     phase = reconstruct(read_image(path).data, optics=optics, source=str(path)).phase
-    independent = int(realism.find_cells(phase, pixel_size_m=optics.pixel_size_m).max())
+    independent = int(image_statistics.find_cells(phase, pixel_size_m=optics.pixel_size_m).max())
     cells = result.cells
     shares = cells["class_name"].value_counts(normalize=True) if len(cells) else pd.Series(dtype=float)
     info = read_json(out_dir / "per_image" / f"{path.stem}.json")
