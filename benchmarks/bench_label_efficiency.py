@@ -60,6 +60,7 @@ def prepare_synthetic(run_dir: Path, level_dir: Path, stems: list[str], *, profi
     from rbclib.physics.simulate import parse_mixture
     from rbclib.seg.datasets import load_pairs
     from rbclib.synth import curate as cu
+    from rbclib.synth import curation_decisions as cdec
     from rbclib.synth import ddgan as dd
     from rbclib.synth import scores as ev
     from rbclib.synth.morphology import cell_table, real_ranges
@@ -92,8 +93,8 @@ def prepare_synthetic(run_dir: Path, level_dir: Path, stems: list[str], *, profi
     cand_dir = level_dir / "synthetic" / "candidates"
     cu.write_candidates(gen.phase, gen.labels, gen.confidence, cand_dir, optics=optics, ranges=ranges, progress=False)
     table = cu.read_candidates(cand_dir)
-    store = cu.CurationDecisions(level_dir / "synthetic" / "decisions.json")
-    cu.auto_curate(store, table, P["n_select"], request=request, min_consistency=P["min_consistency"])
+    store = cdec.CurationDecisions(level_dir / "synthetic" / "decisions.json")
+    cdec.auto_curate(store, table, P["n_select"], request=request, min_consistency=P["min_consistency"])
     accepted = store.ids("accept")
     cu.write_synthetic_train(cand_dir, accepted, train_dir, optics=optics, progress=False)
     write_json(level_dir / "synthetic" / "selection.json",

@@ -3,7 +3,7 @@ share of discocytes in fresh blood (issue 13).
 
 For every real RBC hologram in ``../shared/data/holograms/`` (skipped when absent), ``rbc
 assess`` runs with the optics assumed for the file (``rbclib.physics.realism.REAL_OPTICS``); an
-independent threshold + watershed finder (``rbclib.physics.realism.find_cells``) counts the cells of
+independent threshold + watershed finder (``rbclib.physics.image_statistics.find_cells``) counts the cells of
 the same reconstruction. Targets: the model's count within 15 % of the independent one, and
 at least 80 % discocytes (the holograms show fresh blood). Exit 1 when a target fails.
 

@@ -23,7 +23,21 @@ NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
 
 
 class NotebookFailed(RuntimeError):
-    """A notebook raised; names the notebook, the failing cell and the error."""
+    """A notebook raised; names the notebook, the failing cell and the error.
+
+    Parameters
+    ----------
+    notebook : pathlib.Path
+        The committed notebook that failed.
+    cell_index : int or None
+        0-based index of the failing cell; None when it cannot be found.
+    source : str
+        The failing cell's source (its first line is quoted in the message).
+    error : str
+        The error, ``"<name>: <value>"``.
+    executed : pathlib.Path
+        The executed copy, which holds the traceback.
+    """
 
     def __init__(self, notebook: Path, cell_index: int | None, source: str, error: str, executed: Path):
         self.notebook, self.cell_index, self.executed = notebook, cell_index, executed
@@ -35,16 +49,38 @@ class NotebookFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Stage:
+    """One numbered notebook of the pipeline.
+
+    Attributes
+    ----------
+    number : str
+        Its two-digit number (``"01"``).
+    path : pathlib.Path
+        The notebook ``NN_name.ipynb``.
+    """
+
     number: str
     path: Path
 
     @property
     def name(self) -> str:
+        """The notebook's stem (``01_reconstruct``)."""
         return self.path.stem
 
 
 def default_notebooks_dir() -> Path:
-    """The repository's ``notebooks/`` folder; ValueError for an installed wheel (no checkout)."""
+    """The repository's ``notebooks/`` folder.
+
+    Returns
+    -------
+    pathlib.Path
+        ``notebooks/`` of the source checkout.
+
+    Raises
+    ------
+    ValueError
+        rbclib is an installed wheel (no checkout).
+    """
     checkout = source_checkout()
     if checkout is None:
         raise ValueError("rbclib is installed without its repository: pass --notebooks DIR "
@@ -53,7 +89,25 @@ def default_notebooks_dir() -> Path:
 
 
 def discover(notebooks_dir: str | Path) -> list[Stage]:
-    """Notebooks named ``NN_*.ipynb`` in ``notebooks_dir``, in order."""
+    """Notebooks named ``NN_*.ipynb`` in ``notebooks_dir``, in order.
+
+    Parameters
+    ----------
+    notebooks_dir : str or pathlib.Path
+        The folder of the notebooks.
+
+    Returns
+    -------
+    list of Stage
+        The stages, sorted by file name.
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder does not exist.
+    ValueError
+        No such notebook in it, or two with the same number.
+    """
     folder = Path(notebooks_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: notebooks folder not found")
@@ -68,7 +122,27 @@ def discover(notebooks_dir: str | Path) -> list[Stage]:
 
 
 def select(stages: list[Stage], *, only: Iterable[str] | None = None, start_from: str | None = None) -> list[Stage]:
-    """Filter stages by number: ``only`` (e.g. ["01", "03"]) and/or ``start_from`` ("03")."""
+    """Filter stages by number.
+
+    Parameters
+    ----------
+    stages : list of Stage
+        The stages (:func:`discover`).
+    only : iterable of str, optional
+        Numbers to keep (e.g. ["01", "03"]; "3" means "03").
+    start_from : str, optional
+        First number to keep ("03").
+
+    Returns
+    -------
+    list of Stage
+        The stages kept, in order.
+
+    Raises
+    ------
+    ValueError
+        A number that is not a number or names no notebook, or a filter that keeps none.
+    """
     def number(text: str, option: str) -> str:
         if not str(text).strip().isdigit():
             raise ValueError(f"{option} {text}: expected notebook numbers such as 01 or 3")
@@ -91,6 +165,18 @@ def select(stages: list[Stage], *, only: Iterable[str] | None = None, start_from
 
 
 def kernel_available(name: str = KERNEL_NAME) -> bool:
+    """Whether a Jupyter kernel is registered.
+
+    Parameters
+    ----------
+    name : str, optional
+        The kernel's name (default :data:`KERNEL_NAME`).
+
+    Returns
+    -------
+    bool
+        True when Jupyter knows the kernel.
+    """
     from jupyter_client.kernelspec import KernelSpecManager
 
     return name in KernelSpecManager().find_kernel_specs()
@@ -108,9 +194,51 @@ def run_notebooks(
     extra_parameters: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> list[Path]:
-    """Execute the selected notebooks in order; return the executed copies.
+    """Execute the selected notebooks in order.
 
-    Raises :class:`NotebookFailed` at the first failure.
+    Parameters
+    ----------
+    profile : str
+        The profile (:func:`rbclib.profile.get_profile`), injected into each notebook.
+    run_dir : str or pathlib.Path
+        The run folder, injected into each notebook.
+    seed : int, optional
+        The seed, injected into each notebook (default 0).
+    only : iterable of str, optional
+        Notebook numbers to run (:func:`select`); without it the run ends with the report and
+        ``summary.json``.
+    start_from : str, optional
+        First notebook number to run (:func:`select`).
+    notebooks_dir : str or pathlib.Path, optional
+        The folder of the notebooks (default :func:`default_notebooks_dir`).
+    kernel_name : str, optional
+        The Jupyter kernel (default :data:`KERNEL_NAME`).
+    extra_parameters : dict, optional
+        More parameters injected into each notebook.
+    progress : bool, optional
+        Show papermill's progress bar (default True).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The executed copies, under ``<run_dir>/notebooks/``.
+
+    Raises
+    ------
+    NotebookFailed
+        At the first failing notebook.
+    RunInterrupted
+        Ctrl-C while a notebook ran.
+    RuntimeError
+        The Jupyter kernel is not registered.
+    ValueError
+        An unknown profile, a profile off its schema, or a bad notebook selection.
+
+    Notes
+    -----
+    The parameters are the options of ``rbc run`` (the CLI passes six of them one to one),
+    plus ``extra_parameters`` and ``progress``, with which the tests run fixture notebooks
+    quietly, and ``kernel_name``, which picks another registered kernel.
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError

@@ -26,9 +26,24 @@ class ProfileError(ValueError):
 
 @dataclass(frozen=True)
 class SimulateProfile:
-    """01: the simulated dataset. cells_per_field pins a count range per field; without it
-    the density range (cells per 1000 um^2) sets the count; flat_discocyte_fraction: share of
-    discocytes drawn flat-topped like real fresh cells (simulate_field's default when absent)."""
+    """01: the simulated dataset.
+
+    Attributes
+    ----------
+    n_fields : int
+        Simulated fields.
+    field_px : int
+        Field side [px] (at 0.1441 um/px).
+    mixture : str
+        Class shares, ``"discocyte=0.758,spherocyte=0.103,..."``.
+    cells_per_field : list of int, optional
+        [low, high] count range per field; pins the count.
+    density_per_1000um2 : list of float, optional
+        [low, high] cells per 1000 um^2; sets the count without ``cells_per_field``.
+    flat_discocyte_fraction : float, optional
+        Share of discocytes drawn flat-topped like real fresh cells (simulate_field's default
+        when absent).
+    """
     n_fields: int
     field_px: int
     mixture: str
@@ -39,7 +54,21 @@ class SimulateProfile:
 
 @dataclass(frozen=True)
 class AnnotateProfile:
-    """02: automatic proposals and the split."""
+    """02: automatic proposals and the split.
+
+    Attributes
+    ----------
+    min_separation_um : float
+        Closest two watershed seeds (cell centres) [um].
+    min_area_um2 : float
+        Smaller proposals are flagged "tiny" [um^2].
+    edge_fraction : float
+        Proposals grow down to this fraction of the threshold.
+    split_draws : int
+        Random draws searched for a stratified split.
+    figure_images : int
+        Example images in the figures.
+    """
     min_separation_um: float
     min_area_um2: float
     edge_fraction: float
@@ -49,8 +78,24 @@ class AnnotateProfile:
 
 @dataclass(frozen=True)
 class DiffusionProfile:
-    """03 / 04: sampling and curation sizes; the GANs' settings are the sub-tables
-    ``common``, ``phase`` and ``mask`` (keys of :class:`rbclib.synth.ddgan.DDGANConfig`)."""
+    """03 / 04: sampling and curation sizes.
+
+    Attributes
+    ----------
+    n_candidates : int
+        Generated pairs offered for curation.
+    n_select : int
+        Pairs accepted (each written with x4 rotations).
+    min_consistency : float
+        Consistency score below which a pair is rejected outright.
+    sample_batch : int
+        Pairs per generator call.
+    n_eval_patches : int
+        Real / generated patches for the distribution distance.
+    common, phase, mask : dict, optional
+        The GANs' settings, sub-tables of keys of :class:`rbclib.synth.ddgan.DDGANConfig`:
+        shared ones, and those of the phase and of the mask GAN.
+    """
     n_candidates: int
     n_select: int
     min_consistency: float
@@ -63,7 +108,35 @@ class DiffusionProfile:
 
 @dataclass(frozen=True)
 class SSLProfile:
-    """05: corpus, probe and, in sub-table ``ssl``, the keys of :class:`rbclib.ssl.pretrain.SSLConfig`."""
+    """05: corpus, probe and, in sub-table ``ssl``, the keys of :class:`rbclib.ssl.pretrain.SSLConfig`.
+
+    Attributes
+    ----------
+    encoder : str
+        ResUnet encoder, used when ``segment.toml`` names none.
+    image_px : int
+        Corpus image side [px] (smears resized; simulated field side).
+    max_images : int
+        Pretraining images (0: all).
+    sim_fields : int
+        Simulated fields when the corpus is "simulated".
+    sim_field_px : int
+        Their side [px] (0.1441 um/px, not resized).
+    probe_fraction : float
+        Share of each PBC class held out of pretraining for the probe.
+    probe_per_class : int
+        Probe images per class (0: all held-out ones).
+    probe_fields : int
+        Simulated fields cropped into labelled cells for the probe.
+    probe_crop_px : int
+        Side of those cell crops [px].
+    probe_test_fraction : float
+        Share of the probe set the probe is scored on.
+    knn_k : int
+        Neighbours of the k-NN probe.
+    ssl : dict, optional
+        Keys of :class:`rbclib.ssl.pretrain.SSLConfig`.
+    """
     encoder: str
     image_px: int
     max_images: int
@@ -80,7 +153,49 @@ class SSLProfile:
 
 @dataclass(frozen=True)
 class SegmentProfile:
-    """06 / 07: training (keys of :data:`rbclib.seg.train.DEFAULT_CONFIG`) and evaluation sizes."""
+    """06 / 07: training (keys of :data:`rbclib.seg.train.DEFAULT_CONFIG`) and evaluation sizes.
+
+    Attributes
+    ----------
+    encoder : str
+        ResUnet encoder (the paper: resnet50).
+    decoder_channels : list of int
+        ResUnet decoder widths.
+    baseline_encoder : str
+        Encoder of the baselines.
+    baselines : list of str
+        Baseline models trained beside the ResUnet arms.
+    patch : int
+        Training patch side [px].
+    patch_mode : str
+        "paper" (non-overlapping grid), "cover" (overlapping tiles) or "balanced"
+        (class-balanced random crops).
+    autocast_bf16 : bool
+        bfloat16 autocast of the training forward pass.
+    phase_gain : list of float
+        Balanced crops: phase x a log-uniform gain from this [low, high] range.
+    overlap : int
+        Pixels shared by tiles ("cover" patches and inference).
+    rotations : int
+        x4 rotation augmentation (1: off).
+    epochs : int
+        Training epochs.
+    max_steps_per_epoch : int
+        Batches per epoch (0: full pass).
+    batch_size : int
+        Training batch size.
+    lr, weight_decay : float
+        Learning rate and weight decay of the optimiser.
+    val_fraction : float
+        Share of the train split held out for validation.
+    infer_batch_size : int
+        Tiles per forward pass at evaluation.
+    n_time_images : int
+        Table 3 protocol: time to segment this many test images.
+    phase_range : list of float, optional
+        [lo, hi] phase [rad] of the fixed-range normalisation (default
+        :data:`rbclib.seg.datasets.PHASE_RANGE_RAD`).
+    """
     encoder: str
     decoder_channels: list[int]
     baseline_encoder: str
@@ -104,7 +219,27 @@ class SegmentProfile:
 
 @dataclass(frozen=True)
 class StorageProfile:
-    """08: the simulated storage series and the study's targets."""
+    """08: the simulated storage series and the study's targets.
+
+    Attributes
+    ----------
+    days : list of int
+        Storage days simulated (the paper's 11 periods, 8-57 d).
+    images_per_day : int
+        Fields per day.
+    field_px : int
+        Simulated field side [px at 0.1441 um/px].
+    cells_per_field : list of int
+        [low, high] cells per field.
+    n_boot : int
+        Bootstrap replicates of the 95 % confidence intervals.
+    min_area_um2, fragment_fraction : float
+        Clean-up of predicted cells (:func:`rbclib.study.segmenter.clean_instances`).
+    target_pp : float
+        Verification target: class ratio error [percentage points]; reported, never tuned to.
+    target_accuracy : float
+        Verification target: per-class accuracy; reported, never tuned to.
+    """
     days: list[int]
     images_per_day: int
     field_px: int
@@ -162,8 +297,24 @@ def _library_config(stage: str) -> type | None:
 
 
 def check_table(stage: str, table: dict[str, Any], *, where: str) -> None:
-    """Raise :class:`ProfileError` unless ``table`` (one profile's table of stage ``stage``)
-    matches :data:`STAGE_SCHEMAS`; ``where`` names it in the message (file and table)."""
+    """Raise :class:`ProfileError` unless ``table`` matches :data:`STAGE_SCHEMAS`.
+
+    Sub-tables are checked against the library config they feed.
+
+    Parameters
+    ----------
+    stage : str
+        The stage (the TOML file's stem).
+    table : dict
+        One profile's table of stage ``stage``.
+    where : str
+        Names the table in the message (file and table).
+
+    Raises
+    ------
+    ProfileError
+        An unknown stage, or an unknown, missing or mistyped key.
+    """
     schema = STAGE_SCHEMAS.get(stage)
     if schema is None:
         raise ProfileError(f"{where}: no schema for stage {stage!r}; expected one of {sorted(STAGE_SCHEMAS)}")
@@ -195,7 +346,19 @@ PROFILE_NAMES = ("smoke", "quick", "paper", "gpu")
 
 
 def load_profiles() -> dict[str, dict[str, dict[str, Any]]]:
-    """All profiles: {profile: {stage: {key: value}}}, from ``profiles/<stage>.toml``."""
+    """All profiles, from ``profiles/<stage>.toml``, each table checked (:func:`check_table`).
+
+    Returns
+    -------
+    dict
+        {profile: {stage: {key: value}}}.
+
+    Raises
+    ------
+    ProfileError
+        A file that is not valid TOML, lacks a profile's table, has unknown tables, or a table
+        that does not match its schema.
+    """
     out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in PROFILE_NAMES}
     folder = resources.files("rbclib").joinpath("profiles")
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
@@ -219,7 +382,23 @@ def load_profiles() -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def get_profile(name: str) -> dict[str, dict[str, Any]]:
-    """Sizes for one profile, by stage: ``get_profile("quick")["simulate"]["n_fields"]``."""
+    """Sizes for one profile, by stage: ``get_profile("quick")["simulate"]["n_fields"]``.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`PROFILE_NAMES`.
+
+    Returns
+    -------
+    dict
+        {stage: {key: value}}.
+
+    Raises
+    ------
+    ValueError
+        An unknown profile name.
+    """
     if name not in PROFILE_NAMES:
         raise ValueError(f"unknown profile {name!r}; choose one of {list(PROFILE_NAMES)}")
     return load_profiles()[name]

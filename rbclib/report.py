@@ -133,7 +133,13 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def software_versions() -> dict[str, str]:
-    """Python, the platform and the versions of the distributions in ``SOFTWARE``."""
+    """Python, the platform and the versions of the distributions in ``SOFTWARE``.
+
+    Returns
+    -------
+    dict of str to str
+        ``python``, ``platform`` and distribution name -> version ("not installed" when absent).
+    """
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for name in SOFTWARE:
         try:
@@ -144,11 +150,26 @@ def software_versions() -> dict[str, str]:
 
 
 def write_run_report(run_dir: str | Path, *, profile: str | None = None) -> tuple[Path, Path]:
-    """Write ``<run>/report.md`` and ``<run>/report.html``; return both paths.
+    """Write ``<run>/report.md`` and ``<run>/report.html``.
 
-    ``profile``: the profile to describe; by default the one recorded in ``timings.json``.
-    Raises ``FileNotFoundError`` when ``run_dir`` does not exist, ``ValueError`` naming the
-    file when an artefact that exists cannot be read.
+    Parameters
+    ----------
+    run_dir : str or pathlib.Path
+        The run folder.
+    profile : str, optional
+        The profile to describe; by default the one recorded in ``timings.json``.
+
+    Returns
+    -------
+    tuple of (pathlib.Path, pathlib.Path)
+        The Markdown and the HTML report.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``run_dir`` does not exist.
+    ValueError
+        An artefact that exists cannot be read (the message names the file).
     """
     paths = RunPaths(run_dir)
     if not paths.root.is_dir():

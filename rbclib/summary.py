@@ -52,10 +52,26 @@ def _overall(path: Path) -> dict[str, float]:
 
 
 def run_summary(run_dir: str | Path) -> dict[str, Any]:
-    """Headline numbers of a run folder (what exists of them): ``profile``, ``finished``,
-    ``minutes`` per stage and in total, test ``dice`` and ``aji`` overall per method,
-    ``reconstruction_rmse_rad`` (cells, medium), ``storage`` ratio errors [pp] and
-    ``ssl_probe`` k-NN accuracies (pretrained, random)."""
+    """Headline numbers of a run folder (what exists of them).
+
+    Parameters
+    ----------
+    run_dir : str or pathlib.Path
+        The run folder.
+
+    Returns
+    -------
+    dict
+        ``profile``, ``finished``, ``minutes`` per stage and ``minutes_total``, test ``dice``
+        and ``aji`` overall per method, ``reconstruction_rmse_rad`` (cells, medium),
+        ``storage`` ratio errors [pp] and ``ssl_probe`` k-NN accuracies (pretrained, random);
+        keys whose artefacts are missing, unreadable or empty are left out.
+
+    Raises
+    ------
+    ImageFileError
+        A number column of a table holds text (the message names the file, column and row).
+    """
     paths = RunPaths(run_dir)
     out: dict[str, Any] = {}
     timings = read_json(paths.timings_json) if paths.timings_json.exists() else {}
@@ -87,7 +103,18 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
 
 
 def write_summary(run_dir: str | Path) -> Path:
-    """Write ``<run>/summary.json`` (:func:`run_summary`) and return its path."""
+    """Write ``<run>/summary.json`` (:func:`run_summary`).
+
+    Parameters
+    ----------
+    run_dir : str or pathlib.Path
+        The run folder.
+
+    Returns
+    -------
+    pathlib.Path
+        The written ``summary.json``.
+    """
     path = RunPaths(run_dir).root / "summary.json"
     write_json(path, run_summary(run_dir))
     return path
@@ -98,7 +125,18 @@ def _scores(scores: dict[str, float]) -> str:
 
 
 def render_summary(summary: dict[str, Any]) -> str:
-    """The README's table of a run summary (Markdown, ends with a newline)."""
+    """The README's table of a run summary.
+
+    Parameters
+    ----------
+    summary : dict
+        A run summary (:func:`run_summary`); missing keys give no row.
+
+    Returns
+    -------
+    str
+        The Markdown table (columns ``measured``, ``value``); ends with a newline.
+    """
     from rbclib.core.markdown import markdown_table
 
     rows = []
@@ -126,7 +164,25 @@ def _markers(profile: str) -> tuple[str, str]:
 
 
 def readme_block(text: str, profile: str) -> str:
-    """The text between the README markers of ``profile`` (ValueError when absent)."""
+    """The text between the README markers of ``profile``.
+
+    Parameters
+    ----------
+    text : str
+        The README.
+    profile : str
+        The profile named in the markers.
+
+    Returns
+    -------
+    str
+        The block, without its surrounding blank lines, ending with one newline.
+
+    Raises
+    ------
+    ValueError
+        The README lacks either marker.
+    """
     start, end = _markers(profile)
     if start not in text or end not in text:
         raise ValueError(f"README has no {start} ... {end} block")
@@ -134,7 +190,24 @@ def readme_block(text: str, profile: str) -> str:
 
 
 def update_readme(readme: str | Path, summary: dict[str, Any], profile: str) -> None:
-    """Replace the marked block of ``profile`` in ``readme`` with :func:`render_summary`."""
+    """Replace the marked block of ``profile`` in ``readme`` with :func:`render_summary`.
+
+    The file is not written when the block already holds that table.
+
+    Parameters
+    ----------
+    readme : str or pathlib.Path
+        The README file.
+    summary : dict
+        A run summary (:func:`run_summary`).
+    profile : str
+        The profile named in the markers.
+
+    Raises
+    ------
+    ValueError
+        The README lacks the markers of ``profile``.
+    """
     readme = Path(readme)
     text = readme.read_text()
     start, end = _markers(profile)

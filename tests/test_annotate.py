@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rbclib.annotate.decisions import DecisionsError, DecisionStore, apply_decisions
 from rbclib.annotate.export import make_splits, write_annotations
 from rbclib.annotate.proposals import merge_cells, propose_cells, proposal_quality, split_cell
-from rbclib.annotate.session import AnnotationSession, DecisionsError, DecisionStore, apply_decisions
+from rbclib.annotate.session import AnnotationSession
 from rbclib.annotate.widget import AnnotationWidget
 from rbclib.core.config import Optics
 from rbclib.core.io import read_instances, read_labels, write_phase

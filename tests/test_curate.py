@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ddgan_toy import toy_field  # noqa: E402
 
 from rbclib.synth import curate as cu  # noqa: E402
+from rbclib.synth import curation_decisions as cdec  # noqa: E402
 from rbclib.synth.curate_widget import CurationWidget  # noqa: E402
 from rbclib.core.files import write_csv  # noqa: E402
 from rbclib.core.io import read_labels, read_phase  # noqa: E402
@@ -62,7 +63,7 @@ def test_old_candidates_get_their_cell_quality_and_keep_their_decisions(tmp_path
     folder = tmp_path / "cand"
     cu.write_candidates(phase, labels, np.ones_like(phase), folder, optics=optics, progress=False)
     assert (cu.read_candidates(folder)["cell_quality"] == 0).all()      # no real reference: unrated
-    store = cu.CurationDecisions(tmp_path / "d.json")
+    store = cdec.CurationDecisions(tmp_path / "d.json")
     store.record("cand_00001", "accept")
     ranges = real_ranges(cell_table(phase, labels, pixel_size_m=0.5e-6))
     written = cu.read_candidates(folder)
@@ -71,7 +72,7 @@ def test_old_candidates_get_their_cell_quality_and_keep_their_decisions(tmp_path
     assert scored["whole_cells"].sum() > 0 and scored["cell_quality"].max() == 1.0
     assert scored[list(cu.WHOLE_COLS)].equals(written[list(cu.WHOLE_COLS)])
     assert cu.read_candidates(folder)["cell_quality"].equals(scored["cell_quality"])
-    assert cu.CurationDecisions(tmp_path / "d.json").ids("accept") == ["cand_00001"]
+    assert cdec.CurationDecisions(tmp_path / "d.json").ids("accept") == ["cand_00001"]
     broken = labels.copy()
     broken[:] = 0                                            # masks that miss every cell
     cu.write_candidates(phase, broken, np.ones_like(phase), tmp_path / "bad", optics=optics, ranges=ranges,
@@ -129,14 +130,14 @@ def test_auto_selection_lands_within_five_points_of_the_request():
 
 def test_decision_store_persists_undo_resume(tmp_path):
     path = tmp_path / "decisions.json"
-    s = cu.CurationDecisions(path)
+    s = cdec.CurationDecisions(path)
     s.record("a", "accept")
     s.record("b", "reject")
     s.record("a", "reject")
     assert json.loads(path.read_text())["decisions"]["a"]["decision"] == "reject"
-    again = cu.CurationDecisions(path)
+    again = cdec.CurationDecisions(path)
     assert again.ids("reject") == ["b", "a"] and again.undo() == "a"
-    assert cu.CurationDecisions(path).ids("reject") == ["b"] and "a" not in cu.CurationDecisions(path).decisions
+    assert cdec.CurationDecisions(path).ids("reject") == ["b"] and "a" not in cdec.CurationDecisions(path).decisions
     backups = sorted(tmp_path.glob("decisions.*.bak.json"))     # one per distinct content seen on open
     assert len(backups) == 2 and json.loads(backups[0].read_text())["history"] == ["b", "a"]
     with pytest.raises(ValueError):
@@ -171,9 +172,9 @@ def test_widget_clicks_persist_and_resume(candidates, tmp_path):
 
 
 def test_selection_and_rotated_train_pairs(candidates, tmp_path):
-    store = cu.CurationDecisions(tmp_path / "d.json")
+    store = cdec.CurationDecisions(tmp_path / "d.json")
     store.record_many(["cand_00002", "cand_00005"], "accept", by="auto")
-    sel = cu.write_selection(tmp_path / "selection.json", store, mode="automatic", seed=0)
+    sel = cdec.write_selection(tmp_path / "selection.json", store, mode="automatic", seed=0)
     assert sel["accepted"] == ["cand_00002", "cand_00005"] and sel["selected_by"]["cand_00002"] == "auto"
     assert "requested class balance" in json.loads((tmp_path / "selection.json").read_text())["rule"]
     written = cu.write_synthetic_train(candidates, sel["accepted"], tmp_path / "train", progress=False)
@@ -216,14 +217,14 @@ def test_auto_curate_rejects_broken_keeps_hand_decisions_and_fills_to_n_select(t
                           "n_whole_discocyte": [3, 1, 0, 2, 1, 1], "n_whole_spherocyte": [0, 0, 2, 0, 0, 0],
                           "n_whole_echinocyte": [0, 0, 0, 1, 0, 0], "n_whole_stomatocyte": [0, 0, 0, 0, 1, 0]}
                          ).set_index("id", drop=False)
-    store = cu.CurationDecisions(tmp_path / "d.json")
+    store = cdec.CurationDecisions(tmp_path / "d.json")
     store.record("c4", "reject", by="user")                      # a hand rejection is respected
     store.record("c0", "accept", by="user")                      # and so is a hand acceptance
-    picked = cu.auto_curate(store, table, 3, request={"spherocyte": 0.5, "echinocyte": 0.5}, min_consistency=0.5)
+    picked = cdec.auto_curate(store, table, 3, request={"spherocyte": 0.5, "echinocyte": 0.5}, min_consistency=0.5)
     assert set(store.ids("reject")) == {"c1", "c4", "c5"}       # below 0.5 rejected automatically, c4 by hand
     assert len(picked) == 2 and set(picked) <= {"c2", "c3"} and set(store.ids("accept")) == {"c0", *picked}
     assert all(store.decisions[c]["by"] == "auto: balanced" for c in picked)
-    assert cu.auto_curate(store, table, 3, min_consistency=0.5) == []          # already complete: nothing more
+    assert cdec.auto_curate(store, table, 3, min_consistency=0.5) == []          # already complete: nothing more
 
 
 @pytest.mark.parametrize("content,message", [
@@ -236,6 +237,6 @@ def test_decision_file_is_checked_before_its_ids_become_paths(tmp_path, content,
     path = tmp_path / "decisions.json"
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
-        cu.CurationDecisions(path)
+        cdec.CurationDecisions(path)
     with pytest.raises(ValueError, match="is not a candidate id"):
         cu.load_candidate(tmp_path, "../outside")

@@ -16,6 +16,7 @@ from scipy.special import erfc
 matplotlib.use("Agg")
 
 from rbclib.physics import realism as R  # noqa: E402
+from rbclib.physics import image_statistics as S  # noqa: E402
 from rbclib.core.config import Optics  # noqa: E402
 
 OPT = Optics()
@@ -42,7 +43,7 @@ def test_robust_std_and_auc():
     rng = np.random.default_rng(0)
     x = rng.normal(0, 2.0, 20000)
     x[:500] = 1e3  # outliers barely move it
-    assert R.robust_std(x) == pytest.approx(2.0, rel=0.05)
+    assert S.robust_std(x) == pytest.approx(2.0, rel=0.05)
     assert R.rank_auc([3, 4, 5], [0, 1, 2]) == 1.0
     assert R.rank_auc([0, 1, 2], [3, 4, 5]) == 0.0
     assert R.rank_auc([1, 1], [1, 1]) == 0.5
@@ -55,7 +56,7 @@ def test_robust_std_and_auc():
 def test_cells_per_1000um2_counts_edge_cells_half():
     _, inst = _discs((400, 400), [(100, 100), (200, 250), (300, 120), (0, 200), (200, 399)], 20)
     area_um2 = 400 * 400 * PX ** 2
-    assert R.cells_per_1000um2(inst, pixel_size_m=OPT.pixel_size_m) == pytest.approx(4 / area_um2 * 1000)
+    assert S.cells_per_1000um2(inst, pixel_size_m=OPT.pixel_size_m) == pytest.approx(4 / area_um2 * 1000)
 
 
 # ----------------------------------------------------------------------------- noise
@@ -66,7 +67,7 @@ def test_white_noise_level_spectrum_and_correlation():
     slow = 1.5 * (yy - 0.5) ** 2 - 0.8 * xx  # aberration residue: removed before measuring
     cells, _ = _discs((512, 512), [(120, 140), (300, 380), (400, 100)], 28)
     phase = rng.normal(0, sigma, (512, 512)) + slow + cells
-    noise = R.background_noise(phase, cells > 0, pixel_size_m=OPT.pixel_size_m, wavelength_m=OPT.wavelength_m)
+    noise = S.background_noise(phase, cells > 0, pixel_size_m=OPT.pixel_size_m, wavelength_m=OPT.wavelength_m)
     assert noise.noise_rad == pytest.approx(sigma, rel=0.05)
     assert noise.noise_nm == pytest.approx(sigma * NM_PER_RAD, rel=0.05)
     # white: flat spectrum at sigma^2 dx^2 (OPD units), correlation below one pixel
@@ -81,7 +82,7 @@ def test_correlated_noise_length():
     s = 3.0  # Gaussian-filtered white noise: autocorrelation exp(-r^2 / 4 s^2), 1/e at r = 2 s
     field = ndi.gaussian_filter(rng.normal(size=(512, 512)), s, mode="wrap")
     field *= 0.1 / field.std()
-    noise = R.background_noise(field, np.zeros(field.shape, bool), pixel_size_m=OPT.pixel_size_m,
+    noise = S.background_noise(field, np.zeros(field.shape, bool), pixel_size_m=OPT.pixel_size_m,
                                wavelength_m=OPT.wavelength_m)
     assert noise.corr_length_um == pytest.approx(2 * s * PX, rel=0.1)
     assert noise.noise_rad == pytest.approx(0.1, rel=0.1)
@@ -90,7 +91,7 @@ def test_correlated_noise_length():
 
 def test_medium_mask_excludes_halo_and_border():
     cells, _ = _discs((200, 200), [(100, 100)], 20)
-    med = R.medium_mask(cells > 0, pixel_size_m=OPT.pixel_size_m, halo_um=1.5, border_px=16)
+    med = S.medium_mask(cells > 0, pixel_size_m=OPT.pixel_size_m, halo_um=1.5, border_px=16)
     r = _radius((200, 200), (100, 100))[0]
     assert not med[r <= 20 + 1.5 / PX - 0.5].any() and med[(r > 20 + 1.5 / PX + 1) & (r < 70)].all()
     assert not med[:16].any() and not med[:, -16:].any()
@@ -101,12 +102,12 @@ def test_edge_width_of_a_gaussian_edge():
     s, radius = 3.0, 40.0  # an ideal disc blurred by a Gaussian of s px: 10-90 % = 2 x 1.2816 s
     r, _ = _radius((200, 200), (100, 100))
     phase = (2.0 * 0.5 * erfc((r - radius) / (math.sqrt(2) * s))).astype(np.float32)
-    prof_r, prof = R.radial_profile(phase, (100, 100), r_max_px=70)
-    assert R.edge_width(prof_r, prof, 0.0) == pytest.approx(2 * 1.2816 * s, rel=0.04)
-    cells = R.cell_statistics(phase, (r <= radius).astype(np.int32), optics=OPT)
+    prof_r, prof = S.radial_profile(phase, (100, 100), r_max_px=70)
+    assert S.edge_width(prof_r, prof, 0.0) == pytest.approx(2 * 1.2816 * s, rel=0.04)
+    cells = S.cell_statistics(phase, (r <= radius).astype(np.int32), optics=OPT)
     assert cells.edge_width_um[0] == pytest.approx(2 * 1.2816 * s * PX, rel=0.04)
     sharper = (2.0 * 0.5 * erfc((r - radius) / (math.sqrt(2) * 1.0))).astype(np.float32)
-    sharp_row = R.cell_statistics(sharper, (r <= radius).astype(np.int32), optics=OPT).iloc[0]
+    sharp_row = S.cell_statistics(sharper, (r <= radius).astype(np.int32), optics=OPT).iloc[0]
     assert sharp_row.edge_width_um < 0.5 * cells.edge_width_um[0]
 
 
@@ -117,10 +118,10 @@ def test_dip_ratio_dry_mass_and_peak():
     bowl = np.where(inside, 1 + (r / radius) ** 2, 0).astype(np.float32)  # centre 1, rim 2
     cap = np.where(inside, np.sqrt(np.clip(1 - (r / radius) ** 2, 0, None)), 0).astype(np.float32)
     inst = inside.astype(np.int32)
-    row = R.cell_statistics(bowl, inst, optics=OPT).iloc[0]
+    row = S.cell_statistics(bowl, inst, optics=OPT).iloc[0]
     # mean of 1 + (r/R)^2 within 0.15 R: 1 + 0.15^2 / 2; profile peak ~2 (last ring inside)
     assert row.dip_ratio == pytest.approx((1 + 0.15 ** 2 / 2) / 2, abs=0.02)
-    assert R.cell_statistics(cap, inst, optics=OPT).dip_ratio[0] > 0.97
+    assert S.cell_statistics(cap, inst, optics=OPT).dip_ratio[0] > 0.97
     pg_per_rad = OPT.pixel_size_m ** 2 * OPT.wavelength_m / (2 * math.pi * OPT.alpha_m3_per_kg) * 1e15
     assert row.dry_mass_pg == pytest.approx(float(bowl[inside].sum()) * pg_per_rad, rel=1e-6)
     assert row.peak_phase_rad == pytest.approx(np.percentile(bowl[inside], 99))
@@ -137,17 +138,17 @@ def test_outline_roughness_star_circle_ellipse():
     yy, xx = np.indices((200, 200))
     ellipse = ndi.gaussian_filter((((yy - 100) / 42) ** 2 + ((xx - 100) / 38) ** 2 <= 1).astype(float), 1.0)
     # residual of r(theta) = R (1 + a cos 12 theta) after harmonics 0..3: a / sqrt(2)
-    assert R.outline_roughness(star, 0.5, (100, 100)) == pytest.approx(amp / math.sqrt(2), rel=0.15)
-    assert R.outline_roughness(circle, 0.5, (100, 100)) < 0.004
-    assert R.outline_roughness(ellipse, 0.5, (100, 100)) < 0.005  # axis ratio 1.1: harmonic 4 is left
+    assert S.outline_roughness(star, 0.5, (100, 100)) == pytest.approx(amp / math.sqrt(2), rel=0.15)
+    assert S.outline_roughness(circle, 0.5, (100, 100)) < 0.004
+    assert S.outline_roughness(ellipse, 0.5, (100, 100)) < 0.005  # axis ratio 1.1: harmonic 4 is left
     inst = (star > 0.05).astype(np.int32)
-    assert R.cell_statistics(star.astype(np.float32), inst, optics=OPT).roughness[0] == pytest.approx(
+    assert S.cell_statistics(star.astype(np.float32), inst, optics=OPT).roughness[0] == pytest.approx(
         amp / math.sqrt(2), rel=0.2)
 
 
 def test_isolated_and_edge_flags_and_classes():
     phase, inst = _discs((300, 300), [(80, 80), (80, 80 + 41), (200, 200), (150, 5)], 20)
-    cells = R.cell_statistics(phase, inst, optics=OPT, classes={3: "echinocyte"}).set_index("cell_id")
+    cells = S.cell_statistics(phase, inst, optics=OPT, classes={3: "echinocyte"}).set_index("cell_id")
     assert list(cells.isolated) == [False, False, True, True]
     assert list(cells.touches_edge) == [False, False, False, True]
     assert cells.class_name[3] == "echinocyte" and cells.class_name[1] == ""
@@ -160,7 +161,7 @@ def test_find_cells_splits_touching_and_drops_specks():
     phase, truth = _discs((480, 420), centres, 27)
     speck, _ = _discs((480, 420), [(420, 380)], 3)
     phase = ndi.gaussian_filter(phase + speck, 2.0) + rng.normal(0, 0.05, phase.shape).astype(np.float32)
-    found = R.find_cells(phase, pixel_size_m=OPT.pixel_size_m)
+    found = S.find_cells(phase, pixel_size_m=OPT.pixel_size_m)
     assert found.dtype == np.int32 and found.max() == len(centres)
     mains = []
     for k in range(1, len(centres) + 1):  # one found cell per disc, of about its area
@@ -188,7 +189,7 @@ def _fake(name, noise_nm, edge, rng, n_per_class=30, classes=True):
                            "corr_length_um": 1.0, "cells_per_1000um2": 5.0, "cells_per_1000um2_given": 5.0})
     freq = np.linspace(0.1, 3, 20)
     return R.PhaseStatistics(name=name, cells=pd.DataFrame(rows), fields=fields,
-                             noise=[R.Noise(n / 100, n, freq, 1 / freq, 1.0) for n in noise_nm])
+                             noise=[S.Noise(n / 100, n, freq, 1 / freq, 1.0) for n in noise_nm])
 
 
 def test_comparison_table_and_targets_pass_and_fail():

@@ -33,11 +33,31 @@ def write_annotations(run_paths: Any, annotations: Mapping[str, tuple[np.ndarray
                       phases: Mapping[str, np.ndarray] | Callable[[str], np.ndarray], *, optics: Optics) -> pd.DataFrame:
     """Write ``labels/<stem>.png``, ``instances/<stem>.png`` and ``cells.csv`` of a run.
 
-    run_paths: a :class:`rbclib.core.paths.RunPaths`; annotations: stem -> (class map uint8
-    0..4, instance map); phases: stem -> phase [rad], a mapping or a function (read lazily).
     An existing label/instance file or cells.csv with different content is first copied
-    to ``<run>/annotations/backup/<UTC time>/``. Returns the cell table (columns
-    ``image``, ``cell_id``, ``class_id``, ``class_name`` and the measurements).
+    to ``<run>/annotations/backup/<UTC time>/``.
+
+    Parameters
+    ----------
+    run_paths : rbclib.core.paths.RunPaths
+        The run folder.
+    annotations : mapping of str to (numpy.ndarray, numpy.ndarray)
+        Stem -> (class map uint8 0..4, instance map), each (H, W).
+    phases : mapping of str to numpy.ndarray, or callable
+        Stem -> (H, W) phase [rad], a mapping or a function (read lazily).
+    optics : Optics
+        The optics the measurements use.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The cell table (columns ``image``, ``cell_id``, ``class_id``, ``class_name`` and the
+        measurements).
+
+    Raises
+    ------
+    ValueError
+        A class map with values outside 0..4, or a phase, class map and instance map of
+        different shapes.
     """
     from rbclib.core.io import read_instances, read_labels
 
@@ -75,7 +95,25 @@ def write_annotations(run_paths: Any, annotations: Mapping[str, tuple[np.ndarray
 
 # ------------------------------------------------------------------ simulated ground truth
 def truth_annotations(run_paths: Any, stems: Iterable[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The simulator's labels and instances (``<run>/truth/``) as annotations: stem -> (class map, instances)."""
+    """The simulator's labels and instances (``<run>/truth/``) as annotations.
+
+    Parameters
+    ----------
+    run_paths : rbclib.core.paths.RunPaths
+        The run folder.
+    stems : iterable of str
+        The phase images' stems.
+
+    Returns
+    -------
+    dict of str to (numpy.ndarray, numpy.ndarray)
+        Stem -> (class map, instances).
+
+    Raises
+    ------
+    FileNotFoundError
+        The ground truth of a stem is missing.
+    """
     from rbclib.core.io import read_instances, read_labels
 
     out = {}
@@ -93,12 +131,33 @@ def make_splits(stems: Iterable[str], labels_by_stem: Mapping[str, Any], *, test
                 n_draws: int = 2000) -> dict[str, Any]:
     """Seeded image-level train/test split, stratified so every class is in both parts.
 
-    labels_by_stem: stem -> class map (array) or the iterable of class ids present.
     Draws ``n_draws`` random splits of size round(test_fraction * n) (at least 1 each)
     and keeps the one covering the most cell classes in both train and test, ties broken
-    by the closest test class frequencies to those of the whole set. Returns the dict of
-    ``splits.json``: train, test, seed, method, and ``classes_not_in_both`` (empty when
-    stratification succeeded).
+    by the closest test class frequencies to those of the whole set.
+
+    Parameters
+    ----------
+    stems : iterable of str
+        The images, at least 2.
+    labels_by_stem : mapping of str to numpy.ndarray or iterable of int
+        Stem -> class map (array) or the iterable of class ids present.
+    test_fraction : float
+        Share of the images in the test part, in (0, 1).
+    seed : int
+        Seed of the random draws.
+    n_draws : int, optional
+        Number of random splits drawn (default 2000).
+
+    Returns
+    -------
+    dict
+        The dict of ``splits.json``: train, test, seed, method, and ``classes_not_in_both``
+        (empty when stratification succeeded).
+
+    Raises
+    ------
+    ValueError
+        Fewer than 2 images, ``test_fraction`` outside (0, 1), or an image without labels.
     """
     stems = list(stems)
     n = len(stems)

@@ -13,7 +13,24 @@ from rbclib.core.labels import CELL_CLASSES, CLASS_COLOURS, CLASS_NAMES, colouri
 
 def plot_proposals(phase: np.ndarray, proposals: np.ndarray, true_instances: np.ndarray | None = None, *,
                    title: str = "") -> Figure:
-    """Phase image [rad] with proposal outlines (magenta) and, if given, true outlines (cyan)."""
+    """Phase image [rad] with proposal outlines (magenta) and, if given, true outlines (cyan).
+
+    Parameters
+    ----------
+    phase : numpy.ndarray
+        (H, W) phase [rad].
+    proposals : numpy.ndarray
+        (H, W) proposed instance map, 0 background.
+    true_instances : numpy.ndarray, optional
+        (H, W) true instance map; given, a second panel shows it.
+    title : str, optional
+        Prefix of each panel's title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One or two panels, each titled with its number of cells.
+    """
     panels = 2 if true_instances is not None else 1
     fig = Figure(figsize=(5.0 * panels, 5.0))
     axes = np.atleast_1d(fig.subplots(1, panels))
@@ -31,7 +48,22 @@ def plot_proposals(phase: np.ndarray, proposals: np.ndarray, true_instances: np.
 
 def plot_annotations(phases: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], *,
                      stems: Sequence[str]) -> Figure:
-    """Rows of (phase [rad], class map in the paper's colours) for ``stems``."""
+    """Rows of (phase [rad], class map in the paper's colours) for ``stems``.
+
+    Parameters
+    ----------
+    phases : mapping of str to numpy.ndarray
+        Stem -> (H, W) phase [rad].
+    labels : mapping of str to numpy.ndarray
+        Stem -> (H, W) class map.
+    stems : sequence of str
+        The images to show, one row each.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
+    """
     fig = Figure(figsize=(8.0, 4.0 * len(stems)))
     axes = np.atleast_2d(fig.subplots(len(stems), 2))
     for row, stem in zip(axes, stems):
@@ -50,7 +82,23 @@ def plot_annotations(phases: Mapping[str, np.ndarray], labels: Mapping[str, np.n
 def plot_cell_measurements(cells: pd.DataFrame, *, columns: Sequence[str] = (
         "equivalent_diameter_um", "dry_mass_pg", "volume_um3", "sphericity", "central_dip_ratio", "phase_max_rad"),
         delta_n: float | None = None) -> Figure:
-    """Histograms of per-cell measurements by class (paper colours); ``delta_n``: the assumed dn, for the title."""
+    """Histograms of per-cell measurements by class (paper colours).
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        The cell table (``class_id`` and the measurement columns).
+    columns : sequence of str, optional
+        The measurements to show, one panel each, in two rows (default: equivalent diameter,
+        dry mass, volume, sphericity, central dip ratio, peak phase).
+    delta_n : float, optional
+        The assumed dn (n_cell - n_medium), for the title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
+    """
     fig = Figure(figsize=(4.0 * len(columns) / 2, 6.0))
     axes = fig.subplots(2, int(np.ceil(len(columns) / 2))).ravel()
     for ax, col in zip(axes, columns):

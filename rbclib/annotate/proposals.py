@@ -25,8 +25,14 @@ from rbclib.seg.metrics import aji, match_instances
 class Proposals:
     """Candidate cells of one phase image.
 
-    instances: (H, W) int32, 0 background, ids 1..N; threshold_rad: threshold used;
-    flags: one row per id with ``cell_id``, ``area_px``, ``touches_edge``, ``tiny``.
+    Attributes
+    ----------
+    instances : numpy.ndarray
+        (H, W) int32, 0 background, ids 1..N.
+    threshold_rad : float
+        Threshold used [rad].
+    flags : pandas.DataFrame
+        One row per id with ``cell_id``, ``area_px``, ``touches_edge``, ``tiny``.
     """
 
     instances: np.ndarray
@@ -45,6 +51,33 @@ def propose_cells(phase: np.ndarray, *, threshold_rad: float | None = None, pixe
     The foreground (holes filled) is split by a watershed on the negative distance
     transform from seeds at distance maxima at least ``min_separation_um`` apart. Objects
     touching the image edge or smaller than ``min_area_um2`` are flagged, never dropped.
+
+    Parameters
+    ----------
+    phase : numpy.ndarray
+        (H, W) phase [rad], finite.
+    threshold_rad : float, optional
+        Threshold [rad] of the smoothed phase; None: Otsu's (infinite for a constant image).
+    pixel_size_m : float, optional
+        Pixel size at the sample [m] (default that of :class:`rbclib.core.config.Optics`).
+    smooth_sigma_px : float, optional
+        Gaussian smoothing before thresholding [px] (default 1.0; 0 turns it off).
+    edge_fraction : float, optional
+        Low hysteresis threshold as a fraction of ``threshold_rad``, in (0, 1] (default 0.5).
+    min_separation_um : float, optional
+        Least distance between watershed seeds [um] (default 2.5).
+    min_area_um2 : float, optional
+        Objects smaller than this [um^2] are flagged ``tiny`` (default 8.0).
+
+    Returns
+    -------
+    Proposals
+        The instances, the threshold used and the flags.
+
+    Raises
+    ------
+    ValueError
+        ``phase`` is not 2-D or not finite, or ``edge_fraction`` is outside (0, 1].
     """
     phase = np.asarray(phase, dtype=np.float32)
     if phase.ndim != 2:
@@ -84,8 +117,18 @@ def _flags(inst: np.ndarray, *, pixel_size_m: float, min_area_um2: float) -> pd.
 def proposal_quality(proposed: np.ndarray, true_instances: np.ndarray) -> dict[str, float]:
     """Compare proposal instances with true instances (class-agnostic).
 
-    Returns ``aji`` (eq. 14), ``n_true``, ``n_proposed``, ``matched_iou50`` (fraction
-    of true cells whose best proposal has IoU > 0.5) and ``mean_iou``.
+    Parameters
+    ----------
+    proposed : numpy.ndarray
+        (H, W) proposed instance map, 0 background.
+    true_instances : numpy.ndarray
+        (H, W) true instance map, 0 background.
+
+    Returns
+    -------
+    dict of str to float
+        ``aji`` (eq. 14), ``n_true``, ``n_proposed``, ``matched_iou50`` (fraction of true
+        cells whose best proposal has IoU > 0.5) and ``mean_iou`` (NaN without true cells).
     """
     m = match_instances(proposed, true_instances)
     return {"aji": aji(proposed, true_instances), "n_true": int(len(m)),
@@ -96,7 +139,25 @@ def proposal_quality(proposed: np.ndarray, true_instances: np.ndarray) -> dict[s
 
 # ------------------------------------------------------------------------ edit operations
 def merge_cells(instances: np.ndarray, a: int, b: int) -> np.ndarray:
-    """Merge cell ``b`` into ``a`` (the lower id survives); returns a new instance map."""
+    """Merge cell ``b`` into ``a`` (the lower id survives).
+
+    Parameters
+    ----------
+    instances : numpy.ndarray
+        (H, W) instance map, 0 background; not changed.
+    a, b : int
+        The two cells' ids.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new instance map.
+
+    Raises
+    ------
+    ValueError
+        ``a`` equals ``b``, or either is not a cell of ``instances``.
+    """
     a, b = int(a), int(b)
     if a == b:
         raise ValueError(f"cannot merge cell {a} with itself")
@@ -113,7 +174,24 @@ def split_cell(instances: np.ndarray, cell: int) -> np.ndarray:
     """Split one cell in two by a watershed from its two main distance maxima.
 
     Without two maxima the seeds sit on the major axis, half an equivalent radius from
-    the centroid. The first part keeps ``cell``, the second gets ``max id + 1``.
+    the centroid.
+
+    Parameters
+    ----------
+    instances : numpy.ndarray
+        (H, W) instance map, 0 background; not changed.
+    cell : int
+        The id of the cell to split.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new instance map: the first part keeps ``cell``, the second gets ``max id + 1``.
+
+    Raises
+    ------
+    ValueError
+        No such cell, a cell of fewer than 4 pixels, or a split that leaves one part empty.
     """
     cell = int(cell)
     mask = instances == cell
@@ -152,9 +230,31 @@ def evaluate_proposals(run_paths: Any, stems: Iterable[str], *, threshold_rad: f
     """Proposal quality against the simulator's instances, one row per image.
 
     Proposals are made on the reconstructed phase (``<run>/phase``) and, where it exists,
-    on the true phase (``<run>/truth/phase``). Columns: ``image``, ``threshold_rad``,
-    ``n_true``, ``n_proposed``, ``aji``, ``matched_iou50``, ``mean_iou`` (reconstructed
-    phase) and ``aji_true_phase``.
+    on the true phase (``<run>/truth/phase``).
+
+    Parameters
+    ----------
+    run_paths : rbclib.core.paths.RunPaths
+        The run folder (``phase/`` and ``truth/``).
+    stems : iterable of str
+        The images.
+    threshold_rad : float, optional
+        Proposal threshold [rad]; None: Otsu's per image.
+    progress : bool, optional
+        Show a progress bar (default True).
+    **proposal_options
+        Passed to :func:`propose_cells` (the pixel size comes from each image's optics).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``image``, ``threshold_rad``, ``n_true``, ``n_proposed``, ``aji``,
+        ``matched_iou50``, ``mean_iou`` (reconstructed phase) and ``aji_true_phase``.
+
+    Raises
+    ------
+    ValueError
+        A phase image and its true instances differ in shape.
     """
     from tqdm.auto import tqdm
 

@@ -41,12 +41,26 @@ def _png(fig: Figure) -> bytes:
 class AnnotationWidget(widgets.VBox):
     """Label the cells of a set of phase images; see the module docstring.
 
-    session: an :class:`AnnotationSession` (phase files + decisions file);
-    run_paths: a :class:`rbclib.core.paths.RunPaths`, enables the "Save masks" button;
-    crop_um: side of the cell crop [um].
-    Attributes for programmatic use: ``buttons`` (CSS name -> Button: discocyte,
-    spherocyte, echinocyte, stomatocyte, not-a-cell, prev, next, undo, merge, split, export), ``key_box``,
-    ``merge_with`` (Dropdown of neighbouring cells), ``position`` ((stem, cell) or None).
+    Parameters
+    ----------
+    session : AnnotationSession
+        The phase files + decisions file; the widget opens where it resumes.
+    run_paths : rbclib.core.paths.RunPaths, optional
+        The run folder; enables the "Save masks" button.
+    crop_um : float, optional
+        Side of the cell crop [um] (default 16.0).
+
+    Attributes
+    ----------
+    buttons : dict of str to ipywidgets.Button
+        CSS name -> Button: discocyte, spherocyte, echinocyte, stomatocyte, not-a-cell, prev,
+        next, undo, merge, split, export.
+    key_box : ipywidgets.Text
+        Typed keys (0-4, n, p, u, s).
+    merge_with : ipywidgets.Dropdown
+        Neighbouring cells to merge with.
+    position : tuple of (str, int) or None
+        (stem, cell) shown; None when no cell is proposed.
     """
 
     def __init__(self, session: AnnotationSession, *, run_paths: Any = None, crop_um: float = 16.0):
@@ -90,7 +104,13 @@ class AnnotationWidget(widgets.VBox):
 
     # ----------------------------------------------------------------------- actions
     def assign(self, cls: int) -> None:
-        """Give the current cell class ``cls`` and move to the next undecided cell."""
+        """Give the current cell class ``cls`` and move to the next undecided cell.
+
+        Parameters
+        ----------
+        cls : int
+            0 not a cell, 1..4 the cell classes.
+        """
         if self.position is None:
             return self._say("Nothing to label.")
         stem, cell = self.position
@@ -174,7 +194,13 @@ class AnnotationWidget(widgets.VBox):
 
     # ----------------------------------------------------------------------- display
     def refresh(self, *, note: str | None = None) -> None:
-        """Redraw the crop, thumbnail, status line and merge choices."""
+        """Redraw the crop, thumbnail, status line and merge choices.
+
+        Parameters
+        ----------
+        note : str, optional
+            Message shown under the buttons (default: none, clears the last one).
+        """
         self.message.value = f"<b>{note}</b>" if note else ""
         if self.position is None:
             self.status.value = "No cells proposed in these images."
@@ -246,5 +272,23 @@ class AnnotationWidget(widgets.VBox):
 
 def annotation_widget(phase_paths: list[Path], decisions_path: str | Path, *, run_paths: Any = None,
                       **proposal_options: Any) -> AnnotationWidget:
-    """Open (or resume) a session on ``phase_paths`` and return its widget."""
+    """Open (or resume) a session on ``phase_paths`` and return its widget.
+
+    Parameters
+    ----------
+    phase_paths : list of pathlib.Path
+        Phase images (``<run>/phase/*.tif``).
+    decisions_path : str or pathlib.Path
+        The JSON decisions file, created or resumed.
+    run_paths : rbclib.core.paths.RunPaths, optional
+        The run folder; enables the "Save masks" button.
+    **proposal_options
+        Passed to :class:`AnnotationSession` (``threshold_rad``, ``smooth_sigma_px``,
+        ``edge_fraction``, ``min_separation_um``, ``min_area_um2``).
+
+    Returns
+    -------
+    AnnotationWidget
+        The widget, at the resume position.
+    """
     return AnnotationWidget(AnnotationSession(phase_paths, decisions_path, **proposal_options), run_paths=run_paths)

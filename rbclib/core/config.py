@@ -36,11 +36,27 @@ OPTICS_RANGES: dict[str, tuple[float, float]] = {
 class Optics:
     """Optical parameters of a DHM set-up, SI units.
 
-    wavelength_m: illumination wavelength [m]; pixel_size_m: camera pixel at the sample [m];
-    n_medium: refractive index of the medium; n_cell: assumed mean cell index (thickness and
-    volume only); alpha_m3_per_kg: specific refraction increment [m^3/kg];
-    numerical_aperture: objective NA (coherent cut-off NA / wavelength: the sideband's radius);
-    provenance: where each value came from (field name -> text).
+    Parameters
+    ----------
+    wavelength_m : float
+        Illumination wavelength [m].
+    pixel_size_m : float
+        Camera pixel at the sample [m].
+    n_medium : float
+        Refractive index of the medium.
+    n_cell : float
+        Assumed mean cell index (thickness and volume only).
+    alpha_m3_per_kg : float
+        Specific refraction increment [m^3/kg].
+    numerical_aperture : float
+        Objective NA (coherent cut-off NA / wavelength: the sideband's radius).
+    provenance : dict of str to str
+        Where each value came from (field name -> text).
+
+    Raises
+    ------
+    ValueError
+        A field outside its physical range in :data:`OPTICS_RANGES`.
     """
 
     wavelength_m: float = 682.5e-9
@@ -70,7 +86,19 @@ class Optics:
         return self.n_cell - self.n_medium
 
     def replace(self, **changes: Any) -> "Optics":
-        """Copy with some fields changed; changed fields get provenance 'user'."""
+        """Copy with some fields changed; changed fields get provenance 'user'.
+
+        Parameters
+        ----------
+        **changes
+            Field name -> new value; a ``provenance`` entry (field name -> text) gives the
+            provenance of the changed fields instead of "given by the user".
+
+        Returns
+        -------
+        Optics
+            The changed copy.
+        """
         prov = dict(self.provenance)
         for key in changes:
             if key != "provenance":
@@ -79,18 +107,67 @@ class Optics:
         return dataclasses.replace(self, provenance=prov, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict.
+
+        Returns
+        -------
+        dict
+            Field name -> value, provenance included.
+        """
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Optics":
+        """Optics from a dict of its fields.
+
+        Parameters
+        ----------
+        data : dict
+            Field name -> value; missing fields keep their defaults.
+
+        Returns
+        -------
+        Optics
+            The optics.
+
+        Raises
+        ------
+        ValueError
+            An unknown field, or a value outside its physical range.
+        """
         check_known_fields(cls, data, "optics fields")
         return cls(**data)
 
     def to_json(self, path: str | Path) -> None:
+        """Write the fields (provenance included) as ``optics.json``.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The JSON file to write.
+        """
         write_json(path, self.to_dict())
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Optics":
+        """Optics from an ``optics.json``.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The JSON file to read.
+
+        Returns
+        -------
+        Optics
+            The optics.
+
+        Raises
+        ------
+        ValueError
+            The file cannot be read or parsed, or holds unknown fields or out-of-range values
+            (the message names the file).
+        """
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -103,7 +180,22 @@ class Optics:
 
 
 def check_known_fields(cls: type, data: dict[str, Any], what: str) -> None:
-    """Raise ValueError naming ``data`` keys that are not fields of the dataclass ``cls``."""
+    """Raise ValueError naming ``data`` keys that are not fields of the dataclass ``cls``.
+
+    Parameters
+    ----------
+    cls : type
+        A dataclass.
+    data : dict
+        The keys to check.
+    what : str
+        What the keys are, for the message (e.g. "optics fields").
+
+    Raises
+    ------
+    ValueError
+        Some keys of ``data`` are not fields of ``cls``.
+    """
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known
     if unknown:

@@ -24,7 +24,15 @@ os.umask(_UMASK)
 
 
 class ImageFileError(ValueError):
-    """A file could not be used; the message names the file and the problem."""
+    """A file could not be used; the message names the file and the problem.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file (kept as ``self.path``, a Path).
+    problem : str
+        What is wrong with it (kept as ``self.problem``).
+    """
 
     def __init__(self, path: str | Path, problem: str):
         self.path = Path(path)
@@ -34,9 +42,22 @@ class ImageFileError(ValueError):
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (hidden: ``.<name>.*``); on success flush it to
-    disk (fsync) and rename it onto ``path``, then flush the folder entry, so a crash leaves
-    either the old file or the new one, never a partial one under the real name."""
+    """Yield a temporary path beside ``path``, renamed onto ``path`` on success.
+
+    On success the temporary file is flushed to disk (fsync) and renamed onto ``path``, then
+    the folder entry is flushed, so a crash leaves either the old file or the new one, never a
+    partial one under the real name. The parent folder is created when missing.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file to write.
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary file to write (hidden: ``.<name>.*``); removed if the block fails.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
@@ -60,7 +81,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def check_output_dir(path: str | Path) -> Path:
     """Check, before any work is done and without creating anything, that ``path`` is or can
-    become a writable folder; ValueError naming it otherwise. Returns ``path``."""
+    become a writable folder.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The output folder.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        ``path`` is a file, lies under a file, or its nearest existing folder is not writable
+        (the message names it).
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path}: output path exists and is not a folder")
@@ -73,15 +111,55 @@ def check_output_dir(path: str | Path) -> Path:
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_path`).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file to write.
+    text : str
+        Its content.
+    """
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically; numpy scalars and arrays and Paths are converted.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file to write.
+    obj : Any
+        A JSON-serialisable object (numpy integers, floats, arrays and Paths allowed).
+
+    Raises
+    ------
+    TypeError
+        Something in ``obj`` that cannot be serialised.
+    """
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
+    """Read a JSON file.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file to read.
+
+    Returns
+    -------
+    Any
+        The parsed content.
+
+    Raises
+    ------
+    ImageFileError
+        The file is missing or not valid JSON (the message names it).
+    """
     path = Path(path)
     try:
         return json.loads(path.read_text())
@@ -96,15 +174,39 @@ FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def neutralise_formula(text: str) -> str:
-    """``text`` with a leading ``'`` when it starts like a spreadsheet formula (OWASP's advice
-    against CSV injection: the quote makes Excel and LibreOffice show the text as text)."""
+    """``text`` with a leading ``'`` when it starts like a spreadsheet formula.
+
+    OWASP's advice against CSV injection: the quote makes Excel and LibreOffice show the text
+    as text.
+
+    Parameters
+    ----------
+    text : str
+        A cell's text.
+
+    Returns
+    -------
+    str
+        ``text``, prefixed with ``'`` when it starts with one of :data:`FORMULA_TRIGGERS`.
+    """
     return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
 
 
 def write_csv(path: str | Path, frame: "Any", **kwargs: Any) -> None:
-    """Write a pandas DataFrame atomically (index off unless asked). Text cells, and a text
-    index, that a spreadsheet would run as a formula are neutralised (:func:`neutralise_formula`);
-    numbers, negative ones included, are written as they are."""
+    """Write a pandas DataFrame atomically (index off unless asked).
+
+    Text cells, and a text index, that a spreadsheet would run as a formula are neutralised
+    (:func:`neutralise_formula`); numbers, negative ones included, are written as they are.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The CSV file to write.
+    frame : pandas.DataFrame
+        The table; it is copied, not changed.
+    **kwargs
+        Passed to ``DataFrame.to_csv``; ``index`` defaults to False.
+    """
     kwargs.setdefault("index", False)
     import pandas as pd
 
@@ -142,8 +244,21 @@ KEEP_BACKUPS = 10
 
 def back_up(path: str | Path, *, keep: int = KEEP_BACKUPS) -> Path:
     """Copy ``path`` to ``<stem>.<UTC time>.bak<suffix>`` beside it, unless the newest backup
-    already holds the same bytes; keep the ``keep`` newest backups. Returns the backup that
-    holds the current content (used before a file of human decisions is changed)."""
+    already holds the same bytes (used before a file of human decisions is changed).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file to back up.
+    keep : int, optional
+        How many of the newest backups to keep (default :data:`KEEP_BACKUPS`); older ones are
+        deleted.
+
+    Returns
+    -------
+    pathlib.Path
+        The backup that holds the current content.
+    """
     path = Path(path)
     backups = sorted(path.parent.glob(f"{path.stem}.*.bak{path.suffix}"))
     if backups and backups[-1].read_bytes() == path.read_bytes():
@@ -157,7 +272,18 @@ def back_up(path: str | Path, *, keep: int = KEEP_BACKUPS) -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
+    """Hex SHA-256 of a file's bytes.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file, read in 1 MiB blocks.
+
+    Returns
+    -------
+    str
+        The hex digest.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -181,9 +307,27 @@ def _process_alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def output_lock(folder: str | Path, tool: str) -> Iterator[Path]:
-    """Hold ``folder/.rbc.lock`` while ``tool`` writes into ``folder``; ValueError naming the
-    folder and the holder when another live process holds it. A lock left by a process that is
-    gone (same host, pid not running) is stale and taken over."""
+    """Hold ``folder/.rbc.lock`` while ``tool`` writes into ``folder``.
+
+    A lock left by a process that is gone (same host, pid not running) is stale and taken over.
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        The output folder; created when missing.
+    tool : str
+        Who holds the lock, written into it (with pid, host and start time).
+
+    Yields
+    ------
+    pathlib.Path
+        The lock file; removed when the block ends.
+
+    Raises
+    ------
+    ValueError
+        Another live process holds the lock (the message names the folder and the holder).
+    """
     import socket
 
     folder = Path(folder)

@@ -41,9 +41,16 @@ _META_KEYS = {
 class LoadedImage:
     """A 2-D image read from disk.
 
-    data: (H, W) array (original dtype for camera images, float32 for phase);
-    meta: optics found in the file, as Optics field names (SI units);
-    background: a background hologram stored in the same file (NPZ ``bg_data``), if any.
+    Attributes
+    ----------
+    path : pathlib.Path
+        The file it was read from.
+    data : numpy.ndarray
+        (H, W) array (original dtype for camera images, float32 for phase).
+    meta : dict
+        Optics found in the file, as Optics field names (SI units).
+    background : numpy.ndarray or None
+        A background hologram stored in the same file (NPZ ``bg_data``), if any.
     """
 
     path: Path
@@ -52,7 +59,21 @@ class LoadedImage:
     background: np.ndarray | None = None
 
     def optics(self, default: Optics | None = None, **overrides: Any) -> Optics:
-        """Optics from the file's metadata, then ``overrides`` (non-None), over ``default``."""
+        """Optics from the file's metadata, then ``overrides`` (non-None), over ``default``.
+
+        Parameters
+        ----------
+        default : Optics, optional
+            The optics the file and overrides change (default ``Optics()``).
+        **overrides
+            Optics field name -> value; None values are skipped. They win over the metadata.
+
+        Returns
+        -------
+        Optics
+            ``default`` with the file's and the user's values, each with its provenance
+            ("metadata of <file>" or "given by the user"); ``default`` itself when none is given.
+        """
         base = default or Optics()
         given = {k: v for k, v in self.meta.items() if k in _META_KEYS.values()}
         prov = {k: f"metadata of {self.path.name}" for k in given}
@@ -62,7 +83,28 @@ class LoadedImage:
 
 
 def check_image(arr: np.ndarray, path: str | Path, *, allow_constant: bool = False) -> np.ndarray:
-    """Check a 2-D, finite, non-empty, non-constant image; return it unchanged."""
+    """Check a 2-D, finite, non-empty, non-constant image; return it unchanged.
+
+    Parameters
+    ----------
+    arr : numpy.ndarray
+        The image.
+    path : str or pathlib.Path
+        Where it came from, named in the error.
+    allow_constant : bool, optional
+        Accept an image whose pixels are all equal (default False).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``arr`` (as an array), unchanged.
+
+    Raises
+    ------
+    ImageFileError
+        A colour, stacked, empty, non-numeric, complex, non-finite or (unless
+        ``allow_constant``) constant image.
+    """
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:
         raise ImageFileError(path, f"colour image of shape {arr.shape}; expected one grey-level 2-D image")
@@ -121,7 +163,35 @@ def read_image(path: str | Path, *, dataset: str | None = None, allow_constant: 
     ``dataset`` or the first 2-D dataset; its attributes (qpformat: ``wavelength``,
     ``pixel size``, ``medium index``) become ``.meta``. TIFF: optics written by
     :func:`write_phase` are read back, and the pixel size of OME-TIFF and ImageJ metadata;
-    LZW, deflate and zstd compression are read through ``imagecodecs``.
+    LZW, deflate and zstd compression are read through ``imagecodecs``. Colour PNG, JPEG
+    and BMP images are converted to grey with a warning.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The image file.
+    dataset : str, optional
+        The NPZ array or HDF5 dataset to read (default: chosen as above).
+    allow_constant : bool, optional
+        Accept an image whose pixels are all equal (default False).
+
+    Returns
+    -------
+    LoadedImage
+        The checked image (:func:`check_image`), its metadata and any background.
+
+    Raises
+    ------
+    ImageFileError
+        A missing file or a folder, an unsupported type, a file declaring more than
+        :data:`MAX_IMAGE_PIXELS` values, a palette image, an ambiguous or missing array,
+        any decoder error, or an image :func:`check_image` refuses.
+
+    Notes
+    -----
+    One branch per file format (TIFF, PNG/JPEG/BMP, NPZ, HDF5), each with its own size check
+    before the pixels are decoded and its own metadata, all inside one ``try`` so that any
+    decoder's error becomes one :class:`ImageFileError` naming the file.
     """
     path = Path(path)
     if not path.exists():
@@ -269,7 +339,22 @@ def _meta_from_description(desc: str) -> dict[str, Any]:
 
 
 def write_phase(path: str | Path, phase: np.ndarray, optics: Optics | None = None) -> None:
-    """Write a float32 phase map [rad] as TIFF, with the optics as JSON in its description."""
+    """Write a float32 phase map [rad] as TIFF, with the optics as JSON in its description.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The TIFF file to write.
+    phase : numpy.ndarray
+        (H, W) phase [rad]; written as float32.
+    optics : Optics, optional
+        The optics to record (default: none recorded).
+
+    Raises
+    ------
+    ImageFileError
+        ``phase`` is not a finite, non-empty 2-D image.
+    """
     import tifffile
 
     arr = np.asarray(phase, dtype=np.float32)
@@ -280,15 +365,40 @@ def write_phase(path: str | Path, phase: np.ndarray, optics: Optics | None = Non
 
 
 def read_phase(path: str | Path) -> LoadedImage:
-    """Read a phase image [rad] as float32 (any supported format)."""
+    """Read a phase image [rad] as float32 (any supported format).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The image file; a constant image is accepted.
+
+    Returns
+    -------
+    LoadedImage
+        The image, ``data`` (H, W) float32 phase [rad].
+    """
     img = read_image(path, allow_constant=True)
     img.data = img.data.astype(np.float32, copy=False)
     return img
 
 
 def write_labels(path: str | Path, labels: np.ndarray, *, allow_ignore: bool = False) -> None:
-    """Write a uint8 class map (values 0..4; and ``rbclib.core.labels.IGNORE`` where
-    ``allow_ignore``) as PNG."""
+    """Write a uint8 class map as PNG.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The PNG file to write.
+    labels : numpy.ndarray
+        (H, W) class map, values 0..4.
+    allow_ignore : bool, optional
+        Also accept ``rbclib.core.labels.IGNORE`` (default False).
+
+    Raises
+    ------
+    ValueError
+        ``labels`` is not 2-D or holds other values.
+    """
     from PIL import Image
 
     arr = check_labels(labels, source=str(path), allow_ignore=allow_ignore)
@@ -297,14 +407,44 @@ def write_labels(path: str | Path, labels: np.ndarray, *, allow_ignore: bool = F
 
 
 def read_labels(path: str | Path, *, allow_ignore: bool = False) -> np.ndarray:
-    """Read a class map PNG; errors name the file when values are outside 0..4 (or
-    ``rbclib.core.labels.IGNORE`` where ``allow_ignore``: training pairs)."""
+    """Read a class map PNG.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The PNG file.
+    allow_ignore : bool, optional
+        Also accept ``rbclib.core.labels.IGNORE`` (training pairs; default False).
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) uint8 class map.
+
+    Raises
+    ------
+    ValueError
+        Values outside 0..4 (or ``IGNORE`` where ``allow_ignore``); the error names the file.
+    """
     img = read_image(path, allow_constant=True)
     return check_labels(img.data, source=str(path), allow_ignore=allow_ignore)
 
 
 def write_instances(path: str | Path, instances: np.ndarray) -> None:
-    """Write an instance map (0 background, ids 1..65535) as uint16 PNG."""
+    """Write an instance map (0 background, ids 1..65535) as uint16 PNG.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The PNG file to write.
+    instances : numpy.ndarray
+        (H, W) integer instance map.
+
+    Raises
+    ------
+    ImageFileError
+        The map is not 2-D or holds ids outside 0..65535.
+    """
     from PIL import Image
 
     arr = np.asarray(instances)
@@ -317,12 +457,36 @@ def write_instances(path: str | Path, instances: np.ndarray) -> None:
 
 
 def read_instances(path: str | Path) -> np.ndarray:
-    """Read an instance map PNG as int32."""
+    """Read an instance map PNG as int32.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The PNG file.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) int32 instance map, 0 background.
+    """
     return read_image(path, allow_constant=True).data.astype(np.int32)
 
 
 def write_camera_image(path: str | Path, image: np.ndarray) -> None:
-    """Write a camera image (uint8 or uint16) as PNG or TIFF, by suffix."""
+    """Write a camera image (uint8 or uint16) as PNG or TIFF, by suffix.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file to write: TIFF for ``.tif``/``.tiff``, PNG otherwise.
+    image : numpy.ndarray
+        (H, W) uint8 or uint16 image.
+
+    Raises
+    ------
+    ImageFileError
+        ``image`` is neither uint8 nor uint16.
+    """
     arr = np.asarray(image)
     if arr.dtype not in (np.uint8, np.uint16):
         raise ImageFileError(path, f"camera images must be uint8 or uint16, got {arr.dtype}")
@@ -338,7 +502,25 @@ def write_camera_image(path: str | Path, image: np.ndarray) -> None:
 
 
 def list_images(folder: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
-    """Image files of a folder, sorted by name (hidden files skipped)."""
+    """Image files of a folder, sorted by name (hidden files skipped).
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        The folder (not searched recursively).
+    suffixes : tuple of str, optional
+        Lower-case suffixes accepted (default :data:`IMAGE_SUFFIXES`).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The image files.
+
+    Raises
+    ------
+    ImageFileError
+        ``folder`` is not a folder.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageFileError(folder, "folder not found")

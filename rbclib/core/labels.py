@@ -34,8 +34,28 @@ CLASS_COLOURS: dict[int, tuple[float, float, float]] = {
 
 
 def check_labels(labels: np.ndarray, *, source: str = "label map", allow_ignore: bool = False) -> np.ndarray:
-    """Return ``labels`` as uint8 after checking it is 2-D with values in 0..4 (and
-    :data:`IGNORE` where ``allow_ignore``: training pairs)."""
+    """Return ``labels`` as uint8 after checking it is 2-D with values in 0..4.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (H, W) class map, integer (or integer-valued) values.
+    source : str, optional
+        What the map is (e.g. its file), named in the error (default "label map").
+    allow_ignore : bool, optional
+        Also accept :data:`IGNORE` (training pairs; default False).
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) uint8 class map.
+
+    Raises
+    ------
+    ValueError
+        ``labels`` is not 2-D, holds non-integer values or values outside 0..4 (and
+        :data:`IGNORE` where ``allow_ignore``).
+    """
     arr = np.asarray(labels)
     if arr.ndim != 2:
         raise ValueError(f"{source}: expected a 2-D class map, got shape {arr.shape}")
@@ -53,37 +73,99 @@ def check_labels(labels: np.ndarray, *, source: str = "label map", allow_ignore:
 
 
 def edge_ids(instances: np.ndarray) -> np.ndarray:
-    """Sorted ids (> 0) of the instances of an (H, W) instance map that reach its first or last
-    row or column (cells cut by the image border)."""
+    """The instances that reach the image border (cells cut by it).
+
+    Parameters
+    ----------
+    instances : numpy.ndarray
+        (H, W) instance map, 0 background.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted ids (> 0) of the instances that reach the first or last row or column.
+    """
     inst = np.asarray(instances)
     edge = np.unique(np.concatenate([inst[0], inst[-1], inst[:, 0], inst[:, -1]]))
     return edge[edge > 0]
 
 
 def border_cut_cells(labels: np.ndarray) -> np.ndarray:
-    """(H, W) bool: the pixels of cells cut by the image border (8-connected components of
-    ``labels`` > 0 that reach the first or last row or column) of an (H, W) class map."""
+    """The pixels of cells cut by the image border.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (H, W) class map.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) bool: the 8-connected components of ``labels`` > 0 that reach the first or last
+        row or column.
+    """
     comp, _ = ndi.label(np.asarray(labels) > 0, structure=np.ones((3, 3), dtype=bool))
     return np.isin(comp, edge_ids(comp))
 
 
 def to_onehot(labels: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
-    """(H, W) class map -> (n_classes, H, W) float32 one-hot."""
+    """One-hot encoding of a class map.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (H, W) class map.
+    n_classes : int, optional
+        Number of classes (default :data:`N_CLASSES`).
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_classes, H, W) float32 one-hot.
+    """
     labels = np.asarray(labels)
     return (np.arange(n_classes)[:, None, None] == labels[None]).astype(np.float32)
 
 
 def colourize(labels: np.ndarray) -> np.ndarray:
-    """(H, W) class map -> (H, W, 3) float RGB image in the paper's colours."""
+    """A class map in the paper's colours.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (H, W) class map, values 0..4.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W, 3) float32 RGB image, values 0..1 (:data:`CLASS_COLOURS`).
+    """
     lut = np.array([CLASS_COLOURS[c] for c in range(N_CLASSES)], dtype=np.float32)
     return lut[np.asarray(labels, dtype=np.intp)]
 
 
 def overlay_rgb(phase: np.ndarray, labels: np.ndarray, *, instances: np.ndarray | None = None,
                 alpha: float = 0.4, phase_range: tuple[float, float] | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 picture: ``phase`` [rad] (H, W) in grey (``phase_range`` (lo, hi), default
-    its 1st-99.5th percentile) with the class map tinted in the paper's colours (``alpha``)
-    and, given ``instances``, the cell outlines in white."""
+    """A phase image in grey with the class map tinted in the paper's colours.
+
+    Parameters
+    ----------
+    phase : numpy.ndarray
+        (H, W) phase [rad].
+    labels : numpy.ndarray
+        (H, W) class map.
+    instances : numpy.ndarray, optional
+        (H, W) instance map; given, the cell outlines are drawn in white.
+    alpha : float, optional
+        Weight of the class colour over the grey in cell pixels (default 0.4).
+    phase_range : tuple of (float, float), optional
+        (lo, hi) [rad] mapped to black and white (default: the 1st-99.5th percentile of ``phase``).
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W, 3) uint8 picture.
+    """
     from skimage.segmentation import find_boundaries
 
     phase = np.asarray(phase, dtype=np.float32)
@@ -101,8 +183,16 @@ def overlay_rgb(phase: np.ndarray, labels: np.ndarray, *, instances: np.ndarray 
 def instances_from_labels(labels: np.ndarray) -> np.ndarray:
     """Instances as connected components (8-connected) of each cell class.
 
-    Returns an int32 map, 0 for background, ids 1..N; components of different classes
-    never share an id even when they touch.
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (H, W) class map.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) int32 map, 0 for background, ids 1..N; components of different classes never
+        share an id even when they touch.
     """
     labels = np.asarray(labels)
     out = np.zeros(labels.shape, dtype=np.int32)
@@ -118,7 +208,20 @@ def instances_from_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def instance_classes(labels: np.ndarray, instances: np.ndarray) -> dict[int, int]:
-    """Majority class of each instance id (ids > 0) -> class id."""
+    """Majority class of each instance.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (H, W) class map.
+    instances : numpy.ndarray
+        (H, W) instance map, 0 background.
+
+    Returns
+    -------
+    dict of int to int
+        Instance id (> 0) -> its majority class id; empty when there is no instance.
+    """
     labels = np.asarray(labels).ravel()
     inst = np.asarray(instances).ravel()
     sel = inst > 0

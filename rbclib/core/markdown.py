@@ -7,9 +7,25 @@ import pandas as pd
 
 
 def markdown_table(frame: pd.DataFrame, *, fmt: Callable[[Any], str] = str, right_align: bool = False) -> str:
-    """``frame`` as a GitHub Markdown table, each cell written by ``fmt``; pipes are escaped
-    and newlines become spaces, so no cell (e.g. a file name) can break the table.
-    right_align: right-align every column but the first (numbers). Ends with a newline."""
+    """``frame`` as a GitHub Markdown table.
+
+    Pipes are escaped and newlines become spaces, so no cell (e.g. a file name) can break the
+    table.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The table; the index is not written.
+    fmt : callable, optional
+        Writes each cell's value as text (default ``str``).
+    right_align : bool, optional
+        Right-align every column but the first (numbers); default False.
+
+    Returns
+    -------
+    str
+        The Markdown table; ends with a newline.
+    """
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|").replace("\r", " ").replace("\n", " ") for c in cells) + " |"
 
@@ -20,8 +36,19 @@ def markdown_table(frame: pd.DataFrame, *, fmt: Callable[[Any], str] = str, righ
 
 
 def one_line(text: Any) -> str:
-    """``text`` made safe to put inside one Markdown line: line breaks become spaces (a file
-    name holding a newline cannot start a heading or a list of its own)."""
+    """``text`` made safe to put inside one Markdown line.
+
+    Parameters
+    ----------
+    text : Any
+        The value, written with ``str``.
+
+    Returns
+    -------
+    str
+        The text with line breaks as spaces (a file name holding a newline cannot start a
+        heading or a list of its own).
+    """
     return " ".join(str(text).splitlines())
 
 
@@ -29,15 +56,37 @@ _MARKUP = set("\\`*[]<>!&~")
 
 
 def md_text(text: Any) -> str:
-    """``text`` (e.g. a file name) as plain text in one Markdown line: :func:`one_line`, and the
-    characters that start links, images, code, emphasis or raw HTML escaped with a backslash,
-    so a name like ``<img onerror=...>.png`` is shown, never rendered."""
+    """``text`` (e.g. a file name) as plain text in one Markdown line.
+
+    Parameters
+    ----------
+    text : Any
+        The value, written with ``str``.
+
+    Returns
+    -------
+    str
+        :func:`one_line` of it, with the characters that start links, images, code, emphasis
+        or raw HTML escaped with a backslash, so a name like ``<img onerror=...>.png`` is
+        shown, never rendered.
+    """
     return "".join("\\" + c if c in _MARKUP else c for c in one_line(text))
 
 
 def md_code(text: Any) -> str:
-    """``text`` as one Markdown code span, fenced with more backticks than it holds in a row
-    (CommonMark), so no character of it can end the span early."""
+    """``text`` as one Markdown code span.
+
+    Parameters
+    ----------
+    text : Any
+        The value, written with ``str`` on one line (:func:`one_line`).
+
+    Returns
+    -------
+    str
+        The code span, fenced with more backticks than it holds in a row (CommonMark), so no
+        character of it can end the span early.
+    """
     import re
 
     body = one_line(text)

@@ -11,10 +11,32 @@ R = TypeVar("R")
 
 
 def prefetched(fn: Callable[[T], R], items: Iterable[T], *, depth: int = 2) -> Iterator[tuple[T, Future]]:
-    """Yield ``(item, future of fn(item))`` in the order of ``items``, with ``fn`` running in
-    one worker thread at most ``depth`` items ahead of the consumer (so memory stays bounded
-    and stateful ``fn`` sees the items in order). ``future.result()`` returns the value or
-    raises what ``fn`` raised. Leaving the loop early cancels the work not yet started."""
+    """Run ``fn`` on ``items`` in a worker thread, ahead of the consumer.
+
+    Leaving the loop early cancels the work not yet started.
+
+    Parameters
+    ----------
+    fn : callable
+        Called on each item, in the order of ``items``, in one worker thread (so stateful
+        ``fn`` sees the items in order).
+    items : iterable
+        The items.
+    depth : int, optional
+        How many items ``fn`` may run ahead of the consumer, at least 1 (default 2), so memory
+        stays bounded.
+
+    Yields
+    ------
+    tuple of (item, concurrent.futures.Future)
+        ``(item, future of fn(item))`` in the order of ``items``; ``future.result()`` returns
+        the value or raises what ``fn`` raised.
+
+    Raises
+    ------
+    ValueError
+        ``depth`` is below 1.
+    """
     if depth < 1:
         raise ValueError(f"depth must be at least 1, got {depth}")
     pending: deque[tuple[T, Future]] = deque()

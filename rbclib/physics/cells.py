@@ -144,7 +144,22 @@ hemoglobin', OMLC 1999); Hb 64.5 kg/mol. Intensity attenuation mu = ln(10)*eps*c
 
 @dataclass(frozen=True)
 class CellSpec:
-    """One drawn cell: class, outline (semi-axes a >= b [um], angle [rad]) and shape params."""
+    """One drawn cell: class, outline (semi-axes a >= b [um], angle [rad]) and shape params.
+
+    Attributes
+    ----------
+    class_id : int
+        Cell class 1..4 (:mod:`rbclib.core.labels`).
+    a_um, b_um : float
+        Semi-axes of the outline, a >= b [um].
+    angle : float
+        Orientation of the outline [rad].
+    mchc_g_dl : float
+        Haemoglobin concentration of the cell, MCH / volume [g/dL].
+    params : dict of str to Any
+        Shape parameters of the class's model (as :func:`draw_cell` draws them, with
+        ``h_scale``, the 3-D scale that fits the MCHC range), read by :func:`cell_thickness`.
+    """
 
     class_id: int
     a_um: float
@@ -222,7 +237,27 @@ def draw_cell(class_id: int, rng: np.random.Generator, *, flat_fraction: float =
     The shape is drawn first; the cell's haemoglobin (:data:`HB_PER_CELL_PG`) then sets its
     concentration MCH / volume, and a shape too small or too large for
     :data:`MCHC_RANGE_G_PER_DL` is scaled in 3-D (outline and thickness alike) to fit.
-    flat_fraction: share of discocytes drawn flat-topped (:data:`FLAT_DISCOCYTE_FRACTION`)."""
+
+    Parameters
+    ----------
+    class_id : int
+        Cell class, 1..4 (discocyte, spherocyte, echinocyte, stomatocyte ids of
+        :mod:`rbclib.core.labels`).
+    rng : numpy.random.Generator
+        Source of the random draws.
+    flat_fraction : float, optional
+        Share of discocytes drawn flat-topped (:data:`FLAT_DISCOCYTE_FRACTION`).
+
+    Returns
+    -------
+    CellSpec
+        The drawn cell.
+
+    Raises
+    ------
+    ValueError
+        When ``class_id`` is not a cell class.
+    """
     tilt = (rng.uniform(-0.08, 0.08), rng.uniform(-0.08, 0.08))  # cell lying slightly tilted
     if class_id == DISCOCYTE:
         d = float(np.clip(rng.normal(*DISCOCYTE_DIAMETER_UM), 6.6, 9.0))
@@ -279,7 +314,18 @@ def draw_cell(class_id: int, rng: np.random.Generator, *, flat_fraction: float =
 
 
 def n_spicules(cell: CellSpec) -> int:
-    """Spicules of ``cell`` (outline and surface; 0 for a smooth cell)."""
+    """Spicules of ``cell`` (outline and surface; 0 for a smooth cell).
+
+    Parameters
+    ----------
+    cell : CellSpec
+        A drawn cell.
+
+    Returns
+    -------
+    int
+        Number of outline and surface spicules.
+    """
     return sum(len(cell.params.get(k, ())) for k in ("rim_spicules", "spicules"))
 
 
@@ -287,7 +333,20 @@ def cell_thickness(cell: CellSpec, y_um: np.ndarray, x_um: np.ndarray) -> np.nda
     """Thickness h [um] of ``cell`` centred at (0, 0) on coordinates (y, x) [um]; 0 outside.
 
     Outline spicules (``rim_spicules``) stretch the cell radially within their angular
-    width, so the whole profile, rim included, sticks out beyond the disc."""
+    width, so the whole profile, rim included, sticks out beyond the disc.
+
+    Parameters
+    ----------
+    cell : CellSpec
+        A drawn cell.
+    y_um, x_um : numpy.ndarray
+        Coordinates [um], same (or broadcastable) shapes.
+
+    Returns
+    -------
+    numpy.ndarray
+        Thickness [um], >= 0, the shape of the coordinates.
+    """
     p = cell.params
     c, s = math.cos(cell.angle), math.sin(cell.angle)
     u = (x_um * c + y_um * s) / cell.a_um           # normalised cell frame (outline: u^2+v^2 = 1)
@@ -333,7 +392,24 @@ def cell_thickness(cell: CellSpec, y_um: np.ndarray, x_um: np.ndarray) -> np.nda
 
 
 def render_cell(cell: CellSpec, pixel_um: float, frac: tuple[float, float]) -> tuple[np.ndarray, float, float]:
-    """Thickness of ``cell`` in its own box [um]; returns (h cropped to its support, cy, cx in box px)."""
+    """Thickness of ``cell`` in its own box [um].
+
+    Parameters
+    ----------
+    cell : CellSpec
+        A drawn cell.
+    pixel_um : float
+        Pixel size at the sample [um].
+    frac : tuple of float
+        (dy, dx) sub-pixel offset of the cell's centre in its box [px].
+
+    Returns
+    -------
+    h : numpy.ndarray
+        (h, w) float thickness [um] cropped to its support.
+    cy, cx : float
+        The cell's centre in the cropped box [px].
+    """
     r_px = int(math.ceil(cell.extent_um / pixel_um)) + 1
     cy, cx = r_px + frac[0], r_px + frac[1]
     yy, xx = np.mgrid[0: 2 * r_px + 2, 0: 2 * r_px + 2].astype(np.float64)

@@ -49,6 +49,7 @@ from rbclib.core.config import Optics
 from rbclib.core.files import ImageFileError
 from rbclib.core.io import check_image
 from rbclib.physics.phase_kernels import JUMP_BLOCK_PX, block_means, jump_blocks, median, subtract_poly_and_wrap
+from rbclib.physics.reconstruction_result import Reconstruction
 from rbclib.physics.sideband import find_sideband, float_hologram
 from rbclib.physics.refocus import MAX_REFOCUS_M, angular_spectrum, autofocus
 from rbclib.physics.robust_fit import (eval_poly, eval_poly_at, iterative_fit, poly_terms, robust_background,
@@ -61,54 +62,6 @@ FILTERS = ("disk", "smooth disk", "gauss")
 
 
 _SMOOTH_EDGE = 0.1  # half-width of the smooth-disk edge, relative to the radius
-
-
-class Reconstruction:
-    """Result of one hologram.
-
-    phase: (H, W) float32 [rad], medium 0, optically denser cells positive;
-    amplitude: (H, W) float32, relative to the background field when one was given, else to
-    the median amplitude; field: (H, W) complex64 compensated (and refocused) object field,
-    ``amplitude * exp(i * phase)``; sideband: (fy, fx) carrier of the sideband used
-    [cycles/px], after the sign choice; filter_radius: [cycles/px]; sign: +1 or -1 as
-    applied; compensation: "background", "numerical" or "none"; refocus_m: propagation
-    distance applied [m]; background_mask: (H, W) bool, pixels taken as medium (cells and
-    their band-limited halo excluded, on a grid of ``mask_step`` px); background_std: phase
-    standard deviation over them [rad]; unwrapped: whether 2-pi jumps were removed.
-    Amplitude, field and the full-size mask are computed when first asked for.
-    """
-
-    def __init__(self, *, phase: np.ndarray, amplitude: Any, sideband: tuple[float, float], filter_radius: float,
-                 sign: int, compensation: str, refocus_m: float, coarse_mask: np.ndarray, mask_step: int,
-                 background_std: float, unwrapped: bool, optics: Optics):
-        self.phase = phase
-        self._amplitude = amplitude  # array or a callable making it
-        self.sideband = sideband
-        self.filter_radius = filter_radius
-        self.sign = sign
-        self.compensation = compensation
-        self.refocus_m = refocus_m
-        self._coarse_mask = coarse_mask
-        self.mask_step = mask_step
-        self.background_std = background_std
-        self.unwrapped = unwrapped
-        self.optics = optics
-
-    @functools.cached_property
-    def amplitude(self) -> np.ndarray:
-        amp = self._amplitude() if callable(self._amplitude) else self._amplitude
-        self._amplitude = None
-        return np.asarray(amp, dtype=np.float32)
-
-    @functools.cached_property
-    def field(self) -> np.ndarray:
-        return (self.amplitude * np.exp(1j * self.phase)).astype(np.complex64)
-
-    @functools.cached_property
-    def background_mask(self) -> np.ndarray:
-        s = self.mask_step
-        full = np.repeat(np.repeat(self._coarse_mask, s, axis=0), s, axis=1)
-        return full[: self.phase.shape[0], : self.phase.shape[1]]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -206,18 +159,42 @@ def _check_background_is_empty(coarse: np.ndarray, source: str) -> None:
 class Reconstructor:
     """Reconstruct many holograms of one set-up, reusing sideband, filter and FFT sizes.
 
-    shape: (H, W) of the holograms; background: background hologram (H, W) of the same
-    set-up (its field is computed once), or None for numerical compensation;
-    sideband: carrier (fy, fx) [cycles/px] (None: detected on the first hologram and
-    re-detected if a later hologram's sideband moved); filter / filter_size: filter shape
-    and radius relative to the carrier distance (None: the optics' cut-off NA / wavelength,
-    at most half the carrier distance); sign: +1 / -1 to force the phase sign
-    (None: chosen by skewness on the first hologram with cells); compensation: "auto"
-    (background if given, else numerical), "background", "numerical" or "none";
-    poly_order: order of the numerical aberration polynomial (2 covers spherical phase);
-    residual_order: order of a polynomial fitted to the medium after background division
-    (drift between hologram and background; None or 0: off);
-    refocus: distance [m], "auto" or None; refocus_range_m: autofocus search interval.
+    Parameters
+    ----------
+    shape : tuple of int
+        (H, W) of the holograms.
+    optics : rbclib.core.config.Optics, optional
+        Optical set-up (default ``Optics()``): filter radius, refocusing, recorded in the result.
+    background : numpy.ndarray, optional
+        Background hologram (H, W) of the set-up (its field computed once); None: numerical compensation.
+    sideband : tuple of float, optional
+        Carrier (fy, fx) [cycles/px]; None: detected on the first hologram, re-detected when it moved.
+    filter : {"smooth disk", "disk", "gauss"}, optional
+        Filter shape (module step 3).
+    filter_size : float, optional
+        Radius / carrier distance, in (0, 0.5]; None: cut-off NA / wavelength, <= half the carrier distance.
+    sign : int, optional
+        +1 / -1 to force the phase sign (None: chosen by skewness on the first hologram with cells).
+    compensation : str, optional
+        "auto" (background if given, else numerical; default), "background", "numerical" or "none".
+    poly_order : int, optional
+        Order of the numerical aberration polynomial (2, the default, covers spherical phase).
+    residual_order : int, optional
+        Order of a polynomial fitted to the medium after background division (drift between
+        hologram and background; None or 0: off); default 1.
+    refocus : float or str, optional
+        Distance [m] (at most :data:`~rbclib.physics.refocus.MAX_REFOCUS_M`), "auto" or None.
+    refocus_range_m : tuple of float, optional
+        Autofocus search interval [m]; default (-10e-6, 10e-6).
+    background_source : str, optional
+        Name of the background hologram in errors; default ``"<background>"``.
+
+    Raises
+    ------
+    ValueError
+        On an unknown filter or compensation, a ``filter_size``, ``sign`` or ``refocus`` out of range.
+    rbclib.core.files.ImageFileError
+        When the background hologram is not of ``shape`` or not a valid image.
     """
 
     def __init__(self, shape: tuple[int, int], *, optics: Optics | None = None,
@@ -225,6 +202,12 @@ class Reconstructor:
                  filter: FilterName = "smooth disk", filter_size: float | None = None, sign: int | None = None,
                  compensation: str = "auto", poly_order: int = 2, residual_order: int | None = 1,
                  refocus: float | str | None = None, refocus_range_m: tuple[float, float] = (-10e-6, 10e-6), background_source: str = "<background>"):
+        """Check the options and prepare what the given sideband and background allow.
+
+        Notes
+        -----
+        Thirteen knobs of the steps, which :func:`reconstruct` and ``phase_files`` pass one to one.
+        """
         if filter not in FILTERS:
             raise ValueError(f"unknown filter {filter!r}; choose one of {FILTERS}")
         if filter_size is not None and not 0 < filter_size <= 0.5:
@@ -354,8 +337,36 @@ class Reconstructor:
     # -- per hologram -------------------------------------------------------------------
     def __call__(self, hologram: np.ndarray, *, background: np.ndarray | None = None,
                  source: str = "<array>", background_source: str = "<background>") -> Reconstruction:
-        """Reconstruct one hologram (H, W); ``background``: a background hologram for this
-        hologram only (else the set-up's); ``source`` / ``background_source`` name them in errors."""
+        """Reconstruct one hologram (H, W).
+
+        Parameters
+        ----------
+        hologram : numpy.ndarray
+            (H, W) off-axis hologram of this set-up's shape.
+        background : numpy.ndarray, optional
+            A background hologram for this hologram only (else the set-up's).
+        source, background_source : str, optional
+            Name the hologram and the background in errors.
+
+        Returns
+        -------
+        Reconstruction
+            The phase and what the reconstruction found.
+
+        Raises
+        ------
+        rbclib.core.files.ImageFileError
+            On a hologram or background of the wrong shape, no sideband, a background without
+            fringes at the carrier or with objects of its own (:class:`BackgroundNotEmpty`).
+        ValueError
+            When compensation is "background" and there is no background hologram.
+
+        Notes
+        -----
+        One pass over the full-size phase through steps 4-8 of the module (demodulation, three
+        compensation modes, refocusing, unwrapping, sign, medium offset and mask): each step rewrites
+        the float32 phase in place and needs the mode, coarse grid step and amplitude of those before.
+        """
         arr = np.asarray(hologram)
         if arr.ndim == 2 and arr.shape != self.shape:
             raise ImageFileError(source, f"hologram of shape {arr.shape}, but this reconstructor was set up "
@@ -559,11 +570,29 @@ def reconstruct(hologram: np.ndarray, *, background: np.ndarray | None = None, o
                 source: str = "<array>", background_source: str = "<background>", **options: Any) -> Reconstruction:
     """Reconstruct the phase of one off-axis hologram (H, W).
 
-    background: background hologram of the same set-up (aberrations divide out), else the
-    aberrations are compensated numerically; optics: used for refocusing and recorded in
-    the result; options: those of :class:`Reconstructor` (``filter``, ``filter_size``,
-    ``sideband``, ``sign``, ``compensation``, ``poly_order``, ``residual_order``, ``refocus``,
-    ``refocus_range_m``); source / background_source: names used in error messages.
+    Parameters
+    ----------
+    hologram : numpy.ndarray
+        (H, W) off-axis hologram.
+    background : numpy.ndarray, optional
+        Background hologram of the same set-up (aberrations divide out); None: numerical compensation.
+    optics : rbclib.core.config.Optics, optional
+        Used for refocusing and recorded in the result.
+    source, background_source : str, optional
+        Names used in error messages.
+    **options
+        Those of :class:`Reconstructor` (``filter``, ``filter_size``, ``sideband``, ``sign``,
+        ``compensation``, ``poly_order``, ``residual_order``, ``refocus``, ``refocus_range_m``).
+
+    Returns
+    -------
+    Reconstruction
+        The phase and what the reconstruction found.
+
+    Raises
+    ------
+    rbclib.core.files.ImageFileError, ValueError
+        As :class:`Reconstructor` and its call: a bad image or background, no sideband, bad options.
     """
     arr = check_image(hologram, source)
     return Reconstructor(arr.shape, optics=optics, background=background,

@@ -39,10 +39,6 @@ def measure_cells(phase: np.ndarray, instances: np.ndarray, *, optics: Optics,
                   labels: np.ndarray | None = None) -> pd.DataFrame:
     """One row per instance id (> 0) with the columns of ``MEASUREMENT_COLUMNS``.
 
-    phase: (H, W) float phase [rad], medium 0; instances: (H, W) integer ids, 0 background;
-    optics: wavelength, pixel size, alpha and the assumed n_cell - n_medium;
-    labels: optional (H, W) class map 0..4, adds ``class_id``/``class_name`` (majority).
-
     Units are in the column names. Thickness, volume, surface area and sphericity assume
     dn = ``optics.delta_n`` (recorded in ``df.attrs``). Surface area: the cell is taken as
     symmetric about its mid-plane, S = 2 x the area of the triangulated height field h/2
@@ -51,6 +47,35 @@ def measure_cells(phase: np.ndarray, instances: np.ndarray, *, optics: Optics,
     4 pi A / P^2 (Crofton perimeter); central-dip ratio = mean phase in a central disc (radius 0.25 of the
     equivalent radius around the centroid) / max phase (about 1 for a spherocyte, < 1 for
     a biconcave discocyte); ``touches_edge``: the mask reaches the image border.
+
+    Parameters
+    ----------
+    phase : numpy.ndarray
+        (H, W) float phase [rad], medium 0.
+    instances : numpy.ndarray
+        (H, W) integer ids, 0 background.
+    optics : rbclib.core.config.Optics
+        Wavelength, pixel size, alpha and the assumed n_cell - n_medium.
+    labels : numpy.ndarray, optional
+        (H, W) class map 0..4; adds ``class_id``/``class_name`` (majority).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell, the columns of ``MEASUREMENT_COLUMNS`` (plus ``class_id``,
+        ``class_name`` with ``labels``); empty with those columns when there is no cell.
+
+    Raises
+    ------
+    ValueError
+        When a map is not 2-D, the shapes differ, the ids are not non-negative integers or
+        the phase is not finite.
+
+    Notes
+    -----
+    Long because the 21 columns come from one ``regionprops_table`` pass and share its
+    per-cell intermediates (phase sums, optical volume, dn, the cell's mask for surface and
+    central dip); a third of the lines are the input checks and the column table itself.
     """
     phase = np.asarray(phase)
     if not np.issubdtype(phase.dtype, np.floating):
@@ -150,10 +175,21 @@ def measure_cells(phase: np.ndarray, instances: np.ndarray, *, optics: Optics,
 def compare_with_truth(measured: pd.DataFrame, truth: pd.DataFrame, *, n_medium: float) -> pd.DataFrame:
     """Relative errors of measured cells against simulator truth (both keyed by ``image``, ``cell_id``).
 
-    truth: the simulator's cell table (``volume_um3``, ``dry_mass_pg``, ``n_cell``,
-    ``touching``). Returns one row per matched cell with ``dry_mass_rel_err``,
-    ``volume_rel_err`` (under the assumed dn of ``measured.attrs``) and
-    ``volume_true_dn_rel_err`` (optical volume divided by the cell's true n_cell - n_medium).
+    Parameters
+    ----------
+    measured : pandas.DataFrame
+        :func:`measure_cells` table with an ``image`` column; its ``attrs`` hold the assumed dn.
+    truth : pandas.DataFrame
+        The simulator's cell table (``volume_um3``, ``dry_mass_pg``, ``n_cell``, ``touching``).
+    n_medium : float
+        Refractive index of the medium.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per matched cell with ``dry_mass_rel_err``, ``volume_rel_err`` (under the
+        assumed dn of ``measured.attrs``) and ``volume_true_dn_rel_err`` (optical volume divided
+        by the cell's true n_cell - n_medium).
     """
     m = measured.merge(truth[["image", "cell_id", "volume_um3", "dry_mass_pg", "n_cell", "touching"]],
                        on=["image", "cell_id"], suffixes=("", "_true"))

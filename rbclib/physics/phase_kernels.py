@@ -25,8 +25,20 @@ def subtract_poly_and_wrap(phase: np.ndarray, coef: np.ndarray, y: np.ndarray, x
     """In place: phase (H, W) float32 [rad] <- phase - P(y_i, x_j), wrapped into [-pi, pi).
 
     P is the polynomial of total order ``order`` with coefficients ``coef`` in the order
-    x^i y^(k-i) for k = 0..order, i = 0..k (``rbclib.physics.robust_fit.poly_terms``);
-    y (H,) and x (W,) are the coordinates of the rows and columns.
+    x^i y^(k-i) for k = 0..order, i = 0..k (``rbclib.physics.robust_fit.poly_terms``).
+
+    Parameters
+    ----------
+    phase : numpy.ndarray
+        (H, W) float32 phase [rad], overwritten.
+    coef : numpy.ndarray
+        Coefficients of P, in the order above.
+    y : numpy.ndarray
+        (H,) coordinates of the rows.
+    x : numpy.ndarray
+        (W,) coordinates of the columns.
+    order : int
+        Total order of P.
     """
     h, w = phase.shape
     powers = np.empty((order + 1, w))  # x ** p
@@ -56,12 +68,24 @@ def subtract_poly_and_wrap(phase: np.ndarray, coef: np.ndarray, y: np.ndarray, x
 
 @njit(cache=True, nogil=True)
 def jump_blocks(phase: np.ndarray) -> np.ndarray:
-    """Bool (ceil(H / 8), ceil(W / 8)): the blocks of 8 x 8 px (:data:`JUMP_BLOCK_PX`) of
-    ``phase`` (H, W) [rad] within one block (8-connected) of a block holding the first pixel
-    of a pair of neighbours (down or right) whose phase differs by more than pi (float32 pi,
-    as numpy compares float32).
+    """Blocks of 8 x 8 px near a phase jump of more than pi.
+
+    The blocks of 8 x 8 px (:data:`JUMP_BLOCK_PX`) of ``phase`` within one block (8-connected)
+    of a block holding the first pixel of a pair of neighbours (down or right) whose phase
+    differs by more than pi (float32 pi, as numpy compares float32).
     One pass, 8 flags read as one 64-bit word: 8x faster than numpy's differences and
-    reductions; the growth replaces ``scipy.ndimage.binary_dilation`` on the grid."""
+    reductions; the growth replaces ``scipy.ndimage.binary_dilation`` on the grid.
+
+    Parameters
+    ----------
+    phase : numpy.ndarray
+        (H, W) phase [rad].
+
+    Returns
+    -------
+    numpy.ndarray
+        Bool (ceil(H / 8), ceil(W / 8)): True on the marked blocks.
+    """
     h, w = phase.shape
     nby, nbx = -(-h // JUMP_BLOCK_PX), -(-w // JUMP_BLOCK_PX)
     hits = np.zeros((nby, nbx), np.bool_)
@@ -89,9 +113,23 @@ def jump_blocks(phase: np.ndarray) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def block_means(image: np.ndarray, size: int) -> np.ndarray:
-    """Means of ``image`` (H, W), float or complex, over blocks of ``size`` x ``size`` px:
-    (H // size, W // size), the rows and columns beyond whole blocks left out; 6x faster than
-    numpy's mean over the reshaped axes on a 297 x 297 complex field (blocks of 5 px)."""
+    """Means of ``image`` over blocks of ``size`` x ``size`` px.
+
+    The rows and columns beyond whole blocks are left out; 6x faster than numpy's mean over
+    the reshaped axes on a 297 x 297 complex field (blocks of 5 px).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (H, W) float or complex image.
+    size : int
+        Side of the blocks [px].
+
+    Returns
+    -------
+    numpy.ndarray
+        (H // size, W // size) block means, in the dtype of ``image``.
+    """
     by, bx = image.shape[0] // size, image.shape[1] // size
     out = np.zeros((by, bx), image.dtype)
     for i in range(by * size):
@@ -161,10 +199,22 @@ def _middle_values(values: np.ndarray) -> tuple[float, float]:
 
 @njit(cache=True, nogil=True)
 def median(values: np.ndarray) -> float:
-    """The value ``np.median`` gives for ``values`` (1-D; the mean of the two middle
-    values, in their dtype, for an even count; NaN when empty): 2x faster on 4 k values, 4-6x
-    on the 25 k-90 k values of a reconstruction's robust statistics (exact selection,
-    :func:`_middle_values`)."""
+    """The value ``np.median`` gives for ``values``.
+
+    2x faster on 4 k values, 4-6x on the 25 k-90 k values of a reconstruction's robust
+    statistics (exact selection, :func:`_middle_values`).
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        1-D values.
+
+    Returns
+    -------
+    float
+        The middle value; the mean of the two middle values, in their dtype, for an even
+        count; NaN when empty.
+    """
     a, b = _middle_values(values)
     if values.size % 2:
         return float(a)
@@ -173,8 +223,18 @@ def median(values: np.ndarray) -> float:
 
 @njit(cache=True, nogil=True)
 def median_and_mad(values: np.ndarray) -> tuple[float, float]:
-    """(median, median absolute deviation) of ``values`` (1-D), as ``np.median`` computes them
-    (:func:`median`)."""
+    """(median, median absolute deviation) of ``values``, as ``np.median`` computes them (:func:`median`).
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        1-D values.
+
+    Returns
+    -------
+    tuple of float
+        (median, median absolute deviation); NaNs when empty.
+    """
     med = median(values)
     return med, median(np.abs(values - values.dtype.type(med)))
 
@@ -186,9 +246,27 @@ MAD_TO_STD = 1.482602218505602
 @njit(cache=True, nogil=True, fastmath=True)
 def masked_normal_equations(terms_t: np.ndarray, values: np.ndarray,
                             weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(A^T W A (K, K), A^T W b (K,)) for A = terms_t.T (terms_t: (K, N)), b = values (N,), W =
-    diag(weight (N,)), without copying the weighted rows; the sums are reassociated
-    (vectorised)."""
+    """Weighted normal equations (A^T W A, A^T W b) of a least-squares fit.
+
+    A = terms_t.T, b = values, W = diag(weight), without copying the weighted rows; the sums
+    are reassociated (vectorised).
+
+    Parameters
+    ----------
+    terms_t : numpy.ndarray
+        (K, N) transposed design matrix.
+    values : numpy.ndarray
+        (N,) values b.
+    weight : numpy.ndarray
+        (N,) weights, the diagonal of W.
+
+    Returns
+    -------
+    ata : numpy.ndarray
+        (K, K) A^T W A.
+    atb : numpy.ndarray
+        (K,) A^T W b.
+    """
     k, n = terms_t.shape
     ata = np.empty((k, k))
     atb = np.empty(k)
@@ -207,10 +285,26 @@ def masked_normal_equations(terms_t: np.ndarray, values: np.ndarray,
 
 @njit(cache=True, nogil=True)
 def robust_inliers(values: np.ndarray, n_sigma: float, iterations: int) -> np.ndarray:
-    """Bool (N,): the ``values`` (N,) within ``n_sigma`` robust s.d. of the median, the
-    statistics taken again over the kept values up to ``iterations`` times (stops when the
-    mask no longer changes or would keep under 5 %). Compared in the values' dtype, as numpy
-    compares a float32 array with a Python float."""
+    """The ``values`` within ``n_sigma`` robust s.d. of the median.
+
+    The statistics are taken again over the kept values up to ``iterations`` times (stops when
+    the mask no longer changes or would keep under 5 %). Compared in the values' dtype, as numpy
+    compares a float32 array with a Python float.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        (N,) values.
+    n_sigma : float
+        Inlier band in robust s.d. (:data:`MAD_TO_STD` x MAD).
+    iterations : int
+        Most passes.
+
+    Returns
+    -------
+    numpy.ndarray
+        Bool (N,): True on the kept values.
+    """
     n = values.size
     mask = np.ones(n, np.bool_)
     for _ in range(iterations):

@@ -44,7 +44,22 @@ the Nyquist square (0.26 + 0.147 < 0.5). A modelling choice."""
 # ---------------------------------------------------------------------------------------
 def draw(rng: np.random.Generator, value: float | Sequence[float], *, log: bool = False) -> float:
     """One value of a per-field setting: a number pins it, a (low, high) pair draws it
-    uniformly (log-uniformly with ``log=True``)."""
+    uniformly (log-uniformly with ``log=True``).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of the draw.
+    value : float or sequence of float
+        A number, or a (low, high) pair.
+    log : bool, optional
+        Draw log-uniformly (when low > 0); default False.
+
+    Returns
+    -------
+    float
+        The pinned or drawn value.
+    """
     if isinstance(value, (int, float, np.integer, np.floating)):
         return float(value)
     lo, hi = (float(v) for v in value)
@@ -66,13 +81,45 @@ SETTING_LIMITS: dict[str, tuple[float, float, str]] = {
 
 
 def check_setting(name: str, value: float | Sequence[float], *, label: str | None = None) -> None:
-    """:func:`check_range` of setting ``name`` against :data:`SETTING_LIMITS` (``label`` names it in errors)."""
+    """:func:`check_range` of setting ``name`` against :data:`SETTING_LIMITS`.
+
+    Parameters
+    ----------
+    name : str
+        Key of :data:`SETTING_LIMITS`.
+    value : float or sequence of float
+        A number or a (low, high) pair.
+    label : str, optional
+        Names the setting in errors (default ``name``).
+
+    Raises
+    ------
+    ValueError
+        When ``value`` lies outside the setting's limits.
+    """
     lo, hi, unit = SETTING_LIMITS[name]
     check_range(label or name, value, lo, hi, unit)
 
 
 def check_range(name: str, value: float | Sequence[float], lo: float, hi: float, unit: str = "") -> None:
-    """Raise ValueError naming ``name`` unless ``value`` (a number or a (low, high) pair) lies in [lo, hi]."""
+    """Raise ValueError naming ``name`` unless ``value`` (a number or a (low, high) pair) lies in [lo, hi].
+
+    Parameters
+    ----------
+    name : str
+        Name of the setting in the error.
+    value : float or sequence of float
+        A number or a (low, high) pair with low <= high.
+    lo, hi : float
+        Allowed range, bounds included.
+    unit : str, optional
+        Unit shown in the error; default none.
+
+    Raises
+    ------
+    ValueError
+        When ``value`` is not finite, not in [lo, hi], or a pair not in order.
+    """
     values = [value] if isinstance(value, (int, float, np.integer, np.floating)) else list(value)
     ok = len(values) in (1, 2) and all(isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
                                        and lo <= v <= hi for v in values) and values == sorted(values)
@@ -83,27 +130,56 @@ def check_range(name: str, value: float | Sequence[float], lo: float, hi: float,
 
 @dataclass(frozen=True)
 class HologramSettings:
-    """Camera and interferometer parameters; a pair (low, high) is drawn per field (domain
-    randomisation), a number pins the setting. Assumptions unless cited.
+    """Camera and interferometer parameters.
 
-    carrier: (fy, fx) [cycles/px] of the +1 order, or None: drawn per field with magnitude
-    ``carrier_magnitude`` and angle ``carrier_angle_deg`` (+-, from the x axis), inside the
-    Nyquist square with room for the pupil; na: the recording objective's NA, drawn per field
-    (0.55-0.75: the 40x/0.65-0.75 objectives usual for RBC DHM, Rappaz et al. 2008; the
-    reconstruction's filter follows ``Optics.numerical_aperture``, the user's stated value);
-    coherence: fringe contrast factor gamma (partial coherence, vibration);
-    beam_ratio: |R|/|O| (visibility 2*gamma*beta/(1+beta^2) < 1);
-    tilt_rad / curvature_rad: peak low-order aberration phase across the field;
-    parasitic: relative amplitude of a parasitic fringe pattern (0 disables);
-    noise_nm: optical-path s.d. [nm] of the sample's coherent noise (speckle of the slide,
-    medium and optics, spatially correlated over ``noise_corr_um``), drawn log-uniformly;
-    3-25 nm, with the camera's noise, gives ~4-40 nm in the reconstructed background,
-    bracketing the real RBC holograms' 20-25 nm (``benchmarks/bench_realism.py``);
-    dust: count of out-of-focus dust particles (0.5-2.5 um) 15-80 um from the object plane,
-    whose diffraction rings are the parasitic ring fringes of real recordings;
-    envelope_waist: Gaussian beam waist over the half field (illumination gradient);
-    full_well_e / read_noise_e: sensor electrons (typical scientific CMOS);
-    bit_depth: 8 or 12 (12-bit stored in uint16)."""
+    A pair (low, high) is drawn per field (domain randomisation), a number pins the setting.
+    Assumptions unless cited.
+
+    Attributes
+    ----------
+    carrier : tuple of float or None
+        (fy, fx) [cycles/px] of the +1 order, or None: drawn per field with magnitude
+        ``carrier_magnitude`` and angle ``carrier_angle_deg``.
+    carrier_magnitude : tuple of float
+        Range of the drawn carrier's magnitude [cycles/px].
+    carrier_angle_deg : tuple of float
+        Range of the drawn carrier's angle [deg] (+-, from the x axis), inside the Nyquist
+        square with room for the pupil.
+    na : float or tuple of float
+        The recording objective's NA, drawn per field (0.55-0.75: the 40x/0.65-0.75 objectives
+        usual for RBC DHM, Rappaz et al. 2008; the reconstruction's filter follows
+        ``Optics.numerical_aperture``, the user's stated value).
+    coherence : tuple of float
+        Fringe contrast factor gamma (partial coherence, vibration).
+    beam_ratio : tuple of float
+        |R|/|O| (visibility 2*gamma*beta/(1+beta^2) < 1).
+    tilt_rad, curvature_rad : float
+        Peak low-order aberration phase across the field [rad].
+    parasitic : float
+        Relative amplitude of a parasitic fringe pattern (0 disables).
+    noise_nm : float or tuple of float
+        Optical-path s.d. [nm] of the sample's coherent noise (speckle of the slide, medium and
+        optics, spatially correlated over ``noise_corr_um``), drawn log-uniformly; 3-25 nm, with
+        the camera's noise, gives ~4-40 nm in the reconstructed background, bracketing the real
+        RBC holograms' 20-25 nm (``benchmarks/bench_realism.py``).
+    noise_corr_um : float or tuple of float
+        Correlation length of the coherent noise [um].
+    dust : tuple of int
+        Count of out-of-focus dust particles (0.5-2.5 um) 15-80 um from the object plane,
+        whose diffraction rings are the parasitic ring fringes of real recordings.
+    envelope_waist : tuple of float
+        Gaussian beam waist over the half field (illumination gradient).
+    full_well_e, read_noise_e : float
+        Sensor electrons (typical scientific CMOS).
+    bit_depth : int
+        8 or 12 (12-bit stored in uint16).
+
+    Raises
+    ------
+    ValueError
+        When ``bit_depth`` is not 8 or 12, ``carrier`` is zero or outside the Nyquist square,
+        or a drawn setting lies outside :data:`SETTING_LIMITS`.
+    """
 
     carrier: tuple[float, float] | None = None
     carrier_magnitude: tuple[float, float] = (0.28, 0.36)
@@ -133,7 +209,18 @@ class HologramSettings:
             check_setting(name, getattr(self, name))
 
     def draw_carrier(self, rng: np.random.Generator) -> tuple[float, float]:
-        """The field's carrier (fy, fx) [cycles/px]: the pinned one, or a random one."""
+        """The field's carrier (fy, fx) [cycles/px]: the pinned one, or a random one.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            Source of the draw.
+
+        Returns
+        -------
+        tuple of float
+            (fy, fx) [cycles/px].
+        """
         if self.carrier is not None:
             return tuple(float(c) for c in self.carrier)
         mag = rng.uniform(*self.carrier_magnitude)
@@ -179,9 +266,28 @@ def _smooth_envelope(rng: np.random.Generator, shape: tuple[int, int], waist: tu
 
 
 def coherent_noise(rng: np.random.Generator, shape: tuple[int, int], *, sigma_rad: float, corr_px: float) -> np.ndarray:
-    """Complex transmission (H, W) of spatially correlated coherent noise: phase of s.d.
-    ``sigma_rad`` and relative amplitude of s.d. ``sigma_rad``/2, both Gaussian random fields
-    with a Gaussian correlation of ``corr_px`` pixels (the speckle of slide, medium and optics)."""
+    """Complex transmission (H, W) of spatially correlated coherent noise.
+
+    Phase of s.d. ``sigma_rad`` and relative amplitude of s.d. ``sigma_rad``/2, both Gaussian
+    random fields with a Gaussian correlation of ``corr_px`` pixels (the speckle of slide,
+    medium and optics).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of the random fields.
+    shape : tuple of int
+        (H, W) of the field.
+    sigma_rad : float
+        Phase s.d. [rad].
+    corr_px : float
+        Correlation length [px].
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) complex64 transmission.
+    """
     def field() -> np.ndarray:
         f = ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), corr_px, mode="wrap")
         return f / (float(f.std()) + 1e-12)
@@ -189,8 +295,29 @@ def coherent_noise(rng: np.random.Generator, shape: tuple[int, int], *, sigma_ra
 
 
 def dust_rings(rng: np.random.Generator, shape: tuple[int, int], n: int, *, optics: Optics, na: float) -> np.ndarray:
-    """Complex transmission (H, W) of ``n`` absorbing dust particles (0.5-2.5 um, opacity
-    0.2-0.8) on one plane 15-80 um out of focus, propagated to the object plane: ring fringes."""
+    """Complex transmission (H, W) of ``n`` absorbing dust particles.
+
+    The particles (0.5-2.5 um, opacity 0.2-0.8) lie on one plane 15-80 um out of focus,
+    propagated to the object plane: ring fringes.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of the draws.
+    shape : tuple of int
+        (H, W) of the field.
+    n : int
+        Number of particles.
+    optics : rbclib.core.config.Optics
+        Wavelength, pixel size and medium index.
+    na : float
+        Numerical aperture of the recording pupil.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) complex64 transmission.
+    """
     px_um = optics.pixel_size_m * 1e6
     yy, xx = np.mgrid[0: shape[0], 0: shape[1]]
     plane = np.ones(shape, np.float32)
@@ -206,9 +333,27 @@ def dust_rings(rng: np.random.Generator, shape: tuple[int, int], n: int, *, opti
 
 @dataclass(frozen=True)
 class FieldConditions:
-    """What one field drew from the ranges (recorded in ``fields.csv``): carrier (fy, fx)
-    [cycles/px], recording NA, defocus [um], coherent noise s.d. [nm] and correlation [um],
-    dust particles, fringe contrast gamma and beam ratio |R|/|O|."""
+    """What one field drew from the ranges (recorded in ``fields.csv``).
+
+    Attributes
+    ----------
+    carrier : tuple of float
+        (fy, fx) [cycles/px].
+    na : float
+        Recording NA.
+    defocus_um : float
+        Defocus [um].
+    noise_nm : float
+        Coherent noise s.d. [nm].
+    noise_corr_um : float
+        Coherent noise correlation [um].
+    dust : int
+        Dust particles.
+    coherence : float
+        Fringe contrast gamma.
+    beam_ratio : float
+        Beam ratio |R|/|O|.
+    """
 
     carrier: tuple[float, float]
     na: float
@@ -221,7 +366,22 @@ class FieldConditions:
 
     @classmethod
     def draw(cls, rng: np.random.Generator, settings: HologramSettings, defocus_um: float | Sequence[float]) -> "FieldConditions":
-        """Draw every per-field setting of ``settings`` (and the defocus range [um])."""
+        """Draw every per-field setting of ``settings`` (and the defocus range [um]).
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            Source of the draws.
+        settings : HologramSettings
+            The ranges (or pinned values).
+        defocus_um : float or sequence of float
+            Defocus [um]: a number or a (low, high) range.
+
+        Returns
+        -------
+        FieldConditions
+            The field's drawn conditions.
+        """
         return cls(carrier=settings.draw_carrier(rng), na=draw(rng, settings.na), defocus_um=draw(rng, defocus_um),
                    noise_nm=draw(rng, settings.noise_nm, log=True), noise_corr_um=draw(rng, settings.noise_corr_um),
                    dust=int(rng.integers(settings.dust[0], settings.dust[1] + 1)),
@@ -232,9 +392,6 @@ def form_holograms(phase: np.ndarray, rng: np.random.Generator, *, optics: Optic
                    conditions: FieldConditions, attenuation: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Camera hologram and matching background hologram of an object phase [rad].
 
-    attenuation: amplitude attenuation (optical depth/2, >= 0) per pixel, or None;
-    conditions: the field's drawn carrier, defocus (angular-spectrum propagation in the
-    medium), coherent noise, dust and fringe visibility.
     The object wave carries the sample's coherent noise and dust rings (they come with the
     slide, so the background hologram does not hold them); both images share the reference,
     envelopes, aberrations (tilt, curvature, astigmatism), fringe contrast and parasitic
@@ -242,7 +399,28 @@ def form_holograms(phase: np.ndarray, rng: np.random.Generator, *, optics: Optic
     Camera: Poisson shot noise (approximated by a Gaussian of equal variance, exact enough
     at the >= 100 electrons per pixel of these exposures) plus Gaussian read noise, the
     brightest background pixel at 80 % of full well, quantised to ``settings.bit_depth``.
-    Returns two uint8 (8-bit) or uint16 (12-bit) images of ``phase.shape``."""
+
+    Parameters
+    ----------
+    phase : numpy.ndarray
+        (H, W) object phase [rad].
+    rng : numpy.random.Generator
+        Source of the noise and the drawn aberrations.
+    optics : rbclib.core.config.Optics
+        Wavelength, pixel size and medium index.
+    settings : HologramSettings
+        Camera and interferometer parameters.
+    conditions : FieldConditions
+        The field's drawn carrier, defocus (angular-spectrum propagation in the
+        medium), coherent noise, dust and fringe visibility.
+    attenuation : numpy.ndarray, optional
+        (H, W) amplitude attenuation (optical depth/2, >= 0) per pixel, or None.
+
+    Returns
+    -------
+    hologram, background : numpy.ndarray
+        Two uint8 (8-bit) or uint16 (12-bit) images of ``phase.shape``.
+    """
     shape = tuple(int(s) for s in phase.shape)
     ny = (np.arange(shape[0], dtype=np.float64) - shape[0] / 2) / (shape[0] / 2)
     nx = (np.arange(shape[1], dtype=np.float64) - shape[1] / 2) / (shape[1] / 2)

@@ -15,12 +15,34 @@ def angular_spectrum(field: np.ndarray, distance_m: float, optics: Optics) -> np
 
     The field is mirror-padded to reduce wrap-around; evanescent waves are dropped and
     the plane-wave phase n*d/lambda is removed (the mean phase does not move).
+
+    Parameters
+    ----------
+    field : numpy.ndarray
+        (H, W) complex field.
+    distance_m : float
+        Propagation distance [m].
+    optics : rbclib.core.config.Optics
+        Wavelength, pixel size and medium index of the set-up.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) complex64 propagated field.
     """
     return Propagator(field, optics).propagate(distance_m)
 
 
 class Propagator:
-    """Angular-spectrum propagation of one field to many distances (FFT done once)."""
+    """Angular-spectrum propagation of one field to many distances (FFT done once).
+
+    Parameters
+    ----------
+    field : numpy.ndarray
+        (H, W) complex field; mirror-padded by a quarter of each side before its FFT.
+    optics : rbclib.core.config.Optics
+        Wavelength, pixel size and medium index of the set-up.
+    """
 
     def __init__(self, field: np.ndarray, optics: Optics):
         h, w = field.shape
@@ -37,6 +59,18 @@ class Propagator:
         self.kz_minus_k = (np.sqrt(np.where(self.propagating, arg, 0)) - k).astype(np.float64)
 
     def propagate(self, distance_m: float) -> np.ndarray:
+        """The field propagated by ``distance_m`` (evanescent waves dropped, plane-wave phase removed).
+
+        Parameters
+        ----------
+        distance_m : float
+            Propagation distance [m].
+
+        Returns
+        -------
+        numpy.ndarray
+            (H, W) complex64 propagated field, the padding cut off.
+        """
         kernel = np.where(self.propagating, np.exp(2j * np.pi * distance_m * self.kz_minus_k), 0)
         out = sfft.ifft2(self.spectrum * kernel.astype(np.complex64), workers=-1)
         (py, px), (h, w) = self.pad, self.shape
@@ -44,7 +78,18 @@ class Propagator:
 
 
 def average_gradient(field: np.ndarray) -> float:
-    """Autofocus metric: mean magnitude of the amplitude gradient (minimal in focus)."""
+    """Autofocus metric: mean magnitude of the amplitude gradient (minimal in focus).
+
+    Parameters
+    ----------
+    field : numpy.ndarray
+        (H, W) complex field.
+
+    Returns
+    -------
+    float
+        Mean gradient magnitude of ``abs(field)`` over its mean amplitude.
+    """
     amp = np.abs(field)
     gy, gx = np.gradient(amp)
     return float(np.mean(np.hypot(gy, gx)) / max(float(amp.mean()), 1e-12))
@@ -53,7 +98,25 @@ def average_gradient(field: np.ndarray) -> float:
 def autofocus(field: np.ndarray, optics: Optics, *, interval_m: tuple[float, float] = (-10e-6, 10e-6),
               n_coarse: int = 21) -> float:
     """Distance [m] that brings ``field`` into focus: the minimum of :func:`average_gradient`
-    over ``interval_m`` (coarse grid of ``n_coarse`` steps, then bounded Brent refinement)."""
+    over ``interval_m`` (coarse grid of ``n_coarse`` steps, then bounded Brent refinement).
+
+    Parameters
+    ----------
+    field : numpy.ndarray
+        (H, W) complex field.
+    optics : rbclib.core.config.Optics
+        Wavelength, pixel size and medium index of the set-up.
+    interval_m : tuple of float, optional
+        (lo, hi) distances searched [m]; default -10 um to 10 um.
+    n_coarse : int, optional
+        Points of the coarse grid over ``interval_m``; default 21.
+
+    Returns
+    -------
+    float
+        Refocusing distance [m]: the refined minimum, or the best grid point when the
+        refinement found no lower metric.
+    """
     prop = Propagator(field, optics)
     grid = np.linspace(*interval_m, n_coarse)
     values = [average_gradient(prop.propagate(d)) for d in grid]

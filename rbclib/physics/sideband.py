@@ -22,8 +22,27 @@ _SATURATED_FRACTION = 1e-3  # warn above this fraction of pixels at the dtype ma
 
 
 def float_hologram(hologram: np.ndarray, source: str) -> np.ndarray:
-    """``hologram`` checked (:func:`rbclib.core.io.check_image`) as float32; a warning names ``source``
-    when more than 0.1 % of an integer image's pixels are saturated."""
+    """``hologram`` checked (:func:`rbclib.core.io.check_image`) as float32.
+
+    A warning names ``source`` when more than 0.1 % of an integer image's pixels are saturated.
+
+    Parameters
+    ----------
+    hologram : numpy.ndarray
+        (H, W) hologram, integer or float.
+    source : str
+        Name of the image (its file) for messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) float32 hologram.
+
+    Raises
+    ------
+    rbclib.core.files.ImageFileError
+        When :func:`rbclib.core.io.check_image` rejects the image.
+    """
     arr = check_image(hologram, source)
     if np.issubdtype(arr.dtype, np.integer):
         info = np.iinfo(arr.dtype)
@@ -35,7 +54,18 @@ def float_hologram(hologram: np.ndarray, source: str) -> np.ndarray:
 
 
 def spectrum_image(hologram: np.ndarray) -> np.ndarray:
-    """log10 |FFT| of a hologram, zero frequency centred, float32 (H, W) (for display)."""
+    """log10 |FFT| of a hologram, zero frequency centred, float32 (H, W) (for display).
+
+    Parameters
+    ----------
+    hologram : numpy.ndarray
+        (H, W) hologram.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) float32 log10 magnitude of the mean-subtracted image's spectrum.
+    """
     img = np.asarray(hologram, dtype=np.float32)
     spec = sfft.fftshift(np.abs(sfft.fft2(img - img.mean(), workers=-1)))
     return np.log10(spec + 1e-3).astype(np.float32)
@@ -59,10 +89,28 @@ def find_sideband(hologram: np.ndarray, *, source: str = "<array>", dc_radius: f
                   smooth_bins: float | None = None) -> tuple[float, float]:
     """Carrier (fy, fx) of one sideband [cycles/px], fx >= 0.
 
-    dc_radius: radius [cycles/px] of the masked DC disk (the low-frequency autocorrelation
-    term, plus the bins on the axes near it); smooth_bins: sigma [bins] of the Gaussian
-    smoothing of the log-magnitude (default 0.4 % of the image side, >= 1.5).
-    Raises ImageFileError when no sideband stands out of the spectrum.
+    Parameters
+    ----------
+    hologram : numpy.ndarray
+        (H, W) off-axis hologram.
+    source : str, optional
+        Name of the image for messages; default ``"<array>"``.
+    dc_radius : float, optional
+        Radius [cycles/px] of the masked DC disk (the low-frequency autocorrelation
+        term, plus the bins on the axes near it); default 0.04.
+    smooth_bins : float, optional
+        Sigma [bins] of the Gaussian smoothing of the log-magnitude (default 0.4 % of the
+        image side, >= 1.5).
+
+    Returns
+    -------
+    tuple of float
+        (fy, fx) carrier [cycles/px], sub-bin refined, fx >= 0.
+
+    Raises
+    ------
+    rbclib.core.files.ImageFileError
+        When no sideband stands out of the spectrum.
     """
     img = float_hologram(hologram, source)
     h, w = img.shape

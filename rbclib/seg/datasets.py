@@ -25,22 +25,57 @@ PHASE_RANGE_RAD: tuple[float, float] = (-0.5, 3.5)
 
 
 def normalise_phase(phase: np.ndarray, phase_range: tuple[float, float] = PHASE_RANGE_RAD) -> np.ndarray:
-    """Phase [rad] -> float32 in [-1, 1] (values outside the range are clipped)."""
+    """Phase [rad] -> float32 in [-1, 1] (values outside the range are clipped).
+
+    Parameters
+    ----------
+    phase : numpy.ndarray
+        Phase [rad], any shape.
+    phase_range : tuple of (float, float), optional
+        (low, high) [rad] mapped to -1 and 1; default :data:`PHASE_RANGE_RAD`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of the same shape, in [-1, 1].
+    """
     lo, hi = phase_range
     out = (np.asarray(phase, dtype=np.float32) - lo) / (hi - lo) * 2.0 - 1.0
     return np.clip(out, -1.0, 1.0)
 
 
 def denormalise_phase(x: np.ndarray, phase_range: tuple[float, float] = PHASE_RANGE_RAD) -> np.ndarray:
-    """Inverse of :func:`normalise_phase` (for values that were inside the range)."""
+    """Inverse of :func:`normalise_phase` (for values that were inside the range).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Normalised phase in [-1, 1], any shape.
+    phase_range : tuple of (float, float), optional
+        (low, high) [rad] that -1 and 1 stand for; default :data:`PHASE_RANGE_RAD`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 phase [rad] of the same shape.
+    """
     lo, hi = phase_range
     return ((np.asarray(x, dtype=np.float32) + 1.0) / 2.0 * (hi - lo) + lo).astype(np.float32)
 
 
 @dataclass
 class Pair:
-    """One training/evaluation image: ``phase`` (H, W) float32 [rad], ``labels`` (H, W)
-    uint8 class map 0..4, ``name`` (file stem)."""
+    """One training/evaluation image.
+
+    Attributes
+    ----------
+    phase : numpy.ndarray
+        (H, W) float32 phase [rad].
+    labels : numpy.ndarray
+        (H, W) uint8 class map 0..4.
+    name : str
+        File stem.
+    """
 
     phase: np.ndarray
     labels: np.ndarray
@@ -49,9 +84,23 @@ class Pair:
 
 def phase_to_input(phase: np.ndarray, *, in_channels: int = 3,
                    phase_range: tuple[float, float] = PHASE_RANGE_RAD) -> np.ndarray:
-    """Phase (..., H, W) [rad] -> normalised float32 (..., in_channels, H, W): the single
-    phase channel is replicated to ``in_channels`` (3 for the paper's ResUnet, whose SSL
-    pretraining saw RGB images)."""
+    """Phase -> normalised network input, the single phase channel replicated to ``in_channels``.
+
+    Parameters
+    ----------
+    phase : numpy.ndarray
+        (..., H, W) phase [rad].
+    in_channels : int, optional
+        Number of input channels, default 3 (the paper's ResUnet, whose SSL pretraining saw
+        RGB images).
+    phase_range : tuple of (float, float), optional
+        (low, high) [rad] mapped to [-1, 1]; default :data:`PHASE_RANGE_RAD`.
+
+    Returns
+    -------
+    numpy.ndarray
+        (..., in_channels, H, W) float32 in [-1, 1].
+    """
     x = normalise_phase(phase, phase_range)[..., None, :, :]
     reps = [1] * x.ndim
     reps[-3] = in_channels
@@ -59,8 +108,27 @@ def phase_to_input(phase: np.ndarray, *, in_channels: int = 3,
 
 
 def read_pair(phase_path: str | Path, labels_path: str | Path, *, allow_ignore: bool = False) -> Pair:
-    """Read one phase TIFF and its class-map PNG (``allow_ignore``: it may hold
-    ``rbclib.core.labels.IGNORE``); errors name the file on size mismatch."""
+    """Read one phase TIFF and its class-map PNG.
+
+    Parameters
+    ----------
+    phase_path : str or pathlib.Path
+        The phase TIFF [rad].
+    labels_path : str or pathlib.Path
+        The class-map PNG.
+    allow_ignore : bool, optional
+        The class map may hold ``rbclib.core.labels.IGNORE``; default False.
+
+    Returns
+    -------
+    Pair
+        The pair, named by the phase file's stem.
+
+    Raises
+    ------
+    rbclib.core.files.ImageFileError
+        When the two sizes differ (the error names the file).
+    """
     phase = read_phase(phase_path).data
     labels = read_labels(labels_path, allow_ignore=allow_ignore)
     if phase.shape != labels.shape:
@@ -69,7 +137,25 @@ def read_pair(phase_path: str | Path, labels_path: str | Path, *, allow_ignore: 
 
 
 def read_splits(run_dir: str | Path) -> dict:
-    """``<run>/splits.json`` -> {"train": [stems], "test": [stems], ...}."""
+    """Read ``<run>/splits.json``.
+
+    Parameters
+    ----------
+    run_dir : str or pathlib.Path
+        The run folder.
+
+    Returns
+    -------
+    dict
+        {"train": [stems], "test": [stems], ...}.
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no splits.json (run 02_annotate first).
+    rbclib.core.files.ImageFileError
+        When the "train" or "test" list is missing.
+    """
     path = Path(run_dir) / "splits.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no splits.json; run 02_annotate first")
@@ -81,8 +167,25 @@ def read_splits(run_dir: str | Path) -> dict:
 
 
 def load_pairs(run_dir: str | Path, stems: str | Sequence[str]) -> list[Pair]:
-    """Pairs ``<run>/phase/<stem>.tif`` + ``<run>/labels/<stem>.png`` for a split name
-    ("train"/"test", read from splits.json) or an explicit list of stems."""
+    """Pairs ``<run>/phase/<stem>.tif`` + ``<run>/labels/<stem>.png`` of a split.
+
+    Parameters
+    ----------
+    run_dir : str or pathlib.Path
+        The run folder.
+    stems : str or Sequence[str]
+        A split name ("train"/"test", read from splits.json) or an explicit list of stems.
+
+    Returns
+    -------
+    list of Pair
+        One pair per stem, in the order of the stems.
+
+    Raises
+    ------
+    rbclib.core.files.ImageFileError
+        When a listed file is missing.
+    """
     run_dir = Path(run_dir)
     if isinstance(stems, str):
         stems = read_splits(run_dir)[stems]
@@ -97,9 +200,26 @@ def load_pairs(run_dir: str | Path, stems: str | Sequence[str]) -> list[Pair]:
 
 
 def load_pairs_folder(folder: str | Path, *, allow_ignore: bool = False) -> list[Pair]:
-    """Pairs from a folder holding ``phase/<id>.tif`` and ``labels/<id>.png`` (e.g. the
-    accepted synthetic pairs of 04, ``<run>/synthetic/train``, whose labels hold
-    ``rbclib.core.labels.IGNORE``: pass ``allow_ignore``), matched by id."""
+    """Pairs from a folder holding ``phase/<id>.tif`` and ``labels/<id>.png``, matched by id.
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        E.g. the accepted synthetic pairs of 04, ``<run>/synthetic/train``.
+    allow_ignore : bool, optional
+        The labels may hold ``rbclib.core.labels.IGNORE`` (pass it for the synthetic pairs);
+        default False.
+
+    Returns
+    -------
+    list of Pair
+        The pairs, sorted by id.
+
+    Raises
+    ------
+    rbclib.core.files.ImageFileError
+        When a sub-folder is missing, ids do not match, or there are no pairs.
+    """
     folder = Path(folder)
     phase_dir, labels_dir = folder / "phase", folder / "labels"
     for d in (phase_dir, labels_dir):
@@ -125,6 +245,28 @@ class PatchDataset(Dataset):
     rotated by 90, 180 and 270 degrees (the paper's x4 augmentation); ``rotations=1``
     leaves them as they are (e.g. synthetic pairs already rotated by 04).
     Items: float32 tensor (in_channels, patch, patch), int64 tensor (patch, patch).
+
+    Parameters
+    ----------
+    pairs : Sequence[Pair]
+        The phase/label pairs.
+    patch : int, optional
+        Patch side [px], default 256.
+    mode : {"paper", "cover"}, optional
+        Patch layout (:func:`rbclib.seg.tiles.extract_patches`), default "paper".
+    overlap : int, optional
+        Minimum tile overlap in "cover" mode [px], default 32.
+    rotations : {4, 1}, optional
+        4 (default): every patch also rotated by 90, 180, 270 degrees; 1: as they are.
+    in_channels : int, optional
+        Input channels (phase replicated), default 3.
+    phase_range : tuple of (float, float), optional
+        (low, high) [rad] mapped to [-1, 1]; default :data:`PHASE_RANGE_RAD`.
+
+    Raises
+    ------
+    ValueError
+        When ``rotations`` is not 1 or 4, or there are no pairs.
     """
 
     def __init__(self, pairs: Sequence[Pair], *, patch: int = 256, mode: Mode = "paper",
@@ -184,6 +326,22 @@ class CropPicker:
     centred on a cell's centroid instead, the cell drawn uniformly among the cells of the
     class (the diffusion GANs' ``crop_centre = "cell"``). The remaining crops are placed
     uniformly in a random field.
+
+    Parameters
+    ----------
+    labels : list of numpy.ndarray
+        (H, W) class maps 0..4, one per field.
+    cell_fraction : float, optional
+        Probability that a crop is centred on a cell, default 0.9.
+    class_balanced : bool, optional
+        Draw the cell class uniformly among the classes present, default True.
+    instances : list of numpy.ndarray, optional
+        (H, W) instance maps, one per class map: centre crops on cell centroids.
+
+    Raises
+    ------
+    ValueError
+        When ``instances`` and ``labels`` differ in number (or an instance map in shape).
     """
 
     def __init__(self, labels: list[np.ndarray], *, cell_fraction: float = 0.9, class_balanced: bool = True,
@@ -203,12 +361,38 @@ class CropPicker:
                 self.where[c] = (fields.astype(np.int64), np.concatenate(per))
 
     def pick(self, rng: np.random.Generator, patch_px: int) -> tuple[int, int, int]:
-        """(field index, top, left) of one crop of side ``patch_px``."""
+        """Place one crop.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The random source.
+        patch_px : int
+            Crop side [px]; no larger than any field.
+
+        Returns
+        -------
+        tuple of (int, int, int)
+            (field index, top, left) of one crop of side ``patch_px``.
+        """
         return self.pick_with_class(rng, patch_px)[1:]
 
     def pick_with_class(self, rng: np.random.Generator, patch_px: int) -> tuple[int, int, int, int]:
-        """(class, field index, top, left) of one crop: the class of the pixel (or, with
-        instance maps, the cell) it is centred on; 0 for a crop placed uniformly."""
+        """Place one crop and say which class it is centred on.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The random source.
+        patch_px : int
+            Crop side [px]; no larger than any field.
+
+        Returns
+        -------
+        tuple of (int, int, int, int)
+            (class, field index, top, left) of one crop: the class of the pixel (or, with
+            instance maps, the cell) it is centred on; 0 for a crop placed uniformly.
+        """
         if self.where and rng.random() < self.cell_fraction:
             classes = sorted(self.where)
             if self.class_balanced:
@@ -236,10 +420,35 @@ class BalancedCropDataset(Dataset):
     holding 4 % of the cells is seen as often as one holding 76 %) and rotated by a random
     multiple of 90 degrees, all drawn from ``(seed, e, i)``: reproducible, resumable, and
     independent of the DataLoader's order. Call :meth:`set_epoch` before each epoch.
-    ``length``: items per epoch. ``phase_gain`` (low, high): each crop's phase is multiplied
-    by a gain drawn log-uniformly from it (real instruments disagree on absolute phase
-    through wavelength, medium and calibration, so a class must be told by its shape, not its
-    phase level); (1, 1) leaves the phase as it is. Items as in :class:`PatchDataset`.
+    Items as in :class:`PatchDataset`.
+
+    Parameters
+    ----------
+    pairs : Sequence[Pair]
+        The phase/label pairs; fields smaller than ``patch`` are padded with medium (0 rad) /
+        background.
+    patch : int
+        Crop side [px].
+    length : int
+        Items per epoch.
+    seed : int
+        Seed of every draw.
+    in_channels : int, optional
+        Input channels (phase replicated), default 3.
+    cell_fraction : float, optional
+        Share of crops centred on a cell (:class:`CropPicker`), default 0.9.
+    phase_range : tuple of (float, float), optional
+        (low, high) [rad] mapped to [-1, 1]; default :data:`PHASE_RANGE_RAD`.
+    phase_gain : tuple of (float, float), optional
+        (low, high): each crop's phase is multiplied by a gain drawn log-uniformly from it
+        (real instruments disagree on absolute phase through wavelength, medium and
+        calibration, so a class must be told by its shape, not its phase level); (1, 1), the
+        default, leaves the phase as it is.
+
+    Raises
+    ------
+    ValueError
+        When ``phase_gain`` is not 0 < low <= high, or there are no pairs.
     """
 
     def __init__(self, pairs: Sequence[Pair], *, patch: int, length: int, seed: int, in_channels: int = 3,
@@ -257,6 +466,13 @@ class BalancedCropDataset(Dataset):
         self.log_gain = (float(np.log(phase_gain[0])), float(np.log(phase_gain[1])))
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that the following items are drawn for.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch index ``e`` of the ``(seed, e, i)`` draws.
+        """
         self.epoch = int(epoch)
 
     def __len__(self) -> int:

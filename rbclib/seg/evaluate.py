@@ -42,9 +42,19 @@ TABLE_COLUMNS: tuple[str, ...] = tuple(n.capitalize() for n in CELL_CLASS_NAMES)
 
 @dataclass
 class ModelEvaluation:
-    """Scores of one model on a test set: ``per_image`` (one row per image and metric:
-    image, metric "dice"/"aji", class columns, overall), ``seconds`` (total inference
-    time), ``predictions`` (image name -> class map) for figures."""
+    """Scores of one model on a test set.
+
+    Attributes
+    ----------
+    name : str
+        The model (folder) name.
+    per_image : pandas.DataFrame
+        One row per image and metric: image, metric "dice"/"aji", class columns, overall.
+    seconds : float
+        Total inference time [s].
+    predictions : dict[str, numpy.ndarray]
+        Image name -> (H, W) class map, for figures; default empty.
+    """
 
     name: str
     per_image: pd.DataFrame
@@ -52,6 +62,18 @@ class ModelEvaluation:
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
 
     def mean(self, metric: str) -> dict[str, float]:
+        """Test-set means of one metric (:func:`rbclib.seg.metrics.mean_scores`).
+
+        Parameters
+        ----------
+        metric : {"dice", "aji"}
+            The metric of the rows to average.
+
+        Returns
+        -------
+        dict[str, float]
+            Class name -> NaN-aware mean over images, plus ``overall`` (mean of the four class means).
+        """
         rows = self.per_image[self.per_image["metric"] == metric]
         return mean_scores(rows[list(CELL_CLASS_NAMES)].to_dict("records"))
 
@@ -59,8 +81,25 @@ class ModelEvaluation:
 def score_image(pred_labels: np.ndarray, true_labels: np.ndarray, *, covered: np.ndarray | None = None,
                 pred_instances: np.ndarray | None = None,
                 true_instances: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, float]]:
-    """(Dice, AJI) dicts of one image; ``covered`` (bool map) restricts scoring to the
-    bounding box of the covered pixels (the paper protocol's 768 x 768 of 900 x 900)."""
+    """Dice and AJI of one image.
+
+    Parameters
+    ----------
+    pred_labels, true_labels : numpy.ndarray
+        (H, W) predicted and ground-truth class maps 0..4.
+    covered : numpy.ndarray, optional
+        (H, W) bool map: scoring is restricted to the bounding box of the covered pixels (the
+        paper protocol's 768 x 768 of 900 x 900).
+    pred_instances : numpy.ndarray, optional
+        (H, W) predicted instance map; default: connected components of ``pred_labels``.
+    true_instances : numpy.ndarray, optional
+        (H, W) ground-truth instance map; default: components of each class.
+
+    Returns
+    -------
+    dice, aji : dict[str, float]
+        Class name -> score, plus ``overall`` (:mod:`rbclib.seg.metrics`).
+    """
     if covered is not None and not covered.all():
         ys, xs = np.nonzero(covered)
         sl = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
@@ -76,7 +115,28 @@ def score_image(pred_labels: np.ndarray, true_labels: np.ndarray, *, covered: np
 def evaluate_predictor(name: str, predict: Callable[[np.ndarray], Prediction], pairs: Sequence[Pair], *,
                        true_instances: dict[str, np.ndarray] | None = None, classes: int = 5,
                        progress: bool = True) -> ModelEvaluation:
-    """Run ``predict(phase) -> Prediction`` on every pair and score it (timed)."""
+    """Run ``predict(phase) -> Prediction`` on every pair and score it (timed).
+
+    Parameters
+    ----------
+    name : str
+        The model name (also in the progress bar).
+    predict : Callable[[numpy.ndarray], rbclib.seg.infer.Prediction]
+        Phase (H, W) [rad] -> prediction, e.g. from :func:`model_predictor`.
+    pairs : Sequence[rbclib.seg.datasets.Pair]
+        The test pairs.
+    true_instances : dict[str, numpy.ndarray], optional
+        Pair name -> ground-truth instance map; default: components of each class.
+    classes : int, optional
+        Number of classes the ground truth is checked against, default 5.
+    progress : bool, optional
+        Show a progress bar, default True.
+
+    Returns
+    -------
+    ModelEvaluation
+        Per-image scores, total predict time [s] and the predicted class maps.
+    """
     from tqdm.auto import tqdm
 
     rows, preds, seconds = [], {}, 0.0
@@ -95,8 +155,31 @@ def evaluate_predictor(name: str, predict: Callable[[np.ndarray], Prediction], p
 
 def model_predictor(model: Any, config: dict[str, Any], *, protocol: str = "tiled", fast: bool = False,
                     batch_size: int = 8) -> Callable[[np.ndarray], Prediction]:
-    """``phase -> Prediction`` for a loaded model: ``protocol`` "tiled" (whole image) or
-    "paper" (non-overlapping grid)."""
+    """``phase -> Prediction`` for a loaded model.
+
+    Parameters
+    ----------
+    model : Any
+        The loaded segmentation model.
+    config : dict[str, Any]
+        Its training config.
+    protocol : {"tiled", "paper"}, optional
+        "tiled" (default; whole image) or "paper" (non-overlapping grid).
+    fast : bool, optional
+        Passed to the predictor, default False.
+    batch_size : int, optional
+        Tiles per forward pass, default 8.
+
+    Returns
+    -------
+    Callable[[numpy.ndarray], rbclib.seg.infer.Prediction]
+        The predictor.
+
+    Raises
+    ------
+    ValueError
+        On an unknown ``protocol``.
+    """
     if protocol == "tiled":
         return lambda phase: predict_image(model, phase, config=config, batch_size=batch_size, fast=fast)
     if protocol == "paper":
@@ -105,8 +188,19 @@ def model_predictor(model: Any, config: dict[str, Any], *, protocol: str = "tile
 
 
 def find_model_folders(run_dir: str | Path) -> dict[str, Path]:
-    """Segmentation model folders of a run (``models/seg_<arm>/`` and baselines, those
-    with a ``config.json`` and ``best.pt``), in the paper's table order."""
+    """Segmentation model folders of a run, in the paper's table order.
+
+    Parameters
+    ----------
+    run_dir : str or pathlib.Path
+        The run folder.
+
+    Returns
+    -------
+    dict[str, pathlib.Path]
+        Folder name -> folder, for ``models/seg_<arm>/`` and baselines, those with a
+        ``config.json`` and ``best.pt``; empty when there is no models folder.
+    """
     from rbclib.core.paths import RunPaths
 
     models = RunPaths(run_dir).models
@@ -119,7 +213,18 @@ def find_model_folders(run_dir: str | Path) -> dict[str, Path]:
 
 
 def method_name(folder_name: str) -> str:
-    """Table row name of a model folder (``seg_backbone`` -> "ResUnet (backbone)")."""
+    """Table row name of a model folder (``seg_backbone`` -> "ResUnet (backbone)").
+
+    Parameters
+    ----------
+    folder_name : str
+        The model folder name.
+
+    Returns
+    -------
+    str
+        Its method name, or ``folder_name`` itself when unknown.
+    """
     return METHOD_NAMES.get(folder_name, folder_name)
 
 
@@ -129,8 +234,21 @@ def _order(names: Sequence[str]) -> list[str]:
 
 
 def score_table(evaluations: dict[str, ModelEvaluation], metric: str) -> pd.DataFrame:
-    """Table 1 (metric="dice") or Table 2 ("aji"): one row per method (paper order),
-    columns Method, Discocyte, Spherocyte, Echinocyte, Stomatocyte, Overall."""
+    """Table 1 (metric="dice") or Table 2 ("aji").
+
+    Parameters
+    ----------
+    evaluations : dict[str, ModelEvaluation]
+        Model folder name -> its evaluation.
+    metric : {"dice", "aji"}
+        The metric of the table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per method (paper order), columns Method, Discocyte, Spherocyte, Echinocyte,
+        Stomatocyte, Overall.
+    """
     rows = []
     for key in _order(list(evaluations)):
         mean = evaluations[key].mean(metric)
@@ -139,16 +257,39 @@ def score_table(evaluations: dict[str, ModelEvaluation], metric: str) -> pd.Data
 
 
 def compute_table(rows: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """Table 3: {folder name: {"time_s", "parameters", "macs_g"}} -> columns Method,
-    Time (s), Parameters, MACs (G), in the paper's order."""
+    """Table 3 of compute figures.
+
+    Parameters
+    ----------
+    rows : dict[str, dict[str, float]]
+        {folder name: {"time_s", "parameters", "macs_g"}}.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns Method, Time (s), Parameters, MACs (G), rows in the paper's order.
+    """
     out = [{"Method": method_name(k), "Time (s)": rows[k]["time_s"], "Parameters": int(rows[k]["parameters"]),
             "MACs (G)": rows[k]["macs_g"]} for k in _order(list(rows))]
     return pd.DataFrame(out, columns=["Method", "Time (s)", "Parameters", "MACs (G)"])
 
 
 def to_markdown(table: pd.DataFrame, *, digits: int = 4) -> str:
-    """A score table as Markdown (:func:`rbclib.core.markdown.markdown_table`; floats with
-    ``digits`` decimals, NaN as "-", integers with thousands separators)."""
+    """A score table as Markdown (:func:`rbclib.core.markdown.markdown_table`).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A table of :func:`score_table` or :func:`compute_table`.
+    digits : int, optional
+        Decimals of floats, default 4.
+
+    Returns
+    -------
+    str
+        Right-aligned Markdown: floats with ``digits`` decimals, NaN as "-", integers with
+        thousands separators.
+    """
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return "-" if math.isnan(v) else f"{v:.{digits}f}"
@@ -160,8 +301,20 @@ def to_markdown(table: pd.DataFrame, *, digits: int = 4) -> str:
 
 
 def plot_comparison(pairs: Sequence[Pair], predictions: dict[str, dict[str, np.ndarray]]):
-    """Figure 6 layout: one row per image; columns input phase, ground truth, then each
-    method's predicted class map (paper colours) -> matplotlib Figure."""
+    """Figure 6 layout: one row per image; columns input phase, ground truth, then each method.
+
+    Parameters
+    ----------
+    pairs : Sequence[rbclib.seg.datasets.Pair]
+        The images shown, one row each.
+    predictions : dict[str, dict[str, numpy.ndarray]]
+        Model folder name -> {pair name -> (H, W) predicted class map}.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure, class maps in the paper colours.
+    """
     import matplotlib.pyplot as plt
 
     from rbclib.core.labels import colourize

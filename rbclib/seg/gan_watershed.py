@@ -41,8 +41,20 @@ ENCODER_NAME = "pix2pix"  # the ``encoder`` entry of a GAN + Watershed config (i
 
 
 class Pix2PixUNet(nn.Module):
-    """pix2pix U-Net generator: (B, in_channels, H, W) -> (B, classes, H, W) logits; H and W
-    multiples of 2 ** len(widths) (32 by default)."""
+    """pix2pix U-Net generator: (B, in_channels, H, W) -> (B, classes, H, W) logits.
+
+    H and W must be multiples of 2 ** len(widths) (32 by default).
+
+    Parameters
+    ----------
+    in_channels : int, optional
+        Input channels, default 3.
+    classes : int, optional
+        Output classes, default 5.
+    widths : tuple of int, optional
+        Channels of the down levels, outermost first; default :data:`GENERATOR_WIDTHS`
+        (64-128-256-384-512).
+    """
 
     def __init__(self, in_channels: int = 3, classes: int = 5, widths: tuple[int, ...] = GENERATOR_WIDTHS):
         super().__init__()
@@ -68,6 +80,18 @@ class Pix2PixUNet(nn.Module):
         self.head = nn.ConvTranspose2d(2 * prev, classes, 4, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segment a batch.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (B, in_channels, H, W) normalised phase.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, classes, H, W) logits.
+        """
         skips = []
         for block in self.down:
             x = block(x)
@@ -79,16 +103,45 @@ class Pix2PixUNet(nn.Module):
 
 
 def build_gan_watershed(encoder: str = ENCODER_NAME, *, in_channels: int = 3, classes: int = 5) -> nn.Module:
-    """The GAN + Watershed generator (:class:`Pix2PixUNet`), random init; ``encoder`` must be
-    "pix2pix" (the name its configs carry)."""
+    """The GAN + Watershed generator (:class:`Pix2PixUNet`), random init.
+
+    Parameters
+    ----------
+    encoder : str, optional
+        Must be "pix2pix" (the name its configs carry, :data:`ENCODER_NAME`).
+    in_channels : int, optional
+        Input channels, default 3.
+    classes : int, optional
+        Output classes, default 5.
+
+    Returns
+    -------
+    torch.nn.Module
+        The generator.
+
+    Raises
+    ------
+    ValueError
+        When ``encoder`` is not "pix2pix".
+    """
     if encoder != ENCODER_NAME:
         raise ValueError(f"the GAN + Watershed generator is a pix2pix U-Net (encoder {ENCODER_NAME!r}), got {encoder!r}")
     return Pix2PixUNet(in_channels, classes)
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN discriminator (pix2pix, three stride-2 levels): (B, channels, H, W) ->
-    (B, 1, H / 8 - 2, W / 8 - 2) real/fake logits, one per overlapping patch."""
+    """PatchGAN discriminator (pix2pix, three stride-2 levels).
+
+    (B, channels, H, W) -> (B, 1, H / 8 - 2, W / 8 - 2) real/fake logits, one per
+    overlapping patch.
+
+    Parameters
+    ----------
+    channels : int
+        Input channels (phase channels + classes).
+    width : int, optional
+        First-layer width, default :data:`DISCRIMINATOR_WIDTH`.
+    """
 
     def __init__(self, channels: int, width: int = DISCRIMINATOR_WIDTH):
         super().__init__()
@@ -101,6 +154,18 @@ class PatchDiscriminator(nn.Module):
             nn.Conv2d(4 * w, 1, 4, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Judge a batch of (phase, class probabilities) pairs.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (B, channels, H, W) input.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, 1, H / 8 - 2, W / 8 - 2) real/fake logits.
+        """
         return self.net(x)
 
 
@@ -112,7 +177,22 @@ class Adversary:
     takes one discriminator step on real (one-hot ``y``) and fake (softmax of the detached
     ``logits``) pairs. Under torchrun the discriminator's gradients are averaged over the
     ranks (``world``). ``state_dict`` / ``load_state_dict`` hold its weights and optimiser
-    for resuming. ``bf16``: bfloat16 autocast of its forward passes (as the generator's).
+    for resuming.
+
+    Parameters
+    ----------
+    in_channels : int
+        Phase input channels of the segmenter.
+    classes : int
+        Number of classes.
+    weight : float
+        Weight of the GAN loss beside the segmentation loss (:data:`ADVERSARIAL_WEIGHT`).
+    device : torch.device
+        Where the discriminator lives.
+    world : int, optional
+        Number of torchrun ranks its gradients are averaged over, default 1.
+    bf16 : bool, optional
+        bfloat16 autocast of its forward passes (as the generator's), default False.
     """
 
     def __init__(self, in_channels: int, classes: int, *, weight: float, device: torch.device, world: int = 1,
@@ -129,14 +209,43 @@ class Adversary:
         return out.float()
 
     def generator_loss(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """weight x BCE(D(x, softmax(logits)), real): the generator's adversarial loss."""
+        """weight x BCE(D(x, softmax(logits)), real): the generator's adversarial loss.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (B, in_channels, H, W) input batch.
+        logits : torch.Tensor
+            (B, classes, H, W) generator logits (gradients flow through them).
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar loss.
+        """
         pred = self._logits(x, logits.float().softmax(1))
         return self.weight * F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred))
 
     def update(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> float:
-        """One discriminator step (pix2pix: half the summed real and fake BCE) -> its loss.
+        """One discriminator step (pix2pix: half the summed real and fake BCE).
+
         Where ``y`` is ``IGNORE`` the real input takes the generator's probabilities, so the
-        two inputs differ only where the labels are known."""
+        two inputs differ only where the labels are known.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (B, in_channels, H, W) input batch.
+        y : torch.Tensor
+            (B, H, W) integer class targets, may hold ``IGNORE``.
+        logits : torch.Tensor
+            (B, classes, H, W) generator logits (detached here).
+
+        Returns
+        -------
+        float
+            The discriminator loss.
+        """
         fake = logits.detach().float().softmax(1)
         known = (y != IGNORE).unsqueeze(1)
         real = F.one_hot(y.long().masked_fill(~known[:, 0], 0), self.classes).permute(0, 3, 1, 2).float()
@@ -155,8 +264,22 @@ class Adversary:
         broadcast_buffers(self.net)
 
     def state_dict(self) -> dict[str, Any]:
+        """Weights and optimiser state, for resuming.
+
+        Returns
+        -------
+        dict[str, Any]
+            {"net": CPU copies of the weights, "opt": optimiser state}.
+        """
         return {"net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}, "opt": self.opt.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned.
+
+        Parameters
+        ----------
+        state : dict[str, Any]
+            {"net", "opt"} as :meth:`state_dict` returns them.
+        """
         self.net.load_state_dict(state["net"])
         self.opt.load_state_dict(state["opt"])

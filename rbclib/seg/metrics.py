@@ -52,7 +52,20 @@ def _with_overall(scores: dict[str, float]) -> dict[str, float]:
 def dice_per_class(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     """Dice 2|G n S| / (|G| + |S|) per cell class (eq. 13) and their mean ``overall``.
 
-    pred, true: (H, W) class maps 0..4. NaN for a class absent from both.
+    Parameters
+    ----------
+    pred, true : numpy.ndarray
+        (H, W) predicted and ground-truth class maps 0..4.
+
+    Returns
+    -------
+    dict[str, float]
+        Cell class name -> Dice, NaN for a class absent from both; plus ``overall``.
+
+    Raises
+    ------
+    ValueError
+        When the maps differ in shape (or hold values outside 0..4).
     """
     pred, true = _check_pair(pred, true)
     code = pred.ravel().astype(np.intp) * N_CLASSES + true.ravel()
@@ -109,7 +122,23 @@ def _aji_from_table(inter: np.ndarray, area_t: np.ndarray, area_p: np.ndarray) -
 
 
 def aji(pred_instances: np.ndarray, true_instances: np.ndarray) -> float:
-    """Class-agnostic AJI (eq. 14) of two instance maps (0 background); NaN if both empty."""
+    """Class-agnostic AJI (eq. 14) of two instance maps.
+
+    Parameters
+    ----------
+    pred_instances, true_instances : numpy.ndarray
+        (H, W) predicted and ground-truth instance maps, 0 background.
+
+    Returns
+    -------
+    float
+        The AJI; NaN if both are empty.
+
+    Raises
+    ------
+    ValueError
+        When the maps differ in shape or hold negative ids.
+    """
     pred_instances, true_instances = np.asarray(pred_instances), np.asarray(true_instances)
     if pred_instances.shape != true_instances.shape:
         raise ValueError(f"instance maps differ in shape: {pred_instances.shape} vs {true_instances.shape}")
@@ -130,9 +159,23 @@ def aji_per_class(pred: np.ndarray, true: np.ndarray, *, pred_instances: np.ndar
                   true_instances: np.ndarray | None = None) -> dict[str, float]:
     """AJI (eq. 14) per cell class and their mean ``overall``; matching rule in the module doc.
 
-    pred, true: (H, W) class maps 0..4; pred_instances / true_instances: optional (H, W)
-    instance maps (0 background); without them instances are the 8-connected components
-    of each class. NaN for a class absent from both maps.
+    Parameters
+    ----------
+    pred, true : numpy.ndarray
+        (H, W) predicted and ground-truth class maps 0..4.
+    pred_instances, true_instances : numpy.ndarray, optional
+        (H, W) instance maps (0 background); without them instances are the 8-connected
+        components of each class.
+
+    Returns
+    -------
+    dict[str, float]
+        Cell class name -> AJI, NaN for a class absent from both maps; plus ``overall``.
+
+    Raises
+    ------
+    ValueError
+        When shapes differ or an instance map holds negative ids.
     """
     pred, true = _check_pair(pred, true)
     p_inst = instances_from_labels(pred) if pred_instances is None else np.asarray(pred_instances)
@@ -157,8 +200,21 @@ def aji_per_class(pred: np.ndarray, true: np.ndarray, *, pred_instances: np.ndar
 def match_instances(pred_instances: np.ndarray, true_instances: np.ndarray) -> pd.DataFrame:
     """Best predicted match of every true instance (max IoU, ties to the lowest id).
 
-    Returns one row per true instance: ``true_id``, ``pred_id`` (0 when it overlaps no
-    prediction), ``intersection_px``, ``union_px``, ``iou``.
+    Parameters
+    ----------
+    pred_instances, true_instances : numpy.ndarray
+        (H, W) predicted and ground-truth instance maps, 0 background.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per true instance: ``true_id``, ``pred_id`` (0 when it overlaps no
+        prediction), ``intersection_px``, ``union_px``, ``iou``.
+
+    Raises
+    ------
+    ValueError
+        When the maps differ in shape.
     """
     t = np.asarray(true_instances).astype(np.intp)
     p = np.asarray(pred_instances).astype(np.intp)
@@ -185,8 +241,22 @@ def match_instances(pred_instances: np.ndarray, true_instances: np.ndarray) -> p
 def mean_scores(per_image: Iterable[Mapping[str, float]]) -> dict[str, float]:
     """Average per-image score dicts over a test set (NaN-aware); see the module doc.
 
-    Each class is the mean of its non-NaN per-image values; ``overall`` is the mean of
-    the four class means (the paper's Overall).
+    Parameters
+    ----------
+    per_image : Iterable[Mapping[str, float]]
+        One score dict per image (class name -> score; an ``overall`` key is ignored).
+
+    Returns
+    -------
+    dict[str, float]
+        Each class: the mean of its non-NaN per-image values (NaN if none); ``overall``
+        (when all four cell classes are present): the mean of the four class means (the
+        paper's Overall).
+
+    Raises
+    ------
+    ValueError
+        When no per-image scores are given.
     """
     rows = list(per_image)
     if not rows:
@@ -217,10 +287,24 @@ def cell_confusion(pred_labels: np.ndarray, true_labels: np.ndarray, *, true_ins
     are mostly predicted background counts as ``missed``. A predicted cell (an instance of
     ``pred_instances``, else a component of ``pred_labels``) with most of its pixels on true
     background is a false detection: row :data:`NO_CELL`, column its predicted class.
-    Returns (counts DataFrame, rows = true class names + ``no cell``, columns ``missed`` + class names;
-    per-class accuracy = correct / cells of that class, NaN for a class with no cells,
-    plus ``overall`` = correct / all cells). Sum the counts of several images and call
-    :func:`confusion_accuracy` for a data set.
+    Sum the counts of several images and call :func:`confusion_accuracy` for a data set.
+
+    Parameters
+    ----------
+    pred_labels, true_labels : numpy.ndarray
+        (H, W) predicted and ground-truth class maps 0..4.
+    true_instances : numpy.ndarray, optional
+        (H, W) true cells; default: 8-connected components of each cell class.
+    pred_instances : numpy.ndarray, optional
+        (H, W) predicted cells; default: components of ``pred_labels``.
+
+    Returns
+    -------
+    confusion : pandas.DataFrame
+        Counts, rows = true class names + ``no cell``, columns ``missed`` + class names.
+    accuracy : dict[str, float]
+        Per-class accuracy = correct / cells of that class, NaN for a class with no cells,
+        plus ``overall`` = correct / all cells.
     """
     pred, true = _check_pair(pred_labels, true_labels)
     t_counts, p_counts = _class_counts(true_instances, "true_instances", true, pred)
@@ -264,8 +348,21 @@ def _false_detections(pred: np.ndarray, true: np.ndarray, pred_instances: np.nda
 
 
 def confusion_accuracy(confusion: pd.DataFrame) -> dict[str, float]:
-    """Per-class accuracy (diagonal / row total, NaN for empty rows) and ``overall``, over the
-    true cells (false detections, row ``no cell``, are scored by :func:`confusion_precision`)."""
+    """Per-class accuracy over the true cells.
+
+    False detections, row ``no cell``, are scored by :func:`confusion_precision`.
+
+    Parameters
+    ----------
+    confusion : pandas.DataFrame
+        Counts as :func:`cell_confusion` returns them (or a sum of several).
+
+    Returns
+    -------
+    dict[str, float]
+        Class name -> diagonal / row total (NaN for empty rows), and ``overall`` = correct /
+        all true cells.
+    """
     acc: dict[str, float] = {}
     for name in CELL_CLASS_NAMES:
         total = int(confusion.loc[name].sum())
@@ -277,8 +374,19 @@ def confusion_accuracy(confusion: pd.DataFrame) -> dict[str, float]:
 
 
 def confusion_precision(confusion: pd.DataFrame) -> dict[str, float]:
-    """Per-class precision of the predicted cells: diagonal / column total, the column holding
-    the false detections (row ``no cell``) too; NaN for a class never predicted."""
+    """Per-class precision of the predicted cells.
+
+    Parameters
+    ----------
+    confusion : pandas.DataFrame
+        Counts as :func:`cell_confusion` returns them (or a sum of several).
+
+    Returns
+    -------
+    dict[str, float]
+        Class name -> diagonal / column total, the column holding the false detections (row
+        ``no cell``) too; NaN for a class never predicted.
+    """
     prec: dict[str, float] = {}
     for name in CELL_CLASS_NAMES:
         total = int(confusion[name].sum())

@@ -26,9 +26,28 @@ def build_resunet(encoder: str = "resnet50", *, in_channels: int = 3, classes: i
     """The paper's ResUnet: smp U-Net, ResNet encoder, decoder (1024, 512, 256, 128, 64),
     segmentation head replaced by a 1x1 convolution. 73,688,197 parameters at resnet50.
 
-    ``decoder_channels`` exists for CPU profiles only: on 2 CPU cores a resnet18 training
-    step (8 x 128 px) takes 1.52 s with the paper's decoder and 0.23 s with
-    (256, 128, 64, 32, 16).
+    Parameters
+    ----------
+    encoder : str, optional
+        ResNet encoder, one of :data:`ENCODERS`; default "resnet50".
+    in_channels : int, optional
+        Input channels, default 3.
+    classes : int, optional
+        Output classes, default 5.
+    decoder_channels : tuple of int, optional
+        Five decoder stages, default :data:`RESUNET_DECODER_CHANNELS`. Exists for CPU profiles
+        only: on 2 CPU cores a resnet18 training step (8 x 128 px) takes 1.52 s with the
+        paper's decoder and 0.23 s with (256, 128, 64, 32, 16).
+
+    Returns
+    -------
+    torch.nn.Module
+        The model, randomly initialised.
+
+    Raises
+    ------
+    ValueError
+        On an unsupported encoder or not 5 decoder stages.
     """
     _check_encoder(encoder)
     decoder_channels = tuple(int(c) for c in decoder_channels)
@@ -41,19 +60,79 @@ def build_resunet(encoder: str = "resnet50", *, in_channels: int = 3, classes: i
 
 
 def build_unet(encoder: str = "resnet50", *, in_channels: int = 3, classes: int = 5) -> nn.Module:
-    """Plain U-Net baseline: smp defaults (decoder 256..16, 3x3 head), random init."""
+    """Plain U-Net baseline: smp defaults (decoder 256..16, 3x3 head), random init.
+
+    Parameters
+    ----------
+    encoder : str, optional
+        ResNet encoder, one of :data:`ENCODERS`; default "resnet50".
+    in_channels : int, optional
+        Input channels, default 3.
+    classes : int, optional
+        Output classes, default 5.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model, randomly initialised.
+
+    Raises
+    ------
+    ValueError
+        On an unsupported encoder.
+    """
     _check_encoder(encoder)
     return smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes)
 
 
 def build_deeplabv3plus(encoder: str = "resnet50", *, in_channels: int = 3, classes: int = 5) -> nn.Module:
-    """DeepLab v3+ baseline (smp; output stride 16, ASPP), random init."""
+    """DeepLab v3+ baseline (smp; output stride 16, ASPP), random init.
+
+    Parameters
+    ----------
+    encoder : str, optional
+        ResNet encoder, one of :data:`ENCODERS`; default "resnet50".
+    in_channels : int, optional
+        Input channels, default 3.
+    classes : int, optional
+        Output classes, default 5.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model, randomly initialised.
+
+    Raises
+    ------
+    ValueError
+        On an unsupported encoder.
+    """
     _check_encoder(encoder)
     return smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes)
 
 
 def build_pspnet(encoder: str = "resnet50", *, in_channels: int = 3, classes: int = 5) -> nn.Module:
-    """PSPNet baseline (smp; pyramid pooling on the stride-8 features), random init."""
+    """PSPNet baseline (smp; pyramid pooling on the stride-8 features), random init.
+
+    Parameters
+    ----------
+    encoder : str, optional
+        ResNet encoder, one of :data:`ENCODERS`; default "resnet50".
+    in_channels : int, optional
+        Input channels, default 3.
+    classes : int, optional
+        Output classes, default 5.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model, randomly initialised.
+
+    Raises
+    ------
+    ValueError
+        On an unsupported encoder.
+    """
     _check_encoder(encoder)
     return smp.PSPNet(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes)
 
@@ -75,6 +154,25 @@ def build_fcn(encoder: str = "resnet50", *, in_channels: int = 3, classes: int =
     resnet50/101: torchvision's ``fcn_resnet*`` (dilated, output stride 8); resnet18/34
     (CPU profiles): the same FCN head on an undilated torchvision ResNet (stride 32),
     since basic blocks do not support dilation.
+
+    Parameters
+    ----------
+    encoder : str, optional
+        ResNet encoder, one of :data:`ENCODERS`; default "resnet50".
+    in_channels : int, optional
+        Input channels, default 3.
+    classes : int, optional
+        Output classes, default 5.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model, randomly initialised.
+
+    Raises
+    ------
+    ValueError
+        On an unsupported encoder.
     """
     _check_encoder(encoder)
     from torchvision.models import resnet18, resnet34
@@ -117,8 +215,25 @@ BASELINES: tuple[str, ...] = ("unet", "deeplabv3plus", "fcn", "pspnet", "gan_wat
 
 
 def build_model(name: str, **kw: Any) -> nn.Module:
-    """Build a model by name ("resunet", "unet", "deeplabv3plus", "fcn", "pspnet", "gan_watershed");
-    keyword arguments (encoder, in_channels, classes) go to its builder."""
+    """Build a model by name.
+
+    Parameters
+    ----------
+    name : str
+        "resunet", "unet", "deeplabv3plus", "fcn", "pspnet" or "gan_watershed".
+    **kw
+        Keyword arguments (encoder, in_channels, classes) for its builder.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model, randomly initialised.
+
+    Raises
+    ------
+    ValueError
+        On an unknown name (or bad builder arguments).
+    """
     if name not in MODEL_BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODEL_BUILDERS)}")
     return MODEL_BUILDERS[name](**kw)

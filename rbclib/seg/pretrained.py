@@ -16,7 +16,23 @@ WEIGHTS_FILE = "encoder_decoder.pt"
 
 
 def load_pretrained_weights(ssl_dir: str | Path) -> dict[str, Any]:
-    """{"config", "encoder", "decoder", "rec_head", "step"} from ``ssl_dir``/encoder_decoder.pt."""
+    """The pretrained weights that SSL pretraining wrote into ``ssl_dir``.
+
+    Parameters
+    ----------
+    ssl_dir : str or pathlib.Path
+        The SSL folder holding encoder_decoder.pt (:data:`WEIGHTS_FILE`).
+
+    Returns
+    -------
+    dict[str, Any]
+        {"config", "encoder", "decoder", "rec_head", "step"} from ``ssl_dir``/encoder_decoder.pt.
+
+    Raises
+    ------
+    rbclib.core.files.ImageFileError
+        When the weights file does not exist (run pretrain_ssl into this folder first).
+    """
     path = Path(ssl_dir) / WEIGHTS_FILE
     if not path.exists():
         raise ImageFileError(path, "SSL weights not found (run pretrain_ssl into this folder first)")
@@ -24,10 +40,29 @@ def load_pretrained_weights(ssl_dir: str | Path) -> dict[str, Any]:
 
 
 def load_into_resunet(model: nn.Module, ssl_dir: str | Path) -> nn.Module:
-    """Copy pretrained encoder and decoder weights of ``ssl_dir`` into a ResUnet ``model``
-    (built by :func:`rbclib.seg.models.build_resunet` with the same encoder and in_channels);
-    the segmentation head stays as it was. Raises ValueError naming the SSL encoder and
-    the mismatching tensors when the architectures differ. Returns ``model``."""
+    """Copy pretrained encoder and decoder weights of ``ssl_dir`` into a ResUnet ``model``.
+
+    The segmentation head stays as it was.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A ResUnet built by :func:`rbclib.seg.models.build_resunet` with the same encoder and
+        in_channels as the pretraining; changed in place.
+    ssl_dir : str or pathlib.Path
+        The SSL folder (see :func:`load_pretrained_weights`).
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model`` itself.
+
+    Raises
+    ------
+    ValueError
+        When ``model`` has no ``.encoder`` / ``.decoder``, or the architectures differ (the
+        message names the SSL encoder and the mismatching tensors).
+    """
     saved = load_pretrained_weights(ssl_dir)
     ssl_encoder = saved["config"].get("encoder")
     for part in ("encoder", "decoder"):

@@ -30,7 +30,25 @@ def tile_positions(shape: tuple[int, ...], patch: int, overlap: int = 32) -> lis
     """Top-left corners of overlapping ``patch`` x ``patch`` tiles covering a 2-D ``shape``.
 
     Neighbouring tiles share at least ``overlap`` px; the last tile ends at the border.
-    Raises ValueError when the image is smaller than a tile (pad it first).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Image shape; the first two entries (H, W) [px] are used.
+    patch : int
+        Tile side [px].
+    overlap : int, optional
+        Minimum overlap of neighbouring tiles [px], in [0, patch); default 32.
+
+    Returns
+    -------
+    list of tuple of (int, int)
+        (y, x) top-left corners [px].
+
+    Raises
+    ------
+    ValueError
+        When ``overlap`` is outside [0, patch) or the image is smaller than a tile (pad it first).
     """
     h, w = int(shape[0]), int(shape[1])
     if not 0 <= overlap < patch:
@@ -41,7 +59,25 @@ def tile_positions(shape: tuple[int, ...], patch: int, overlap: int = 32) -> lis
 
 
 def paper_positions(shape: tuple[int, ...], patch: int = 256) -> list[tuple[int, int]]:
-    """The paper's non-overlapping grid: floor(H/patch) x floor(W/patch) tiles from (0, 0)."""
+    """The paper's non-overlapping grid: floor(H/patch) x floor(W/patch) tiles from (0, 0).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Image shape; the first two entries (H, W) [px] are used.
+    patch : int, optional
+        Tile side [px], default 256.
+
+    Returns
+    -------
+    list of tuple of (int, int)
+        (y, x) top-left corners [px], row by row.
+
+    Raises
+    ------
+    ValueError
+        When the image is smaller than one patch.
+    """
     h, w = int(shape[0]), int(shape[1])
     if h < patch or w < patch:
         raise ValueError(f"image of {h} x {w} px is smaller than one {patch} x {patch} patch of the paper's protocol")
@@ -49,8 +85,22 @@ def paper_positions(shape: tuple[int, ...], patch: int = 256) -> list[tuple[int,
 
 
 def pad_to_min(image: np.ndarray, size: int, *, value: float = 0.0) -> np.ndarray:
-    """Pad the first two axes at the bottom/right up to at least ``size`` px (constant
-    ``value``: 0 rad is the medium for phase, 0 is background for labels)."""
+    """Pad the first two axes at the bottom/right up to at least ``size`` px.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (H, W[, ...]) array.
+    size : int
+        Minimum height and width [px].
+    value : float, optional
+        Constant fill: 0 rad is the medium for phase, 0 is background for labels; default 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        The padded array, or ``image`` itself when it is already large enough.
+    """
     h, w = image.shape[:2]
     ph, pw = max(0, size - h), max(0, size - w)
     if not (ph or pw):
@@ -61,9 +111,33 @@ def pad_to_min(image: np.ndarray, size: int, *, value: float = 0.0) -> np.ndarra
 
 def extract_patches(image: np.ndarray, patch: int = 256, *, mode: Mode = "paper",
                     overlap: int = 32) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Cut ``image`` (H, W[, ...]) into patches -> (N, patch, patch[, ...]) array and the
-    (y, x) top-left positions. ``mode="paper"``: 3 x 3 non-overlapping 256 px patches of a
-    900 px image; ``mode="cover"``: overlapping tiles covering the whole image."""
+    """Cut ``image`` into patches.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (H, W[, ...]) array.
+    patch : int, optional
+        Patch side [px], default 256.
+    mode : {"paper", "cover"}, optional
+        ``"paper"`` (default): non-overlapping grid, 3 x 3 of 256 px patches in a 900 px
+        image (:func:`paper_positions`); ``"cover"``: overlapping tiles covering the whole
+        image (:func:`tile_positions`).
+    overlap : int, optional
+        Minimum overlap of neighbouring tiles in ``"cover"`` mode [px], default 32.
+
+    Returns
+    -------
+    patches : numpy.ndarray
+        (N, patch, patch[, ...]) array.
+    positions : list of tuple of (int, int)
+        (y, x) top-left positions [px].
+
+    Raises
+    ------
+    ValueError
+        On an unknown ``mode``, or an image too small for the layout.
+    """
     if mode == "paper":
         pos = paper_positions(image.shape, patch)
     elif mode == "cover":
@@ -74,8 +148,21 @@ def extract_patches(image: np.ndarray, patch: int = 256, *, mode: Mode = "paper"
 
 
 def blend_window(patch: int, overlap: int) -> np.ndarray:
-    """(patch, patch) float32 weights for blending overlapping tiles: 1 in the centre,
-    falling linearly to ~0 (never 0) across the ``overlap`` px at each edge."""
+    """Weights for blending overlapping tiles.
+
+    Parameters
+    ----------
+    patch : int
+        Tile side [px].
+    overlap : int
+        Width of the linear ramp at each edge [px] (at least 1 is used).
+
+    Returns
+    -------
+    numpy.ndarray
+        (patch, patch) float32 weights: 1 in the centre, falling linearly to ~0 (never 0)
+        across the ``overlap`` px at each edge.
+    """
     ramp = max(overlap, 1)
     i = np.arange(patch, dtype=np.float32) + 0.5
     w1 = np.minimum(1.0, np.minimum(i, patch - i) / ramp)
@@ -83,6 +170,16 @@ def blend_window(patch: int, overlap: int) -> np.ndarray:
 
 
 def rotations4(*arrays: np.ndarray) -> list[tuple[np.ndarray, ...]]:
-    """The x4 rotation augmentation: each of 0, 90, 180, 270 degrees applied to all arrays
-    (first two axes) together -> list of 4 tuples."""
+    """The x4 rotation augmentation: each of 0, 90, 180, 270 degrees applied to all arrays together.
+
+    Parameters
+    ----------
+    *arrays : numpy.ndarray
+        Arrays rotated in their first two axes.
+
+    Returns
+    -------
+    list of tuple of numpy.ndarray
+        4 tuples (one per angle) of contiguous rotated copies, in the order of ``arrays``.
+    """
     return [tuple(np.ascontiguousarray(np.rot90(a, k, axes=(0, 1))) for a in arrays) for k in range(4)]

@@ -28,13 +28,31 @@ On 10 quick twin fields the count ratio stays 1.04 and the mean AJI 0.44."""
 
 def split_touching(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: float,
                    min_depth_um: float = 0.7, part_fraction: float = SPLIT_PART_FRACTION) -> np.ndarray:
-    """Split instances made of touching cells: a watershed of the distance-to-edge map seeded
-    by its h-maxima (depth ``min_depth_um``; :data:`LARGE_OBJECT_DEPTH_UM` for objects of
-    :data:`LARGE_OBJECT_FACTOR` x the median area or more), so two round cells joined by a
-    neck become two while one cell, however irregular its outline, keeps one maximum. With
-    three objects or more, a split is kept only if every part covers at least
-    ``part_fraction`` of the median object area (:data:`SPLIT_PART_FRACTION`). Returns new
-    int32 instances (numbered 1..N); the class map is unchanged."""
+    """Split instances made of touching cells.
+
+    A watershed of the distance-to-edge map seeded by its h-maxima, so two round cells joined
+    by a neck become two while one cell, however irregular its outline, keeps one maximum.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (H, W) class map; unchanged (not read by the split).
+    instances : numpy.ndarray
+        (H, W) integer instance map, 0 background.
+    pixel_size_m : float
+        Pixel size [m].
+    min_depth_um : float, optional
+        h-maxima seed depth [um], default 0.7; :data:`LARGE_OBJECT_DEPTH_UM` is used for
+        objects of :data:`LARGE_OBJECT_FACTOR` x the median area or more.
+    part_fraction : float, optional
+        With three objects or more, a split is kept only if every part covers at least this
+        fraction of the median object area; default :data:`SPLIT_PART_FRACTION`.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) int32 new instances, numbered 1..N.
+    """
     from scipy import ndimage as ndi
     from skimage.measure import label as cc_label
     from skimage.morphology import h_maxima

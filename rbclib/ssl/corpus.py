@@ -31,11 +31,25 @@ PBC_CLASSES = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "mo
 
 # --------------------------------------------------------------------------- corpora
 def smear_to_pseudo_phase(rgb: np.ndarray, *, od_to_rad: float = 8.0, background_percentile: float = 99.0) -> np.ndarray:
-    """Stained RGB smear (H, W, 3) uint8 -> pseudo-phase [rad], float32 (H, W).
+    """Stained RGB smear -> pseudo-phase.
 
     Green-channel optical density OD = -log10(G / G_bg), with G_bg the
     ``background_percentile`` of G (the bright, cell-free glass), clipped at 0, times
     ``od_to_rad``. Cells come out as positive bumps on a zero background, like phase.
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        (H, W, 3) uint8 stained smear.
+    od_to_rad : float, optional
+        Pseudo-phase per optical-density unit [rad], default 8.
+    background_percentile : float, optional
+        Percentile of G taken as the background G_bg, default 99.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) float32 pseudo-phase [rad], >= 0.
     """
     green = np.asarray(rgb, dtype=np.float32)[..., 1]
     bg = max(float(np.percentile(green, background_percentile)), 1.0)
@@ -57,6 +71,20 @@ class PBCFolderCorpus(Dataset):
     folder/<class>/*.jpg -> (1, size, size) float32 in [-1, 1] via
     :func:`smear_to_pseudo_phase`. ``labels`` (int array) index ``class_names`` (sorted
     subfolder names); decoded images are cached in memory.
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        The folder of class subfolders.
+    size : int, optional
+        Side of the resized images [px], default 128.
+    od_to_rad : float, optional
+        Pseudo-phase per optical-density unit [rad], default 8.
+
+    Raises
+    ------
+    rbclib.core.files.ImageFileError
+        When the folder does not exist or holds no class subfolders with images.
     """
 
     kind = "pbc"
@@ -79,6 +107,7 @@ class PBCFolderCorpus(Dataset):
 
     @property
     def description(self) -> str:
+        """One line naming the folder, image and class counts and the conversion."""
         return (f"PBC-layout folder {self.folder} ({len(self)} stained smear images, {len(self.class_names)} "
                 f"classes), green optical density x {self.od_to_rad:g} rad, resized to {self.size} px")
 
@@ -102,11 +131,33 @@ class PBCFolderCorpus(Dataset):
 class MedMNISTCorpus(Dataset):
     """MedMNIST's BloodMNIST (the PBC images, Yang et al. 2023) from its ``.npz`` file.
 
-    ``npz_or_root``: the file itself, or the folder holding ``bloodmnist_<size>.npz``
-    (``bloodmnist.npz`` at size 28), medmnist's naming. With ``download=True`` and the file
-    missing, the ``medmnist`` package (``pip install medmnist``) downloads it first.
-    ``split``: "train", "val", "test" or "all". Images (N, H, W, 3) uint8 become
-    pseudo-phase by :func:`smear_to_pseudo_phase`, resized to ``image_px`` (default ``size``).
+    Images (N, H, W, 3) uint8 become pseudo-phase by :func:`smear_to_pseudo_phase`.
+
+    Parameters
+    ----------
+    npz_or_root : str or pathlib.Path
+        The file itself, or the folder holding ``bloodmnist_<size>.npz`` (``bloodmnist.npz``
+        at size 28), medmnist's naming.
+    size : int, optional
+        MedMNIST image size of the file [px], default 224.
+    split : {"train", "val", "test", "all"}, optional
+        Which split to read, default "train".
+    download : bool, optional
+        With the file missing, the ``medmnist`` package (``pip install medmnist``) downloads
+        it first; default False.
+    image_px : int, optional
+        Side the images are resized to [px]; default ``size``.
+    od_to_rad : float, optional
+        Pseudo-phase per optical-density unit [rad], default 8.
+
+    Raises
+    ------
+    ValueError
+        On an unknown ``split``.
+    rbclib.core.files.ImageFileError
+        When the file is missing or not a MedMNIST file of RGB images and labels.
+    ImportError
+        When ``download`` needs the medmnist package and it is not installed.
     """
 
     kind = "bloodmnist"
@@ -149,6 +200,7 @@ class MedMNISTCorpus(Dataset):
 
     @property
     def description(self) -> str:
+        """One line naming the file, split, image count and the conversion."""
         return (f"BloodMNIST {self.path} (split {self.split}, {len(self)} images), green optical density x "
                 f"{self.od_to_rad:g} rad, resized to {self.size} px")
 
@@ -166,8 +218,28 @@ class SimulatedPhaseCorpus(Dataset):
     (0.1441 um/px by default, no resizing), normalised by
     :func:`rbclib.seg.datasets.normalise_phase`. Unless ``simulate_kw`` fixes ``mixture`` or
     ``day``, field ``i`` has the class mixture of storage day ``days[i % len(days)]``, so the
-    corpus spans every storage stage. Other ``simulate_kw`` go to ``simulate_field`` (e.g.
-    ``cells_per_field``, ``optics``). No holograms are formed; fields are cached on first access.
+    corpus spans every storage stage. No holograms are formed; fields are cached on first access.
+
+    Parameters
+    ----------
+    n_fields : int
+        Number of fields, >= 1.
+    size : int, optional
+        Field side [px], default 256.
+    seed : int, optional
+        Seed of the fields, default 0.
+    days : Sequence[float], optional
+        Storage days cycled over the fields; default
+        :data:`rbclib.physics.simulate.STORAGE_DAYS`. Unused when ``simulate_kw`` fixes
+        ``mixture`` or ``day``.
+    **simulate_kw
+        Other arguments of ``simulate_field`` (e.g. ``cells_per_field``, ``optics``,
+        ``mixture``, ``day``).
+
+    Raises
+    ------
+    ValueError
+        When ``n_fields`` < 1.
     """
 
     kind = "simulated"
@@ -185,12 +257,29 @@ class SimulatedPhaseCorpus(Dataset):
 
     @property
     def description(self) -> str:
+        """One line naming the field count, size, seed, storage days and extra settings."""
         extra = f", {self.simulate_kw}" if self.simulate_kw else ""
         days = f", storage days {list(self.days)}" if self.days else ""
         return f"simulated phase fields ({self.n_fields} fields of {self.size} px, seed {self.seed}{days}{extra})"
 
     def field(self, index: int) -> Any:
-        """The cached :class:`rbclib.physics.simulate.SimulatedField` number ``index``."""
+        """The cached :class:`rbclib.physics.simulate.SimulatedField` number ``index``.
+
+        Parameters
+        ----------
+        index : int
+            Field number, 0..n_fields - 1.
+
+        Returns
+        -------
+        rbclib.physics.simulate.SimulatedField
+            The field, simulated on first access.
+
+        Raises
+        ------
+        IndexError
+            When ``index`` is out of range.
+        """
         if not 0 <= index < self.n_fields:
             raise IndexError(f"field {index} out of range 0..{self.n_fields - 1}")
         if index not in self._fields:
@@ -209,21 +298,58 @@ class SimulatedPhaseCorpus(Dataset):
 
 
 def describe_corpus(corpus: Dataset) -> str:
-    """One line naming what a corpus (or a Subset of one) holds."""
+    """One line naming what a corpus (or a Subset of one) holds.
+
+    Parameters
+    ----------
+    corpus : torch.utils.data.Dataset
+        A corpus of this module, a Subset of one, or any sized dataset.
+
+    Returns
+    -------
+    str
+        Its ``description`` (plus the subset size), else its class name and length.
+    """
     if isinstance(corpus, Subset):
         return f"{describe_corpus(corpus.dataset)}; subset of {len(corpus)} images"
     return getattr(corpus, "description", f"{type(corpus).__name__} of {len(corpus)} images")
 
 
 def corpus_kind(corpus: Dataset) -> str:
-    """"pbc", "bloodmnist", "simulated" (or the class name) of a corpus or Subset."""
+    """The kind of a corpus or Subset.
+
+    Parameters
+    ----------
+    corpus : torch.utils.data.Dataset
+        A corpus, possibly wrapped in Subsets.
+
+    Returns
+    -------
+    str
+        "pbc", "bloodmnist", "simulated" (or the class name).
+    """
     while isinstance(corpus, Subset):
         corpus = corpus.dataset
     return getattr(corpus, "kind", type(corpus).__name__)
 
 
 def holdout_split(labels: Sequence[int], *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split of indices: (kept, held_out), ``fraction`` of each class held out."""
+    """Stratified split of indices, ``fraction`` of each class held out.
+
+    Parameters
+    ----------
+    labels : Sequence[int]
+        Class of each item.
+    fraction : float
+        Share of each class held out (rounded per class).
+    seed : int
+        Seed of the permutations.
+
+    Returns
+    -------
+    kept, held_out : numpy.ndarray
+        Sorted int64 indices.
+    """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     kept, held = [], []
@@ -238,8 +364,26 @@ def holdout_split(labels: Sequence[int], *, fraction: float, seed: int) -> tuple
 def simulated_cell_crops(corpus: SimulatedPhaseCorpus, *, crop_px: int = 64) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     """Crops centred on every simulated cell that fits whole in its field.
 
-    Returns images (N, 1, crop_px, crop_px) in [-1, 1], class ids (N,) (1..4, rbclib.core.labels)
-    and the class names in id order (index 0 "background" is never a label).
+    Parameters
+    ----------
+    corpus : SimulatedPhaseCorpus
+        The simulated fields.
+    crop_px : int, optional
+        Crop side [px], default 64.
+
+    Returns
+    -------
+    images : torch.Tensor
+        (N, 1, crop_px, crop_px) in [-1, 1].
+    labels : numpy.ndarray
+        (N,) int64 class ids (1..4, rbclib.core.labels).
+    class_names : list of str
+        The class names in id order (index 0 "background" is never a label).
+
+    Raises
+    ------
+    ValueError
+        When no cell fits in a crop.
     """
     from rbclib.core.labels import CLASS_NAMES
 
@@ -261,8 +405,23 @@ def simulated_cell_crops(corpus: SimulatedPhaseCorpus, *, crop_px: int = 64) -> 
 @dataclass
 class SSLData:
     """What 05_ssl_pretrain needs: the unlabelled pretraining corpus and a labelled probe set
-    the pretraining never saw. probe_images (N, 1, H, W) in [-1, 1], probe_labels (N,)
-    index class_names; kind: "pbc", "bloodmnist" or "simulated"."""
+    the pretraining never saw.
+
+    Attributes
+    ----------
+    kind : str
+        "pbc", "bloodmnist" or "simulated".
+    pretrain : torch.utils.data.Dataset
+        The unlabelled pretraining corpus.
+    probe_images : torch.Tensor
+        (N, 1, H, W) in [-1, 1].
+    probe_labels : numpy.ndarray
+        (N,) indices into ``class_names``.
+    class_names : list of str
+        The probe classes.
+    probe_description : str
+        One line naming what the probe set holds.
+    """
 
     kind: str
     pretrain: Dataset
@@ -273,6 +432,7 @@ class SSLData:
 
     @property
     def description(self) -> str:
+        """One line naming the pretraining corpus (:func:`describe_corpus`)."""
         return describe_corpus(self.pretrain)
 
 
@@ -295,15 +455,58 @@ def prepare_ssl_data(corpus: str, *, image_px: int, seed: int, default_pbc: str 
                      sim_field_px: int = 256, probe_fields: int = 8, probe_crop_px: int = 64) -> SSLData:
     """Pretraining corpus and held-out labelled probe set for ``corpus``.
 
-    corpus: "auto" (the PBC folder ``default_pbc`` if it exists, else "simulated"), a path
-    to a PBC-layout folder (or "pbc" for ``default_pbc``), "bloodmnist" (file in
-    ``medmnist_root``, downloaded with ``download``) or "simulated".
     PBC: ``probe_fraction`` of each class is held out of pretraining for the probe.
     BloodMNIST: pretraining on its train split, probe on its test split. Simulated:
-    ``sim_fields`` fields of ``sim_field_px`` px (not resized: image_px applies to smears)
-    for pretraining; the probe uses cells cropped (``probe_crop_px``) from ``probe_fields``
-    other fields (another seed, equal class mixture).
-    max_images (0: all) caps pretraining images; probe_per_class (0: all) caps the probe set.
+    ``sim_fields`` fields for pretraining; the probe uses cells cropped from
+    ``probe_fields`` other fields (another seed, equal class mixture).
+
+    Parameters
+    ----------
+    corpus : str
+        "auto" (the PBC folder ``default_pbc`` if it exists, else "simulated"), a path to a
+        PBC-layout folder (or "pbc" for ``default_pbc``), "bloodmnist" or "simulated".
+    image_px : int
+        Side of the resized smear images [px] (PBC, BloodMNIST).
+    seed : int
+        Seed of the splits, caps and simulated fields (the probe fields use ``seed + 1``).
+    default_pbc : str or pathlib.Path, optional
+        The PBC folder for "auto" and "pbc".
+    medmnist_root : str or pathlib.Path, optional
+        Folder of bloodmnist_<size>.npz; needed for "bloodmnist".
+    download : bool, optional
+        Download the BloodMNIST file when missing, default False.
+    max_images : int, optional
+        Caps pretraining images (0, the default: all).
+    probe_fraction : float, optional
+        PBC: share of each class held out for the probe, default 0.25.
+    probe_per_class : int, optional
+        Caps the probe set per class (0, the default: all).
+    sim_fields : int, optional
+        Simulated: pretraining fields, default 32.
+    sim_field_px : int, optional
+        Simulated: field side [px], default 256 (not resized: ``image_px`` applies to smears).
+    probe_fields : int, optional
+        Simulated: fields the probe cells are cropped from, default 8.
+    probe_crop_px : int, optional
+        Simulated: probe crop side [px], default 64.
+
+    Returns
+    -------
+    SSLData
+        The pretraining corpus and the probe set.
+
+    Raises
+    ------
+    ValueError
+        For "bloodmnist" without ``medmnist_root``.
+    rbclib.core.files.ImageFileError
+        When the PBC folder or BloodMNIST file is missing or unreadable.
+
+    Notes
+    -----
+    One entry point serves three corpus kinds, each reading its own few settings; the
+    parameters are the entries of the profile's ``ssl`` section, which 05_ssl_pretrain and
+    :mod:`rbclib.launch` pass one to one.
     """
     from rbclib.core.labels import CELL_CLASSES, CLASS_NAMES
 

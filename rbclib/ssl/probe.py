@@ -20,7 +20,24 @@ from rbclib.ssl.pretrain import SSLConfig
 # --------------------------------------------------------------------------- probe
 @torch.no_grad()
 def encoder_features(encoder: nn.Module, images: torch.Tensor, *, in_channels: int = 3, batch_size: int = 64) -> torch.Tensor:
-    """Global-average-pooled deepest encoder features (N, C) of images (N, 1, H, W), eval mode."""
+    """Global-average-pooled deepest encoder features of images, in eval mode.
+
+    Parameters
+    ----------
+    encoder : torch.nn.Module
+        An smp encoder (returns a list of feature maps); its training mode is restored after.
+    images : torch.Tensor
+        (N, 1, H, W) images in [-1, 1].
+    in_channels : int, optional
+        Channels the single channel is expanded to, default 3.
+    batch_size : int, optional
+        Images per forward pass, default 64.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, C) features on the CPU.
+    """
     was_training = encoder.training
     encoder.eval()
     dev = next(encoder.parameters()).device
@@ -65,10 +82,37 @@ def probe_encoder(encoder: nn.Module, images: torch.Tensor, labels: Sequence[int
                   k: int = 10, seed: int = 0, in_channels: int = 3) -> dict[str, float]:
     """How well frozen encoder features separate labelled images.
 
-    Stratified split of (images (N, 1, H, W), labels (N,)) into probe-train and probe-test
-    parts; features from :func:`encoder_features`. Returns {"knn_accuracy" (cosine k-NN,
-    similarity-weighted votes), "linear_accuracy" (logistic regression on standardised
-    features), "chance" (majority class of the test part), "n_train", "n_test"}.
+    Stratified split of the images into probe-train and probe-test parts; features from
+    :func:`encoder_features`.
+
+    Parameters
+    ----------
+    encoder : torch.nn.Module
+        The frozen encoder.
+    images : torch.Tensor
+        (N, 1, H, W) images in [-1, 1].
+    labels : Sequence[int]
+        (N,) class ids.
+    test_fraction : float, optional
+        Share of each class in the probe-test part, default 0.3.
+    k : int, optional
+        Neighbours of the k-NN, default 10.
+    seed : int, optional
+        Seed of the split and the torch seed, default 0.
+    in_channels : int, optional
+        Input channels of the encoder, default 3.
+
+    Returns
+    -------
+    dict[str, float]
+        {"knn_accuracy" (cosine k-NN, similarity-weighted votes), "linear_accuracy"
+        (logistic regression on standardised features), "chance" (majority class of the
+        test part), "n_train", "n_test"}.
+
+    Raises
+    ------
+    ValueError
+        When the labelled images are too few to split with ``test_fraction``.
     """
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     train_idx, test_idx = holdout_split(y.numpy(), fraction=test_fraction, seed=seed)
@@ -85,9 +129,31 @@ def probe_encoder(encoder: nn.Module, images: torch.Tensor, labels: Sequence[int
 
 def probe_pretrained_vs_random(ssl_dir: str | Path, images: torch.Tensor, labels: Sequence[int], *, seed: int = 0,
                                test_fraction: float = 0.3, k: int = 10, device: str | None = None) -> pd.DataFrame:
-    """:func:`probe_encoder` for the pretrained encoder of ``ssl_dir`` and for a randomly
-    initialised encoder of the same architecture (torch seed ``seed``); one row each.
-    Features are computed on ``device`` (default: :func:`rbclib.core.training.pick_device`)."""
+    """:func:`probe_encoder` for the pretrained encoder and a random one of the same architecture.
+
+    Parameters
+    ----------
+    ssl_dir : str or pathlib.Path
+        The SSL folder of the pretrained weights.
+    images : torch.Tensor
+        (N, 1, H, W) probe images in [-1, 1].
+    labels : Sequence[int]
+        (N,) class ids.
+    seed : int, optional
+        Torch seed of the random initialisation (and the probe split), default 0.
+    test_fraction : float, optional
+        Share of each class in the probe-test part, default 0.3.
+    k : int, optional
+        Neighbours of the k-NN, default 10.
+    device : str, optional
+        Where features are computed; default :func:`rbclib.core.training.pick_device`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row each for "pretrained" and "random": encoder, architecture and the scores of
+        :func:`probe_encoder`.
+    """
     from rbclib.seg.models import build_resunet
 
     cfg = SSLConfig.from_dict(load_pretrained_weights(ssl_dir)["config"])

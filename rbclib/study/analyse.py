@@ -24,11 +24,23 @@ from rbclib.core.config import Optics
 class CellAnalysis:
     """What :func:`analyse` found in one image.
 
-    phase: (H, W) float32 [rad], medium 0; labels: (H, W) uint8 class map 0..4 (0 medium);
-    instances: (H, W) int32 cell ids 1..N (0 medium); cells: one row per cell
-    (:func:`rbclib.physics.measure.measure_cells` columns plus ``class_name`` and
-    ``class_confidence``); optics: the optics used, with where each value came from; model:
-    the model folder; kind: "hologram" (reconstructed) or "phase" (read as radians).
+    Attributes
+    ----------
+    phase : numpy.ndarray
+        (H, W) float32 [rad], medium 0.
+    labels : numpy.ndarray
+        (H, W) uint8 class map 0..4 (0 medium).
+    instances : numpy.ndarray
+        (H, W) int32 cell ids 1..N (0 medium).
+    cells : pandas.DataFrame
+        One row per cell (:func:`rbclib.physics.measure.measure_cells` columns plus
+        ``class_name`` and ``class_confidence``).
+    optics : rbclib.core.config.Optics
+        The optics used, with where each value came from.
+    model : pathlib.Path
+        The model folder.
+    kind : str
+        "hologram" (reconstructed) or "phase" (read as radians).
     """
 
     phase: np.ndarray
@@ -40,8 +52,13 @@ class CellAnalysis:
     kind: str
 
     def class_shares(self) -> pd.Series:
-        """Share of the cells in each class (index: class names, values sum to 1; empty
-        without cells)."""
+        """Share of the cells in each class.
+
+        Returns
+        -------
+        pandas.Series
+            Index: class names, values sum to 1; empty without cells.
+        """
         return self.cells["class_name"].value_counts(normalize=True) if len(self.cells) else pd.Series(dtype=float)
 
 
@@ -57,13 +74,28 @@ def analyse(image: str | Path | np.ndarray, *, model: str | Path | None = None, 
             device: str | None = None) -> CellAnalysis:
     """Cells of one hologram or phase image.
 
-    image: an image file (hologram or phase TIFF; optics from its metadata where present) or
-    an (H, W) array: integer arrays and arrays with an off-axis sideband are holograms,
-    other float arrays phase [rad]. model: a model folder, None for the shipped default
-    model, ``"latest"`` for the best model of the latest run
-    (:func:`rbclib.study.inputs.resolve_model`). pixel_size_m [m], wavelength_m [m], n_medium:
-    override the file's metadata and the defaults. background: background hologram of an
-    array hologram. device: torch device (None: automatic).
+    Parameters
+    ----------
+    image : str, pathlib.Path or numpy.ndarray
+        An image file (hologram or phase TIFF; optics from its metadata where present) or
+        an (H, W) array: integer arrays and arrays with an off-axis sideband are holograms,
+        other float arrays phase [rad].
+    model : str or pathlib.Path, optional
+        A model folder, None for the shipped default model, ``"latest"`` for the best model of
+        the latest run (:func:`rbclib.study.inputs.resolve_model`).
+    pixel_size_m, wavelength_m : float, optional
+        Pixel size at the sample [m] and wavelength [m]; override the file's metadata and the defaults.
+    n_medium : float, optional
+        Refractive index of the medium; overrides the file's metadata and the default.
+    background : numpy.ndarray, optional
+        Background hologram of an array hologram.
+    device : str, optional
+        Torch device (None: automatic).
+
+    Returns
+    -------
+    CellAnalysis
+        Phase, class map, instances, per-cell table, optics, model and kind of the image.
     """
     from rbclib.physics.phase_files import ReconstructorCache
     from rbclib.study.image import LoadedImage, OpticsOptions, analyse_image, has_sideband, load_phase

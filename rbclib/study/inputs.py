@@ -46,10 +46,21 @@ _DATASET_DIRS = ("holograms", "backgrounds", "phase", "labels", "instances", "tr
 class ImageJob:
     """One image to assess.
 
-    image: unique id (path relative to the input without suffix, POSIX, dataset
-    sub-folders dropped, e.g. ``day_08/field_0000``); day: storage day (NaN if unknown);
-    background: background hologram file; truth_labels / truth_instances: ground truth;
-    optics_json: the dataset folder's ``optics.json`` (default optics for its images).
+    Attributes
+    ----------
+    image : str
+        Unique id (path relative to the input without suffix, POSIX, dataset sub-folders
+        dropped, e.g. ``day_08/field_0000``).
+    path : pathlib.Path
+        The image file.
+    day : float
+        Storage day (NaN if unknown).
+    background : pathlib.Path or None
+        Background hologram file.
+    truth_labels, truth_instances : pathlib.Path or None
+        Ground truth class map and instance map.
+    optics_json : pathlib.Path or None
+        The dataset folder's ``optics.json`` (default optics for its images).
     """
 
     image: str
@@ -62,18 +73,44 @@ class ImageJob:
 
 
 def parse_day(name: str) -> float | None:
-    """Storage day from a folder name (``day_08``, ``Day 13``, ``d16`` -> 8.0, 13.0, 16.0)."""
+    """Storage day from a folder name (``day_08``, ``Day 13``, ``d16`` -> 8.0, 13.0, 16.0).
+
+    Parameters
+    ----------
+    name : str
+        A folder name.
+
+    Returns
+    -------
+    float or None
+        The day; None when the name carries none.
+    """
     m = _DAY_RE.match(name.strip())
     return float(m.group(1)) if m else None
 
 
 def read_day_map(path: str | Path) -> dict[str, float]:
-    """A CSV mapping files to storage days: columns ``file`` (or ``image``/``path``) and
-    ``day`` (or ``storage_day``). Returns {key as written: day}.
+    """A CSV mapping files to storage days.
 
-    ImageFileError naming the file and the rows for: an unreadable file or encoding, missing
-    columns, a day that is not a finite number >= 0, and one file given two different days.
-    A row repeated with the same day is dropped with a warning."""
+    Columns ``file`` (or ``image``/``path``) and ``day`` (or ``storage_day``). A row repeated
+    with the same day is dropped with a warning.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The CSV file (UTF-8).
+
+    Returns
+    -------
+    dict of str to float
+        {key as written: day}.
+
+    Raises
+    ------
+    rbclib.core.files.ImageFileError
+        Naming the file and the rows for: an unreadable file or encoding, missing columns, a
+        day that is not a finite number >= 0, and one file given two different days.
+    """
     path = Path(path)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
@@ -140,8 +177,26 @@ def _dataset_jobs(folder: Path, root: Path, day: float) -> list[ImageJob]:
 def discover_inputs(input_path: str | Path, *, day_map: Mapping[str, float] | str | Path | None = None) -> list[ImageJob]:
     """Every image to assess under ``input_path`` (file or folder), with its storage day.
 
-    Raises ImageFileError if the input does not exist or holds no images; see the module
-    doc for the layouts understood.
+    See the module doc for the layouts understood.
+
+    Parameters
+    ----------
+    input_path : str or pathlib.Path
+        An image file or a folder.
+    day_map : mapping of str to float, str or pathlib.Path, optional
+        Days by file (a mapping, or a CSV read by :func:`read_day_map`); overrides days from
+        folder names.
+
+    Returns
+    -------
+    list of ImageJob
+        One job per image, in folder order.
+
+    Raises
+    ------
+    rbclib.core.files.ImageFileError
+        If the input does not exist or holds no images, when two images share an id, or on a
+        bad day map.
     """
     root = Path(input_path).expanduser()
     if not root.exists():
@@ -218,8 +273,20 @@ def _apply_day_map(jobs: list[ImageJob], root: Path, day_map: Mapping[str, float
 
 
 def training_finished(model_dir: str | Path) -> bool:
-    """Whether the training that writes ``model_dir`` has run all its epochs (one ``log.csv``
-    row per epoch against ``epochs`` in ``config.json``)."""
+    """Whether the training that writes ``model_dir`` has run all its epochs.
+
+    One ``log.csv`` row per epoch against ``epochs`` in ``config.json``.
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        A model folder.
+
+    Returns
+    -------
+    bool
+        True when finished; False when unfinished or either file is missing or unreadable.
+    """
     folder = Path(model_dir)
     try:
         epochs = int(read_json(folder / "config.json")["epochs"])
@@ -229,12 +296,29 @@ def training_finished(model_dir: str | Path) -> bool:
 
 
 def best_model_in(models_dir: str | Path) -> Path:
-    """The segmentation model of one run's ``models/`` folder to deploy: among the
-    ``seg_<arm>`` folders with a ``best.pt``, the one with the highest validation Dice
+    """The segmentation model of one run's ``models/`` folder to deploy.
+
+    Among the ``seg_<arm>`` folders with a ``best.pt``, the one with the highest validation Dice
     (``val_dice_overall`` in its ``log.csv``; validation images come from the train split,
     so the test split never chooses); ties and missing logs fall back to the order
     ``seg_da_ssl`` > ``seg_ssl`` > ``seg_da`` > ``seg_backbone``. A model still training
-    (fewer ``log.csv`` rows than its ``config.json`` epochs) is passed over."""
+    (fewer ``log.csv`` rows than its ``config.json`` epochs) is passed over.
+
+    Parameters
+    ----------
+    models_dir : str or pathlib.Path
+        A run's ``models/`` folder.
+
+    Returns
+    -------
+    pathlib.Path
+        The chosen ``seg_<arm>`` folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        When no arm has a finished, trained model.
+    """
     models_dir = Path(models_dir)
     present = [models_dir / f"seg_{arm}" for arm in ARM_PREFERENCE if (models_dir / f"seg_{arm}" / "best.pt").is_file()]
     candidates = [folder for folder in present if training_finished(folder)]
@@ -254,12 +338,28 @@ def best_model_in(models_dir: str | Path) -> Path:
 
 
 def find_latest_model(runs_roots: list[str | Path] | None = None) -> tuple[Path, str]:
-    """Best model of the most recent run: (model folder, sentence saying why).
+    """Best model of the most recent run.
 
-    Looks for ``<root>/*/models/seg_*/best.pt`` under each root (default:
-    :func:`rbclib.core.paths.runs_roots`: ``$RBC_RUNS``, ``./runs`` and a source checkout's
-    ``runs/``); the run whose newest ``best.pt`` is most recent wins, and within it
-    :func:`best_model_in` picks the arm.
+    Looks for ``<root>/*/models/seg_*/best.pt`` under each root; the run whose newest
+    ``best.pt`` is most recent wins, and within it :func:`best_model_in` picks the arm.
+
+    Parameters
+    ----------
+    runs_roots : list of str or pathlib.Path, optional
+        Folders holding runs (default: :func:`rbclib.core.paths.runs_roots`: ``$RBC_RUNS``,
+        ``./runs`` and a source checkout's ``runs/``).
+
+    Returns
+    -------
+    model : pathlib.Path
+        The model folder.
+    why : str
+        A sentence saying why (Markdown, for the report).
+
+    Raises
+    ------
+    FileNotFoundError
+        When no finished trained model is found.
     """
     roots = [Path(r) for r in runs_roots] if runs_roots else default_runs_roots()
     runs: dict[Path, float] = {}
@@ -285,9 +385,27 @@ LATEST = "latest"
 def resolve_model(model: str | Path | None, runs_roots: list[str | Path] | None = None) -> tuple[Path, str]:
     """The model folder to use and a sentence for the report saying which it is.
 
-    None: the default model shipped inside the package
-    (:data:`rbclib.study.default_model.SHIPPED_MODEL_DIR`, named with its card); ``"latest"``:
-    :func:`find_latest_model` under ``runs_roots``; anything else: that model folder."""
+    Parameters
+    ----------
+    model : str or pathlib.Path or None
+        None: the default model shipped inside the package
+        (:data:`rbclib.study.default_model.SHIPPED_MODEL_DIR`, named with its card);
+        ``"latest"``: :func:`find_latest_model` under ``runs_roots``; anything else: that model folder.
+    runs_roots : list of str or pathlib.Path, optional
+        Folders searched for ``"latest"``.
+
+    Returns
+    -------
+    model_dir : pathlib.Path
+        The model folder.
+    why : str
+        A sentence for the report (Markdown).
+
+    Raises
+    ------
+    FileNotFoundError
+        When the shipped model is missing or ``"latest"`` finds no model.
+    """
     from rbclib.study.default_model import SHIPPED_MODEL_DIR
 
     if model is None:

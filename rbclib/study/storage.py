@@ -44,7 +44,22 @@ TREND_MEASUREMENTS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class IndexScheme:
-    """A named morphology index: weights (class name -> weight in [0, 1]) and what it means."""
+    """A named morphology index: weights (class name -> weight in [0, 1]) and what it means.
+
+    Attributes
+    ----------
+    name : str
+        Name of the index.
+    weights : mapping of str to float
+        Class name -> weight in [0, 1], for exactly the four cell classes.
+    description : str
+        What the index means and where its weights come from.
+
+    Raises
+    ------
+    ValueError
+        When the weights do not name exactly the cell classes or a weight is outside 0..1.
+    """
 
     name: str
     weights: Mapping[str, float]
@@ -61,7 +76,13 @@ class IndexScheme:
                 raise ValueError(f"index scheme {self.name!r}: weight of {cls} is {w!r}, expected 0..1")
 
     def vector(self) -> np.ndarray:
-        """Weights in the order of :data:`CELL_CLASS_NAMES`."""
+        """Weights in the order of :data:`CELL_CLASS_NAMES`.
+
+        Returns
+        -------
+        numpy.ndarray
+            (4,) float weights.
+        """
         return np.array([float(self.weights[c]) for c in CELL_CLASS_NAMES])
 
 
@@ -86,7 +107,23 @@ MORPHOLOGY_SCHEMES: dict[str, IndexScheme] = {
 
 def schemes_from_mapping(data: Mapping[str, Mapping[str, Any]]) -> dict[str, IndexScheme]:
     """Index schemes from a mapping ``{name: {"weights": {class: w}, "description": str}}``
-    (e.g. a TOML file read with tomllib)."""
+    (e.g. a TOML file read with tomllib).
+
+    Parameters
+    ----------
+    data : mapping of str to mapping
+        One entry per scheme; ``description`` is optional.
+
+    Returns
+    -------
+    dict of str to IndexScheme
+        The schemes by name.
+
+    Raises
+    ------
+    ValueError
+        When a scheme has no ``weights``, its weights are invalid, or ``data`` is empty.
+    """
     out = {}
     for name, spec in data.items():
         if "weights" not in spec:
@@ -107,7 +144,18 @@ def _check_cells(cells: pd.DataFrame) -> None:
 
 
 def days_in(cells: pd.DataFrame) -> list[float]:
-    """Distinct days in order (NaN, i.e. 'no day', last)."""
+    """Distinct days in order (NaN, i.e. 'no day', last).
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        Per-cell table with a ``day`` column.
+
+    Returns
+    -------
+    list of float
+        The days, ascending, NaN last when present.
+    """
     vals = pd.unique(cells["day"])
     finite = sorted(v for v in vals if pd.notna(v))
     return finite + ([math.nan] if any(pd.isna(v) for v in vals) else [])
@@ -118,9 +166,21 @@ def _day_mask(cells: pd.DataFrame, day: float) -> pd.Series:
 
 
 def count_matrix(cells: pd.DataFrame, *, images: Iterable[str] | None = None) -> tuple[list[str], np.ndarray]:
-    """Cell counts per image and class: (image names, (n_images, 4) int array).
+    """Cell counts per image and class.
 
-    ``images`` adds images that produced no cells (they count, with zeros, as clusters).
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        Per-cell table (``image``, ``class_name``).
+    images : iterable of str, optional
+        Adds images that produced no cells (they count, with zeros, as clusters).
+
+    Returns
+    -------
+    names : list of str
+        Image names, those of ``images`` first.
+    counts : numpy.ndarray
+        (n_images, 4) int64 counts, columns in the order of :data:`CELL_CLASS_NAMES`.
     """
     names = list(dict.fromkeys([*(images or []), *cells["image"].astype(str)]))
     table = (cells.assign(image=cells["image"].astype(str))
@@ -130,7 +190,22 @@ def count_matrix(cells: pd.DataFrame, *, images: Iterable[str] | None = None) ->
 
 
 def wilson_interval(k: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion k/n (NaNs when n == 0)."""
+    """Wilson score interval of a binomial proportion k/n.
+
+    Parameters
+    ----------
+    k : int
+        Successes.
+    n : int
+        Trials.
+    confidence : float, optional
+        Confidence level; default 0.95.
+
+    Returns
+    -------
+    tuple of float
+        (low, high); NaNs when n == 0.
+    """
     if n == 0:
         return math.nan, math.nan
     from scipy.stats import binomtest
@@ -140,9 +215,23 @@ def wilson_interval(k: int, n: int, *, confidence: float = 0.95) -> tuple[float,
 
 
 def bootstrap_shares(counts: np.ndarray, *, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Cluster bootstrap of pooled class shares: (n_boot, 4), rows of resampled images.
+    """Cluster bootstrap of pooled class shares, rows of resampled images.
 
     Replicates whose resampled images hold no cell are NaN.
+
+    Parameters
+    ----------
+    counts : numpy.ndarray
+        (n_images, 4) counts per image and class (:func:`count_matrix`).
+    n_boot : int
+        Replicates.
+    rng : numpy.random.Generator
+        Source of the resampling.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_boot, 4) pooled shares per replicate.
     """
     n_img = counts.shape[0]
     idx = rng.integers(0, n_img, size=(n_boot, n_img))
@@ -156,10 +245,29 @@ def class_ratios(cells: pd.DataFrame, *, images_by_day: Mapping[float, list[str]
                  confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Class ratios per storage day with confidence intervals.
 
-    cells: per-cell table (``day``, ``image``, ``class_name``). images_by_day: every image
-    analysed per day, so that images without cells count as clusters (optional).
-    Returns a long table, one row per (day, class): ``day, class_name, count, n_cells,
-    n_images, ratio, ci_low, ci_high, ci_method`` (ratios as fractions 0..1).
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        Per-cell table (``day``, ``image``, ``class_name``).
+    images_by_day : mapping of float to list of str, optional
+        Every image analysed per day, so that images without cells count as clusters.
+    confidence : float, optional
+        Confidence level of the intervals; default 0.95.
+    n_boot : int, optional
+        Bootstrap replicates; default 2000.
+    seed : int, optional
+        Seed of the bootstrap; default 0.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A long table, one row per (day, class): ``day, class_name, count, n_cells, n_images,
+        ratio, ci_low, ci_high, ci_method`` (ratios as fractions 0..1).
+
+    Raises
+    ------
+    ValueError
+        When ``cells`` lacks a column or holds unknown class names.
     """
     _check_cells(cells)
     rng = np.random.default_rng(seed)
@@ -204,10 +312,35 @@ def _lookup_day(mapping: Mapping[float, list[str]] | None, day: float) -> list[s
 def morphology_indices(cells: pd.DataFrame, *, schemes: Mapping[str, IndexScheme] | None = None,
                        images_by_day: Mapping[float, list[str]] | None = None,
                        confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Each index scheme per storage day: ``day, scheme, value, ci_low, ci_high, n_cells``.
+    """Each index scheme per storage day.
 
     The interval comes from the same cluster bootstrap over images as :func:`class_ratios`
     (a single-image day gets a multinomial bootstrap of its cells instead).
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        Per-cell table (``day``, ``image``, ``class_name``).
+    schemes : mapping of str to IndexScheme, optional
+        The indices (default :data:`MORPHOLOGY_SCHEMES`).
+    images_by_day : mapping of float to list of str, optional
+        Every image analysed per day (images without cells count as clusters).
+    confidence : float, optional
+        Confidence level; default 0.95.
+    n_boot : int, optional
+        Bootstrap replicates; default 2000.
+    seed : int, optional
+        Seed of the bootstrap; default 0.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``day, scheme, value, ci_low, ci_high, n_cells``; days without cells are left out.
+
+    Raises
+    ------
+    ValueError
+        When ``cells`` lacks a column or holds unknown class names.
     """
     _check_cells(cells)
     schemes = dict(schemes or MORPHOLOGY_SCHEMES)
@@ -237,8 +370,23 @@ def morphology_indices(cells: pd.DataFrame, *, schemes: Mapping[str, IndexScheme
 def measurement_trends(cells: pd.DataFrame, *, columns: Iterable[str] | None = None) -> pd.DataFrame:
     """Per day and class (plus ``all``): ``n, mean, sd, median`` of each measurement column.
 
-    Returns a long table ``day, class_name, measurement, n, mean, sd, median``; columns
-    absent from ``cells`` are skipped.
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        Per-cell table (``day``, ``image``, ``class_name`` and measurement columns).
+    columns : iterable of str, optional
+        Measurement columns (default those of :data:`TREND_MEASUREMENTS`); columns absent
+        from ``cells`` are skipped.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A long table ``day, class_name, measurement, n, mean, sd, median``.
+
+    Raises
+    ------
+    ValueError
+        When ``cells`` lacks a column or holds unknown class names.
     """
     _check_cells(cells)
     cols = [c for c in (columns or TREND_MEASUREMENTS) if c in cells.columns]
@@ -259,8 +407,17 @@ def measurement_trends(cells: pd.DataFrame, *, columns: Iterable[str] | None = N
 def ratio_errors(estimated: pd.DataFrame, truth: pd.DataFrame, *, target_pp: float = 3.0) -> pd.DataFrame:
     """Estimated minus true class ratio per day and class, in percentage points.
 
-    Both inputs are :func:`class_ratios` tables. Returns ``day, class_name, estimated_pct,
-    true_pct, error_pp, abs_error_pp, within_target``.
+    Parameters
+    ----------
+    estimated, truth : pandas.DataFrame
+        :func:`class_ratios` tables.
+    target_pp : float, optional
+        Largest accepted absolute error [percentage points]; default 3.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``day, class_name, estimated_pct, true_pct, error_pp, abs_error_pp, within_target``.
     """
     est = estimated[["day", "class_name", "ratio"]].rename(columns={"ratio": "est"})
     tru = truth[["day", "class_name", "ratio"]].rename(columns={"ratio": "true"})
@@ -282,14 +439,35 @@ def accuracy_by_attribute(series_dir: str | Path, labels_dir: str | Path, *, cla
                           bins: Iterable[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)) -> pd.DataFrame:
     """Per-cell accuracy of one true class, split by a ground-truth attribute of the cells.
 
-    For a simulated series (``series_dir/cells.csv`` with ``dataset``, ``image``,
-    ``cell_id``, ``class_name`` and ``column``; true cell maps in
-    ``series_dir/<dataset>/instances/<image>.png``) and predicted class maps
-    ``labels_dir/<dataset>/<image>.png`` (as written by :func:`rbclib.study.assess.assess`), each
-    true cell of ``class_name`` takes the majority predicted class over its pixels. Returns
-    one row per ``column`` bin: ``cells``, ``accuracy`` and the share predicted as each
-    class (``as_<name>``, ``as_background``). The default splits echinocytes by the
+    For a simulated series and its predicted class maps, each true cell of ``class_name`` takes
+    the majority predicted class over its pixels. The default splits echinocytes by the
     simulator's crenation stage (0: crenated disc, 1: sphero-echinocyte).
+
+    Parameters
+    ----------
+    series_dir : str or pathlib.Path
+        A simulated series: ``series_dir/cells.csv`` with ``dataset``, ``image``, ``cell_id``,
+        ``class_name`` and ``column``; true cell maps in ``series_dir/<dataset>/instances/<image>.png``.
+    labels_dir : str or pathlib.Path
+        Predicted class maps ``labels_dir/<dataset>/<image>.png`` (as written by
+        :func:`rbclib.study.assess.assess`).
+    class_name : str, optional
+        The true class; default "echinocyte".
+    column : str, optional
+        The attribute; default "echinocyte_stage".
+    bins : iterable of float, optional
+        Bin edges of the attribute; default 0, 0.2, ..., 1.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ``column`` bin: ``cells``, ``accuracy`` and the share predicted as each
+        class (``as_<name>``, ``as_background``).
+
+    Raises
+    ------
+    ValueError
+        When ``cells.csv`` lacks a needed column.
     """
     from rbclib.core.io import read_instances, read_labels
 
@@ -323,7 +501,20 @@ def accuracy_by_attribute(series_dir: str | Path, labels_dir: str | Path, *, cla
 
 def wide_ratio_table(ratios: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
     """Ratios as ``"92.0 (89.1-94.3)"`` percent strings, one row per day, one column per class,
-    plus ``cells`` and ``images``."""
+    plus ``cells`` and ``images``.
+
+    Parameters
+    ----------
+    ratios : pandas.DataFrame
+        A :func:`class_ratios` table.
+    digits : int, optional
+        Decimals of the percentages; default 1.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``day`` (:func:`day_label`), the class names, ``cells`` and ``images``.
+    """
     rows = []
     for day, g in ratios.groupby("day", sort=True, dropna=False):
         row: dict[str, Any] = {"day": day_label(day)}
@@ -337,6 +528,18 @@ def wide_ratio_table(ratios: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
 
 
 def day_label(day: float) -> str:
+    """A storage day as text: ``"8"``, ``"8.5"``, or ``"unit"`` for NaN (a single unit).
+
+    Parameters
+    ----------
+    day : float
+        Storage day, NaN for none.
+
+    Returns
+    -------
+    str
+        The label.
+    """
     if pd.isna(day):
         return "unit"
     return f"{int(day)}" if float(day).is_integer() else f"{day:g}"

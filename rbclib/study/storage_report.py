@@ -35,8 +35,22 @@ def _x_positions(days: Iterable[float]) -> tuple[np.ndarray, list[str], bool]:
 
 
 def plot_ratio_trends(ratios: pd.DataFrame, *, truth: pd.DataFrame | None = None, title: str | None = None):
-    """Figure 8: class ratio [%] over storage day, one line per class with its 95 % CI band;
-    ``truth`` (a class_ratios table) is drawn dashed. Returns a matplotlib Figure."""
+    """Figure 8: class ratio [%] over storage day, one line per class with its 95 % CI band.
+
+    Parameters
+    ----------
+    ratios : pandas.DataFrame
+        A :func:`~rbclib.study.storage.class_ratios` table.
+    truth : pandas.DataFrame, optional
+        A class_ratios table of the ground truth, drawn dashed.
+    title : str, optional
+        Title (default: a description of the figure).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9.0, 4.5), layout="constrained")
@@ -67,8 +81,23 @@ def _line_colour(cid: int) -> tuple[float, float, float]:
 
 
 def plot_confusion(confusion: pd.DataFrame, *, title: str | None = None):
-    """Figure 9: confusion matrix (rows true class, columns predicted), coloured by the row
-    share (per-class accuracy on the diagonal), annotated with share and count."""
+    """Figure 9: confusion matrix (rows true class, columns predicted).
+
+    Coloured by the row share (per-class accuracy on the diagonal), annotated with share and count.
+
+    Parameters
+    ----------
+    confusion : pandas.DataFrame
+        Counts, index true class, columns predicted class
+        (:func:`rbclib.seg.metrics.cell_confusion`).
+    title : str, optional
+        Title (default: a description of the figure).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
+    """
     import matplotlib.pyplot as plt
 
     rows = [c for c in confusion.index if c in CELL_CLASS_NAMES] + \
@@ -94,8 +123,22 @@ def plot_confusion(confusion: pd.DataFrame, *, title: str | None = None):
 
 
 def plot_measurement_trends(trends: pd.DataFrame, *, classes: Iterable[str] = ("all", *CELL_CLASS_NAMES)):
-    """Mean of each measurement over storage day: one panel per measurement, all cells in
-    black with a +-1 SD band, one thin line per class. Returns a Figure."""
+    """Mean of each measurement over storage day.
+
+    One panel per measurement, all cells in black with a +-1 SD band, one thin line per class.
+
+    Parameters
+    ----------
+    trends : pandas.DataFrame
+        A :func:`~rbclib.study.storage.measurement_trends` table.
+    classes : iterable of str, optional
+        Classes drawn (default ``all`` and the four cell classes).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
+    """
     import matplotlib.pyplot as plt
 
     measures = list(dict.fromkeys(trends["measurement"]))
@@ -125,7 +168,20 @@ def plot_measurement_trends(trends: pd.DataFrame, *, classes: Iterable[str] = ("
 
 
 def plot_indices(indices: pd.DataFrame, *, schemes: Mapping[str, IndexScheme] | None = None):
-    """Morphology indices over storage day with 95 % CI bars. Returns a Figure."""
+    """Morphology indices over storage day with 95 % CI bars.
+
+    Parameters
+    ----------
+    indices : pandas.DataFrame
+        A :func:`~rbclib.study.storage.morphology_indices` table.
+    schemes : mapping of str to IndexScheme, optional
+        The index schemes (not used by the drawing; the table names its schemes).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
@@ -149,9 +205,22 @@ def plot_indices(indices: pd.DataFrame, *, schemes: Mapping[str, IndexScheme] | 
 class StorageSummary:
     """Every table of a storage study (all pandas DataFrames; see the functions above).
 
-    ratios / indices / trends: estimates from the segmented cells; truth_ratios,
-    errors, confusion, accuracy, precision: only when ground truth exists (else None / {}).
-    target_pp: ratio errors up to this many percentage points count as within target.
+    Attributes
+    ----------
+    ratios, indices, trends : pandas.DataFrame
+        Estimates from the segmented cells (:func:`~rbclib.study.storage.class_ratios`,
+        :func:`~rbclib.study.storage.morphology_indices`,
+        :func:`~rbclib.study.storage.measurement_trends`).
+    schemes : dict of str to IndexScheme
+        The morphology index schemes used.
+    truth_ratios, errors, confusion : pandas.DataFrame or None
+        Only when ground truth exists (else None / {}): true class ratios, ratio errors, confusion counts.
+    accuracy, precision : dict of str to float or None
+        Per-class accuracy and precision, only when ground truth exists (else None / {}).
+    ci_confidence : float
+        Confidence level of the intervals.
+    target_pp : float
+        Ratio errors up to this many percentage points count as within target.
     """
 
     ratios: pd.DataFrame
@@ -173,8 +242,37 @@ def summarise(cells: pd.DataFrame, *, images_by_day: Mapping[float, list[str]] |
               n_boot: int = 2000, seed: int = 0, target_pp: float = 3.0) -> StorageSummary:
     """All storage tables from a per-cell table (and optional ground truth).
 
-    truth_cells: per-cell ground-truth table (``day``, ``image``, ``class_name``);
-    confusion: summed :func:`rbclib.seg.metrics.cell_confusion` counts over all images.
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        Per-cell table (``day``, ``image``, ``class_name``, measurements).
+    images_by_day : mapping of float to list of str, optional
+        Every image analysed per day (images without cells count as clusters).
+    truth_cells : pandas.DataFrame, optional
+        Per-cell ground-truth table (``day``, ``image``, ``class_name``).
+    confusion : pandas.DataFrame, optional
+        Summed :func:`rbclib.seg.metrics.cell_confusion` counts over all images.
+    schemes : mapping of str to IndexScheme, optional
+        Morphology index schemes (default :data:`~rbclib.study.storage.MORPHOLOGY_SCHEMES`).
+    confidence : float, optional
+        Confidence level of the intervals; default 0.95.
+    n_boot : int, optional
+        Bootstrap replicates; default 2000.
+    seed : int, optional
+        Seed of the bootstraps; default 0.
+    target_pp : float, optional
+        Ratio error target [percentage points]; default 3.
+
+    Returns
+    -------
+    StorageSummary
+        The tables; the ground-truth ones only when given.
+
+    Notes
+    -----
+    Nine parameters because it forwards the statistics' options (confidence, bootstrap size,
+    seed, target) and the optional ground truth to the functions of
+    :mod:`rbclib.study.storage`; ``rbc assess`` passes them one to one.
     """
     from rbclib.seg.metrics import confusion_accuracy, confusion_precision
 
@@ -197,8 +295,19 @@ def summarise(cells: pd.DataFrame, *, images_by_day: Mapping[float, list[str]] |
 
 
 def summary_figures(summary: StorageSummary) -> dict[str, Any]:
-    """The study's figures by short name (``ratios`` = Figure 8, ``confusion`` = Figure 9,
-    ``indices``, ``measurements``); matplotlib Figures, not saved."""
+    """The study's figures by short name, matplotlib Figures, not saved.
+
+    Parameters
+    ----------
+    summary : StorageSummary
+        The study's tables.
+
+    Returns
+    -------
+    dict of str to matplotlib.figure.Figure
+        ``ratios`` = Figure 8, ``indices``, ``measurements`` (with trends) and ``confusion``
+        = Figure 9 (with ground truth).
+    """
     figs = {"ratios": plot_ratio_trends(summary.ratios, truth=summary.truth_ratios),
             "indices": plot_indices(summary.indices, schemes=summary.schemes)}
     if len(summary.trends):
@@ -212,9 +321,24 @@ def summary_figures(summary: StorageSummary) -> dict[str, Any]:
 class ReportContext:
     """What the report says about the run besides the tables.
 
-    input: what was analysed; model: which model and why; sources: lines on image type,
-    optics and resampling; failures: (file, problem) pairs of skipped files; figures:
-    short name -> path relative to the report; files: output name -> what it holds.
+    Attributes
+    ----------
+    input : str
+        What was analysed.
+    model : str
+        Which model and why.
+    n_images : int
+        Images analysed.
+    sources : list of str
+        Lines on image type, optics and resampling.
+    failures : list of tuple of str
+        (file, problem) pairs of skipped files.
+    figures : dict of str to str
+        Short name -> path relative to the report.
+    files : dict of str to str
+        Output name -> what it holds.
+    generated : str
+        When the report was made (text).
     """
 
     input: str
@@ -260,7 +384,26 @@ def _headline(summary: StorageSummary) -> list[str]:
 
 
 def render_report(summary: StorageSummary, context: ReportContext) -> str:
-    """The Markdown report of a storage study, written for a reader who has not seen the code."""
+    """The Markdown report of a storage study, written for a reader who has not seen the code.
+
+    Parameters
+    ----------
+    summary : StorageSummary
+        The study's tables.
+    context : ReportContext
+        Input, model, failures, figures and files of the run.
+
+    Returns
+    -------
+    str
+        The report, Markdown.
+
+    Notes
+    -----
+    Long because the report is one document read top to bottom: its sections (in short,
+    what was analysed, ratios, indices, measurements, accuracy, skipped files, caveats) are
+    written in reading order into one list, each guarded by whether its table exists.
+    """
     conf = int(round(100 * summary.ci_confidence))
     n_cells = int(summary.ratios.groupby("day", dropna=False)["n_cells"].first().sum()) if len(summary.ratios) else 0
     days = [d for d in days_in(summary.ratios) if pd.notna(d)]

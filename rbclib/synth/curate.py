@@ -22,7 +22,6 @@ asked for), so they would tip the set back towards the commonest class.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -36,7 +35,7 @@ from rbclib.physics.simulate import parse_mixture
 from rbclib.synth.morphology import cell_quality, cell_table
 from rbclib.synth.scores import CELL_THRESHOLD_RAD, consistency_score, mask_counts
 from rbclib.core.io import read_labels, read_phase, write_labels, write_phase
-from rbclib.core.files import back_up, read_json, write_csv, write_json
+from rbclib.core.files import write_csv
 from rbclib.core.labels import CELL_CLASS_NAMES, IGNORE, border_cut_cells
 
 COUNT_COLS = tuple(f"n_{name}" for name in CELL_CLASS_NAMES)
@@ -67,14 +66,36 @@ def write_candidates(phase: np.ndarray, labels: np.ndarray, confidence: np.ndarr
                      optics: Optics | None = None, threshold_rad: float = CELL_THRESHOLD_RAD,
                      ranges: dict[str, dict[str, tuple[float, float]]] | None = None,
                      progress: bool = True) -> pd.DataFrame:
-    """Write generated pairs (phase [rad], labels, confidence; each (n, H, W)) as candidates.
+    """Write generated pairs as candidates ``phase/cand_<i>.tif`` + ``labels/cand_<i>.png``.
 
-    Returns (and writes as ``candidates.csv``) the table of ids, consistency score, mean
-    confidence, cells per class (all, and not cut by the patch border;
-    :func:`rbclib.synth.scores.mask_counts`), pixel fraction per class, ``whole_cells`` (cells
-    of the phase not cut by the patch border, as the morphology score finds them) and ``cell_quality`` (:func:`rbclib.synth.morphology.cell_quality`
-    against ``ranges``, the real cells' :func:`~rbclib.synth.morphology.real_ranges`; 0
-    without them).
+    Parameters
+    ----------
+    phase : numpy.ndarray
+        (n, H, W) generated phase [rad].
+    labels : numpy.ndarray
+        (n, H, W) generated class maps 0..4.
+    confidence : numpy.ndarray
+        (n, H, W) per-pixel confidence of the masks.
+    folder : str or pathlib.Path
+        The candidate folder.
+    optics : rbclib.core.config.Optics, optional
+        Written with the phase; its pixel size scales the morphology (default ``Optics()``).
+    threshold_rad : float, optional
+        Cell threshold of the phase [rad], default :data:`rbclib.synth.scores.CELL_THRESHOLD_RAD`.
+    ranges : dict[str, dict[str, tuple of (float, float)]], optional
+        The real cells' :func:`~rbclib.synth.morphology.real_ranges`; ``cell_quality`` is 0
+        without them.
+    progress : bool, optional
+        Show a progress bar, default True.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table also written as ``candidates.csv``: ids, consistency score, mean
+        confidence, cells per class (all, and not cut by the patch border;
+        :func:`rbclib.synth.scores.mask_counts`), pixel fraction per class, ``whole_cells``
+        (cells of the phase not cut by the patch border, as the morphology score finds them)
+        and ``cell_quality`` (:func:`rbclib.synth.morphology.cell_quality` against ``ranges``).
     """
     folder = Path(folder)
     pixel_size_m = (optics or Optics()).pixel_size_m
@@ -100,10 +121,30 @@ def _cell_scores(phase: np.ndarray, labels: np.ndarray, ranges: dict | None, *, 
 def rescore_candidates(folder: str | Path, ranges: dict[str, dict[str, tuple[float, float]]], *,
                        optics: Optics | None = None, threshold_rad: float = CELL_THRESHOLD_RAD,
                        progress: bool = True) -> pd.DataFrame:
-    """Score the candidates of a folder written by an earlier version (or against other
-    ``ranges``): add or replace the cell counts of :func:`rbclib.synth.scores.mask_counts`,
-    ``whole_cells`` and ``cell_quality`` in ``candidates.csv`` (rewritten atomically; pairs and
-    decisions untouched)."""
+    """Score the candidates of a folder written by an earlier version (or against other ``ranges``).
+
+    Adds or replaces the cell counts of :func:`rbclib.synth.scores.mask_counts`,
+    ``whole_cells`` and ``cell_quality`` in ``candidates.csv`` (rewritten atomically; pairs
+    and decisions untouched).
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        The candidate folder.
+    ranges : dict[str, dict[str, tuple of (float, float)]]
+        The real cells' :func:`~rbclib.synth.morphology.real_ranges`.
+    optics : rbclib.core.config.Optics, optional
+        Its pixel size scales the morphology (default ``Optics()``).
+    threshold_rad : float, optional
+        Cell threshold of the phase [rad], default :data:`rbclib.synth.scores.CELL_THRESHOLD_RAD`.
+    progress : bool, optional
+        Show a progress bar, default True.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The updated table (index: id).
+    """
     folder = Path(folder)
     table = read_candidates(folder)
     pixel_size_m = (optics or Optics()).pixel_size_m
@@ -118,7 +159,25 @@ def rescore_candidates(folder: str | Path, ranges: dict[str, dict[str, tuple[flo
 
 
 def read_candidates(folder: str | Path) -> pd.DataFrame:
-    """The candidates table of a candidate folder (index: id)."""
+    """The candidates table of a candidate folder.
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        The candidate folder.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``candidates.csv`` (index: id, also kept as column).
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no candidates table (run notebook 04's generation step).
+    ValueError
+        When columns are missing or an id is not a plain candidate id.
+    """
     path = Path(folder) / "candidates.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no candidates table (run notebook 04's generation step)")
@@ -136,14 +195,47 @@ CANDIDATE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def check_candidate_id(cid: Any, where: str) -> str:
-    """``cid`` if it is a plain candidate id (:data:`CANDIDATE_ID`), else ValueError naming ``where``."""
+    """Check a plain candidate id (:data:`CANDIDATE_ID`).
+
+    Parameters
+    ----------
+    cid : Any
+        The id to check.
+    where : str
+        Named in the error (a file or folder).
+
+    Returns
+    -------
+    str
+        ``cid`` itself.
+
+    Raises
+    ------
+    ValueError
+        Naming ``where``, when ``cid`` is not a plain candidate id.
+    """
     if not isinstance(cid, str) or not CANDIDATE_ID.fullmatch(cid) or ".." in cid:
         raise ValueError(f"{where}: {cid!r} is not a candidate id (letters, digits, '_', '-', '.'; no path)")
     return cid
 
 
 def load_candidate(folder: str | Path, cid: str) -> tuple[np.ndarray, np.ndarray]:
-    """(phase [rad], labels) of one candidate."""
+    """Read one candidate.
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        The candidate folder.
+    cid : str
+        The candidate id.
+
+    Returns
+    -------
+    phase : numpy.ndarray
+        (H, W) phase [rad].
+    labels : numpy.ndarray
+        (H, W) uint8 class map 0..4.
+    """
     folder = Path(folder)
     check_candidate_id(cid, str(folder))
     return read_phase(folder / "phase" / f"{cid}.tif").data, read_labels(folder / "labels" / f"{cid}.png")
@@ -151,8 +243,27 @@ def load_candidate(folder: str | Path, cid: str) -> tuple[np.ndarray, np.ndarray
 
 def filter_candidates(table: pd.DataFrame, *, classes_present: Iterable[str] = (), count_class: str | None = None,
                       min_count: int = 0, min_consistency: float = 0.0) -> pd.DataFrame:
-    """Rows holding every class in ``classes_present``, >= min_count cells of ``count_class``
-    and a consistency score >= min_consistency."""
+    """Filter candidates.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The candidates table.
+    classes_present : Iterable[str], optional
+        Cell classes every kept row holds (default: none).
+    count_class : str, optional
+        Class whose cells are counted against ``min_count``.
+    min_count : int, optional
+        Minimum cells of ``count_class`` (0, the default: no limit).
+    min_consistency : float, optional
+        Minimum consistency score, default 0.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows holding every class in ``classes_present``, >= min_count cells of
+        ``count_class`` and a consistency score >= min_consistency.
+    """
     keep = table["consistency"] >= min_consistency
     for name in classes_present:
         keep &= table[f"n_{name}"] > 0
@@ -162,8 +273,20 @@ def filter_candidates(table: pd.DataFrame, *, classes_present: Iterable[str] = (
 
 
 def class_balance(table: pd.DataFrame, ids: Iterable[str] | None = None) -> pd.DataFrame:
-    """Whole cells (not cut by the patch border) per cell class, and share of all of them, over
-    ``ids`` (default: all rows)."""
+    """Whole cells (not cut by the patch border) per cell class, and share of all of them.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The candidates table (index: id).
+    ids : Iterable[str], optional
+        The rows counted (default: all rows).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns class, cells, share (0 when there are no cells), one row per cell class.
+    """
     sub = table if ids is None else table.loc[list(ids)]
     counts = np.array([sub[c].sum() if len(sub) else 0 for c in WHOLE_COLS], dtype=float)
     share = counts / counts.sum() if counts.sum() else np.zeros_like(counts)
@@ -171,16 +294,39 @@ def class_balance(table: pd.DataFrame, ids: Iterable[str] | None = None) -> pd.D
 
 
 def class_request(request: dict[str, float] | str | None) -> np.ndarray:
-    """Requested class shares (cell classes in ``CELL_CLASS_NAMES`` order, summing to 1) from
-    a class name -> weight mapping or ``"discocyte=0.4,..."`` (None: :data:`EQUAL_SHARES`);
-    checked by :func:`rbclib.physics.simulate.parse_mixture`."""
+    """Requested class shares, checked by :func:`rbclib.physics.simulate.parse_mixture`.
+
+    Parameters
+    ----------
+    request : dict[str, float] or str or None
+        Class name -> weight mapping or ``"discocyte=0.4,..."`` (None: :data:`EQUAL_SHARES`).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shares of the cell classes in ``CELL_CLASS_NAMES`` order, summing to 1.
+    """
     shares = parse_mixture(EQUAL_SHARES if request is None else request)
     return np.array([shares[name] for name in CELL_CLASS_NAMES])
 
 
 def balance_deviation_pp(table: pd.DataFrame, ids: Iterable[str], request: dict[str, float] | None = None) -> float:
-    """Largest difference [percentage points] between the class shares of the whole cells in
-    ``ids`` and the requested shares (:func:`class_request`); nan when they hold no such cell."""
+    """Largest difference between the class shares of the whole cells in ``ids`` and the request.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The candidates table (index: id).
+    ids : Iterable[str]
+        The selected ids.
+    request : dict[str, float], optional
+        Requested shares (:func:`class_request`); default equal shares.
+
+    Returns
+    -------
+    float
+        The difference [percentage points]; nan when ``ids`` hold no whole cell.
+    """
     got = class_balance(table, ids)
     if got["cells"].sum() == 0:
         return float("nan")
@@ -193,11 +339,37 @@ def auto_select_balanced(table: pd.DataFrame, n_select: int, *, request: dict[st
     """Ids chosen by ``SELECTION_RULE`` until ``n_select`` pairs are accepted in total, best
     cells first.
 
-    table: all candidates (index id); request: class name -> share of the accepted cells
-    (default equal shares); already: ids accepted before (they count towards the shares and
-    n_select); exclude: ids never to pick (rejected ones); pool: ids that may be picked
-    (default all, e.g. those passing a filter). Cells are counted whole (:data:`WHOLE_COLS`).
+    Cells are counted whole (:data:`WHOLE_COLS`).
 
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        All candidates (index id).
+    n_select : int
+        Pairs accepted in total, ``already`` included.
+    request : dict[str, float], optional
+        Class name -> share of the accepted cells (default equal shares).
+    already : Iterable[str], optional
+        Ids accepted before (they count towards the shares and n_select).
+    exclude : Iterable[str], optional
+        Ids never to pick (rejected ones).
+    pool : Iterable[str], optional
+        Ids that may be picked (default all, e.g. those passing a filter).
+    min_consistency : float, optional
+        Minimum consistency score of a pick, default 0.
+
+    Returns
+    -------
+    list of str
+        The ids picked now, best cells first.
+
+    Raises
+    ------
+    RuntimeError
+        When the solver finds no solution.
+
+    Notes
+    -----
     The set is found exactly, by mixed-integer programming (``scipy.optimize.milp``): it
     minimises the summed differences between the cells of each class and the requested share
     of all accepted cells; among sets that are as close, it takes the higher cell quality, then
@@ -205,6 +377,10 @@ def auto_select_balanced(table: pd.DataFrame, n_select: int, *, request: dict[st
     points from an equal request on a quick run's 600 candidates, where the exact set lies
     6.6; on the run before, 2.6-4.0 against 1.4 (largest difference of a class share, every
     cell counted, border fragments too, as then).
+
+    It is one function because the whole program is built in one place: the variables (one
+    0/1 per candidate, then one slack per class), the balance constraints and the tie-break
+    costs all index the same filtered candidate arrays. Most of its length is this text.
     """
     from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -247,95 +423,30 @@ def auto_select_balanced(table: pd.DataFrame, n_select: int, *, request: dict[st
     return [str(ids[i]) for i in chosen[np.argsort(rank[chosen])]]
 
 
-# ----------------------------------------------------------------------------- decisions
-class CurationDecisions:
-    """Accept / reject decisions per candidate id, saved to a JSON file after every change.
-
-    File: {"decisions": {id: {"decision", "by", "time"}}, "history": [id, ...]}; history
-    is the order of decisions, used by :meth:`undo`. Opening an existing file resumes, after
-    a backup copy (:func:`rbclib.core.files.back_up`). Not the annotation decisions of
-    :class:`rbclib.annotate.session.DecisionStore`: those are a replayable log of edits.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.decisions: dict[str, dict[str, str]] = {}
-        self.history: list[str] = []
-        if self.path.exists():
-            data = read_json(self.path)
-            where = str(self.path)
-            if not (isinstance(data, dict) and isinstance(data.get("decisions"), dict)
-                    and isinstance(data.get("history"), list)):
-                raise ValueError(f"{where}: not a curation decisions file (expected {{'decisions': {{...}}, "
-                                 "'history': [...]}})")
-            for cid, d in data["decisions"].items():
-                check_candidate_id(cid, where)
-                if not (isinstance(d, dict) and d.get("decision") in ("accept", "reject")):
-                    raise ValueError(f"{where}: decision for {cid!r} is {d!r}; expected accept or reject")
-            if set(data["history"]) != set(data["decisions"]):
-                raise ValueError(f"{where}: history and decisions name different candidates")
-            back_up(self.path)
-            self.decisions, self.history = dict(data["decisions"]), list(data["history"])
-
-    def record(self, cid: str, decision: str, *, by: str = "user") -> None:
-        self.record_many([cid], decision, by=by)
-
-    def record_many(self, ids: Iterable[str], decision: str, *, by: str) -> None:
-        if decision not in ("accept", "reject"):
-            raise ValueError(f"decision must be 'accept' or 'reject', got {decision!r}")
-        ids = [check_candidate_id(cid, str(self.path)) for cid in ids]
-        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        for cid in ids:
-            self.decisions[cid] = {"decision": decision, "by": by, "time": now}
-            self.history = [h for h in self.history if h != cid] + [cid]
-        self.save()
-
-    def undo(self) -> str | None:
-        """Forget the latest decision; returns its id (None when there is none)."""
-        if not self.history:
-            return None
-        cid = self.history.pop()
-        self.decisions.pop(cid, None)
-        self.save()
-        return cid
-
-    def ids(self, decision: str) -> list[str]:
-        return [cid for cid in self.history if self.decisions[cid]["decision"] == decision]
-
-    def save(self) -> None:
-        write_json(self.path, {"decisions": self.decisions, "history": self.history})
-
-
-def auto_curate(store: "CurationDecisions", table: pd.DataFrame, n_select: int, *,
-                request: dict[str, float] | None = None, min_consistency: float = 0.0) -> list[str]:
-    """The automatic curation of 04, recorded in ``store``: reject every undecided candidate
-    below ``min_consistency``, then accept by :func:`auto_select_balanced` until ``n_select``
-    pairs are accepted in all (earlier decisions, by hand or not, are kept). Returns the ids
-    accepted now."""
-    broken = table.loc[table["consistency"] < min_consistency, "id"]
-    store.record_many([c for c in broken if c not in store.decisions], "reject", by="auto: consistency")
-    picked = auto_select_balanced(table, n_select, request=request, already=store.ids("accept"),
-                                  exclude=store.ids("reject"), min_consistency=min_consistency)
-    store.record_many(picked, "accept", by="auto: balanced")
-    return picked
-
-
-def write_selection(path: str | Path, store: CurationDecisions, *, mode: str, rule: str = SELECTION_RULE,
-                    **extra: Any) -> dict[str, Any]:
-    """Write ``selection.json``: accepted / rejected ids, who selected each, the rule, extras."""
-    accepted = store.ids("accept")
-    data = {"accepted": accepted, "rejected": store.ids("reject"),
-            "selected_by": {cid: store.decisions[cid]["by"] for cid in accepted},
-            "mode": mode, "rule": rule, **extra}
-    write_json(path, data)
-    return data
-
-
 def write_synthetic_train(candidates: str | Path, ids: Iterable[str], out_dir: str | Path, *,
                           optics: Optics | None = None, progress: bool = True) -> list[str]:
-    """Accepted pairs with x4 rotations (0, 90, 180, 270 deg) as ``phase/<id>_r<k>.tif`` +
-    ``labels/<id>_r<k>.png`` under ``out_dir``, the cells cut by the patch border labelled
-    ``IGNORE`` (left out of the training loss); returns the written ids."""
+    """Accepted pairs with x4 rotations (0, 90, 180, 270 deg) as training pairs.
+
+    The cells cut by the patch border are labelled ``IGNORE`` (left out of the training loss).
+
+    Parameters
+    ----------
+    candidates : str or pathlib.Path
+        The candidate folder.
+    ids : Iterable[str]
+        The accepted ids.
+    out_dir : str or pathlib.Path
+        Receives ``phase/<id>_r<k>.tif`` + ``labels/<id>_r<k>.png``.
+    optics : rbclib.core.config.Optics, optional
+        Written with the phase.
+    progress : bool, optional
+        Show a progress bar, default True.
+
+    Returns
+    -------
+    list of str
+        The written ids ``<id>_r<k>``.
+    """
     out, written = Path(out_dir), []
     for cid in tqdm(list(ids), desc="writing synthetic pairs", disable=not progress):
         phase, labels = load_candidate(candidates, cid)

@@ -1,7 +1,8 @@
 """The curation gallery of 04 (``interactive=True``): candidate pairs with accept / reject,
 filters, the class-balance summary and the automatic rule, best cells first.
 
-The candidates, the decisions store and the selection rule are in :mod:`rbclib.synth.curate`.
+The candidates and the selection rule are in :mod:`rbclib.synth.curate`, the decisions store in
+:mod:`rbclib.synth.curation_decisions`.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pandas as pd
 
 from rbclib.core.labels import CELL_CLASS_NAMES, overlay_rgb
 from rbclib.seg.datasets import PHASE_RANGE_RAD
-from rbclib.synth.curate import (SELECTION_RULE, CurationDecisions, auto_select_balanced, class_balance,
-                                 filter_candidates, load_candidate, read_candidates)
+from rbclib.synth.curate import (SELECTION_RULE, auto_select_balanced, class_balance, filter_candidates,
+                                 load_candidate, read_candidates)
+from rbclib.synth.curation_decisions import CurationDecisions
 
 
 def _png(rgb: np.ndarray, size: int) -> bytes:
@@ -33,6 +35,23 @@ class CurationWidget:
     ``rbc-curate-reject-<id>``, ``rbc-curate-undo``, ``rbc-curate-prev``,
     ``rbc-curate-next``, ``rbc-curate-auto``. Each click is persisted at once to
     ``decisions_path``; re-opening the same file resumes. Display with ``display(w)``.
+
+    Parameters
+    ----------
+    candidates : str or pathlib.Path
+        The candidate folder (:func:`rbclib.synth.curate.read_candidates`).
+    decisions_path : str or pathlib.Path
+        The decisions file (:class:`rbclib.synth.curation_decisions.CurationDecisions`).
+    n_target : int, optional
+        Pairs to accept in total (the auto-select target), default 500.
+    request : dict[str, float], optional
+        Class name -> share of the accepted cells (default equal shares).
+    min_consistency : float, optional
+        Start value of the consistency filter, default 0.
+    page_size : int, optional
+        Candidates per page, default 12.
+    thumb_px : int, optional
+        Thumbnail side [px], default 128.
     """
 
     def __init__(self, candidates: str | Path, decisions_path: str | Path, *, n_target: int = 500,
@@ -85,7 +104,13 @@ class CurationWidget:
 
     # -- state
     def visible(self) -> pd.DataFrame:
-        """Candidates passing the current filters, best cell quality first (then id)."""
+        """Candidates passing the current filters, best cell quality first (then id).
+
+        Returns
+        -------
+        pandas.DataFrame
+            The rows of the candidates table shown, in gallery order.
+        """
         sub = filter_candidates(self.table, classes_present=self.f_classes.value, count_class=self.f_count_class.value,
                                 min_count=self.f_min_count.value, min_consistency=self.f_consistency.value)
         if self.f_hide_decided.value:
@@ -96,16 +121,38 @@ class CurationWidget:
         return sub
 
     def decide(self, cid: str, decision: str) -> None:
+        """Record a decision by the user and redraw.
+
+        Parameters
+        ----------
+        cid : str
+            The candidate id.
+        decision : {"accept", "reject"}
+            The decision.
+        """
         self.store.record(cid, decision, by="user")
         self.refresh()
 
     def undo(self) -> str | None:
+        """Forget the latest decision and redraw.
+
+        Returns
+        -------
+        str or None
+            Its id (None when there was none).
+        """
         cid = self.store.undo()
         self.refresh()
         return cid
 
     def auto_select(self) -> list[str]:
-        """Accept pairs by SELECTION_RULE among the filtered, undecided candidates up to the target."""
+        """Accept pairs by SELECTION_RULE among the filtered, undecided candidates up to the target.
+
+        Returns
+        -------
+        list of str
+            The ids accepted now.
+        """
         ids = auto_select_balanced(self.table, self.n_target.value, request=self.request,
                                    already=[c for c in self.store.ids("accept") if c in self.table.index],
                                    exclude=self.store.ids("reject"), pool=self.visible()["id"],
@@ -115,11 +162,13 @@ class CurationWidget:
         return ids
 
     def next_page(self) -> None:
+        """Show the next page (stays on the last one)."""
         n_pages = max(1, -(-len(self.visible()) // self.page_size))
         self.page = min(self.page + 1, n_pages - 1)
         self.refresh()
 
     def prev_page(self) -> None:
+        """Show the previous page (stays on the first one)."""
         self.page = max(0, self.page - 1)
         self.refresh()
 
@@ -129,6 +178,14 @@ class CurationWidget:
 
     # -- drawing
     def summary_html(self) -> str:
+        """The summary line and class-balance table.
+
+        Returns
+        -------
+        str
+            HTML: accepted / target, rejected, shown counts, and cells per class of all
+            candidates against the accepted ones.
+        """
         acc = self.store.ids("accept")
         before, after = class_balance(self.table), class_balance(self.table, [c for c in acc if c in self.table.index])
         cells = "".join(f"<tr><td>{r['class']}</td><td>{b['cells']} ({b['share']:.0%})</td>"
@@ -161,6 +218,7 @@ class CurationWidget:
         return box
 
     def refresh(self) -> None:
+        """Redraw the gallery page, the page label and the summary."""
         vis = self.visible()
         n_pages = max(1, -(-len(vis) // self.page_size))
         self.page = min(self.page, n_pages - 1)

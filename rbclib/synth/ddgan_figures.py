@@ -15,7 +15,26 @@ from rbclib.synth.mask_segmenter import segment_with_mask_generator
 
 def sample_grid_figure(phase: np.ndarray, labels: np.ndarray | None = None, *, ncols: int = 8,
                        title: str | None = None, phase_range_rad: tuple[float, float] = PHASE_RANGE_RAD):
-    """Grid of phase patches [rad] (n, P, P), each with its coloured mask below when given."""
+    """Grid of phase patches, each with its coloured mask below when given.
+
+    Parameters
+    ----------
+    phase : numpy.ndarray
+        (n, P, P) phase patches [rad].
+    labels : numpy.ndarray, optional
+        (n, P, P) class maps 0..4, shown below their patches.
+    ncols : int, optional
+        Patches per row, default 8 (at most n).
+    title : str, optional
+        Figure title.
+    phase_range_rad : tuple of (float, float), optional
+        Grey-scale limits [rad], default :data:`rbclib.seg.datasets.PHASE_RANGE_RAD`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The grid.
+    """
     import matplotlib.pyplot as plt
 
     from rbclib.core.labels import colourize
@@ -40,8 +59,33 @@ def sample_grid_figure(phase: np.ndarray, labels: np.ndarray | None = None, *, n
 
 def preview_figure(model_dir: str | Path, *, n: int = 16, seed: int = 0, real_phase: np.ndarray | None = None,
                    real_labels: np.ndarray | None = None):
-    """Sample grid of one model folder (the per-epoch check): G_p draws ``n`` phase patches;
-    G_M segments ``real_phase`` (n, native_px, native_px) [rad], shown beside ``real_labels``."""
+    """Sample grid of one model folder (the per-epoch check).
+
+    G_p draws ``n`` phase patches; G_M segments ``real_phase``, shown beside ``real_labels``.
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        A DDGAN model folder, phase (G_p) or mask (G_M).
+    n : int, optional
+        Patches shown, default 16.
+    seed : int, optional
+        Seed of the samples, default 0.
+    real_phase : numpy.ndarray, optional
+        (n, native_px, native_px) real phase patches [rad]; needed for a mask model.
+    real_labels : numpy.ndarray, optional
+        (n, native_px, native_px) their true class maps, shown in the first rows.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The grid.
+
+    Raises
+    ------
+    ValueError
+        For a mask model without ``real_phase``.
+    """
     _, cfg = load_generator(model_dir)
     if cfg.kind == "phase":
         g, _ = load_generator(model_dir)

@@ -16,12 +16,37 @@ from rbclib.synth.ddgan import load_generator, mask_from_x0, resize_patches, sam
 
 def segment_with_mask_generator(model_dir: str | Path, phase: np.ndarray, *, seed: int, n_samples: int = 1,
                                 batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """G_M used as a segmenter: phase [rad] (N, H, W) or (H, W) -> (class maps uint8, confidence).
+    """G_M used as a segmenter: phase -> class maps and confidence.
 
     Images are cut into non-overlapping native_px tiles (reflect-padded at the border, the
     paper's patch protocol), each tile's mask is the mean x0 of ``n_samples`` stochastic
     reverse chains, and the tiles are merged back to (N, H, W). A class-conditional G_M is
     given label 0 for every tile (the label of its training crops not centred on a cell).
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        The mask DDGAN's model folder.
+    phase : numpy.ndarray
+        (N, H, W) or (H, W) phase [rad].
+    seed : int
+        Seed of the reverse chains.
+    n_samples : int, optional
+        Reverse chains averaged per tile, default 1.
+    batch_size : int, optional
+        Tiles per generator batch, default 16.
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        uint8 class maps 0..4, shaped as ``phase``.
+    confidence : numpy.ndarray
+        float32 per-pixel confidence (:func:`rbclib.synth.ddgan.mask_from_x0`), shaped as ``phase``.
+
+    Raises
+    ------
+    ValueError
+        When ``model_dir`` holds a phase model, not a mask model (G_M).
     """
     gm, cfg = load_generator(model_dir)
     if cfg.kind != "mask":
@@ -52,9 +77,24 @@ def segment_with_mask_generator(model_dir: str | Path, phase: np.ndarray, *, see
 
 
 def mask_generator_predictor(model_dir: str | Path, *, seed: int) -> Callable[[np.ndarray], Prediction]:
-    """``phase -> Prediction`` using the DDGAN mask generator as a segmenter
-    (:func:`segment_with_mask_generator`; probabilities are one-hot): the
-    DDGAN-as-segmenter row of 07's tables (:func:`rbclib.seg.evaluate.evaluate_predictor`)."""
+    """``phase -> Prediction`` using the DDGAN mask generator as a segmenter.
+
+    Uses :func:`segment_with_mask_generator`; probabilities are one-hot. The
+    DDGAN-as-segmenter row of 07's tables (:func:`rbclib.seg.evaluate.evaluate_predictor`).
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        The mask DDGAN's model folder (read at every call).
+    seed : int
+        Seed of the reverse chains.
+
+    Returns
+    -------
+    Callable[[numpy.ndarray], rbclib.seg.infer.Prediction]
+        (H, W) phase [rad] -> prediction: class map, one-hot probabilities, connected-component
+        instances, every pixel covered.
+    """
     from rbclib.core.labels import instances_from_labels, to_onehot
 
     def predict(phase: np.ndarray) -> Prediction:

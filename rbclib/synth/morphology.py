@@ -3,7 +3,7 @@
 A feature distance over whole patches (:mod:`rbclib.synth.scores`) does not see shape: it
 called cell-bright blobs good. This score looks at cells. The project's own cell finder
 (:func:`rbclib.annotate.proposals.propose_cells`, fixed threshold) and per-cell statistics
-(:func:`rbclib.physics.realism.cell_statistics`, the code that compares the twin with real
+(:func:`rbclib.physics.image_statistics.cell_statistics`, the code that compares the twin with real
 holograms) run on generated patches and on real training patches; cells cut by the patch
 border are left out. Per cell:
 
@@ -27,7 +27,7 @@ from skimage.segmentation import expand_labels
 from rbclib.annotate.proposals import propose_cells
 from rbclib.core.config import Optics
 from rbclib.core.labels import CELL_CLASS_NAMES, CLASS_NAMES
-from rbclib.physics.realism import cell_statistics
+from rbclib.physics.image_statistics import cell_statistics
 from rbclib.synth.scores import CELL_THRESHOLD_RAD
 
 SHAPE_FEATURES = ("area_um2", "peak_phase_rad", "dip_ratio", "roughness", "eccentricity")
@@ -66,10 +66,31 @@ def _mask_agreement(instances: np.ndarray, labels: np.ndarray, *, region_px: int
 def cell_table(phases: np.ndarray, labels: np.ndarray, *, pixel_size_m: float,
                threshold_rad: float = CELL_THRESHOLD_RAD, min_area_um2: float = 8.0,
                region_um: float = 1.5) -> pd.DataFrame:
-    """Cells of (n, H, W) phase patches [rad] with their (n, H, W) class masks, one row per
-    cell neither cut by the patch border nor under ``min_area_um2`` (platelets, specks: the
-    proposals' ``tiny`` flag), columns :data:`CELL_TABLE_COLUMNS`. A cell's region for the
-    IoU reaches ``region_um`` beyond its proposal."""
+    """Cells of phase patches with their class masks.
+
+    Parameters
+    ----------
+    phases : numpy.ndarray
+        (n, H, W) phase patches [rad].
+    labels : numpy.ndarray
+        (n, H, W) class masks 0..4.
+    pixel_size_m : float
+        Pixel size [m].
+    threshold_rad : float, optional
+        Cell threshold of the cell finder [rad], default
+        :data:`rbclib.synth.scores.CELL_THRESHOLD_RAD`.
+    min_area_um2 : float, optional
+        Smaller objects (platelets, specks: the proposals' ``tiny`` flag) are left out
+        [um^2]; default 8.
+    region_um : float, optional
+        How far a cell's region for the IoU reaches beyond its proposal [um], default 1.5.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell neither cut by the patch border nor under ``min_area_um2``,
+        columns :data:`CELL_TABLE_COLUMNS` (``patch`` is the index in ``phases``).
+    """
     optics = Optics().replace(pixel_size_m=pixel_size_m)
     region_px = int(round(region_um * 1e-6 / pixel_size_m))
     frames = []
@@ -94,9 +115,21 @@ RANGE_FEATURES = ("area_um2", "peak_phase_rad")
 
 
 def real_ranges(real: pd.DataFrame) -> dict[str, dict[str, tuple[float, float]]]:
-    """The real cells' 5-95 % ranges of :data:`RANGE_FEATURES`: class name (and ``overall``)
-    -> {feature: (low, high)}; a class with fewer than 5 real cells takes the overall range.
-    Objects the mask calls background (debris, platelets) are not cells and are left out."""
+    """The real cells' 5-95 % ranges of :data:`RANGE_FEATURES`.
+
+    Objects the mask calls background (debris, platelets) are not cells and are left out.
+
+    Parameters
+    ----------
+    real : pandas.DataFrame
+        The real cells, a :func:`cell_table`.
+
+    Returns
+    -------
+    dict[str, dict[str, tuple of (float, float)]]
+        Class name (and ``overall``) -> {feature: (low, high)}; a class with fewer than 5
+        real cells takes the overall range. Empty without real cells.
+    """
     real = real[real["class_name"] != CLASS_NAMES[0]]
     if not len(real):
         return {}
@@ -110,8 +143,21 @@ def real_ranges(real: pd.DataFrame) -> dict[str, dict[str, tuple[float, float]]]
 
 
 def cell_passes(cells: pd.DataFrame, ranges: dict[str, dict[str, tuple[float, float]]]) -> np.ndarray:
-    """Per cell of a :func:`cell_table`: area and peak phase inside the real range of its
-    class (:func:`real_ranges`), purity >= :data:`PURE_CELL` and IoU >= :data:`IOU_MIN`."""
+    """Which cells look like real ones.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        A :func:`cell_table`.
+    ranges : dict[str, dict[str, tuple of (float, float)]]
+        The real cells' :func:`real_ranges`.
+
+    Returns
+    -------
+    numpy.ndarray
+        (len(cells),) bool: area and peak phase inside the real range of its class,
+        purity >= :data:`PURE_CELL` and IoU >= :data:`IOU_MIN`.
+    """
     ok = (cells["purity"].to_numpy(float) >= PURE_CELL) & (cells["iou"].to_numpy(float) >= IOU_MIN)
     for j, name in enumerate(cells["class_name"]):
         limits = ranges.get(name) if name != CLASS_NAMES[0] else None
@@ -121,7 +167,20 @@ def cell_passes(cells: pd.DataFrame, ranges: dict[str, dict[str, tuple[float, fl
 
 
 def cell_quality(cells: pd.DataFrame, ranges: dict[str, dict[str, tuple[float, float]]]) -> float:
-    """Share of the whole cells of one pair that pass :func:`cell_passes`; 0 without any."""
+    """Share of the whole cells of one pair that pass :func:`cell_passes`.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        The :func:`cell_table` of one pair.
+    ranges : dict[str, dict[str, tuple of (float, float)]]
+        The real cells' :func:`real_ranges`.
+
+    Returns
+    -------
+    float
+        The share in [0, 1]; 0 without any cell.
+    """
     return float(cell_passes(cells, ranges).mean()) if len(cells) else 0.0
 
 
@@ -140,19 +199,28 @@ def _iqr(values: pd.Series) -> float:
 
 
 def morphology_score(real: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFrame:
-    """Generated cells against real cells (two :func:`cell_table` results; real objects
-    the mask calls background, debris and platelets, are left out), one row per class of
-    the generated cells (their mask's class) and ``overall``.
+    """Generated cells against real cells, per class of the generated cells and ``overall``.
 
-    Columns: ``n_generated``, ``n_real``; ``area_in_real_range`` / ``peak_in_real_range``
-    (share of generated cells inside the real cells' 5-95 % range of that class, or of all
-    real cells for ``overall`` and for a class with fewer than 5 real cells);
-    ``pure_cells`` (share with purity >= :data:`PURE_CELL`); ``iou_median``; the medians of
-    :data:`SHAPE_FEATURES` as ``<feature>_generated`` / ``<feature>_real``;
-    ``area_spread_ratio`` / ``peak_spread_ratio``: the generated cells' interquartile range of
-    area / peak phase over the real cells' (1: as varied as real cells; near 0: the same cell
-    drawn again and again, which the range shares above do not see); ``meets_targets``
-    (every :data:`TARGETS` share met; ``overall`` only).
+    Real objects the mask calls background, debris and platelets, are left out.
+
+    Parameters
+    ----------
+    real, generated : pandas.DataFrame
+        Two :func:`cell_table` results.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``class_name``: one row per class of the generated cells (their mask's class)
+        and ``overall``. Columns: ``n_generated``, ``n_real``; ``area_in_real_range`` /
+        ``peak_in_real_range`` (share of generated cells inside the real cells' 5-95 % range
+        of that class, or of all real cells for ``overall`` and for a class with fewer than 5
+        real cells); ``pure_cells`` (share with purity >= :data:`PURE_CELL`); ``iou_median``;
+        the medians of :data:`SHAPE_FEATURES` as ``<feature>_generated`` / ``<feature>_real``;
+        ``area_spread_ratio`` / ``peak_spread_ratio``: the generated cells' interquartile
+        range of area / peak phase over the real cells' (1: as varied as real cells; near 0:
+        the same cell drawn again and again, which the range shares above do not see);
+        ``meets_targets`` (every :data:`TARGETS` share met; ``overall`` only).
     """
     ranges = real_ranges(real)
     real = real[real["class_name"] != CLASS_NAMES[0]]           # debris and platelets: not cells

@@ -25,7 +25,20 @@ from torch import nn
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of step numbers ``t`` (B,) -> (B, dim)."""
+    """Sinusoidal embedding of step numbers.
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        (B,) step numbers.
+    dim : int
+        Embedding size (an odd one is zero-padded).
+
+    Returns
+    -------
+    torch.Tensor
+        (B, dim) float32 embedding: sines, then cosines.
+    """
     half = dim // 2
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
@@ -46,7 +59,17 @@ def _groups(ch: int) -> int:
 
 
 class AdaptiveGroupNorm(nn.Module):
-    """GroupNorm whose scale and shift come from a style vector w: GN(h) * (1 + g(w)) + b(w)."""
+    """GroupNorm whose scale and shift come from a style vector w: GN(h) * (1 + g(w)) + b(w).
+
+    g and b start at zero, so the layer starts as a plain GroupNorm.
+
+    Parameters
+    ----------
+    channels : int
+        Channels of h.
+    style_dim : int
+        Size of w.
+    """
 
     def __init__(self, channels: int, style_dim: int):
         super().__init__()
@@ -56,12 +79,36 @@ class AdaptiveGroupNorm(nn.Module):
         nn.init.zeros_(self.style.bias)
 
     def forward(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Normalise ``h`` with the scale and shift of ``w``.
+
+        Parameters
+        ----------
+        h : torch.Tensor
+            (B, channels, H, W) features.
+        w : torch.Tensor
+            (B, style_dim) style vectors.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, channels, H, W).
+        """
         gamma, beta = self.style(w)[:, :, None, None].chunk(2, dim=1)
         return self.norm(h) * (1.0 + gamma) + beta
 
 
 class GenBlock(nn.Module):
-    """Residual block: AdaGN(z) -> SiLU -> conv, + time embedding, AdaGN(z) -> SiLU -> conv."""
+    """Residual block: AdaGN(z) -> SiLU -> conv, + time embedding, AdaGN(z) -> SiLU -> conv.
+
+    Parameters
+    ----------
+    in_ch, out_ch : int
+        Input and output channels (a 1x1 skip convolution when they differ).
+    t_dim : int
+        Size of the time embedding.
+    style_dim : int
+        Size of the style vector.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, t_dim: int, style_dim: int):
         super().__init__()
@@ -73,6 +120,22 @@ class GenBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Apply the block.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (B, in_ch, H, W) features.
+        temb : torch.Tensor
+            (B, t_dim) time embedding.
+        w : torch.Tensor
+            (B, style_dim) style vectors.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, out_ch, H, W), the residual sum divided by sqrt(2).
+        """
         h = self.conv1(F.silu(self.norm1(x, w)))
         h = h + self.temb(temb)[:, :, None, None]
         h = self.conv2(F.silu(self.norm2(h, w)))
@@ -82,10 +145,21 @@ class GenBlock(nn.Module):
 class Generator(nn.Module):
     """x0 predictor G(x_t, t, z[, cond]) -> (B, out_channels, H, W) in [-1, 1].
 
-    in_channels: channels of x_t; cond_channels: channels of the conditioning image
-    (0 for none); widths: channels per U-Net level (H and W must be divisible by
-    2 ** (len(widths) - 1)); blocks: residual blocks per level; z_dim: latent size;
-    n_classes: class labels y of a class-conditional generator (0: unconditional).
+    Parameters
+    ----------
+    in_channels : int
+        Channels of x_t.
+    cond_channels : int, optional
+        Channels of the conditioning image (0, the default, for none).
+    widths : tuple of int, optional
+        Channels per U-Net level, default (32, 64, 128); H and W must be divisible by
+        2 ** (len(widths) - 1).
+    blocks : int, optional
+        Residual blocks per level, default 1.
+    z_dim : int, optional
+        Latent size, default 32.
+    n_classes : int, optional
+        Class labels y of a class-conditional generator (0, the default: unconditional).
     """
 
     def __init__(self, *, in_channels: int, cond_channels: int = 0, widths: tuple[int, ...] = (32, 64, 128),
@@ -121,6 +195,31 @@ class Generator(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor, cond: torch.Tensor | None = None,
                 y: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict x0.
+
+        Parameters
+        ----------
+        x_t : torch.Tensor
+            (B, in_channels, H, W) noisy sample.
+        t : torch.Tensor
+            (B,) step numbers.
+        z : torch.Tensor
+            (B, z_dim) latents.
+        cond : torch.Tensor, optional
+            (B, cond_channels, H, W) conditioning image.
+        y : torch.Tensor, optional
+            (B,) class labels; required by a class-conditional generator.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, in_channels, H, W) x0 prediction in [-1, 1].
+
+        Raises
+        ------
+        ValueError
+            When a class-conditional generator gets no label per sample.
+        """
         temb = self.t_mlp(timestep_embedding(t, self.t_dim))
         w = self.z_map(z)
         if self.class_embed is not None:
@@ -145,7 +244,15 @@ class Generator(nn.Module):
 
 
 class DiscBlock(nn.Module):
-    """Residual down-sampling block with the time embedding added after the first conv."""
+    """Residual down-sampling block with the time embedding added after the first conv.
+
+    Parameters
+    ----------
+    in_ch, out_ch : int
+        Input and output channels.
+    t_dim : int
+        Size of the time embedding.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, t_dim: int):
         super().__init__()
@@ -155,14 +262,40 @@ class DiscBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """Apply the block.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (B, in_ch, H, W) features.
+        temb : torch.Tensor
+            (B, t_dim) time embedding.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, out_ch, H / 2, W / 2), the residual sum divided by sqrt(2).
+        """
         h = F.leaky_relu(self.conv1(F.leaky_relu(x, 0.2)), 0.2) + self.temb(temb)[:, :, None, None]
         h = F.avg_pool2d(self.conv2(h), 2)
         return (h + F.avg_pool2d(self.skip(x), 2)) / math.sqrt(2.0)
 
 
 class Discriminator(nn.Module):
-    """D(x_{t-1}, x_t, t[, cond][, y]) -> (B,) logits; channels: of x; cond_channels: of the
-    condition; n_classes: class labels y of a class-conditional (projection) discriminator."""
+    """D(x_{t-1}, x_t, t[, cond][, y]) -> (B,) logits.
+
+    Parameters
+    ----------
+    channels : int
+        Channels of x.
+    cond_channels : int, optional
+        Channels of the condition (0, the default, for none).
+    widths : tuple of int, optional
+        Channels per down-sampling block, default (32, 64, 128).
+    n_classes : int, optional
+        Class labels y of a class-conditional (projection) discriminator (0, the default:
+        unconditional).
+    """
 
     def __init__(self, *, channels: int, cond_channels: int = 0, widths: tuple[int, ...] = (32, 64, 128),
                  n_classes: int = 0):
@@ -184,6 +317,31 @@ class Discriminator(nn.Module):
 
     def forward(self, x_prev: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
                 cond: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Judge the pair (x_{t-1}, x_t) at step t.
+
+        Parameters
+        ----------
+        x_prev : torch.Tensor
+            (B, channels, H, W) x_{t-1}.
+        x_t : torch.Tensor
+            (B, channels, H, W) x_t.
+        t : torch.Tensor
+            (B,) step numbers.
+        cond : torch.Tensor, optional
+            (B, cond_channels, H, W) condition.
+        y : torch.Tensor, optional
+            (B,) class labels; required by a class-conditional discriminator.
+
+        Returns
+        -------
+        torch.Tensor
+            (B,) real/fake logits.
+
+        Raises
+        ------
+        ValueError
+            When a class-conditional discriminator gets no label per sample.
+        """
         temb = self.t_mlp(timestep_embedding(t, self.t_dim))
         parts = [x_prev, x_t] + ([] if cond is None else [cond])
         h = self.stem(torch.cat(parts, dim=1))

@@ -32,7 +32,20 @@ CELL_THRESHOLD_RAD = 0.3  # phase above which a pixel counts as cell (medium is 
 
 
 def patch_features(phase: np.ndarray, *, threshold_rad: float = CELL_THRESHOLD_RAD) -> np.ndarray:
-    """(n, H, W) phase [rad] -> (n, len(FEATURE_NAMES)) float64 features."""
+    """Physical features of phase patches (:data:`FEATURE_NAMES`).
+
+    Parameters
+    ----------
+    phase : numpy.ndarray
+        (n, H, W) phase [rad].
+    threshold_rad : float, optional
+        Phase above which a (smoothed) pixel counts as cell [rad], default :data:`CELL_THRESHOLD_RAD`.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, len(FEATURE_NAMES)) float64 features.
+    """
     out = []
     for p in np.asarray(phase, dtype=np.float64):
         smooth = ndi.gaussian_filter(p, 1.0)
@@ -47,7 +60,18 @@ def patch_features(phase: np.ndarray, *, threshold_rad: float = CELL_THRESHOLD_R
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two (n, d) samples."""
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two samples.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        (n, d) samples (n may differ).
+
+    Returns
+    -------
+    float
+        The Frechet distance (1e-6 is added to the covariances' diagonal for the square root).
+    """
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     eps = 1e-6 * np.eye(len(s_a))
@@ -59,9 +83,28 @@ def phase_distribution_distance(real: np.ndarray, generated: np.ndarray, *, seed
                                 threshold_rad: float = CELL_THRESHOLD_RAD) -> dict[str, float]:
     """Feature Frechet distance of generated vs real phase patches [rad], with floor and ceiling.
 
-    Returns fd_generated, fd_real_halves (floor), fd_blurred_noise (ceiling) and
-    ``relative`` = (fd_generated - floor) / (ceiling - floor): 0 is as close as real data
-    to itself, 1 as far as blurred noise.
+    Parameters
+    ----------
+    real : numpy.ndarray
+        (n, H, W) real phase patches [rad], n >= 4.
+    generated : numpy.ndarray
+        (m, H, W) generated phase patches [rad], m >= 2.
+    seed : int
+        Seed of the blurred noise and the split into halves.
+    threshold_rad : float, optional
+        Phase above which a (smoothed) pixel counts as cell [rad], default :data:`CELL_THRESHOLD_RAD`.
+
+    Returns
+    -------
+    dict[str, float]
+        fd_generated, fd_real_halves (floor), fd_blurred_noise (ceiling), ``relative`` =
+        (fd_generated - floor) / (ceiling - floor): 0 is as close as real data to itself, 1
+        as far as blurred noise; and n_real, n_generated.
+
+    Raises
+    ------
+    ValueError
+        With fewer than 4 real or 2 generated patches.
     """
     real, generated = np.asarray(real, np.float32), np.asarray(generated, np.float32)
     if len(real) < 4 or len(generated) < 2:
@@ -83,9 +126,20 @@ def phase_distribution_distance(real: np.ndarray, generated: np.ndarray, *, seed
 
 
 def mask_counts(labels: np.ndarray) -> dict[str, float]:
-    """Of one (H, W) mask: cells (connected components) per cell class (``n_<class>``), those of
-    them not cut by the border (``n_whole_<class>``, :func:`rbclib.core.labels.border_cut_cells`)
-    and the pixel fraction per class (``frac_<class>``)."""
+    """Cell counts and pixel fractions of one mask.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (H, W) class map 0..4.
+
+    Returns
+    -------
+    dict[str, float]
+        Cells (connected components) per cell class (``n_<class>``), those of them not cut
+        by the border (``n_whole_<class>``, :func:`rbclib.core.labels.border_cut_cells`) and
+        the pixel fraction per class (``frac_<class>``).
+    """
     labels = np.asarray(labels)
     inst = instances_from_labels(labels)
     cut = set(np.unique(inst[border_cut_cells(labels)]).tolist())
@@ -102,7 +156,19 @@ def mask_counts(labels: np.ndarray) -> dict[str, float]:
 
 
 def class_composition(labels: np.ndarray) -> pd.DataFrame:
-    """Per class over a stack of masks (n, H, W): cells, share of cells, pixel fraction, masks containing it."""
+    """Per class over a stack of masks: cells, share of cells, pixel fraction, masks containing it.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (n, H, W) class maps 0..4.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per class (background included), columns class, cells, cell_share,
+        pixel_fraction, masks_with_class (NaN for background except the pixel fraction).
+    """
     per = pd.DataFrame([mask_counts(m) for m in labels])
     total_cells = sum(per[f"n_{CLASS_NAMES[c]}"].sum() for c in CELL_CLASSES)
     rows = []
@@ -117,9 +183,19 @@ def class_composition(labels: np.ndarray) -> pd.DataFrame:
 
 
 def class_purity(labels: np.ndarray) -> float:
-    """Share of cell pixels carrying the majority class of their cell blob (8-connected
-    component of labels > 0). 1 when every blob holds one class, as a real cell does;
-    lower for the mixed-class blobs a poorly trained mask generator draws. 1 without cells."""
+    """Share of cell pixels carrying the majority class of their cell blob.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (H, W) class map 0..4; a blob is an 8-connected component of labels > 0.
+
+    Returns
+    -------
+    float
+        1 when every blob holds one class, as a real cell does; lower for the mixed-class
+        blobs a poorly trained mask generator draws. 1 without cells.
+    """
     labels = np.asarray(labels)
     blobs, n = ndi.label(labels > 0, structure=np.ones((3, 3), bool))
     if n == 0:
@@ -137,6 +213,20 @@ def consistency_score(phase: np.ndarray, labels: np.ndarray, *, threshold_rad: f
     A patch with neither cells nor raised phase scores 1. Used to reject broken generated
     pairs. (Touching real cells of different classes lower the purity a little: 95 % of
     real quick-profile patches score purity >= 0.62, 90 % exactly 1.)
+
+    Parameters
+    ----------
+    phase : numpy.ndarray
+        (H, W) phase [rad].
+    labels : numpy.ndarray
+        (H, W) class map 0..4.
+    threshold_rad : float, optional
+        Phase above which a (smoothed) pixel counts as cell [rad], default :data:`CELL_THRESHOLD_RAD`.
+
+    Returns
+    -------
+    float
+        The score in [0, 1].
     """
     cell_phase = ndi.gaussian_filter(np.asarray(phase, np.float64), 1.0) > threshold_rad
     cell_mask = np.asarray(labels) > 0
@@ -147,7 +237,32 @@ def consistency_score(phase: np.ndarray, labels: np.ndarray, *, threshold_rad: f
 
 def real_patches(phases: list[np.ndarray], labels: list[np.ndarray], *, patch_px: int, n: int, seed: int,
                  cell_fraction: float = 0.9, class_balanced: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """n real (phase [rad], labels) patches cropped the way the DDGAN saw them in training (no rotation)."""
+    """n real patches cropped the way the DDGAN saw them in training (no rotation).
+
+    Parameters
+    ----------
+    phases : list of numpy.ndarray
+        (H, W) real phase fields [rad].
+    labels : list of numpy.ndarray
+        (H, W) their class maps 0..4.
+    patch_px : int
+        Patch side [px].
+    n : int
+        Number of patches.
+    seed : int
+        Seed of the crop positions.
+    cell_fraction : float, optional
+        Share of crops centred on a cell (:class:`rbclib.seg.datasets.CropPicker`), default 0.9.
+    class_balanced : bool, optional
+        Draw the cell class uniformly, default True.
+
+    Returns
+    -------
+    phase : numpy.ndarray
+        (n, patch_px, patch_px) float32 phase [rad].
+    labels : numpy.ndarray
+        (n, patch_px, patch_px) uint8 class maps.
+    """
     rng = np.random.default_rng(seed)
     picker = CropPicker(labels, cell_fraction=cell_fraction, class_balanced=class_balanced)
     ph, lab = [], []

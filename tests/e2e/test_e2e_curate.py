@@ -61,7 +61,7 @@ def test_curate_in_jupyterlab(driver, lab, ddgan_run, prepare_notebook):
     assert len(auto) == n_select - 2 and all(v["decision"] == "accept" and v["by"] == "auto" for v in auto.values())
 
     # The person is done: run the writing cells again from the selection cell.
-    driver.run_from("selection = cu.write_selection(", timeout_s=300)
+    driver.run_from("selection = cdec.write_selection(", timeout_s=300)
     selection = json.loads((run / "synthetic" / "selection.json").read_text())
     assert selection["mode"] == "interactive"
     assert len(selection["accepted"]) == n_select and {a, b} <= set(selection["accepted"])
