@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         _worker(src, model, data, out, int(repeats))
         return {}
 
-    from rbclib.physics.simulate import simulate_dataset
+    from rbclib.physics.simulated_datasets import simulate_dataset
     from rbclib.study.inputs import resolve_model
 
     try:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from rbclib.synth import ddgan as dd
+from rbclib.synth.ddgan_sampling import load_generator, resize_patches, sample_x0
 from rbclib.profile import get_profile
 from rbclib.core.paths import RunPaths
 
@@ -26,7 +27,7 @@ def nets(run_dir: Path, profile: str):
     for kind in dd.KINDS:
         folder = RunPaths(run_dir).model_dir(f"ddgan_{kind}")
         if (folder / "generator.pt").exists():
-            out[kind] = dd.load_generator(folder)
+            out[kind] = load_generator(folder)
         else:
             cfg = dd.config_from_profile(P, kind)
             torch.manual_seed(0)
@@ -38,10 +39,10 @@ def time_pairs(models, n: int, batch: int, n_steps: int | None = None) -> float:
     """Seconds to generate n (phase, mask) pairs: G_p chain, then G_M chain on its output."""
     (gp, cp), (gm, cm) = models["phase"], models["mask"]
     t0 = time.perf_counter()
-    ph = dd.sample_x0(gp, cp, n, seed=0, batch_size=batch, n_steps=n_steps)
-    ph = dd.resize_patches(ph, cp.native_px)
+    ph = sample_x0(gp, cp, n, seed=0, batch_size=batch, n_steps=n_steps)
+    ph = resize_patches(ph, cp.native_px)
     cond = F.avg_pool2d(ph, cm.downsample) if cm.downsample > 1 else ph
-    dd.sample_x0(gm, cm, n, seed=1, cond=cond, batch_size=batch, n_steps=n_steps)
+    sample_x0(gm, cm, n, seed=1, cond=cond, batch_size=batch, n_steps=n_steps)
     return time.perf_counter() - t0
 
 

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("SKIP: no CUDA GPU here (--device cpu runs the check slowly on the CPU)")
         return {}
     warnings.simplefilter("ignore")
-    from rbclib.physics.simulate import simulate_dataset
+    from rbclib.physics.simulated_datasets import simulate_dataset
     from rbclib.seg.infer import load_model, predict_images
     from rbclib.study.assess import assess
     from rbclib.physics.phase_files import ReconstructorCache

@@ -62,6 +62,8 @@ def prepare_synthetic(run_dir: Path, level_dir: Path, stems: list[str], *, profi
     from rbclib.synth import curate as cu
     from rbclib.synth import curation_decisions as cdec
     from rbclib.synth import ddgan as dd
+    from rbclib.synth.ddgan_data import load_instances
+    from rbclib.synth.ddgan_sampling import generate_pairs
     from rbclib.synth import scores as ev
     from rbclib.synth.morphology import cell_table, real_ranges
 
@@ -80,13 +82,13 @@ def prepare_synthetic(run_dir: Path, level_dir: Path, stems: list[str], *, profi
         for kind in ("phase", "mask"):
             dirs[kind] = dd.train_ddgan(phases, labels, config=dd.config_from_profile(P, kind),
                                         out_dir=level_dir / "models" / f"ddgan_{kind}", seed=0, progress=False,
-                                        instances=dd.load_instances(run_dir, stems))
+                                        instances=load_instances(run_dir, stems))
         cfg = dd.config_from_profile(P, "phase")
         real_phase, real_labels = ev.real_patches(phases, labels, patch_px=cfg.native_px, n=P["n_eval_patches"], seed=0,
                                                   cell_fraction=cfg.cell_crop_fraction,
                                                   class_balanced=cfg.class_balanced_crops)
         ranges = real_ranges(cell_table(real_phase, real_labels, pixel_size_m=optics.pixel_size_m))
-        gen = dd.generate_pairs(dirs["phase"], dirs["mask"], P["n_candidates"], seed=0, batch_size=P["sample_batch"],
+        gen = generate_pairs(dirs["phase"], dirs["mask"], P["n_candidates"], seed=0, batch_size=P["sample_batch"],
                                 progress=False, class_share=request)
     finally:
         torch.set_num_threads(threads)

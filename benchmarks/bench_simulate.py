@@ -15,7 +15,8 @@ import time
 import numpy as np
 from scipy import fft as sfft
 
-from rbclib.physics.simulate import simulate_dataset, simulate_field
+from rbclib.physics.simulate import simulate_field
+from rbclib.physics.simulated_datasets import simulate_dataset
 
 
 def best_of(fn, repeat: int) -> float:

@@ -19,8 +19,8 @@ _PUBLIC: dict[str, str] = {
     # 01 holograms -> phase, and the digital twin
     "reconstruct": "rbclib.physics.holography", "Reconstructor": "rbclib.physics.holography",
     "reconstruct_files": "rbclib.physics.phase_files",
-    "simulate_field": "rbclib.physics.simulate", "simulate_dataset": "rbclib.physics.simulate",
-    "simulate_storage_series": "rbclib.physics.simulate",
+    "simulate_field": "rbclib.physics.simulate", "simulate_dataset": "rbclib.physics.simulated_datasets",
+    "simulate_storage_series": "rbclib.physics.simulated_datasets",
     # per-cell physics
     "measure_cells": "rbclib.physics.measure",
     # segmentation

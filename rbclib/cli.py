@@ -55,6 +55,44 @@ def _cmd_assess(args: argparse.Namespace) -> int:
     return 1 if result.failures else 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from rbclib.study.finetune import finetune_model, read_fields
+    from rbclib.study.inputs import resolve_model
+
+    model, note = resolve_model(args.model)
+    fields, pixel_size_m = read_fields(args.fields)
+    val, _ = read_fields(args.val) if args.val else (None, None)
+    print(f"rbc finetune: {len(fields)} annotated field(s) at {pixel_size_m * 1e6:.4f} um/px; starting from {note}",
+          file=sys.stderr)
+    out = finetune_model(model, fields, args.out, pixel_size_m=pixel_size_m, val_fields=val, epochs=args.epochs,
+                         steps_per_epoch=args.steps, lr=args.lr, seed=args.seed, device=args.device,
+                         progress=not args.quiet)
+    print(f"rbc finetune: model folder {out} (use it with: rbc assess INPUT -o OUT --model {out})")
+    return 0
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from rbclib.core.io import list_images, read_image
+    from rbclib.study.finetune import adapt_batchnorm, finetune_model, pseudo_label_fields
+    from rbclib.study.inputs import resolve_model
+
+    model, _ = resolve_model(args.model)
+    files = list_images(args.phases) if args.phases.is_dir() else [args.phases]
+    images = [read_image(f) for f in files]
+    phases = [np.asarray(img.data, np.float32) for img in images]
+    pixel_size_m = images[0].optics().pixel_size_m
+    if args.method == "batchnorm":
+        out = adapt_batchnorm(model, phases, args.out, pixel_size_m=pixel_size_m, seed=args.seed)
+    else:
+        pseudo = pseudo_label_fields(model, phases, pixel_size_m=pixel_size_m, names=[f.stem for f in files])
+        out = finetune_model(model, pseudo, args.out, pixel_size_m=pixel_size_m, epochs=args.epochs,
+                             steps_per_epoch=args.steps, seed=args.seed, progress=not args.quiet)
+    print(f"rbc adapt: {args.method} on {len(phases)} phase image(s); model folder {out}")
+    return 0
+
+
 def _cmd_default_model(args: argparse.Namespace) -> int:
     from rbclib.study.default_model import RECIPE, SHIPPED_MODEL_DIR, build_default_model
 
@@ -67,7 +105,7 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from rbclib.physics.recording import HologramSettings
-    from rbclib.physics.simulate import simulate_dataset, simulate_storage_series
+    from rbclib.physics.simulated_datasets import simulate_dataset, simulate_storage_series
 
     realism = {k: getattr(args, k) for k in _SIMULATE_RANGES if getattr(args, k) is not None}
     hologram = {k: realism.pop(k) for k in ("noise_nm", "noise_corr_um", "coherence", "beam_ratio") if k in realism}
@@ -277,6 +315,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _cells_range(text: str) -> tuple[int, int]:
     lo, hi = _number_pair(text, int, "MIN,MAX (two integers)")
     if not 0 <= lo <= hi:
@@ -297,6 +345,20 @@ def _add_optics_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``rbc`` argument parser: one sub-parser per command, each with its handler as ``func``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser of ``rbc`` and its commands ``run``, ``assess``, ``finetune``, ``adapt``,
+        ``default-model``, ``simulate``, ``reconstruct`` and ``report``.
+
+    Notes
+    -----
+    It is long because it declares the whole command-line surface: eight commands, each with
+    its options and their help text, one after another; it holds no logic (the option types
+    are the checked parsers above it, the work is in the ``_cmd_*`` handlers).
+    """
     parser = argparse.ArgumentParser(
         prog="rbc", description=__doc__, epilog="Exit status: 0 done; 1 a problem with the input, the output folder "
         "or a model (one line naming the file; batches go on past a bad file, list every skipped file with its "
@@ -336,6 +398,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-images", type=_positive_int, default=2, metavar="N",
                    help="images whose tiles go through the model together (default 2; more on a GPU)")
     p.set_defaults(func=_cmd_assess)
+
+    p = sub.add_parser("finetune", help="fine-tune a trained model on a few annotated fields of your microscope",
+                       description="Start from the shipped default model (or --model) and train on annotated "
+                                   "fields: FIELDS/phase/<id>.tif with FIELDS/labels/<id>.png (what rbc simulate "
+                                   "writes and notebook 02 exports). Fields are resampled to the model's pixel size. "
+                                   "Writes a model folder that rbc assess --model takes.")
+    p.add_argument("fields", type=Path, metavar="FIELDS", help="folder with phase/ and labels/")
+    p.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="new model folder")
+    p.add_argument("--model", help="model folder to start from, or `latest` (default: the shipped default model)")
+    p.add_argument("--val", type=Path, metavar="FIELDS", help="annotated fields that choose the best epoch "
+                                                               "(default: the training fields)")
+    p.add_argument("--epochs", type=_positive_int, default=15, help="epochs (default %(default)s)")
+    p.add_argument("--steps", type=_positive_int, default=20, help="batches per epoch (default %(default)s)")
+    p.add_argument("--lr", type=_positive_float, default=3e-4, help="learning rate (default %(default)s)")
+    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument("--device", help="torch device (default: cuda, mps or cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("adapt", help="adapt a trained model to your microscope without labels",
+                       description="batchnorm: re-estimate the model's BatchNorm statistics on your phase images; "
+                                   "pseudo-label: fine-tune it on its own confident classes of them. Writes a model "
+                                   "folder that rbc assess --model takes.")
+    p.add_argument("phases", type=Path, metavar="PHASES", help="phase image (float TIFF, rad) or folder of them")
+    p.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="new model folder")
+    p.add_argument("--method", choices=["batchnorm", "pseudo-label"], default="batchnorm")
+    p.add_argument("--model", help="model folder to adapt, or `latest` (default: the shipped default model)")
+    p.add_argument("--epochs", type=_positive_int, default=15, help="pseudo-label: epochs (default %(default)s)")
+    p.add_argument("--steps", type=_positive_int, default=20, help="pseudo-label: batches per epoch (default %(default)s)")
+    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_adapt)
 
     p = sub.add_parser("default-model", help="train, check and card the default model (make default-model)",
                        description="Train the default model by its recipe (rbclib/models/recipe.toml) on the "
@@ -421,6 +515,21 @@ def _one_line_warning(message: Warning | str, category: type, filename: str, lin
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``rbc`` command.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after ``rbc``; None reads ``sys.argv``.
+
+    Returns
+    -------
+    int
+        The exit status: 0 done; 1 a problem with the input, the output folder or a model
+        (one line ``rbc <command>: error: ...`` on stderr, the traceback with ``--debug``);
+        130 interrupted with Ctrl-C (finished files are kept). A usage error exits with 2
+        from argparse. Warnings print on one line unless ``--debug``.
+    """
     import pickle
     import warnings
 

@@ -21,7 +21,8 @@ from rbclib.profile import PROFILE_NAMES, get_profile
 
 
 def _seg(args: argparse.Namespace, profile: dict[str, Any]) -> None:
-    from rbclib.seg.train import config_from_profile, make_config, train_from_run
+    from rbclib.seg.config import make_config
+    from rbclib.seg.train import config_from_profile, train_from_run
 
     table = profile["segment"]
     cfg = make_config(config_from_profile(table, args.model), **json.loads(args.config))
@@ -34,12 +35,13 @@ def _ddgan(args: argparse.Namespace, profile: dict[str, Any]) -> None:
     import dataclasses
 
     from rbclib.synth import ddgan
+    from rbclib.synth.ddgan_data import load_instances, load_split_fields
 
     config = ddgan.config_from_profile(profile["diffusion"], args.kind)
     config = dataclasses.replace(config, **json.loads(args.config))
-    phases, labels, stems = ddgan.load_split_fields(args.run_dir, "train")
+    phases, labels, stems = load_split_fields(args.run_dir, "train")
     ddgan.train_ddgan(phases, labels, config=config, out_dir=args.out_dir, seed=args.seed,
-                      instances=ddgan.load_instances(args.run_dir, stems))
+                      instances=load_instances(args.run_dir, stems))
 
 
 def _ssl(args: argparse.Namespace, profile: dict[str, Any]) -> None:
@@ -59,6 +61,19 @@ def _ssl(args: argparse.Namespace, profile: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and train the model it names (``seg``, ``ddgan`` or ``ssl``).
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name; None reads ``sys.argv``.
+
+    Returns
+    -------
+    int
+        The exit status, 0; errors propagate as exceptions. Under ``torchrun`` the process
+        group is destroyed before it returns.
+    """
     import torch
 
     p = argparse.ArgumentParser(prog="python -m rbclib.launch", description=__doc__.splitlines()[0])

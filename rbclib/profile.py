@@ -153,7 +153,7 @@ class SSLProfile:
 
 @dataclass(frozen=True)
 class SegmentProfile:
-    """06 / 07: training (keys of :data:`rbclib.seg.train.DEFAULT_CONFIG`) and evaluation sizes.
+    """06 / 07: training (keys of :data:`rbclib.seg.config.DEFAULT_CONFIG`) and evaluation sizes.
 
     Attributes
     ----------

@@ -297,7 +297,7 @@ def test_model_pixel_size_comes_from_the_model_folder_alone(tmp_path):
 def test_a_twin_with_flat_discocytes_is_recorded(tmp_path):
     """train_from_run turns halo trimming on in the model's config when its run's twin drew
     flat-topped discocytes (issue 13), read from the twin's simulation record."""
-    from rbclib.physics.simulate import drew_flat_discocytes
+    from rbclib.physics.simulated_datasets import drew_flat_discocytes
 
     record = tmp_path / "simulation.json"
     assert not drew_flat_discocytes(tmp_path)                          # no record: real data
@@ -714,7 +714,7 @@ def test_a_background_with_objects_falls_back_to_numerical_compensation(tmp_path
     warning and the field is compensated numerically, not refused."""
     import shutil
 
-    from rbclib.physics.simulate import simulate_dataset
+    from rbclib.physics.simulated_datasets import simulate_dataset
 
     model, _ = oracle
     data = simulate_dataset(tmp_path / "sim", n_fields=2, seed=4, field_px=256, progress=False)

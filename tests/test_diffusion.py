@@ -12,7 +12,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ddgan_toy import make_toy_run, toy_field  # noqa: E402
 
+from rbclib.seg.datasets import denormalise_phase  # noqa: E402
 from rbclib.synth import ddgan as dd  # noqa: E402
+from rbclib.synth.ddgan_data import PatchSampler, load_instances, load_split_fields  # noqa: E402
+from rbclib.synth.ddgan_sampling import (draw_classes, generate_pairs, generator_compute, load_generator,  # noqa: E402
+                                        mask_from_x0, sample_x0)
+from rbclib.synth.ddgan_schedule import make_schedule, posterior_sample, q_sample, q_step  # noqa: E402
 from rbclib.synth import scores as ev  # noqa: E402
 from rbclib.synth.mask_segmenter import segment_with_mask_generator  # noqa: E402
 
@@ -30,7 +35,7 @@ def toy_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(toy_run):
-    phases, labels, _ = dd.load_split_fields(toy_run.root)
+    phases, labels, _ = load_split_fields(toy_run.root)
     out = {}
     for kind in dd.KINDS:
         out[kind] = dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind=kind, **TINY),
@@ -39,7 +44,7 @@ def trained(toy_run):
 
 
 def test_schedule_ends_in_noise_and_posterior_is_bayes():
-    s = dd.make_schedule(4)
+    s = make_schedule(4)
     assert s.alpha_bars[0] == 1.0 and float(s.alpha_bars[-1]) < 1e-3
     assert torch.all(s.betas[1:] > 0) and torch.all(s.betas[1:] < 1)
     for t in range(2, 5):
@@ -49,14 +54,14 @@ def test_schedule_ends_in_noise_and_posterior_is_bayes():
         assert float(s.post_x0[t]) == pytest.approx(float(s.post_var[t] * abp.sqrt() / (1 - abp)), rel=1e-4)
     x0, xt = torch.full((1, 1, 2, 2), 0.7), torch.randn(1, 1, 2, 2)
     one = torch.ones(1, dtype=torch.long)
-    assert torch.allclose(dd.posterior_sample(s, x0, xt, one, torch.randn_like(xt)), x0)
+    assert torch.allclose(posterior_sample(s, x0, xt, one, torch.randn_like(xt)), x0)
 
 
 def test_forward_steps_compose_to_marginal():
-    s = dd.make_schedule(3)
+    s = make_schedule(3)
     x0 = torch.full((20000, 1, 1, 1), 0.5)
     t = torch.full((20000,), 2, dtype=torch.long)
-    x2 = dd.q_step(s, dd.q_sample(s, x0, t - 1, torch.randn_like(x0)), t, torch.randn_like(x0))
+    x2 = q_step(s, q_sample(s, x0, t - 1, torch.randn_like(x0)), t, torch.randn_like(x0))
     assert float(x2.mean()) == pytest.approx(0.5 * float(s.alpha_bars[2].sqrt()), abs=0.02)
     assert float(x2.var()) == pytest.approx(float(1 - s.alpha_bars[2]), rel=0.05)
 
@@ -79,14 +84,14 @@ def test_config_roundtrip_and_checks():
 def test_patch_sampler_shapes_and_pooling():
     rng = np.random.default_rng(0)
     phase, labels = toy_field(rng, 64, 4)
-    s = dd.PatchSampler([phase], [labels], patch_px=16, downsample=2)
+    s = PatchSampler([phase], [labels], patch_px=16, downsample=2)
     p, m, centre = s.sample(np.random.default_rng(1), 5)
     assert p.shape == (5, 1, 16, 16) and m.shape == (5, 5, 16, 16) and centre.shape == (5,)
     assert float(p.min()) >= -1 and float(p.max()) <= 1
     assert torch.allclose(((m + 1) / 2).sum(1), torch.ones(5, 16, 16), atol=1e-5)  # soft one-hot sums to 1
     assert float((m[:, 1:] > -1).float().mean()) > 0  # crops centred on cells contain cells
     with pytest.raises(ValueError, match="smaller"):
-        dd.PatchSampler([phase[:10, :10]], [labels[:10, :10]], patch_px=16)
+        PatchSampler([phase[:10, :10]], [labels[:10, :10]], patch_px=16)
 
 
 def test_training_writes_folder_and_resume_matches(trained, toy_run, tmp_path):
@@ -97,7 +102,7 @@ def test_training_writes_folder_and_resume_matches(trained, toy_run, tmp_path):
     state = torch.load(folder / "last.pt", weights_only=True)
     assert state["config"]["kind"] == "phase" and state["epoch"] == 2
     # one epoch, then resume to two: same weights as the uninterrupted run
-    phases, labels, _ = dd.load_split_fields(toy_run.root)
+    phases, labels, _ = load_split_fields(toy_run.root)
     cfg1 = dd.DDGANConfig(kind="phase", **{**TINY, "epochs": 1})
     dd.train_ddgan(phases, labels, config=cfg1, out_dir=tmp_path / "m", seed=0, progress=False)
     st = torch.load(tmp_path / "m" / "last.pt", weights_only=True)
@@ -115,9 +120,9 @@ def test_training_writes_folder_and_resume_matches(trained, toy_run, tmp_path):
 
 
 def test_generate_pairs_seeded_and_batch_independent(trained):
-    a = dd.generate_pairs(trained["phase"], trained["mask"], 5, seed=3, batch_size=2, progress=False)
-    b = dd.generate_pairs(trained["phase"], trained["mask"], 5, seed=3, batch_size=5, progress=False)
-    c = dd.generate_pairs(trained["phase"], trained["mask"], 5, seed=4, batch_size=5, progress=False)
+    a = generate_pairs(trained["phase"], trained["mask"], 5, seed=3, batch_size=2, progress=False)
+    b = generate_pairs(trained["phase"], trained["mask"], 5, seed=3, batch_size=5, progress=False)
+    c = generate_pairs(trained["phase"], trained["mask"], 5, seed=4, batch_size=5, progress=False)
     assert a.phase.shape == a.labels.shape == a.confidence.shape == (5, 32, 32)
     assert a.phase.dtype == np.float32 and a.labels.dtype == np.uint8 and a.labels.max() <= 4
     assert np.allclose(a.phase, b.phase, atol=1e-5) and np.array_equal(a.labels, b.labels)
@@ -129,7 +134,7 @@ def test_mask_from_x0_confidence():
     x0 = -torch.ones(1, 5, 1, 2)
     x0[0, 2, 0, 0] = 1.0
     x0[0, 1, 0, 1] = x0[0, 3, 0, 1] = 1.0
-    labels, conf = dd.mask_from_x0(x0)
+    labels, conf = mask_from_x0(x0)
     assert labels[0, 0, 0] == 2 and conf[0, 0, 0] == pytest.approx(1.0)
     assert conf[0, 0, 1] == pytest.approx(0.5)
 
@@ -142,7 +147,7 @@ def test_segment_with_mask_generator_any_size(trained):
     assert np.array_equal(again[0], labels)
     with pytest.raises(ValueError, match="mask model"):
         segment_with_mask_generator(trained["phase"], phase, seed=0)
-    comp = dd.generator_compute(trained["mask"])
+    comp = generator_compute(trained["mask"])
     assert comp["params"] > 1000 and comp["macs_per_patch"] == pytest.approx(2 * comp["macs_per_step"])
 
 
@@ -201,7 +206,7 @@ def test_mask_generator_learns(toy_run, tmp_path, learning):
     against 0.91-1.00). A fast learning rate for the test's 300 steps (the profiles' 1.6e-4
     needs thousands). Its sampled segmentation of unseen toy fields is not asserted: at this
     size it depends on the seed (foreground IoU 0.21-0.73 over seeds 0-4, untrained 0.20-0.28)."""
-    phases, labels, _ = dd.load_split_fields(toy_run.root)
+    phases, labels, _ = load_split_fields(toy_run.root)
     fast = {**TINY, "epochs": 12, "iters_per_epoch": 25, "lr_d": 1e-3, "ema": 0.9, "lambda_l1": 5.0}
 
     def x0_l1(name: str, lr_g: float) -> pd.Series:
@@ -221,7 +226,7 @@ def test_phase_generator_x0_term_learns(toy_run, tmp_path, learning):
     on the same batches. It cannot fall to 0: at the last of the two steps x_t is pure noise,
     so a floor of about 0.25 remains (seeds 0-4: 0.44-0.62 of the untrained L1). Without the
     term (the paper's G_p) it is not computed and logs 0."""
-    phases, labels, _ = dd.load_split_fields(toy_run.root)
+    phases, labels, _ = load_split_fields(toy_run.root)
     fast = {**TINY, "epochs": 8, "iters_per_epoch": 10, "lr_d": 1e-3, "lambda_l1": 5.0}
 
     def x0_l1(name: str, lr_g: float) -> pd.Series:
@@ -238,13 +243,13 @@ def test_phase_generator_x0_term_learns(toy_run, tmp_path, learning):
 
 
 def test_draw_classes_meets_the_share_exactly():
-    a = dd.draw_classes(10, seed=0, share={"discocyte": 0.5, "spherocyte": 0.3, "echinocyte": 0.2})
+    a = draw_classes(10, seed=0, share={"discocyte": 0.5, "spherocyte": 0.3, "echinocyte": 0.2})
     assert np.bincount(a, minlength=5).tolist() == [0, 5, 3, 2, 0] and a.dtype == np.uint8
-    assert np.array_equal(a, dd.draw_classes(10, seed=0, share={"discocyte": 0.5, "spherocyte": 0.3, "echinocyte": 0.2}))
-    assert np.bincount(dd.draw_classes(7, seed=1), minlength=5)[1:].tolist() in ([2, 2, 2, 1], [2, 2, 1, 2], [2, 1, 2, 2],
+    assert np.array_equal(a, draw_classes(10, seed=0, share={"discocyte": 0.5, "spherocyte": 0.3, "echinocyte": 0.2}))
+    assert np.bincount(draw_classes(7, seed=1), minlength=5)[1:].tolist() in ([2, 2, 2, 1], [2, 2, 1, 2], [2, 1, 2, 2],
                                                                                   [1, 2, 2, 2])
     with pytest.raises(ValueError, match="unknown cell class"):
-        dd.draw_classes(4, seed=0, share={"platelet": 1.0})
+        draw_classes(4, seed=0, share={"platelet": 1.0})
 
 
 @pytest.mark.learning
@@ -256,8 +261,8 @@ def test_class_conditional_generators_draw_the_asked_class(toy_run, tmp_path, le
     tells discocytes from echinocytes (three cells each, 16 px patches) by luck of the
     trajectory: of 8 runs (G_M seeds 0-3, fused and unfused Adam, 2026-12-02) one painted
     most asked discocytes discocyte, the others echinocyte, so the test does not ask for it."""
-    phases, labels, stems = dd.load_split_fields(toy_run.root)
-    instances = dd.load_instances(toy_run.root, stems)
+    phases, labels, stems = load_split_fields(toy_run.root)
+    instances = load_instances(toy_run.root, stems)
     fast = {**TINY, "epochs": 10, "iters_per_epoch": 12, "lr_g": 2e-3, "lr_d": 1e-3, "ema": 0.9, "lambda_l1": 2.0,
             "class_conditional": True, "crop_centre": "cell", "cell_crop_fraction": 1.0}
     asked = torch.tensor([1] * 8 + [2] * 8)
@@ -265,8 +270,8 @@ def test_class_conditional_generators_draw_the_asked_class(toy_run, tmp_path, le
 
     def centre_gap(epoch, generator):
         if epoch in (1, fast["epochs"]):
-            x = dd.sample_x0(generator, dd.DDGANConfig(kind="phase", **fast), 16, seed=0, classes=asked)
-            centre = dd.denormalise_phase(x[:, 0, 6:10, 6:10].numpy()).mean(axis=(1, 2))
+            x = sample_x0(generator, dd.DDGANConfig(kind="phase", **fast), 16, seed=0, classes=asked)
+            centre = denormalise_phase(x[:, 0, 6:10, 6:10].numpy()).mean(axis=(1, 2))
             gaps[epoch] = float(centre[8:].mean() - centre[:8].mean())
 
     with pytest.raises(ValueError, match="instance maps"):
@@ -277,7 +282,7 @@ def test_class_conditional_generators_draw_the_asked_class(toy_run, tmp_path, le
     learning.above("G_p centre gap gain, first to last epoch [rad]", gaps[fast["epochs"]] - gaps[1], 0.4, gaps)
     gm = dd.train_ddgan(phases, labels, config=dd.DDGANConfig(kind="mask", **{**fast, "lambda_l1": 5.0, "epochs": 25}),
                         out_dir=tmp_path / "gm", seed=learning.seed, instances=instances, progress=False)
-    pairs = dd.generate_pairs(gp, gm, 16, seed=0, progress=False, class_share={"discocyte": 1, "spherocyte": 1})
+    pairs = generate_pairs(gp, gm, 16, seed=0, progress=False, class_share={"discocyte": 1, "spherocyte": 1})
     assert np.bincount(pairs.asked_class, minlength=5).tolist() == [0, 8, 8, 0, 0]
     centre = pairs.labels[:, 12:20, 12:20].reshape(16, -1)
     painted = np.array([np.bincount(c, minlength=5).argmax() for c in centre])
@@ -285,5 +290,5 @@ def test_class_conditional_generators_draw_the_asked_class(toy_run, tmp_path, le
     learning.above("G_M asked spherocytes painted spherocyte", (sphero == 2).mean(), 0.85, painted)
     learning.above("G_M asked discocytes painted discocyte or echinocyte", np.isin(disco, (1, 3)).mean(), 0.85, painted)
     with pytest.raises(ValueError, match="class labels"):
-        dd.sample_x0(dd.load_generator(gp)[0], dd.DDGANConfig(kind="phase", **fast), 4, seed=0)
+        sample_x0(load_generator(gp)[0], dd.DDGANConfig(kind="phase", **fast), 4, seed=0)
 

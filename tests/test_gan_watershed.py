@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import rbclib.seg.config as seg_config
 import rbclib.seg.train as train
 from rbclib.profile import get_profile
 from rbclib.seg.compute import count_parameters
@@ -35,7 +36,7 @@ def test_profile_config_names_the_generator_gan_loss_and_watershed():
     plain = train.config_from_profile(get_profile("quick")["segment"], "unet")
     assert plain["adversarial_weight"] == 0 and plain["postprocess"] == "none"
     with pytest.raises(ValueError, match="postprocess 'blur'"):
-        train.make_config({"postprocess": "blur"})
+        seg_config.make_config({"postprocess": "blur"})
 
 
 @pytest.mark.learning
@@ -74,7 +75,7 @@ def test_gan_training_learns_and_resumes_identically(tmp_path, monkeypatch, lear
     fields (Dice >= 0.8); an interrupted run resumes (discriminator state included) to the
     same weights."""
     pairs = _disk_pairs(4, seed=3)
-    cfg = train.make_config({**GAN_TINY, "epochs": 12, "adversarial_weight": 0.1, "encoder": "pix2pix",
+    cfg = seg_config.make_config({**GAN_TINY, "epochs": 12, "adversarial_weight": 0.1, "encoder": "pix2pix",
                              "postprocess": "watershed"}, model_name="gan_watershed")
     folder = train.train_segmenter(pairs, [], model_name="gan_watershed", out_dir=tmp_path / "m", config=cfg,
                                    seed=learning.seed, progress=False)
@@ -118,7 +119,7 @@ def test_watershed_postprocess_splits_touching_cells_at_inference():
     phase = np.zeros((128, 128), np.float32)
     for cx in (44, 84):  # two discs of radius 22 px whose centres are 40 px apart: one blob
         phase[(yy - 64) ** 2 + (xx - cx) ** 2 < 22 ** 2] = 2.0
-    base = train.make_config({**TINY, "patch": 64, "overlap": 16, "in_channels": 1})
+    base = seg_config.make_config({**TINY, "patch": 64, "overlap": 16, "in_channels": 1})
     level = float(np.mean(normalise_phase(np.array([0.0, 2.0], np.float32), tuple(base["phase_range"]))))
     model = _Threshold(level)
     plain = predict_image(model, phase, config=base)

@@ -86,7 +86,7 @@ def _notebook_sources() -> str:
 def test_every_profile_key_is_read_somewhere():
     """A key nobody reads would be silently without effect: each one must be read by a
     notebook (P["key"]) or by the library (a keyword or a quoted key of that name)."""
-    from rbclib.seg.train import DEFAULT_CONFIG
+    from rbclib.seg.config import DEFAULT_CONFIG
 
     notebooks = _notebook_sources()
     library = "\n".join(p.read_text() for p in (ROOT / "rbclib").rglob("*.py") if p.name != "profile.py")

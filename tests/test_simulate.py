@@ -16,7 +16,8 @@ from rbclib.core.config import Optics
 from rbclib.core.labels import CLASS_IDS, DISCOCYTE, SPHEROCYTE
 from rbclib.physics.cells import EVANS_FUNG_C, EVANS_FUNG_R0_UM, CellSpec, cell_thickness, draw_cell
 from rbclib.physics.recording import CARRIER_CYCLES_PER_PX, HologramSettings
-from rbclib.physics.simulate import STORAGE_DAYS, parse_mixture, simulate_dataset, simulate_field, simulate_storage_series, storage_mixture, storage_reference
+from rbclib.physics.simulate import STORAGE_DAYS, parse_mixture, simulate_field, storage_mixture, storage_reference
+from rbclib.physics.simulated_datasets import simulate_dataset, simulate_storage_series
 
 EQUAL = {"discocyte": 0.25, "spherocyte": 0.25, "echinocyte": 0.25, "stomatocyte": 0.25}
 

@@ -14,7 +14,8 @@ from PIL import Image
 from rbclib.seg.models import build_resunet
 from rbclib.ssl.corpus import MedMNISTCorpus, PBCFolderCorpus, SimulatedPhaseCorpus, describe_corpus, holdout_split, prepare_ssl_data, simulated_cell_crops, smear_to_pseudo_phase
 from rbclib.seg.pretrained import load_into_resunet
-from rbclib.ssl.pretrain import BACKGROUND_VALUE, FeatureQueue, SSLConfig, info_nce, momentum_update, pretrain_ssl, read_ssl_log, two_crops
+from rbclib.ssl.moco import FeatureQueue, info_nce, momentum_update
+from rbclib.ssl.pretrain import BACKGROUND_VALUE, SSLConfig, pretrain_ssl, read_ssl_log, two_crops
 from rbclib.ssl.probe import probe_encoder, probe_pretrained_vs_random
 
 TINY = dict(encoder="resnet18", crop_px=32, batch_size=4, queue_size=8, proj_hidden=32, proj_dim=16, save_every=2)

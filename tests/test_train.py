@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import rbclib.seg.config as seg_config
 import rbclib.seg.train as train
 from rbclib.seg.datasets import Pair
 from rbclib.core.io import write_labels, write_phase
@@ -64,11 +65,26 @@ def test_ce_dice_loss_leaves_ignored_pixels_out():
     assert torch.isclose(ce, ref_ce) and torch.isclose(dice, ref_dice, atol=1e-6)
 
 
+def test_seg_config_is_typed_and_its_dict_form_round_trips():
+    """Values take their field's type, the baselines carry no ResUnet decoder, and the dict form
+    (config.json) gives the same config back."""
+    c = seg_config.SegConfig.from_dict({"lr": 1, "patch": 64.0, "phase_range": [0, 3], "autocast_bf16": 1})
+    assert isinstance(c.lr, float) and c.lr == 1.0 and c.patch == 64 and isinstance(c.patch, int)
+    assert c.phase_range == (0.0, 3.0) and c.autocast_bf16 is True
+    assert seg_config.SegConfig.from_dict(c.to_dict()) == c
+    assert c.to_dict()["phase_range"] == [0.0, 3.0] and c.to_dict()["decoder_channels"] == [1024, 512, 256, 128, 64]
+    unet = seg_config.SegConfig(model_name="unet")
+    assert unet.decoder_channels is None and "decoder_channels" not in unet.to_dict()
+    assert set(seg_config.DEFAULT_CONFIG) == {f for f in seg_config.SegConfig.__dataclass_fields__}
+    with pytest.raises(ValueError, match="postprocess 'blur'"):
+        seg_config.SegConfig(postprocess="blur")
+
+
 def test_config_and_validation_split():
     with pytest.raises(ValueError, match="unknown training config"):
-        train.make_config({"epochz": 3})
+        seg_config.make_config({"epochz": 3})
     with pytest.raises(ValueError, match="patch_mode 'grid'"):
-        train.make_config({"patch_mode": "grid"})
+        seg_config.make_config({"patch_mode": "grid"})
     tr, va = train.split_validation([f"s{i}" for i in range(20)], fraction=0.15, seed=1)
     assert len(va) == 3 and not set(tr) & set(va) and len(tr) == 17
     assert train.split_validation([f"s{i}" for i in range(20)], fraction=0.15, seed=1)[1] == va
@@ -200,7 +216,7 @@ def test_a_small_resunet_overfits_a_few_fields(tmp_path, learning):
     from rbclib.seg.metrics import dice_per_class
 
     pairs = _disk_pairs(4, seed=3)
-    cfg = train.make_config({**TINY, "decoder_channels": [64, 32, 16, 16, 8], "patch": 64, "rotations": 4,
+    cfg = seg_config.make_config({**TINY, "decoder_channels": [64, 32, 16, 16, 8], "patch": 64, "rotations": 4,
                              "epochs": 24, "lr": 1e-2, "autocast_bf16": False}, model_name="resunet")
     folder = train.train_segmenter(pairs, pairs[:1], model_name="resunet", out_dir=tmp_path / "m", config=cfg,
                                    seed=learning.seed, progress=False)
@@ -238,15 +254,15 @@ def test_warm_up_then_cosine_and_a_lower_rate_for_pretrained_layers():
     0 at the last step; without it the schedule is the plain cosine. ``pretrained_lr_scale``:
     encoder and decoder (the layers SSL weights fill) train at the scaled rate, the head at
     ``lr``, every parameter in exactly one group; without SSL weights there is one group."""
-    cfg = train.make_config(TINY, model_name="resunet", decoder_channels=[32, 16, 16, 8, 8], pretrained_lr_scale=0.1)
+    cfg = seg_config.make_config(TINY, model_name="resunet", decoder_channels=[32, 16, 16, 8, 8], pretrained_lr_scale=0.1)
     model = train.model_from_config(cfg)
-    groups = train._parameter_groups(model, cfg, pretrained=True)
+    groups = train._parameter_groups(model, seg_config.SegConfig.from_dict(cfg), pretrained=True)
     optimiser = torch.optim.AdamW(groups, lr=1e-3)
     assert [g["lr"] for g in optimiser.param_groups] == pytest.approx([1e-4, 1e-3])
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     assert {id(p) for p in model.segmentation_head.parameters()} <= {id(p) for p in groups[1]["params"]}
-    assert len(train._parameter_groups(model, cfg, pretrained=False)) == 1
+    assert len(train._parameter_groups(model, seg_config.SegConfig.from_dict(cfg), pretrained=False)) == 1
 
     def rates(warmup):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

@@ -169,18 +169,54 @@ def reconstruct_files(paths: Iterable[str | Path], out_dir: str | Path, *, backg
                       **options: Any) -> list[Path]:
     """Reconstruct hologram files (or folders of them) into ``out_dir/<stem>.tif``.
 
-    background: one background hologram file for all holograms, or a folder holding one
-    per hologram under the same stem; without it a file's own background (NPZ
-    ``bg_data``) is used, else numerical compensation. optics: default optics, replaced
-    field by field by the file's metadata and then by ``optics_overrides`` (e.g.
-    ``{"wavelength_m": 633e-9}``). options: those of :class:`Reconstructor`. Writes float32
-    phase TIFFs (optics in their description) and ``out_dir/optics.json`` (optics of the
-    first file). Holograms of one shape and optics share one :class:`Reconstructor`
-    (sideband, filter and sign found once). Returns the written phase paths.
-    on_error: called with (file, problem) for a hologram that cannot be reconstructed, and
-    the batch goes on (default None: the first such file raises). ``out_dir`` is checked
-    before any work (:func:`rbclib.core.files.check_output_dir`). Existing phase files of
-    the same names are refused (ValueError, before any work) unless ``overwrite``.
+    Writes float32 phase TIFFs (optics in their description) and ``out_dir/optics.json``
+    (optics of the first file). Holograms of one shape and optics share one
+    :class:`Reconstructor` (sideband, filter and sign found once).
+
+    Parameters
+    ----------
+    paths : iterable of str or pathlib.Path
+        Hologram files or folders of them.
+    out_dir : str or pathlib.Path
+        The output folder, checked before any work (:func:`rbclib.core.files.check_output_dir`).
+    background : str or pathlib.Path, optional
+        One background hologram file for all holograms, or a folder holding one per hologram
+        under the same stem; without it a file's own background (NPZ ``bg_data``) is used,
+        else numerical compensation.
+    optics : rbclib.core.config.Optics, optional
+        Default optics, replaced field by field by the file's metadata and then by
+        ``optics_overrides``.
+    refocus : float or str, optional
+        Refocus distance [m], "auto", or None (no refocusing).
+    progress : bool, optional
+        Show a progress bar (default True).
+    optics_overrides : dict of str to float, optional
+        Optics field -> value, e.g. ``{"wavelength_m": 633e-9}``.
+    on_error : callable, optional
+        Called with (file, problem) for a hologram that cannot be reconstructed, and the
+        batch goes on (default None: the first such file raises).
+    overwrite : bool, optional
+        Replace existing phase files of the same names (default False: refused).
+    **options
+        Those of :class:`Reconstructor`.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The written phase paths.
+
+    Raises
+    ------
+    ValueError
+        An output would replace an input hologram, or existing phase files of the same names
+        are found without ``overwrite`` (both before any work).
+    rbclib.core.files.ImageFileError
+        The background is not found, or (without ``on_error``) a hologram cannot be read.
+
+    Notes
+    -----
+    The parameters are ``rbc reconstruct``'s options, which the command passes one to one
+    (notebook 01 passes the same ones), plus the Reconstructor's options passed through.
     """
     from tqdm.auto import tqdm
 
@@ -225,10 +261,25 @@ def reconstruct_files(paths: Iterable[str | Path], out_dir: str | Path, *, backg
 def reconstruction_errors(phase_paths: Iterable[str | Path], truth_dir: str | Path) -> "pd.DataFrame":
     """Error of reconstructed phase images against a simulated dataset's true phase.
 
-    phase_paths: reconstructed ``<stem>.tif`` files; truth_dir: the dataset folder (its
-    ``phase/<stem>.tif`` in-focus truth and ``labels/<stem>.png`` cell masks). One row per
-    image: ``image``, ``rmse_cells_rad``, ``rmse_background_rad``, ``max_abs_error_rad``,
-    ``cell_fraction``."""
+    Parameters
+    ----------
+    phase_paths : iterable of str or pathlib.Path
+        Reconstructed ``<stem>.tif`` files.
+    truth_dir : str or pathlib.Path
+        The dataset folder (its ``phase/<stem>.tif`` in-focus truth and
+        ``labels/<stem>.png`` cell masks).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per image: ``image``, ``rmse_cells_rad``, ``rmse_background_rad``,
+        ``max_abs_error_rad``, ``cell_fraction``.
+
+    Raises
+    ------
+    rbclib.core.files.ImageFileError
+        A phase image's shape differs from its truth.
+    """
     import pandas as pd
 
     truth_dir = Path(truth_dir)
@@ -249,7 +300,24 @@ def reconstruction_errors(phase_paths: Iterable[str | Path], truth_dir: str | Pa
 def figure_reconstruction(hologram: np.ndarray, rec: Reconstruction, *, true_phase: np.ndarray | None = None,
                           title: str = "") -> "Any":
     """Figure: hologram, spectrum with the sideband and filter marked, phase, and the
-    error against ``true_phase`` when given. Returns a matplotlib Figure (not saved)."""
+    error against ``true_phase`` when given.
+
+    Parameters
+    ----------
+    hologram : numpy.ndarray
+        (H, W) camera hologram.
+    rec : rbclib.physics.reconstruction_result.Reconstruction
+        Its reconstruction (phase [rad], sideband and filter radius [cycles/px]).
+    true_phase : numpy.ndarray, optional
+        (H, W) true phase [rad]; adds an error panel.
+    title : str, optional
+        The figure's title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (not saved).
+    """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Circle
 

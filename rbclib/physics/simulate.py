@@ -19,8 +19,7 @@ import functools
 import math
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -96,16 +95,39 @@ def storage_reference() -> pd.DataFrame:
     """The storage table ``rbclib/data/storage_reference.csv`` (class fractions per day).
 
     Read off Park et al. 2025, Fig. 8 and Sec. 5.4 (discocytes > 90 % early, drastic change
-    after 40 days to echinocytes then spherocytes, cell counts per day from Fig. 8)."""
+    after 40 days to echinocytes then spherocytes, cell counts per day from Fig. 8).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per storage day: ``storage_day`` (int), ``cells_counted`` (int) and the
+        fraction of each cell class (float, columns named by class).
+    """
     text = resources.files("rbclib").joinpath("data", "storage_reference.csv").read_text()
     return pd.DataFrame(list(csv.DictReader(text.splitlines()))).astype(float).astype({"storage_day": int, "cells_counted": int})
 
 
 def storage_mixture(day: float) -> dict[str, float]:
-    """Class fractions (name -> fraction, sum 1) after ``day`` days of storage.
+    """Class fractions after ``day`` days of storage.
 
     Modelling assumption: linear interpolation between the days of
-    :func:`storage_reference` (Park et al. 2025, Fig. 8); only days 8..57 are covered."""
+    :func:`storage_reference` (Park et al. 2025, Fig. 8).
+
+    Parameters
+    ----------
+    day : float
+        Storage day [days]; only days 8..57 are covered.
+
+    Returns
+    -------
+    dict of str to float
+        Class name -> fraction, sum 1.
+
+    Raises
+    ------
+    ValueError
+        If ``day`` is not a number inside the table's days.
+    """
     table = storage_reference()
     days = table["storage_day"].to_numpy(float)
     if not (isinstance(day, (int, float, np.integer, np.floating)) and days[0] <= float(day) <= days[-1]):
@@ -117,7 +139,24 @@ def storage_mixture(day: float) -> dict[str, float]:
 
 
 def parse_mixture(mixture: str | dict[str, float]) -> dict[str, float]:
-    """Validate a class mixture (``"discocyte=0.7,spherocyte=0.3"`` or a dict); returns fractions summing to 1."""
+    """Validate a class mixture.
+
+    Parameters
+    ----------
+    mixture : str or dict of str to float
+        ``"discocyte=0.7,spherocyte=0.3"`` or a dict class name -> weight; classes left out get 0.
+
+    Returns
+    -------
+    dict of str to float
+        Every cell class name -> fraction, summing to 1.
+
+    Raises
+    ------
+    ValueError
+        On an entry not of the form class=fraction, a value that is not a number, an unknown
+        class, or a negative or non-finite weight or a sum that is not positive.
+    """
     if isinstance(mixture, str):
         items: dict[str, float] = {}
         for part in filter(None, (p.strip() for p in mixture.split(","))):
@@ -159,12 +198,40 @@ _DIL1 = np.ones((3, 3), bool)
 
 def _place(masks: list[np.ndarray], field_px: int, roles: Sequence[str], rng: np.random.Generator,
            max_tries: int = 400) -> tuple[list[tuple[int, int] | None], list[int], dict[int, int]]:
-    """Place the masks in a ``field_px`` square by role: ``"free"`` cells first (>= ``_GAP_PX``
-    + 1 px from any other), then ``"contact"`` cells (slid in from a random direction until
-    they touch an already placed cell, without overlap), then ``"overlap"`` cells (lying on
-    one placed cell, 15-45 % of their summed radii into it, clear of every other cell).
-    Returns top-left corners (None: did not fit, dropped), the placement order (later cells
-    lie on top) and {top cell: the cell under it}."""
+    """Place the masks in a ``field_px`` square by role.
+
+    ``"free"`` cells first (>= ``_GAP_PX`` + 1 px from any other), then ``"contact"`` cells
+    (slid in from a random direction until they touch an already placed cell, without
+    overlap), then ``"overlap"`` cells (lying on one placed cell, 15-45 % of their summed radii
+    into it, clear of every other cell).
+
+    Parameters
+    ----------
+    masks : list of numpy.ndarray
+        (h, w) bool footprint of each cell.
+    field_px : int
+        Side of the field [px].
+    roles : sequence of str
+        ``"free"``, ``"contact"`` or ``"overlap"``, one per mask.
+    rng : numpy.random.Generator
+        Source of the positions and directions.
+    max_tries : int, optional
+        Random positions tried per free cell (default 400).
+
+    Returns
+    -------
+    pos : list of tuple of int or None
+        Top-left corner (y, x) [px] per mask; None: did not fit, dropped.
+    placed : list of int
+        Mask indices in placement order (later cells lie on top).
+    under : dict of int to int
+        {top cell: the cell under it}.
+
+    Notes
+    -----
+    The three passes share one occupancy grid of instance ids, the padded and dilated masks and
+    the cells placed so far; their helpers are closures over that state, hence one function.
+    """
     g = _GAP_PX
     occ = np.zeros((field_px + 2 * g, field_px + 2 * g), np.int32)   # instance ids, padded by g
     pad = [np.pad(m, g) for m in masks]
@@ -243,7 +310,18 @@ def _place(masks: list[np.ndarray], field_px: int, roles: Sequence[str], rng: np
 
 
 def touching_cells(instances: np.ndarray) -> dict[int, bool]:
-    """Instance id -> whether it touches another instance (8-connected contact)."""
+    """Which instances touch another instance (8-connected contact).
+
+    Parameters
+    ----------
+    instances : numpy.ndarray
+        (H, W) integer instance ids, 0 background.
+
+    Returns
+    -------
+    dict of int to bool
+        Instance id -> whether it touches another instance.
+    """
     out: dict[int, bool] = {}
     for idx, sl in enumerate(ndi.find_objects(instances), start=1):
         if sl is None:
@@ -265,14 +343,33 @@ CELL_COLUMNS = ("cell_id", "class_id", "class_name", "centre_y_px", "centre_x_px
 
 @dataclass
 class SimulatedField:
-    """One simulated field. hologram/background: camera images (uint8 or uint16, (H, W));
-    phase: true phase [rad] float32, medium 0 (cells, platelets and debris); labels: uint8
-    class map 0..4 (platelets and debris are background, 0); instances: int32 ids 1..N
-    (= ``cells.cell_id``; where cells overlap, the top one); cells: per-cell table
-    (:data:`CELL_COLUMNS`; volume_um3 is the integral of the cell's own true thickness,
-    dry_mass_pg = optical volume / alpha); carrier (fy, fx) [cycles/px] of the +1 order;
-    thickness: true thickness [um] float32 (overlapping cells add); conditions: what the field
-    drew (density, touching and overlap shares, background objects, :class:`FieldConditions`)."""
+    """One simulated field.
+
+    Attributes
+    ----------
+    hologram, background : numpy.ndarray
+        Camera images (uint8 or uint16, (H, W)); empty (0, 0) without hologram formation.
+    phase : numpy.ndarray
+        True phase [rad] float32 (H, W), medium 0 (cells, platelets and debris).
+    labels : numpy.ndarray
+        uint8 class map 0..4 (platelets and debris are background, 0).
+    instances : numpy.ndarray
+        int32 ids 1..N (= ``cells.cell_id``; where cells overlap, the top one).
+    cells : pandas.DataFrame
+        Per-cell table (:data:`CELL_COLUMNS`; volume_um3 is the integral of the cell's own true
+        thickness, dry_mass_pg = optical volume / alpha).
+    optics : rbclib.core.config.Optics
+        The optics the field was simulated with.
+    carrier : tuple of float
+        (fy, fx) [cycles/px] of the +1 order.
+    thickness : numpy.ndarray
+        True thickness [um] float32 (overlapping cells add).
+    mixture : dict of str to float
+        Class name -> fraction the cells were drawn from.
+    conditions : dict of str to Any
+        What the field drew (density, touching and overlap shares, background objects,
+        :class:`FieldConditions`).
+    """
 
     hologram: np.ndarray
     background: np.ndarray
@@ -335,19 +432,64 @@ def simulate_field(seed_or_rng: int | np.random.Generator | np.random.SeedSequen
                    holograms: bool = True, settings: HologramSettings | None = None) -> SimulatedField:
     """Simulate one field of ``field_px`` x ``field_px`` pixels.
 
-    Every setting given as a (low, high) pair is drawn per field; a number pins it.
-    mixture: class fractions (dict or ``"discocyte=0.7,..."``) or ``day``: storage day (8..57,
-    :func:`storage_mixture`); neither: day 8. Cell count: ``n_cells`` if given, else drawn
-    uniformly from ``cells_per_field`` (min, max) if given, else ``density_per_1000um2`` [cells
-    per 1000 um^2] times the field area. touching_fraction / overlap_fraction: shares of cells
-    in contact with / lying on another cell (0..1); platelets_per_cell, debris_per_1000um2:
-    background objects (mean counts, Poisson); defocus_um: object-plane defocus [um];
-    flat_discocyte_fraction: share of discocytes drawn flat-topped (opt-in, default 0).
-    bit_depth (8 or 12) overrides ``settings.bit_depth``. Optics: wavelength, pixel size,
-    n_medium and alpha are used; each cell's index is n_medium + alpha*MCHC (its own
-    haemoglobin), so ``optics.n_cell`` (the assumed mean used downstream for thickness) is
-    not. holograms=False skips hologram formation (the images are then empty arrays). Cells
-    that do not fit are dropped (the table says which exist). Defaults: the module's ranges."""
+    Every setting given as a (low, high) pair is drawn per field; a number pins it. Defaults:
+    the module's ranges. Cells that do not fit are dropped (the table says which exist).
+
+    Parameters
+    ----------
+    seed_or_rng : int, numpy.random.Generator or numpy.random.SeedSequence
+        A generator is used as it is; a seed or seed sequence starts a new one.
+    field_px : int, optional
+        Side of the field [px] (32..8192), default :data:`DEFAULT_FIELD_PX`.
+    optics : rbclib.core.config.Optics, optional
+        Wavelength, pixel size, n_medium and alpha are used; each cell's index is n_medium +
+        alpha*MCHC (its own haemoglobin), so ``optics.n_cell`` (the assumed mean used downstream
+        for thickness) is not. Default ``Optics()``.
+    mixture : str or dict of str to float, optional
+        Class fractions (dict or ``"discocyte=0.7,..."``, :func:`parse_mixture`).
+    day : float, optional
+        Storage day (8..57, :func:`storage_mixture`) instead of ``mixture``; neither: day 8.
+    n_cells : int, optional
+        Number of cells (>= 0); takes precedence over the two below.
+    cells_per_field : sequence of int, optional
+        (min, max): the cell count is drawn uniformly from it; takes precedence over the density.
+    density_per_1000um2 : float or sequence of float, optional
+        Cells per 1000 um^2, times the field area gives the count.
+    touching_fraction, overlap_fraction : float or sequence of float, optional
+        Shares of cells in contact with / lying on another cell (0..1).
+    platelets_per_cell, debris_per_1000um2 : float or sequence of float, optional
+        Background objects (class 0): mean counts per placed cell / per 1000 um^2 (Poisson).
+    defocus_um : float or sequence of float, optional
+        Object-plane defocus [um].
+    bit_depth : int, optional
+        Camera bit depth, 8 (default) or 12; overrides ``settings.bit_depth``.
+    flat_discocyte_fraction : float or sequence of float, optional
+        Share of discocytes drawn flat-topped (opt-in, default 0).
+    holograms : bool, optional
+        False skips hologram formation (the images are then empty arrays); default True.
+    settings : rbclib.physics.recording.HologramSettings, optional
+        Microscope and camera ranges, default ``HologramSettings()``.
+
+    Returns
+    -------
+    SimulatedField
+        Images, true phase, thickness, labels, instances, the cell table and what was drawn.
+
+    Raises
+    ------
+    ValueError
+        On a field size or setting out of its limits (:data:`SETTING_LIMITS`), both ``mixture``
+        and ``day``, a bad mixture or day, a bad ``cells_per_field`` or ``n_cells`` < 0.
+
+    Notes
+    -----
+    Each range is one physical knob of the twin that the profiles (``profiles/simulate.toml``),
+    ``rbc simulate`` and the default-model recipe (``models/recipe.toml``) set one to one by
+    keyword, drawn per field, and ``simulation.json`` records the ones given under the same names;
+    grouping them would add a second name for each. The body is one pass over one field with one generator:
+    the order of its draws (count, classes, cells, placement, background objects, recording)
+    fixes what a seed gives, and the render loop fills the maps and the cell table together.
+    """
     rng = seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
     optics = optics or Optics()
     _check_field_args(field_px, density_per_1000um2=density_per_1000um2, touching_fraction=touching_fraction,
@@ -443,147 +585,3 @@ def simulate_field(seed_or_rng: int | np.random.Generator | np.random.SeedSequen
     return SimulatedField(hologram=holo, background=bg, phase=phase, labels=labels, instances=instances,
                           cells=table, optics=optics, carrier=carrier, thickness=thickness, mixture=mix,
                           conditions=conditions)
-
-
-def _json_ready(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return _json_ready(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items() if k != "provenance"}
-    if isinstance(value, (tuple, list)):
-        return [_json_ready(v) for v in value]
-    return value
-
-
-def _write_fields(out_dir: Path, seeds: Sequence[np.random.SeedSequence], *, progress: bool, desc: str,
-                  split_seed: int, test_fraction: float, **field_kw: Any) -> pd.DataFrame:
-    from tqdm.auto import tqdm
-
-    from rbclib.core import files, io
-
-    out_dir = Path(out_dir)
-    optics = field_kw.get("optics") or Optics()
-    tables, stems, conditions = [], [], []
-    for i, ss in enumerate(tqdm(seeds, desc=desc, disable=not progress)):
-        f = simulate_field(np.random.default_rng(ss), **field_kw)
-        stem = f"field_{i:04d}"
-        io.write_camera_image(out_dir / "holograms" / f"{stem}.png", f.hologram)
-        io.write_camera_image(out_dir / "backgrounds" / f"{stem}.png", f.background)
-        io.write_phase(out_dir / "phase" / f"{stem}.tif", f.phase, optics)
-        io.write_labels(out_dir / "labels" / f"{stem}.png", f.labels)
-        io.write_instances(out_dir / "instances" / f"{stem}.png", f.instances)
-        tables.append(f.cells.assign(image=stem))
-        stems.append(stem)
-        cond = {k: v for k, v in f.conditions.items() if k != "carrier"}
-        carrier = f.conditions.get("carrier", f.carrier)
-        conditions.append({"image": stem, **cond, "carrier_fy": carrier[0], "carrier_fx": carrier[1]})
-    cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["image", *CELL_COLUMNS])
-    cells = cells[["image", *CELL_COLUMNS]]
-    files.write_csv(out_dir / "cells.csv", cells)
-    files.write_csv(out_dir / "fields.csv", pd.DataFrame(conditions))
-    optics.to_json(out_dir / "optics.json")
-    order = np.random.default_rng(split_seed).permutation(len(stems))
-    n_test = int(round(test_fraction * len(stems))) if len(stems) > 1 else 0
-    test = sorted(stems[j] for j in order[:n_test])
-    files.write_json(out_dir / "splits.json", {"train": [s for s in stems if s not in test], "test": test,
-                                            "seed": split_seed, "method": f"random, test fraction {test_fraction:.3f}"})
-    files.write_json(out_dir / "simulation.json", {
-        "generator": "rbclib.physics.simulate", "seed": split_seed, "n_fields": len(stems),
-        "per_field_conditions": "fields.csv (carrier [cycles/px], defocus, noise, density, ... each field drew)",
-        "sign_convention": "+1 order at +carrier (fx > 0) holds exp(+i*phase): cells positive after background division",
-        **{k: _json_ready(v) for k, v in field_kw.items() if k != "optics"}})
-    return cells
-
-
-def drew_flat_discocytes(dataset_dir: str | Path) -> bool:
-    """True when the twin dataset in ``dataset_dir`` (its ``simulation.json``) drew a share of its
-    discocytes flat-topped (``flat_discocyte_fraction`` > 0); False without that record."""
-    from rbclib.core import files
-
-    try:
-        flat = files.read_json(Path(dataset_dir) / "simulation.json").get("flat_discocyte_fraction") or 0.0
-    except (OSError, ValueError, AttributeError):
-        return False
-    return float(np.max(flat)) > 0
-
-
-DATASET_ENTRIES = ("holograms", "backgrounds", "phase", "labels", "instances", "cells.csv", "fields.csv",
-                   "optics.json", "splits.json", "simulation.json")
-"""What :func:`simulate_dataset` writes into its folder (and only these are replaced)."""
-
-
-def _clear_previous(out_dir: Path, entries: Sequence[Path], *, overwrite: bool) -> None:
-    """Refuse to mix a new simulation with an earlier one in ``out_dir`` (stale fields that
-    ``cells.csv`` no longer lists); with ``overwrite``, remove the earlier ``entries`` first."""
-    import shutil
-
-    present = [e for e in entries if e.exists()]
-    if not present:
-        return
-    if not overwrite:
-        raise ValueError(f"{out_dir}: already holds a simulation ({', '.join(e.name for e in present[:4])}); "
-                         "choose a new folder, or overwrite it (overwrite=True, rbc simulate --overwrite)")
-    for e in present:
-        shutil.rmtree(e) if e.is_dir() else e.unlink()
-
-
-def simulate_dataset(out_dir: str | Path, *, n_fields: int, seed: int, field_px: int = DEFAULT_FIELD_PX,
-                     test_fraction: float = 40 / 219, progress: bool = True, overwrite: bool = False,
-                     **field_kw: Any) -> Path:
-    """Write ``n_fields`` simulated fields to ``out_dir`` and return it.
-
-    Layout: ``holograms/`` and ``backgrounds/`` (PNG camera images), ``phase/`` (float32 TIFF
-    [rad]), ``labels/`` (uint8 PNG), ``instances/`` (uint16 PNG), stems ``field_0000``...;
-    ``cells.csv`` (``image`` = stem + :data:`CELL_COLUMNS`), ``fields.csv`` (what each field
-    drew: density, defocus, noise, carrier...), ``optics.json``, ``splits.json`` (random,
-    paper's 40/219 test share) and ``simulation.json`` (parameters). ``field_kw`` go to
-    :func:`simulate_field` (mixture, day, optics, cells_per_field, density_per_1000um2,
-    touching_fraction, overlap_fraction, defocus_um, settings, ...; defaults: the module's
-    ranges). Field i uses child i of ``SeedSequence(seed)``, so a field does not depend on
-    how many are written. Everything is checked before anything is written. A folder that
-    already holds a simulation is refused, or with ``overwrite`` cleared of it (only
-    :data:`DATASET_ENTRIES`) first."""
-    from rbclib.core import files
-
-    if not isinstance(n_fields, (int, np.integer)) or not 1 <= n_fields <= 100_000:
-        raise ValueError(f"n_fields={n_fields!r} is outside the allowed range 1..100000 (an integer)")
-    _resolve_mixture(field_kw.get("mixture"), field_kw.get("day"))  # fail before writing anything
-    _check_field_args(field_px, **field_kw)
-    files.check_output_dir(out_dir)
-    _clear_previous(Path(out_dir), [Path(out_dir) / e for e in DATASET_ENTRIES], overwrite=overwrite)
-    seeds = np.random.SeedSequence(int(seed)).spawn(int(n_fields))
-    _write_fields(Path(out_dir), seeds, progress=progress, desc="simulate", split_seed=int(seed),
-                  test_fraction=test_fraction, field_px=field_px, **field_kw)
-    return Path(out_dir)
-
-
-def simulate_storage_series(out_dir: str | Path, *, seed: int, images_per_day: int = 6, days: Iterable[int] = STORAGE_DAYS,
-                            field_px: int = DEFAULT_FIELD_PX, progress: bool = True, overwrite: bool = False,
-                            **field_kw: Any) -> Path:
-    """The storage study: one dataset folder per day (``day_08/``, ...) of ``images_per_day`` fields
-    with :func:`storage_mixture` (a modelling assumption; other ``field_kw`` as in
-    :func:`simulate_dataset`), plus ``cells.csv`` with ``storage_day``
-    and ``dataset`` columns. Returns ``out_dir``. An earlier series there (``day_*/``,
-    ``cells.csv``) is refused, or removed first with ``overwrite``."""
-    from tqdm.auto import tqdm
-
-    from rbclib.core import files
-
-    out_dir = Path(out_dir)
-    days = [int(d) for d in days]
-    for d in days:
-        storage_mixture(d)
-    if not isinstance(images_per_day, (int, np.integer)) or images_per_day < 1:
-        raise ValueError(f"images_per_day={images_per_day!r} must be a positive integer")
-    _check_field_args(field_px, **field_kw)
-    files.check_output_dir(out_dir)
-    earlier = sorted(out_dir.glob("day_*")) + [out_dir / "cells.csv"] if out_dir.is_dir() else []
-    _clear_previous(out_dir, earlier, overwrite=overwrite)
-    tables = []
-    for d in tqdm(days, desc="storage days", disable=not progress):
-        seeds = np.random.SeedSequence([int(seed), d]).spawn(int(images_per_day))
-        cells = _write_fields(out_dir / f"day_{d:02d}", seeds, progress=False, desc=f"day {d}", split_seed=int(seed),
-                              test_fraction=0.0, field_px=field_px, day=d, **field_kw)
-        tables.append(cells.assign(storage_day=d, dataset=f"day_{d:02d}"))
-    files.write_csv(out_dir / "cells.csv", pd.concat(tables, ignore_index=True))
-    return out_dir

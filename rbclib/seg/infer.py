@@ -27,10 +27,20 @@ from rbclib.core.training import bf16_is_fast, channels_last, expand_weights, lo
 
 @dataclass
 class Prediction:
-    """Result for one image: ``labels`` (H, W) uint8 class map, ``probs`` (classes, H, W)
-    float32 class probabilities, ``instances`` (H, W) int32 cell ids (connected components
-    per class), ``covered`` (H, W) bool, the pixels the model saw (all but the paper
-    protocol's uncovered margin, which is set to background)."""
+    """Result for one image.
+
+    Attributes
+    ----------
+    labels : numpy.ndarray
+        (H, W) uint8 class map.
+    probs : numpy.ndarray
+        (classes, H, W) float32 class probabilities.
+    instances : numpy.ndarray
+        (H, W) int32 cell ids (connected components per class).
+    covered : numpy.ndarray
+        (H, W) bool, the pixels the model saw (all but the paper protocol's uncovered
+        margin, which is set to background).
+    """
 
     labels: np.ndarray
     probs: np.ndarray
@@ -39,7 +49,19 @@ class Prediction:
 
 
 def model_from_config(config: dict[str, Any]) -> nn.Module:
-    """A fresh (random) model of the architecture a config names."""
+    """A fresh (random) model of the architecture a config names.
+
+    Parameters
+    ----------
+    config : dict
+        A model config with ``model_name``, ``encoder``, ``in_channels``, ``classes`` and,
+        for a ResUnet, optionally ``decoder_channels``.
+
+    Returns
+    -------
+    torch.nn.Module
+        The untrained model (:func:`rbclib.seg.models.build_model`).
+    """
     from rbclib.seg.models import build_model
 
     extra = {}
@@ -50,10 +72,22 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
 
 
 def check_model_config(config: Any, cfg_path: str | Path) -> None:
-    """ValueError naming ``cfg_path`` when a model config cannot give sane predictions: a
-    missing architecture key, fewer than 2 classes, an empty or reversed ``phase_range``, a
-    tile or patch under 16 px (``infer_tile`` 0 means the training patch), or an overlap that
-    leaves no tile interior."""
+    """Check that a model config can give sane predictions.
+
+    Parameters
+    ----------
+    config : Any
+        The parsed ``config.json``.
+    cfg_path : str or pathlib.Path
+        Its file, named in the error.
+
+    Raises
+    ------
+    ValueError
+        Naming ``cfg_path``: not a JSON object, a missing architecture key, fewer than 2
+        classes, an empty or reversed ``phase_range``, a tile or patch under 16 px
+        (``infer_tile`` 0 means the training patch), or an overlap that leaves no tile interior.
+    """
     def bad(problem: str) -> ValueError:
         return ValueError(f"{cfg_path}: {problem}")
 
@@ -123,8 +157,30 @@ def read_model_config(model_dir: str | Path) -> dict[str, Any]:
 
 def load_model(model_dir: str | Path, *, checkpoint: str = "best.pt",
                device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from its folder (``config.json`` + ``best.pt``/``last.pt``) ->
-    (model in eval mode, channels-last, on ``device``; config dict)."""
+    """Rebuild a model from its folder (``config.json`` + ``best.pt``/``last.pt``).
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        The model folder.
+    checkpoint : str, optional
+        The weights file in it (default "best.pt"); compressed (shipped) weights are expanded.
+    device : str or torch.device, optional
+        Where the model runs (None: :func:`rbclib.core.training.pick_device`).
+
+    Returns
+    -------
+    model : torch.nn.Module
+        In eval mode, channels-last, on ``device``.
+    config : dict
+        The checked config (:func:`read_model_config`).
+
+    Raises
+    ------
+    ValueError
+        The checkpoint holds no weights, they do not fit the config's architecture, or they
+        hold NaN or infinity.
+    """
     model_dir = Path(model_dir)
     config, ckpt_path = read_model_config(model_dir), model_dir / checkpoint
     ckpt = load_checkpoint(ckpt_path)
@@ -155,8 +211,24 @@ def _device_of(model: nn.Module) -> torch.device:
 
 @torch.inference_mode()
 def predict_batches(model: nn.Module, inputs: np.ndarray, *, batch_size: int = 8, fast: bool = False) -> np.ndarray:
-    """Softmax probabilities (N, classes, h, w) float32 of normalised inputs (N, C, h, w),
-    ``batch_size`` at a time, channels-last; ``fast``: bfloat16 autocast."""
+    """Softmax probabilities of normalised inputs, ``batch_size`` at a time, channels-last.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    inputs : numpy.ndarray
+        (N, C, h, w) normalised inputs.
+    batch_size : int, optional
+        Inputs per forward pass.
+    fast : bool, optional
+        bfloat16 autocast.
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, classes, h, w) float32 probabilities.
+    """
     dev = _device_of(model)
     model.eval()
     out = []
@@ -193,15 +265,41 @@ def _finish(probs: np.ndarray, covered: np.ndarray, config: dict[str, Any]) -> P
 def predict_images(model: nn.Module, phases: list[np.ndarray], *, config: dict[str, Any],
                    tile: int | None = None, overlap: int | None = None, batch_size: int = 8,
                    fast: bool | None = False) -> list[Prediction]:
-    """Segment whole phase images (each (H, W) [rad], any size) by overlapping tiles, the
-    tiles of all images batched together (one forward pass can hold tiles of several images).
+    """Segment whole phase images by overlapping tiles, the tiles of all images batched
+    together (one forward pass can hold tiles of several images).
 
-    tile: tile side [px], a multiple of 32 (default: the config's ``infer_tile``, else its
-    training patch ``patch``);
-    overlap: px shared by neighbouring tiles (default ``config["overlap"]``, else tile / 8);
-    probabilities are blended with :func:`rbclib.seg.tiles.blend_window`; fast: bfloat16 autocast
-    (None: where :func:`bf16_is_fast`).
+    Probabilities are blended with :func:`rbclib.seg.tiles.blend_window`.
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network (:func:`load_model`).
+    phases : list of numpy.ndarray
+        Phase images, each (H, W) [rad], any size.
+    config : dict
+        The model's config (classes, input channels, phase range, patch, post-processing).
+    tile : int, optional
+        Tile side [px], a multiple of 32 (default: the config's ``infer_tile``, else its
+        training patch ``patch``).
+    overlap : int, optional
+        px shared by neighbouring tiles (default ``config["overlap"]``, else tile / 8).
+    batch_size : int, optional
+        Tiles per forward pass.
+    fast : bool or None, optional
+        bfloat16 autocast (None: where :func:`bf16_is_fast`).
+
+    Returns
+    -------
+    list of Prediction
+        One per phase image, on its grid.
+
+    Raises
+    ------
+    ValueError
+        A phase image that is not 2-D or not finite, or a tile that is not a multiple of 32.
+
+    Notes
+    -----
     Bigger tiles than the training patch are faster but change the answers (quick model,
     trained on 128 px crops; 48 reconstructed twin fields): one 928 px tile per
     900 px image segmented 3x faster than 128 px tiles, but only 99.0 % of pixels agreed and
@@ -250,16 +348,53 @@ def predict_images(model: nn.Module, phases: list[np.ndarray], *, config: dict[s
 
 def predict_image(model: nn.Module, phase: np.ndarray, *, config: dict[str, Any], tile: int | None = None,
                   overlap: int | None = None, batch_size: int = 8, fast: bool | None = False) -> Prediction:
-    """Segment one whole phase image (H, W) [rad]: :func:`predict_images` of one image."""
+    """Segment one whole phase image: :func:`predict_images` of one image.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    phase : numpy.ndarray
+        (H, W) phase [rad].
+    config : dict
+        The model's config.
+    tile, overlap, batch_size, fast
+        As in :func:`predict_images`.
+
+    Returns
+    -------
+    Prediction
+        The image's prediction.
+    """
     return predict_images(model, [phase], config=config, tile=tile, overlap=overlap, batch_size=batch_size,
                           fast=fast)[0]
 
 
 def predict_paper_protocol(model: nn.Module, phase: np.ndarray, *, config: dict[str, Any], patch: int | None = None,
                            batch_size: int = 9, fast: bool = False) -> Prediction:
-    """The paper's inference: non-overlapping ``patch`` px patches from the top-left corner
-    (3 x 3 of 256 px for 900 px), predicted and merged; the uncovered right/bottom margin
-    is background with ``covered`` False (evaluate on ``covered`` only)."""
+    """The paper's inference: non-overlapping patches from the top-left corner, predicted and merged.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    phase : numpy.ndarray
+        (H, W) phase [rad].
+    config : dict
+        The model's config.
+    patch : int, optional
+        Patch side [px] (default ``config["patch"]``; 3 x 3 of 256 px for 900 px).
+    batch_size : int, optional
+        Patches per forward pass.
+    fast : bool, optional
+        bfloat16 autocast.
+
+    Returns
+    -------
+    Prediction
+        The uncovered right/bottom margin is background with ``covered`` False (evaluate
+        on ``covered`` only).
+    """
     phase = _check_phase(phase)
     patch = int(patch or config["patch"])
     pos = paper_positions(phase.shape, patch)
@@ -277,8 +412,22 @@ def predict_paper_protocol(model: nn.Module, phase: np.ndarray, *, config: dict[
 
 
 def check_mask_classes(labels: np.ndarray, classes: int, *, source: str = "label map") -> None:
-    """Raise ValueError when a mask holds a class id the model cannot predict (pixels of
-    ``rbclib.core.labels.IGNORE`` aside)."""
+    """Check that a mask holds only class ids the model can predict.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (H, W) class map.
+    classes : int
+        Classes the model predicts.
+    source : str, optional
+        Where the mask came from, named in the error.
+
+    Raises
+    ------
+    ValueError
+        A class id >= ``classes`` (pixels of ``rbclib.core.labels.IGNORE`` aside).
+    """
     labels = np.asarray(labels)
     top = int(np.max(labels[labels != IGNORE], initial=0))
     if top >= classes:
@@ -286,8 +435,22 @@ def check_mask_classes(labels: np.ndarray, classes: int, *, source: str = "label
 
 
 def measure_prediction(prediction: Prediction, phase: np.ndarray, *, optics: Any) -> "Any":
-    """Per-cell table (``rbclib.physics.measure.measure_cells``) of the predicted instances, with
-    the predicted class of each cell."""
+    """Per-cell table of the predicted instances, with the predicted class of each cell.
+
+    Parameters
+    ----------
+    prediction : Prediction
+        The model's prediction.
+    phase : numpy.ndarray
+        (H, W) phase [rad] it was made on.
+    optics : rbclib.core.config.Optics
+        The image's optics.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell (``rbclib.physics.measure.measure_cells``).
+    """
     from rbclib.physics.measure import measure_cells
 
     return measure_cells(phase, prediction.instances, optics=optics, labels=prediction.labels)

@@ -23,7 +23,8 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from rbclib.seg.datasets import (PHASE_RANGE_RAD, BalancedCropDataset, Pair, PatchDataset, load_pairs, load_pairs_folder,
+from rbclib.seg.config import DEFAULT_CONFIG, SegConfig, make_config
+from rbclib.seg.datasets import (BalancedCropDataset, Pair, PatchDataset, load_pairs, load_pairs_folder,
                              read_splits)
 from rbclib.seg.infer import check_mask_classes, model_from_config, predict_image
 from rbclib.core.distributed import (barrier, broadcast_buffers, check_ranks_in_sync, mean_over_ranks, rank_share,
@@ -33,64 +34,18 @@ from rbclib.core.labels import IGNORE
 from rbclib.core.training import (CHECKPOINT, autocast, channels_last, fused_optimiser, progress as progress_bar,
                                   read_log_rows, restore, resume_state, save_checkpoint, write_log)
 
-PATCH_MODES = ("paper", "cover", "balanced")
-
-# Every key a training config may hold, with its default (profiles set most of them).
-DEFAULT_CONFIG: dict[str, Any] = {
-    "model_name": "resunet",
-    "encoder": "resnet50",
-    "decoder_channels": [1024, 512, 256, 128, 64],  # ResUnet only (the paper's decoder)
-    "pixel_size_m": 0.1441e-6,  # pixel size of the training images [m]; inference resamples to it
-    "in_channels": 3,
-    "classes": 5,
-    "patch": 256,          # training patch side [px]
-    "patch_mode": "paper",  # "paper": non-overlapping grid; "cover": overlapping tiles; "balanced": class-balanced random crops
-    "overlap": 32,         # px shared by tiles ("cover" patches and inference)
-    "rotations": 4,        # x4 rotation augmentation of the acquired pairs (1: off)
-    "epochs": 50,
-    "max_steps_per_epoch": 0,  # 0: a full pass over the patches; else at most this many batches
-    "batch_size": 8,       # global batch (split over DDP ranks)
-    "lr": 3e-4,
-    "weight_decay": 1e-4,
-    "ce_weight": 1.0,
-    "dice_weight": 1.0,
-    "val_batch_size": 8,
-    "autocast_bf16": False,  # bfloat16 autocast of the training forward pass (weights stay float32)
-    "phase_range": list(PHASE_RANGE_RAD),
-    "phase_gain": [1.0, 1.0],  # balanced crops: phase x a log-uniform gain from this range (instrument disagreement)
-    "adversarial_weight": 0.0,  # > 0: a PatchGAN discriminator adds this x its GAN loss (GAN + Watershed)
-    "postprocess": "none",  # "watershed": inference splits touching cells (rbclib.seg.watershed)
-    "pretrained_lr_scale": 1.0,  # learning-rate factor of the encoder and decoder when initialised from SSL weights
-    "warmup_steps": 0,     # linear learning-rate warm-up over the first steps, then the cosine decay
-    "infer_tile": 0,       # inference tile side [px] (0: the training patch)
-    "trim_halo": False,    # inference: drop model pixels beyond a cell's bright body (twins with flat-topped discocytes)
-}
-POSTPROCESS = ("none", "watershed")
-
-
-def make_config(config: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
-    """DEFAULT_CONFIG updated with ``config`` and ``overrides``; unknown keys are errors."""
-    cfg = dict(DEFAULT_CONFIG)
-    for src in (config or {}, overrides):
-        unknown = set(src) - set(DEFAULT_CONFIG)
-        if unknown:
-            raise ValueError(f"unknown training config keys {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}")
-        cfg.update(src)
-    cfg["phase_range"] = [float(v) for v in cfg["phase_range"]]
-    cfg["phase_gain"] = [float(v) for v in cfg["phase_gain"]]
-    if cfg["patch_mode"] not in PATCH_MODES:
-        raise ValueError(f"patch_mode {cfg['patch_mode']!r}: expected one of {PATCH_MODES}")
-    if cfg["postprocess"] not in POSTPROCESS:
-        raise ValueError(f"postprocess {cfg['postprocess']!r}: expected one of {POSTPROCESS}")
-    if cfg["model_name"] != "resunet":
-        cfg.pop("decoder_channels")  # the baselines keep their own decoders
-    return cfg
-
 
 class CEDiceLoss(nn.Module):
-    """L_CE-Dice: ``ce_weight`` * cross-entropy + ``dice_weight`` * (1 - soft Dice), the
-    Dice averaged over the classes present in the batch (smp ``DiceLoss``); pixels labelled
-    ``rbclib.core.labels.IGNORE`` count in neither."""
+    """L_CE-Dice: ``ce_weight`` * cross-entropy + ``dice_weight`` * (1 - soft Dice).
+
+    The Dice is averaged over the classes present in the batch (smp ``DiceLoss``); pixels
+    labelled ``rbclib.core.labels.IGNORE`` count in neither.
+
+    Parameters
+    ----------
+    ce_weight, dice_weight : float
+        Weights of the two terms.
+    """
 
     def __init__(self, *, ce_weight: float = 1.0, dice_weight: float = 1.0):
         super().__init__()
@@ -101,14 +56,46 @@ class CEDiceLoss(nn.Module):
         self.ce_weight, self.dice_weight = ce_weight, dice_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (total, ce, dice) losses."""
+        """The loss of a batch.
+
+        Parameters
+        ----------
+        logits : torch.Tensor
+            (B, C, H, W) float class scores.
+        target : torch.Tensor
+            (B, H, W) integer class labels, ``IGNORE`` where unknown.
+
+        Returns
+        -------
+        total, ce, dice : torch.Tensor
+            Scalar losses: the weighted sum, the cross-entropy and the Dice loss.
+        """
         ce, dice = self.ce(logits, target), self.dice(logits, target)
         return self.ce_weight * ce + self.dice_weight * dice, ce, dice
 
 
 def split_validation(stems: Sequence[str], *, fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Hold out ``fraction`` of the training stems (at least one if fraction > 0) for
-    validation -> (train stems, validation stems); seeded."""
+    """Hold out a seeded share of the training images for validation.
+
+    Parameters
+    ----------
+    stems : sequence of str
+        Names of the training images.
+    fraction : float
+        Share held out (at least one image when > 0).
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    train, validation : list of str
+        Sorted stems of each part.
+
+    Raises
+    ------
+    ValueError
+        Nothing would be left to train on.
+    """
     stems = sorted(stems)
     n_val = 0 if fraction <= 0 else max(1, int(round(fraction * len(stems))))
     if n_val >= len(stems):
@@ -127,15 +114,15 @@ def _strip(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in ("train_images", "val_images", "n_train_patches", "world_size")}
 
 
-def _parameter_groups(model: nn.Module, cfg: dict[str, Any], *, pretrained: bool) -> list[dict[str, Any]]:
+def _parameter_groups(model: nn.Module, cfg: SegConfig, *, pretrained: bool) -> list[dict[str, Any]]:
     """AdamW parameter groups: the encoder and decoder at ``pretrained_lr_scale`` x ``lr`` when
     they hold SSL weights (``pretrained``) and the scale is not 1, else one group."""
-    scale = float(cfg["pretrained_lr_scale"])
+    scale = cfg.pretrained_lr_scale
     if not pretrained or scale == 1.0:
         return [{"params": list(model.parameters())}]
     body = [p for part in (model.encoder, model.decoder) for p in part.parameters()]
     ids = {id(p) for p in body}
-    return [{"params": body, "lr": float(cfg["lr"]) * scale},
+    return [{"params": body, "lr": cfg.lr * scale},
             {"params": [p for p in model.parameters() if id(p) not in ids]}]
 
 
@@ -153,50 +140,90 @@ def _schedule(optimiser: torch.optim.Optimizer, total_steps: int, warmup_steps: 
 
 def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, model_name: str, out_dir: str | Path,
                     config: dict[str, Any], init_from: str | Path | None = None,
-                    extra_pairs_dir: str | Path | None = None, seed: int,
+                    init_model: str | Path | None = None, extra_pairs_dir: str | Path | None = None, seed: int,
                     device: str | torch.device | None = None, resume: bool = True,
                     progress: bool = True) -> Path:
-    """Train ``model_name`` on patches of ``train_pairs`` (+ the pairs in
-    ``extra_pairs_dir``, used as they are), validating each epoch on the full
-    ``val_pairs`` images (tiled inference, in bfloat16 autocast when the training runs in it,
-    as ``rbc assess`` does; mean Dice overall, ``rbclib.seg.metrics``).
+    """Train a segmentation model and write its model folder.
 
-    init_from: an SSL model folder loaded with ``rbclib.seg.pretrained.load_into_resunet`` (ResUnet only).
-    ``adversarial_weight`` > 0 trains a conditional GAN: a PatchGAN discriminator of (phase,
-    class probabilities) pairs steps after each generator step (:class:`rbclib.seg.gan_watershed.Adversary`).
-    resume: continue from ``out_dir/last.pt`` when it was written with the same config
-    (a finished run returns at once); False starts afresh. Returns ``out_dir``.
+    The model trains on patches of ``train_pairs`` (+ the pairs in ``extra_pairs_dir``, used
+    as they are) and is validated each epoch on the full ``val_pairs`` images (tiled
+    inference, in bfloat16 autocast when the training runs in it, as ``rbc assess`` does;
+    mean Dice overall, :mod:`rbclib.seg.metrics`). ``adversarial_weight`` > 0 trains a
+    conditional GAN: a PatchGAN discriminator of (phase, class probabilities) pairs steps
+    after each generator step (:class:`rbclib.seg.gan_watershed.Adversary`).
+
+    Parameters
+    ----------
+    train_pairs, val_pairs : sequence of rbclib.seg.datasets.Pair
+        Phase maps [rad] with their label maps.
+    model_name : str
+        "resunet" or a baseline of :mod:`rbclib.seg.models`.
+    out_dir : str or pathlib.Path
+        The model folder to write.
+    config : dict
+        :class:`rbclib.seg.config.SegConfig` keys (``model_name`` is taken from the argument).
+    init_from : str or pathlib.Path, optional
+        An SSL model folder loaded with :func:`rbclib.seg.pretrained.load_into_resunet` (ResUnet only).
+    init_model : str or pathlib.Path, optional
+        A trained segmentation model folder whose weights start the training (fine-tuning;
+        ``config`` must describe the same architecture, :func:`rbclib.seg.config.finetune_config`).
+    extra_pairs_dir : str or pathlib.Path, optional
+        A folder of extra pairs (curated synthetic ones, 04).
+    seed : int
+        Seed of the initial weights, patches and validation.
+    device : str or torch.device, optional
+        Torch device (None: cuda, mps or cpu).
+    resume : bool
+        Continue from ``out_dir/last.pt`` when it was written with the same config (a
+        finished run returns at once); False starts afresh.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+
+    Notes
+    -----
+    One loop holds the state that resuming and DistributedDataParallel must keep together
+    (model, optimiser, schedule, adversary, sampler epoch, best score, log), so it is one
+    function; the parameters are the model folder's inputs, each recorded in its config.
     """
     from rbclib.seg.metrics import dice_per_class, mean_scores
 
     rank, world, distributed, dev = start_distributed(device)
     out_dir = Path(out_dir)
-    cfg = make_config(config, model_name=model_name)
+    c = SegConfig.from_dict({**config, "model_name": model_name})
+    cfg = c.to_dict()
+    if init_from and init_model:
+        raise ValueError("start from SSL weights (init_from) or from a trained model (init_model), not both")
     cfg.update(seed=int(seed), init_from=str(init_from) if init_from else None,
+               **({"init_model": str(init_model)} if init_model else {}),
                extra_pairs_dir=str(extra_pairs_dir) if extra_pairs_dir else None)
-    rank_share(int(cfg["batch_size"]), world)
+    rank_share(c.batch_size, world)
     for pair in list(train_pairs) + list(val_pairs):
-        check_mask_classes(pair.labels, int(cfg["classes"]), source=f"label map {pair.name}")
+        check_mask_classes(pair.labels, c.classes, source=f"label map {pair.name}")
 
     # Data
-    kw = dict(patch=int(cfg["patch"]), overlap=int(cfg["overlap"]), in_channels=int(cfg["in_channels"]),
-              phase_range=tuple(cfg["phase_range"]))
-    grid = PatchDataset(train_pairs, mode="paper" if cfg["patch_mode"] == "balanced" else cfg["patch_mode"],
-                        rotations=int(cfg["rotations"]), **kw)
-    if cfg["patch_mode"] == "balanced":  # as many class-balanced random crops per epoch as the grid has patches
-        grid = BalancedCropDataset(train_pairs, patch=int(cfg["patch"]), length=len(grid), seed=int(seed),
-                                   in_channels=int(cfg["in_channels"]), phase_range=tuple(cfg["phase_range"]),
-                                   phase_gain=tuple(cfg["phase_gain"]))
+    kw = dict(patch=c.patch, overlap=c.overlap, in_channels=c.in_channels,
+              phase_range=c.phase_range)
+    grid = PatchDataset(train_pairs, mode="paper" if c.patch_mode == "balanced" else c.patch_mode,
+                        rotations=c.rotations, **kw)
+    if c.patch_mode == "balanced":  # as many class-balanced random crops per epoch as the grid has patches
+        grid = BalancedCropDataset(train_pairs, patch=c.patch, length=len(grid), seed=int(seed),
+                                   in_channels=c.in_channels, phase_range=c.phase_range,
+                                   phase_gain=c.phase_gain)
     sets: list[Dataset] = [grid]
     if extra_pairs_dir:
         extra = load_pairs_folder(extra_pairs_dir, allow_ignore=True)
         for pair in extra:
-            check_mask_classes(pair.labels, int(cfg["classes"]), source=f"{extra_pairs_dir}: {pair.name}")
+            check_mask_classes(pair.labels, c.classes, source=f"{extra_pairs_dir}: {pair.name}")
         sets.append(PatchDataset(extra, mode="cover", rotations=1, **kw))
     train_set = ConcatDataset(sets)
     cfg.update(train_images=[p.name for p in train_pairs], val_images=[p.name for p in val_pairs],
                n_train_patches=len(train_set), world_size=world)
-    per_rank = min(cfg["batch_size"] // world, max(1, len(train_set) // world))
+    per_rank = min(c.batch_size // world, max(1, len(train_set) // world))
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=int(seed), drop_last=True)
     loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, drop_last=True)
     if len(loader) == 0:
@@ -211,27 +238,29 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
         from rbclib.seg.pretrained import load_into_resunet
 
         model = load_into_resunet(model, init_from)
+    if init_model:
+        _load_trained_weights(model, init_model)
     model = channels_last(model, dev)
-    optimiser = torch.optim.AdamW(_parameter_groups(model, cfg, pretrained=init_from is not None),
-                                  lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]),
+    optimiser = torch.optim.AdamW(_parameter_groups(model, c, pretrained=init_from is not None),
+                                  lr=c.lr, weight_decay=c.weight_decay,
                                   fused=fused_optimiser(dev))
-    steps = len(loader) if not cfg["max_steps_per_epoch"] else min(len(loader), int(cfg["max_steps_per_epoch"]))
-    total_steps = int(cfg["epochs"]) * steps
-    scheduler = _schedule(optimiser, total_steps, int(cfg["warmup_steps"]))
-    loss_fn = CEDiceLoss(ce_weight=float(cfg["ce_weight"]), dice_weight=float(cfg["dice_weight"]))
+    steps = len(loader) if not c.max_steps_per_epoch else min(len(loader), c.max_steps_per_epoch)
+    total_steps = c.epochs * steps
+    scheduler = _schedule(optimiser, total_steps, c.warmup_steps)
+    loss_fn = CEDiceLoss(ce_weight=c.ce_weight, dice_weight=c.dice_weight)
     adversary = None
-    if float(cfg["adversarial_weight"]) > 0:
+    if c.adversarial_weight > 0:
         from rbclib.seg.gan_watershed import Adversary
 
-        adversary = Adversary(int(cfg["in_channels"]), int(cfg["classes"]), weight=float(cfg["adversarial_weight"]),
-                              device=dev, world=world, bf16=bool(cfg["autocast_bf16"]))
+        adversary = Adversary(c.in_channels, c.classes, weight=c.adversarial_weight,
+                              device=dev, world=world, bf16=c.autocast_bf16)
 
     start_epoch, best_score, log_rows = 0, -math.inf, []
     last_path = out_dir / CHECKPOINT
     ckpt = (resume_state(out_dir, _strip(cfg), stored=lambda saved: _strip(json.loads(saved["config"])))
             if resume else None)
     if ckpt is not None:
-        if int(ckpt["epoch"]) + 1 >= int(cfg["epochs"]):
+        if int(ckpt["epoch"]) + 1 >= c.epochs:
             return out_dir  # finished earlier: nothing to do
         restore(ckpt, {"model": model, "optimizer": optimiser, "scheduler": scheduler,
                        **({"adversary": adversary} if adversary is not None else {})})
@@ -240,13 +269,13 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "config.json", cfg)
-    net = (nn.parallel.DistributedDataParallel(model, find_unused_parameters=_has_unused_parameters(model, cfg))
+    net = (nn.parallel.DistributedDataParallel(model, find_unused_parameters=_has_unused_parameters(model, c))
            if distributed else model)
     cfg_json = json.dumps(cfg)
 
     bar = progress_bar(total_steps, initial=start_epoch * steps, desc=f"train {out_dir.name}",
                        enabled=progress and rank == 0)
-    for epoch in range(start_epoch, int(cfg["epochs"])):
+    for epoch in range(start_epoch, c.epochs):
         t0 = time.perf_counter()
         torch.manual_seed(int(seed) * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch), so resuming is exact
         sampler.set_epoch(epoch)
@@ -259,7 +288,7 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
                 break
             x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(dev, non_blocking=True)
-            with autocast(dev, bool(cfg["autocast_bf16"])):
+            with autocast(dev, c.autocast_bf16):
                 logits = net(x)
             loss, ce, dice = loss_fn(logits.float(), y)
             if adversary is not None:
@@ -284,8 +313,8 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
         if rank == 0:
             if val_pairs:
                 scores = mean_scores(dice_per_class(predict_image(model, p.phase, config=cfg,
-                                                                  batch_size=int(cfg["val_batch_size"]),
-                                                                  fast=bool(cfg["autocast_bf16"])).labels, p.labels)
+                                                                  batch_size=c.val_batch_size,
+                                                                  fast=c.autocast_bf16).labels, p.labels)
                                      for p in val_pairs)
                 row.update({f"val_dice_{k}": v for k, v in scores.items()})
                 score = scores["overall"] if not math.isnan(scores["overall"]) else -math.inf
@@ -298,7 +327,7 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
                 best_score = max(score, best_score)
                 save_checkpoint(out_dir / "best.pt", {"model": state, "epoch": epoch, "score": score, "config": cfg_json})
             last = {"model": state, "epoch": epoch, "best_score": best_score, "config": cfg_json}
-            if epoch + 1 < int(cfg["epochs"]):  # optimiser state only while there is something to resume
+            if epoch + 1 < c.epochs:  # optimiser state only while there is something to resume
                 last.update(optimizer=optimiser.state_dict(), scheduler=scheduler.state_dict())
                 if adversary is not None:
                     last["adversary"] = adversary.state_dict()
@@ -312,14 +341,27 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
     return out_dir
 
 
-def _has_unused_parameters(model: nn.Module, cfg: dict[str, Any]) -> bool:
+def _load_trained_weights(model: nn.Module, model_dir: str | Path) -> None:
+    """Copy a trained model folder's weights into ``model`` (fine-tuning); ValueError naming the
+    folder when they do not fit its architecture."""
+    from rbclib.seg.infer import load_model
+
+    trained, _ = load_model(model_dir, device="cpu")
+    try:
+        model.load_state_dict(trained.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(f"{model_dir}: its weights do not fit the model being trained ({str(exc)[:200]}); "
+                         "fine-tune with its own architecture (rbclib.seg.config.finetune_config)") from None
+
+
+def _has_unused_parameters(model: nn.Module, cfg: SegConfig) -> bool:
     """True when some parameters take no part in the forward pass (e.g. smp PSPNet's
     unused deepest encoder stage), which DDP must be told about."""
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
-    out = model(torch.zeros(2, int(cfg["in_channels"]), 64, 64, device=dev)).sum()
+    out = model(torch.zeros(2, cfg.in_channels, 64, 64, device=dev)).sum()
     grads = torch.autograd.grad(out, params, allow_unused=True)
     model.train(was_training)
     return any(g is None for g in grads)
@@ -329,12 +371,32 @@ def train_from_run(run_dir: str | Path, *, model_name: str, out_dir: str | Path,
                    val_fraction: float = 0.15, init_from: str | Path | None = None,
                    extra_pairs_dir: str | Path | None = None, device: str | torch.device | None = None,
                    progress: bool = True) -> Path:
-    """Train on a run folder's train split (``splits.json``), holding out ``val_fraction``
-    of it (seeded) for validation; see :func:`train_segmenter`. What inference needs of the
-    run goes into the model's config: the pixel size of its ``optics.json``, and halo trimming
-    when its twin drew flat-topped discocytes."""
+    """Train on a run folder's train split (``splits.json``), holding out part of it for validation.
+
+    What inference needs of the run goes into the model's config: the pixel size of its
+    ``optics.json``, and halo trimming when its twin drew flat-topped discocytes.
+
+    Parameters
+    ----------
+    run_dir : str or pathlib.Path
+        The run folder.
+    model_name, out_dir, config, seed, init_from, extra_pairs_dir, device, progress
+        As for :func:`train_segmenter`.
+    val_fraction : float
+        Share of the train split held out for validation (seeded, :func:`split_validation`).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+
+    Notes
+    -----
+    It passes :func:`train_segmenter`'s parameters on one to one, with the run folder in
+    place of the pairs.
+    """
     from rbclib.core.paths import RunPaths
-    from rbclib.physics.simulate import drew_flat_discocytes
+    from rbclib.physics.simulated_datasets import drew_flat_discocytes
 
     train_stems, val_stems = split_validation(read_splits(run_dir)["train"], fraction=val_fraction, seed=seed)
     paths = RunPaths(run_dir)
@@ -350,9 +412,21 @@ def train_from_run(run_dir: str | Path, *, model_name: str, out_dir: str | Path,
 
 
 def config_from_profile(table: dict[str, Any], model_name: str) -> dict[str, Any]:
-    """Training config of ``model_name`` from a ``profiles/segment.toml`` table: the
-    DEFAULT_CONFIG keys it sets, with ``encoder`` for the ResUnet and ``baseline_encoder``
-    for the baselines; GAN + Watershed adds its generator, GAN loss and watershed."""
+    """Training config of a model from a ``profiles/segment.toml`` table.
+
+    Parameters
+    ----------
+    table : dict
+        The profile's segment table: the :data:`rbclib.seg.config.DEFAULT_CONFIG` keys it sets,
+        with ``encoder`` for the ResUnet and ``baseline_encoder`` for the baselines.
+    model_name : str
+        The model; GAN + Watershed adds its generator, GAN loss and watershed.
+
+    Returns
+    -------
+    dict
+        The checked config (:func:`rbclib.seg.config.make_config`).
+    """
     cfg = {k: v for k, v in table.items() if k in DEFAULT_CONFIG}
     cfg["encoder"] = table["encoder"] if model_name == "resunet" else table.get("baseline_encoder", table["encoder"])
     if model_name != "resunet":
@@ -365,9 +439,20 @@ def config_from_profile(table: dict[str, Any], model_name: str) -> dict[str, Any
 
 
 def arm_inputs(run_dir: str | Path) -> dict[str, dict[str, Path | None]]:
-    """The ResUnet arms whose inputs exist in a run folder -> {arm: {"extra_pairs_dir",
-    "init_from"}}: ``backbone`` always; ``da`` with ``synthetic/train/`` (04); ``ssl`` with
-    ``models/ssl/`` (05); ``da_ssl`` with both. Order: backbone, da, ssl, da_ssl."""
+    """The ResUnet arms whose inputs exist in a run folder.
+
+    Parameters
+    ----------
+    run_dir : str or pathlib.Path
+        The run folder.
+
+    Returns
+    -------
+    dict
+        ``{arm: {"extra_pairs_dir", "init_from"}}``: ``backbone`` always; ``da`` with
+        ``synthetic/train/`` (04); ``ssl`` with ``models/ssl/`` (05); ``da_ssl`` with both.
+        Order: backbone, da, ssl, da_ssl.
+    """
     from rbclib.core.paths import SEG_ARMS, RunPaths
 
     paths = RunPaths(run_dir)
@@ -382,7 +467,23 @@ def arm_inputs(run_dir: str | Path) -> dict[str, dict[str, Path | None]]:
 
 
 def read_log(model_dir: str | Path) -> pd.DataFrame:
-    """A model folder's ``log.csv`` as a DataFrame."""
+    """A model folder's training log.
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        The model folder.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``log.csv``: one row per epoch.
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder has no log.
+    """
     path = Path(model_dir) / "log.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training log")
@@ -390,8 +491,18 @@ def read_log(model_dir: str | Path) -> pd.DataFrame:
 
 
 def plot_loss_curves(model_dirs: dict[str, str | Path] | Sequence[str | Path]):
-    """Training loss and validation Dice per epoch of one or more model folders ->
-    matplotlib Figure (two panels)."""
+    """Training loss and validation Dice per epoch of one or more model folders.
+
+    Parameters
+    ----------
+    model_dirs : dict or sequence
+        ``{name: folder}``, or folders (named by their folder names).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels: loss and validation Dice.
+    """
     import matplotlib.pyplot as plt
 
     if not isinstance(model_dirs, dict):

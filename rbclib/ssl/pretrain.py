@@ -20,7 +20,6 @@ The corpora are in :mod:`rbclib.ssl.corpus`, the probes in :mod:`rbclib.ssl.prob
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -32,12 +31,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import Dataset
 
 from rbclib.core.config import check_known_fields
-from rbclib.core.distributed import (average_gradients, barrier, broadcast_buffers, check_ranks_in_sync, gather_from_ranks,
+from rbclib.core.distributed import (average_gradients, barrier, broadcast_buffers, check_ranks_in_sync,
                                      mean_over_ranks, rank_share, start_distributed)
 from rbclib.core.files import ImageFileError, write_json
 from rbclib.core.training import (
@@ -55,6 +52,7 @@ from rbclib.core.training import progress as progress_bar
 from rbclib.seg.datasets import normalise_phase
 from rbclib.seg.pretrained import WEIGHTS_FILE, load_pretrained_weights
 from rbclib.ssl.corpus import corpus_kind, describe_corpus
+from rbclib.ssl.moco import MoCoResUnet
 
 
 
@@ -67,17 +65,55 @@ BACKGROUND_VALUE = float(normalise_phase(np.zeros(1))[0])
 class SSLConfig:
     """Settings of one pretraining run (defaults suited to a few thousand images).
 
-    encoder: ResNet of the ResUnet ("resnet18/34/50/101"); decoder_channels: its U-Net
-    decoder (the paper's by default; must match the ResUnet of 06); in_channels: ResUnet input
-    channels (the single-channel crop is replicated); crop_px: side of each crop fed to the
-    network [px], a multiple of 32; crop_scale: (min, max) crop area as a fraction of the
-    image; batch_size, steps: optimisation steps of AdamW at ``lr`` with cosine decay;
-    queue_size: negatives K in eq. 10 (keep below the corpus size, or old keys of the same
-    image become negatives); momentum: EMA factor of the momentum encoder; temperature:
-    tau of eq. 10; proj_hidden/proj_dim: MLP projection head; rec_weight: weight of eq. 11
-    in eq. 12; flip: random flips and 90-degree rotations; intensity_jitter: relative
-    gain (and half of it as offset) jitter of the input; blur_prob/blur_sigma_px: Gaussian
-    blur; noise_std: additive noise (normalised units); save_every: checkpoint period.
+    Attributes
+    ----------
+    encoder : str
+        ResNet of the ResUnet ("resnet18/34/50/101").
+    decoder_channels : tuple of int
+        Its U-Net decoder (the paper's by default; must match the ResUnet of 06).
+    in_channels : int
+        ResUnet input channels (the single-channel crop is replicated).
+    crop_px : int
+        Side of each crop fed to the network [px], a multiple of 32.
+    crop_scale : tuple of float
+        (min, max) crop area as a fraction of the image.
+    batch_size, steps : int
+        Images per step, and optimisation steps of AdamW at ``lr`` with cosine decay.
+    lr, weight_decay : float
+        AdamW learning rate and weight decay.
+    queue_size : int
+        Negatives K in eq. 10 (keep below the corpus size, or old keys of the same image
+        become negatives; :func:`queue_size_for`).
+    momentum : float
+        EMA factor of the momentum encoder, in [0, 1).
+    temperature : float
+        tau of eq. 10.
+    proj_hidden, proj_dim : int
+        Hidden and output size of the MLP projection head.
+    rec_weight : float
+        Weight of eq. 11 in eq. 12.
+    flip : bool
+        Random flips and 90-degree rotations.
+    intensity_jitter : float
+        Relative gain (and half of it as offset) jitter of the input.
+    blur_prob : float
+        Probability of a Gaussian blur.
+    blur_sigma_px : tuple of float
+        (min, max) sigma of the blur [px].
+    noise_std : float
+        Additive noise (normalised units).
+    save_every : int
+        Checkpoint period [steps].
+    autocast_bf16 : bool
+        bfloat16 autocast of the forward pass (:func:`rbclib.core.training.autocast`).
+    channels_last : bool
+        The network in channels-last memory (:func:`rbclib.core.training.channels_last`).
+
+    Raises
+    ------
+    ValueError
+        A crop that is not a positive multiple of 32, a bad crop scale, a count below 1, a
+        momentum outside [0, 1) or a temperature <= 0.
     """
 
     encoder: str = "resnet18"
@@ -120,12 +156,35 @@ class SSLConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SSLConfig":
-        """Build from a dict (profile table or config.json); unknown keys are an error."""
+        """Build from a dict (profile table or config.json).
+
+        Parameters
+        ----------
+        data : dict
+            Field name -> value; lists become tuples.
+
+        Returns
+        -------
+        SSLConfig
+            The checked config.
+
+        Raises
+        ------
+        ValueError
+            An unknown key, or a value the config refuses.
+        """
         check_known_fields(cls, data, "SSL settings")
         fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**fixed)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready data (``config.json``, the resume identity).
+
+        Returns
+        -------
+        dict
+            Field name -> value, tuples as lists.
+        """
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
@@ -151,11 +210,23 @@ def _random_resized_box(h: int, w: int, scale: tuple[float, float], g: torch.Gen
 
 
 def two_crops(images: torch.Tensor, config: SSLConfig, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Two augmented views of each image of a batch (B, 1, H, W) in [-1, 1].
+    """Two augmented views of each image of a batch.
 
-    Returns (input_1, target_1, input_2, target_2), each (B, 1, crop_px, crop_px): the
-    targets are the random resized crops after flips/rotations (c, c' of eq. 11), the
-    inputs add intensity jitter around the medium level, Gaussian blur and noise.
+    Parameters
+    ----------
+    images : torch.Tensor
+        (B, 1, H, W) images in [-1, 1].
+    config : SSLConfig
+        Crop size and scale, flips and the input augmentations.
+    generator : torch.Generator
+        The random source (CPU).
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        (input_1, target_1, input_2, target_2), each (B, 1, crop_px, crop_px): the targets
+        are the random resized crops after flips/rotations (c, c' of eq. 11), the inputs
+        add intensity jitter around the medium level, Gaussian blur and noise.
     """
     from torchvision.transforms.v2 import functional as TF
 
@@ -187,109 +258,6 @@ def two_crops(images: torch.Tensor, config: SSLConfig, generator: torch.Generato
     return tuple(torch.stack(o) for o in outs)
 
 
-# --------------------------------------------------------------------------- MoCo pieces
-def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 10 averaged over the batch: q, k (B, D) L2-normalised, queue (K, D) negatives.
-
-    Returns (loss, logits (B, 1 + K)); the positive is column 0 and sim is the dot product.
-    """
-    pos = (q * k).sum(dim=1, keepdim=True)
-    neg = q @ queue.t()
-    logits = torch.cat([pos, neg], dim=1) / temperature
-    labels = torch.zeros(len(q), dtype=torch.long, device=q.device)
-    return F.cross_entropy(logits, labels), logits
-
-
-@torch.no_grad()
-def momentum_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
-    """theta_target <- m * theta_target + (1 - m) * theta_online; buffers (BN statistics) copied."""
-    for p_o, p_t in zip(online.parameters(), target.parameters()):
-        p_t.mul_(momentum).add_(p_o.detach(), alpha=1.0 - momentum)
-    for b_o, b_t in zip(online.buffers(), target.buffers()):
-        b_t.copy_(b_o)
-
-
-class FeatureQueue(nn.Module):
-    """Ring buffer of the last ``size`` keys (size, dim), first-in first-out.
-
-    Starts with random unit vectors (as MoCo does); ``enqueue`` overwrites the oldest.
-    """
-
-    def __init__(self, size: int, dim: int, *, generator: torch.Generator | None = None):
-        super().__init__()
-        self.register_buffer("features", F.normalize(torch.randn(size, dim, generator=generator), dim=1))
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
-
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        size = len(self.features)
-        keys = keys.detach()[-size:]
-        idx = (int(self.ptr) + torch.arange(len(keys), device=keys.device)) % size
-        self.features[idx] = keys
-        self.ptr.fill_((int(self.ptr) + len(keys)) % size)
-
-
-def _projection_head(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
-
-
-class MoCoResUnet(nn.Module):
-    """The SSL network of Figure 3: ResUnet encoder/decoder (query), momentum encoder,
-    MLP projection heads, reconstruction head (1x1 conv to ``in_channels``) and the queue."""
-
-    def __init__(self, config: SSLConfig, *, generator: torch.Generator | None = None):
-        super().__init__()
-        from rbclib.seg.models import build_resunet
-
-        self.config = config
-        net = build_resunet(config.encoder, in_channels=config.in_channels, classes=1,
-                            decoder_channels=config.decoder_channels)
-        self.encoder, self.decoder = net.encoder, net.decoder
-        self.rec_head = nn.Conv2d(config.decoder_channels[-1], config.in_channels, kernel_size=1)
-        feat_dim = self.encoder.out_channels[-1]
-        self.proj = _projection_head(feat_dim, config.proj_hidden, config.proj_dim)
-        self.encoder_k = copy.deepcopy(self.encoder)
-        self.proj_k = copy.deepcopy(self.proj)
-        for p in list(self.encoder_k.parameters()) + list(self.proj_k.parameters()):
-            p.requires_grad_(False)
-        self.queue = FeatureQueue(config.queue_size, config.proj_dim, generator=generator)
-        self.world = 1  # DDP ranks: every rank's keys join the queue, so the queues stay identical
-
-    def online_parameters(self) -> list[nn.Parameter]:
-        """Parameters the optimiser updates (query encoder, decoder, heads)."""
-        return [p for m in (self.encoder, self.decoder, self.rec_head, self.proj) for p in m.parameters()]
-
-    def _expand(self, x: torch.Tensor) -> torch.Tensor:
-        return x.expand(-1, self.config.in_channels, -1, -1)
-
-    def forward(self, in_q: torch.Tensor, tgt_q: torch.Tensor, in_k: torch.Tensor, tgt_k: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Losses of one batch of view pairs (B, 1, H, W); updates the momentum encoder and
-        the queue as side effects when training. Keys: loss, contrastive, rec, accuracy."""
-        cfg = self.config
-        feats_q = self.encoder(self._expand(in_q))
-        q = F.normalize(self.proj(feats_q[-1].mean(dim=(2, 3))), dim=1)
-        with torch.no_grad():
-            if self.training:
-                momentum_update(self.encoder, self.encoder_k, cfg.momentum)
-                momentum_update(self.proj, self.proj_k, cfg.momentum)
-            feats_k = self.encoder_k(self._expand(in_k))
-            k = F.normalize(self.proj_k(feats_k[-1].mean(dim=(2, 3))), dim=1)
-        contrastive, logits = info_nce(q, k, self.queue.features.clone(), cfg.temperature)
-        rec_q = self.rec_head(self.decoder(feats_q))
-        rec_k = self.rec_head(self.decoder([f.detach() for f in feats_k]))
-        rec = F.mse_loss(rec_q, self._expand(tgt_q)) + F.mse_loss(rec_k, self._expand(tgt_k))
-        if self.training:
-            self.queue.enqueue(gather_from_ranks(k, self.world))
-        accuracy = (logits.argmax(dim=1) == 0).float().mean()
-        return {"loss": contrastive + cfg.rec_weight * rec, "contrastive": contrastive.detach(),
-                "rec": rec.detach(), "accuracy": accuracy}
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder output for inputs (B, 1, H, W), first channel (B, 1, H, W)."""
-        return self.rec_head(self.decoder(self.encoder(self._expand(x))))[:, :1]
-
-
 # --------------------------------------------------------------------------- training
 def _batch(corpus: Dataset, indices: torch.Tensor) -> torch.Tensor:
     items = [corpus[int(i)] for i in indices]
@@ -304,9 +272,24 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def queue_size_for(n_images: int, *, queue_size: int, batch_size: int) -> int:
-    """The negatives queue K (eq. 10) a corpus of ``n_images`` allows: at most ``queue_size``,
-    below ``n_images - batch_size`` (a longer queue still holds keys of the images of the
-    current batch, which then count as their own negatives), and at least one batch."""
+    """The negatives queue K (eq. 10) a corpus of ``n_images`` allows.
+
+    Parameters
+    ----------
+    n_images : int
+        Images in the corpus.
+    queue_size : int
+        The queue asked for.
+    batch_size : int
+        Images per step.
+
+    Returns
+    -------
+    int
+        At most ``queue_size``, below ``n_images - batch_size`` (a longer queue still holds
+        keys of the images of the current batch, which then count as their own negatives),
+        and at least one batch.
+    """
     return max(int(batch_size), min(int(queue_size), int(n_images) - int(batch_size)))
 
 
@@ -314,14 +297,45 @@ def pretrain_ssl(corpus: Dataset, *, out_dir: str | Path, config: SSLConfig | di
                  progress: bool = True, device: str | None = None) -> Path:
     """Pretrain the ResUnet encoder+decoder with MoCo v2 + reconstruction on ``corpus``.
 
-    corpus: Dataset of (1, H, W) float tensors in [-1, 1] (H, W >= crop_px not required;
-    crops are resized). Writes ``out_dir``/config.json, encoder_decoder.pt, last.pt and
-    log.csv and returns ``out_dir``. If ``out_dir`` holds a ``last.pt`` of the same config,
-    corpus and seed, training resumes from its step (and returns at once if finished).
-    Batches and augmentations of step s derive from (seed, s), so a resumed run equals an
-    uninterrupted one up to floating point. Under ``torchrun`` (``python -m rbclib.launch
-    ssl ...``) each rank takes its share of the step's batch, the gradients are averaged and
-    every rank's keys join the queue (:mod:`rbclib.core.distributed`); rank 0 writes.
+    Writes ``out_dir``/config.json, encoder_decoder.pt, last.pt and log.csv. If ``out_dir``
+    holds a ``last.pt`` of the same config, corpus and seed, training resumes from its step
+    (and returns at once if finished). Batches and augmentations of step s derive from
+    (seed, s), so a resumed run equals an uninterrupted one up to floating point. Under
+    ``torchrun`` (``python -m rbclib.launch ssl ...``) each rank takes its share of the
+    step's batch, the gradients are averaged and every rank's keys join the queue
+    (:mod:`rbclib.core.distributed`); rank 0 writes.
+
+    Parameters
+    ----------
+    corpus : torch.utils.data.Dataset
+        (1, H, W) float tensors in [-1, 1] (H, W >= crop_px not required; crops are resized).
+    out_dir : str or pathlib.Path
+        The model folder.
+    config : SSLConfig or dict
+        The settings (a dict is read by :meth:`SSLConfig.from_dict`).
+    seed : int
+        The run's seed.
+    progress : bool, optional
+        Show a progress bar.
+    device : str, optional
+        Where to train (None: cuda, mps or cpu, whichever is there).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+
+    Raises
+    ------
+    ValueError
+        A corpus of fewer than 2 images or of mixed sizes, or a ``last.pt`` of another run.
+
+    Notes
+    -----
+    One function holds the loop because its state (the model with its queue, optimiser,
+    scheduler, step and log rows) is what ``last.pt`` saves and resuming must restore; the
+    nested ``save`` writes all of it. Each step itself is short (:func:`two_crops`, the
+    model's forward pass, one optimiser step); the rest is resume and DDP plumbing.
     """
     cfg = _as_config(config)
     out = Path(out_dir)
@@ -399,7 +413,23 @@ def pretrain_ssl(corpus: Dataset, *, out_dir: str | Path, config: SSLConfig | di
 
 
 def read_ssl_log(ssl_dir: str | Path) -> pd.DataFrame:
-    """The per-step loss log of an SSL folder."""
+    """The per-step loss log of an SSL folder.
+
+    Parameters
+    ----------
+    ssl_dir : str or pathlib.Path
+        The SSL model folder.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``log.csv``: step, epoch, loss, contrastive, rec, accuracy, lr, seconds.
+
+    Raises
+    ------
+    rbclib.core.files.ImageFileError
+        The folder has no ``log.csv``.
+    """
     path = Path(ssl_dir) / "log.csv"
     if not path.exists():
         raise ImageFileError(path, "SSL log not found")
@@ -410,7 +440,18 @@ def read_ssl_log(ssl_dir: str | Path) -> pd.DataFrame:
 # --------------------------------------------------------------------------- plots
 def plot_ssl_log(log: pd.DataFrame) -> "Any":
     """Loss curves (total, contrastive eq. 10, reconstruction eq. 11) and the contrastive
-    top-1 accuracy against step; returns a matplotlib Figure."""
+    top-1 accuracy against step.
+
+    Parameters
+    ----------
+    log : pandas.DataFrame
+        :func:`read_ssl_log`'s table.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
+    """
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -430,7 +471,24 @@ def plot_ssl_log(log: pd.DataFrame) -> "Any":
 
 def plot_ssl_views(corpus: Dataset, ssl_dir: str | Path, *, n: int = 4, seed: int = 0) -> "Any":
     """For ``n`` corpus images: the image, crop c, the augmented input and the decoder's
-    reconstruction of it (pretrained weights of ``ssl_dir``); returns a Figure."""
+    reconstruction of it.
+
+    Parameters
+    ----------
+    corpus : torch.utils.data.Dataset
+        (1, H, W) float tensors in [-1, 1].
+    ssl_dir : str or pathlib.Path
+        The SSL model folder whose pretrained weights reconstruct.
+    n : int, optional
+        Images shown.
+    seed : int, optional
+        Seed of the images and views drawn.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One row per image.
+    """
     import matplotlib.pyplot as plt
 
     saved = load_pretrained_weights(ssl_dir)

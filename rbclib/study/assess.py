@@ -50,7 +50,30 @@ from rbclib.study.segmenter import (
 
 @dataclass
 class AssessResult:
-    """Outputs of :func:`assess`: folder, tables and what happened."""
+    """Outputs of :func:`assess`: folder, tables and what happened.
+
+    Attributes
+    ----------
+    out_dir : pathlib.Path
+        The output folder.
+    cells : pandas.DataFrame
+        One row per cell of every finished image (``cells.csv``).
+    summary : rbclib.study.storage_report.StorageSummary or None
+        Ratios, indices, measurements and, with ground truth, errors and confusion; None
+        when no image could be analysed.
+    failures : list of tuple of str
+        (file, problem) of each skipped file.
+    skipped : list of str
+        Images finished by an earlier run and not recomputed.
+    processed : list of str
+        Images analysed by this run.
+    model_dir : pathlib.Path
+        The model folder used (resolved).
+    model_note : str
+        How the model was chosen, as the report says it.
+    figures : dict of str to matplotlib.figure.Figure
+        The summary figures by name (also saved under ``figures/``).
+    """
 
     out_dir: Path
     cells: pd.DataFrame
@@ -323,9 +346,49 @@ def _write_image_outputs(out: Path, job: ImageJob, res: ImageResult, *, key: dic
 def _finish(out: Path, jobs: list[ImageJob], keys: Mapping[str, dict], *, failures, skipped, processed,
             model_path: Path, model_note: str,
             input_path: Path, schemes, n_boot: int, seed: int, target_pp: float = 3.0) -> AssessResult:
-    """Gather every finished image's results and write tables, figures and report. An image's
-    results are gathered only when their key is ``keys[image]`` (this run's inputs, model and
-    options); any other is reported as a failure, never mixed in."""
+    """Gather every finished image's results and write tables, figures and report.
+
+    An image's results are gathered only when their key is ``keys[image]`` (this run's
+    inputs, model and options); any other is reported as a failure, never mixed in.
+
+    Parameters
+    ----------
+    out : pathlib.Path
+        The output folder.
+    jobs : list of rbclib.study.inputs.ImageJob
+        Every image found under the input.
+    keys : mapping of str to dict
+        This run's resume key of each image.
+    failures : list of tuple of str
+        (file, problem) of the files skipped so far; extended here.
+    skipped, processed : list of str
+        Images finished earlier and images analysed now.
+    model_path : pathlib.Path
+        The model folder.
+    model_note : str
+        How the model was chosen, for the report.
+    input_path : pathlib.Path
+        What the user gave, for the report.
+    schemes : mapping or None
+        Morphology index schemes (None: the built-in ones).
+    n_boot, seed : int
+        Bootstrap resamples of the confidence intervals, and their seed.
+    target_pp : float, optional
+        Largest class-ratio error [percentage points] counted as within target.
+
+    Returns
+    -------
+    AssessResult
+        What :func:`assess` returns.
+
+    Notes
+    -----
+    It has many parameters because it is the last step of :func:`assess`'s batch: it takes
+    that batch's state (jobs, keys, the lists of failed, skipped and processed images) and
+    the summary's options, which it passes on to :func:`rbclib.study.storage_report.summarise`.
+    It is a function of its own so that :func:`assess` can turn a failed write (OSError)
+    into one message that still names every skipped file.
+    """
     from rbclib.study import storage_report
 
     failed = {f for f, _ in failures}
@@ -465,8 +528,24 @@ def _empty_report(context: Any) -> str:
 
 
 def load_schemes(path: str | Path) -> dict[str, Any]:
-    """Morphology-index schemes from a TOML file: one table per scheme with a ``weights``
-    table (class name -> weight 0..1) and a ``description``."""
+    """Morphology-index schemes from a TOML file.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The TOML file: one table per scheme with a ``weights`` table (class name -> weight
+        0..1) and a ``description``.
+
+    Returns
+    -------
+    dict of str to rbclib.study.storage.IndexScheme
+        The schemes by name (:func:`rbclib.study.storage.schemes_from_mapping`).
+
+    Raises
+    ------
+    rbclib.core.files.ImageFileError
+        The file cannot be read or parsed, or a scheme is invalid; the message names the file.
+    """
     import tomllib
 
     from rbclib.study.storage import schemes_from_mapping

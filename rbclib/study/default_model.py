@@ -31,7 +31,23 @@ CARD_FILES = ("config.json", "best.pt")
 
 
 def read_recipe(path: str | Path = RECIPE) -> dict[str, Any]:
-    """The recipe TOML as a dict (``seed``, ``twin``, ``train``, ``check``)."""
+    """The recipe TOML as a dict.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path, optional
+        The recipe file (default :data:`RECIPE`).
+
+    Returns
+    -------
+    dict
+        The recipe (``seed``, ``twin``, ``train``, ``check``).
+
+    Raises
+    ------
+    ValueError
+        One of those four tables or keys is missing.
+    """
     recipe = tomllib.loads(Path(path).read_text())
     missing = {"seed", "twin", "train", "check"} - set(recipe)
     if missing:
@@ -40,11 +56,21 @@ def read_recipe(path: str | Path = RECIPE) -> dict[str, Any]:
 
 
 def twin_pairs(recipe: dict[str, Any]) -> dict[str, list]:
-    """The recipe's twin (``noise_nm``, when given, replaces the twin's coherent-noise range),
-    reconstructed with its background holograms as 01 does (numerically where the reconstruction
-    refuses a background as too noisy):
-    {"train", "val", "test"} -> lists of (:class:`rbclib.seg.datasets.Pair`, instances) at
-    the twin's pixel size (0.1441 um/px)."""
+    """The recipe's twin, reconstructed with its background holograms as 01 does (numerically
+    where the reconstruction refuses a background as too noisy).
+
+    Parameters
+    ----------
+    recipe : dict
+        The recipe (:func:`read_recipe`): its ``seed`` and ``twin`` table (``noise_nm``, when
+        given, replaces the twin's coherent-noise range).
+
+    Returns
+    -------
+    dict of str to list
+        {"train", "val", "test"} -> lists of (:class:`rbclib.seg.datasets.Pair`, instances)
+        at the twin's pixel size (0.1441 um/px).
+    """
     from rbclib.physics.holography import reconstruct
     from rbclib.physics.simulate import simulate_field
     from rbclib.seg.datasets import Pair
@@ -68,8 +94,23 @@ def twin_pairs(recipe: dict[str, Any]) -> dict[str, list]:
 
 
 def at_pixel_size(pairs: list, pixel_size_m: float, twin_pixel_size_m: float) -> list:
-    """Training pairs resampled from the twin's pixel size to the model's (phase linear with
-    anti-aliasing, labels nearest), as ``rbc assess`` resamples its inputs."""
+    """Training pairs resampled from the twin's pixel size to the model's, as ``rbc assess``
+    resamples its inputs.
+
+    Parameters
+    ----------
+    pairs : list
+        (:class:`rbclib.seg.datasets.Pair`, instances) items of :func:`twin_pairs`.
+    pixel_size_m : float
+        The model's pixel size [m].
+    twin_pixel_size_m : float
+        The twin's pixel size [m].
+
+    Returns
+    -------
+    list of rbclib.seg.datasets.Pair
+        The pairs, phase resampled linearly with anti-aliasing, labels nearest (instances dropped).
+    """
     from rbclib.seg.datasets import Pair
     from rbclib.study.segmenter import resample
 
@@ -79,9 +120,27 @@ def at_pixel_size(pairs: list, pixel_size_m: float, twin_pixel_size_m: float) ->
 
 def train_default_model(recipe: dict[str, Any], out_dir: str | Path, *, pairs: dict[str, list] | None = None,
                         progress: bool = True) -> Path:
-    """Train the recipe's segmenter into ``out_dir`` (a model folder); returns it."""
+    """Train the recipe's segmenter into ``out_dir`` (a model folder).
+
+    Parameters
+    ----------
+    recipe : dict
+        The recipe (:func:`read_recipe`); its ``train`` table is the training config.
+    out_dir : str or pathlib.Path
+        The model folder to write.
+    pairs : dict of str to list, optional
+        :func:`twin_pairs` of the recipe, if already made.
+    progress : bool, optional
+        Show progress bars.
+
+    Returns
+    -------
+    pathlib.Path
+        The model folder.
+    """
     from rbclib.core.config import Optics
-    from rbclib.seg.train import make_config, train_segmenter
+    from rbclib.seg.config import make_config
+    from rbclib.seg.train import train_segmenter
 
     pairs = pairs or twin_pairs(recipe)
     config = make_config(recipe["train"])
@@ -93,8 +152,20 @@ def train_default_model(recipe: dict[str, Any], out_dir: str | Path, *, pairs: d
 
 
 def twin_scores(model_dir: str | Path, pairs: list) -> dict[str, float]:
-    """Dice and AJI per class and overall of the model, segmenting as ``rbc assess`` does, on
-    (pair, instances) test fields, scored on the fields' own grid."""
+    """Dice and AJI per class and overall of the model, segmenting as ``rbc assess`` does.
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        The model folder.
+    pairs : list
+        (:class:`rbclib.seg.datasets.Pair`, instances) test fields, scored on their own grid.
+
+    Returns
+    -------
+    dict of str to float
+        ``dice_<class>``, ``dice_overall``, ``aji_<class>``, ``aji_overall``.
+    """
     from rbclib.core.config import Optics
     from rbclib.seg.metrics import aji_per_class, dice_per_class, mean_scores
     from rbclib.study.segmenter import Segmenter
@@ -110,9 +181,27 @@ def twin_scores(model_dir: str | Path, pairs: list) -> dict[str, float]:
 
 def check_model(model_dir: str | Path, recipe: dict[str, Any], *, pairs: dict[str, list] | None = None,
                 real_data: str | Path | None = None) -> dict[str, Any]:
-    """The model card's numbers: parameters, own-twin test scores, the quick twin and another
-    microscope (:func:`rbclib.study.transfer.transfer_table`), the real holograms
-    (:func:`rbclib.study.transfer.real_hologram_check`) and holograms/s of ``rbc assess``."""
+    """The model card's numbers.
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        The model folder.
+    recipe : dict
+        The recipe (:func:`read_recipe`); its ``check`` table sizes the checks.
+    pairs : dict of str to list, optional
+        :func:`twin_pairs` of the recipe, if already made (its ``test`` fields are scored).
+    real_data : str or pathlib.Path, optional
+        Folder of the real holograms (default: :func:`rbclib.physics.realism.shared_data_dir`).
+
+    Returns
+    -------
+    dict
+        ``parameters``, ``own_twin_test`` (:func:`twin_scores`), ``quick_twin`` (the quick twin
+        and another microscope, :func:`rbclib.study.transfer.transfer_table`),
+        ``real_holograms`` (:func:`rbclib.study.transfer.real_hologram_check`, one dict per
+        hologram) and ``speed`` (holograms/s of ``rbc assess``, :func:`assess_speed`).
+    """
     import tempfile
 
     from rbclib.physics import realism
@@ -142,8 +231,24 @@ def check_model(model_dir: str | Path, recipe: dict[str, Any], *, pairs: dict[st
 
 
 def assess_speed(model_dir: str | Path, n: int, work: Path) -> dict[str, float]:
-    """Holograms/s of :func:`rbclib.study.assess.assess` on ``n`` twin holograms of 900 x 900
-    px (warm: a first pass compiles and loads, the second is timed)."""
+    """Holograms/s of :func:`rbclib.study.assess.assess` on twin holograms of 900 x 900 px.
+
+    Warm: a first pass compiles and loads, the second is timed.
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        The model folder.
+    n : int
+        Holograms to simulate and assess.
+    work : pathlib.Path
+        Folder for the holograms and both passes' outputs.
+
+    Returns
+    -------
+    dict of str to float
+        ``holograms``, ``seconds`` and ``holograms_per_s`` of the timed pass.
+    """
     from rbclib.core.io import write_camera_image
     from rbclib.physics.simulate import simulate_field
     from rbclib.study.assess import assess
@@ -161,7 +266,21 @@ def assess_speed(model_dir: str | Path, n: int, work: Path) -> dict[str, float]:
 
 def write_card(model_dir: str | Path, recipe: dict[str, Any], checks: dict[str, Any], *, command: str,
                minutes: float) -> None:
-    """``card.json`` (recipe, checks, file hashes) and ``MODEL_CARD.md`` into ``model_dir``."""
+    """Write ``card.json`` (recipe, checks, file hashes) and ``MODEL_CARD.md`` into ``model_dir``.
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        The model folder; the SHA-256 of its :data:`CARD_FILES` are recorded.
+    recipe : dict
+        The recipe the model was made by.
+    checks : dict
+        :func:`check_model`'s numbers.
+    command : str
+        The command that made it, for the card.
+    minutes : float
+        How long the build took [min].
+    """
     from rbclib.core.files import write_json, write_text
 
     model_dir = Path(model_dir)
@@ -177,7 +296,18 @@ def _pct(x: float) -> str:
 
 
 def render_card(card: dict[str, Any]) -> str:
-    """The Markdown model card of ``card.json``'s content."""
+    """The Markdown model card of ``card.json``'s content.
+
+    Parameters
+    ----------
+    card : dict
+        What :func:`write_card` writes to ``card.json``.
+
+    Returns
+    -------
+    str
+        ``MODEL_CARD.md``'s text.
+    """
     recipe, checks, train = card["recipe"], card["checks"], card["recipe"]["train"]
     twin = recipe["twin"]
     own, quick = checks["own_twin_test"], checks["quick_twin"]
@@ -225,9 +355,24 @@ def render_card(card: dict[str, Any]) -> str:
 
 
 def ship_model(model_dir: str | Path, dest: str | Path = SHIPPED_MODEL_DIR) -> Path:
-    """Copy a trained model folder's ``config.json`` and ``best.pt`` into ``dest``, the weights
-    compressed (:func:`rbclib.core.training.compress_weights`: int8 convolutions, float16 rest;
-    no optimiser state); returns ``dest``. The card is written after, on ``dest``."""
+    """Copy a trained model folder's ``config.json`` and ``best.pt`` into ``dest``, the weights compressed.
+
+    The card is written after, on ``dest``.
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        The trained model folder.
+    dest : str or pathlib.Path, optional
+        Where to copy it (default :data:`SHIPPED_MODEL_DIR`).
+
+    Returns
+    -------
+    pathlib.Path
+        ``dest``, holding ``config.json`` and ``best.pt`` with compressed weights
+        (:func:`rbclib.core.training.compress_weights`: int8 convolutions, float16 rest; no
+        optimiser state).
+    """
     from rbclib.core.files import write_json
     from rbclib.core.training import compress_weights, load_checkpoint, save_checkpoint
 
@@ -243,7 +388,27 @@ def ship_model(model_dir: str | Path, dest: str | Path = SHIPPED_MODEL_DIR) -> P
 def build_default_model(out_dir: str | Path, *, recipe_path: str | Path = RECIPE, ship: str | Path | None = None,
                         command: str = "make default-model", progress: bool = True) -> Path:
     """Train, check and card the default model in ``out_dir``; with ``ship``, copy it there
-    (compressed weights) and card that copy. Returns the carded folder."""
+    (compressed weights) and card that copy.
+
+    Parameters
+    ----------
+    out_dir : str or pathlib.Path
+        Work folder: the model goes to ``out_dir/model``, the real-hologram checks to
+        ``out_dir/real_holograms.csv``.
+    recipe_path : str or pathlib.Path, optional
+        The recipe (default :data:`RECIPE`).
+    ship : str or pathlib.Path, optional
+        Folder to ship the model to (e.g. :data:`SHIPPED_MODEL_DIR`); None: no copy.
+    command : str, optional
+        The command recorded on the card.
+    progress : bool, optional
+        Show progress bars.
+
+    Returns
+    -------
+    pathlib.Path
+        The carded folder (``ship`` when given, else the trained model folder).
+    """
     t0 = time.perf_counter()
     recipe = read_recipe(recipe_path)
     pairs = twin_pairs(recipe)

@@ -27,7 +27,19 @@ from rbclib.study.inputs import ImageJob
 
 @dataclass
 class OpticsOptions:
-    """Optics given on the command line (None: from the file's metadata, else defaults)."""
+    """Optics given on the command line (None: from the file's metadata, else defaults).
+
+    Attributes
+    ----------
+    wavelength_m : float or None
+        Illumination wavelength [m].
+    pixel_size_m : float or None
+        Pixel size at the sample [m].
+    n_medium : float or None
+        Refractive index of the medium.
+    numerical_aperture : float or None
+        Objective NA.
+    """
 
     wavelength_m: float | None = None
     pixel_size_m: float | None = None
@@ -35,12 +47,40 @@ class OpticsOptions:
     numerical_aperture: float | None = None
 
     def overrides(self) -> dict[str, float]:
+        """The values given, as Optics overrides.
+
+        Returns
+        -------
+        dict of str to float
+            Optics field name -> value, for the fields that are not None.
+        """
         return {k: v for k, v in vars(self).items() if v is not None}
 
 
 @dataclass
 class ImageResult:
-    """What :func:`analyse_image` found: cells table, maps (input grid), phase and facts."""
+    """What :func:`analyse_image` found: cells table, maps (input grid), phase and facts.
+
+    Attributes
+    ----------
+    cells : pandas.DataFrame
+        One row per cell (:func:`rbclib.physics.measure.measure_cells` plus ``image``, ``day``,
+        ``class_confidence`` and ``delta_n_assumed``).
+    phase : numpy.ndarray
+        (H, W) float32 phase [rad].
+    labels : numpy.ndarray
+        (H, W) uint8 class map on the input grid.
+    instances : numpy.ndarray
+        (H, W) int32 instance map on the input grid.
+    info : dict
+        Facts of the image: file, day, kind, compensation, shape, optics and their
+        provenance, scale to the model, cell and fragment counts, minimum cell area.
+    truth_classes : list of str or None
+        Class names of the true cells, when ground truth exists.
+    confusion : pandas.DataFrame or None
+        Per-cell confusion counts (:func:`rbclib.seg.metrics.cell_confusion`), when ground
+        truth exists.
+    """
 
     cells: pd.DataFrame
     phase: np.ndarray
@@ -56,11 +96,24 @@ SIDEBAND_PROBE_PX = 1024
 
 
 def has_sideband(image: np.ndarray) -> bool:
-    """Whether ``image`` (H, W) is an off-axis hologram: its spectrum holds a sideband
-    (:func:`rbclib.physics.sideband.find_sideband`). Decides, for floating-point files, between a
-    hologram and a phase map; integer files are camera images, so holograms, anyway. Fringes
-    fill a hologram, so the central :data:`SIDEBAND_PROBE_PX` square decides: an 8000 px image
-    costs no more memory than a 1024 px one."""
+    """Whether ``image`` is an off-axis hologram: its spectrum holds a sideband
+    (:func:`rbclib.physics.sideband.find_sideband`).
+
+    Decides, for floating-point files, between a hologram and a phase map; integer files are
+    camera images, so holograms, anyway. Fringes fill a hologram, so the central
+    :data:`SIDEBAND_PROBE_PX` square decides: an 8000 px image costs no more memory than a
+    1024 px one.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (H, W) image.
+
+    Returns
+    -------
+    bool
+        True when a sideband is found.
+    """
     from rbclib.physics.sideband import find_sideband
 
     h, w = image.shape[:2]
@@ -80,8 +133,22 @@ counts (0-255 or 0-65535) stored as float go far beyond."""
 
 @dataclass
 class LoadedImage:
-    """An input file as phase: ``phase`` (H, W) float32 [rad], its ``optics``, ``kind``
-    ("hologram" or "phase"), ``compensation`` and where each optics value came from."""
+    """An input file as phase.
+
+    Attributes
+    ----------
+    phase : numpy.ndarray
+        (H, W) float32 phase [rad].
+    optics : rbclib.core.config.Optics
+        Its optics.
+    kind : str
+        "hologram" or "phase".
+    compensation : str
+        How a hologram's background was compensated ("background hologram", "numerical" or
+        "numerical (its background hologram was refused)"); "" for a phase map.
+    provenance : dict of str to str
+        Where each optics value (wavelength, pixel size, medium index) came from.
+    """
 
     phase: np.ndarray
     optics: Optics
@@ -92,8 +159,30 @@ class LoadedImage:
 
 def load_phase(job: ImageJob, *, optics: OpticsOptions | None = None,
                reconstructors: ReconstructorCache | None = None) -> LoadedImage:
-    """Read ``job``'s file and reconstruct it if it is a hologram. Raises ImageFileError /
-    ValueError for bad input."""
+    """Read ``job``'s file and reconstruct it if it is a hologram.
+
+    Parameters
+    ----------
+    job : rbclib.study.inputs.ImageJob
+        The image; its ``optics_json`` gives the default optics, its ``background`` the
+        background hologram.
+    optics : OpticsOptions, optional
+        Optics given on the command line; they win over the file's metadata.
+    reconstructors : rbclib.physics.phase_files.ReconstructorCache, optional
+        Reconstructors shared across images (default: a new cache).
+
+    Returns
+    -------
+    LoadedImage
+        The phase, its optics and how it was obtained. A background hologram refused as not
+        empty is warned about and the hologram compensated numerically instead.
+
+    Raises
+    ------
+    rbclib.core.files.ImageFileError, ValueError
+        Bad input, e.g. a floating-point image with values beyond :data:`PHASE_LIMIT_RAD`
+        and no sideband.
+    """
     overrides = (optics or OpticsOptions()).overrides()
     img = read_image(job.path)
     default = None
@@ -126,8 +215,29 @@ def load_phase(job: ImageJob, *, optics: OpticsOptions | None = None,
 
 
 def analyse_image(job: ImageJob, loaded: LoadedImage, segmented: tuple, *, min_area_um2: float) -> ImageResult:
-    """Per-cell table of a segmented image (``segmented``: a :meth:`rbclib.study.segmenter.Segmenter.__call__` result)
-    and, when ground truth exists, its per-cell confusion counts."""
+    """Per-cell table of a segmented image and, when ground truth exists, its per-cell confusion counts.
+
+    Parameters
+    ----------
+    job : rbclib.study.inputs.ImageJob
+        The image (its id, day and ground truth files).
+    loaded : LoadedImage
+        Its phase and optics (:func:`load_phase`).
+    segmented : tuple
+        A :meth:`rbclib.study.segmenter.Segmenter.__call__` result.
+    min_area_um2 : float
+        Smallest cell area [um^2] the clean-up used, recorded in ``info``.
+
+    Returns
+    -------
+    ImageResult
+        Cells, maps and facts; with ground truth also the true classes and confusion counts.
+
+    Raises
+    ------
+    rbclib.core.files.ImageFileError
+        The ground truth's shape does not match the image.
+    """
     from rbclib.physics.measure import measure_cells
 
     phase, opt = loaded.phase, loaded.optics

@@ -17,8 +17,24 @@ RESAMPLE_TOLERANCE = 0.01  # relative pixel-size difference below which no resam
 
 
 def resample(image: np.ndarray, scale: float, *, order: int) -> np.ndarray:
-    """Rescale a 2-D image by ``scale`` (order 1 with anti-aliasing for phase, order 0 for
-    label / instance maps); returns the input when |scale - 1| < 1 %."""
+    """Rescale a 2-D image by ``scale``.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (H, W) phase, label or instance map.
+    scale : float
+        Output size / input size.
+    order : int
+        Interpolation order: 1 (with anti-aliasing when shrinking) for phase, 0 for label /
+        instance maps.
+
+    Returns
+    -------
+    numpy.ndarray
+        The rescaled image in ``image``'s dtype; the input itself when |scale - 1| < 1 %
+        (:data:`RESAMPLE_TOLERANCE`).
+    """
     from skimage.transform import rescale
 
     if abs(scale - 1.0) < RESAMPLE_TOLERANCE:
@@ -29,9 +45,26 @@ def resample(image: np.ndarray, scale: float, *, order: int) -> np.ndarray:
 
 
 def check_resampled_size(shape: tuple[int, ...], scale: float, pixel_size_m: float, model_pixel_size_m: float) -> None:
-    """ValueError when resampling a ``shape`` image by ``scale`` would exceed the pixel cap of
-    an input image (:data:`rbclib.core.io.MAX_IMAGE_PIXELS`): memory stays bounded whatever
-    pixel size is claimed."""
+    """Refuse a resampling that would exceed the pixel cap of an input image.
+
+    Memory stays bounded whatever pixel size is claimed.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The image's shape, (H, W, ...).
+    scale : float
+        The resampling factor (``pixel_size_m / model_pixel_size_m``).
+    pixel_size_m : float
+        The image's pixel size [m], named in the message.
+    model_pixel_size_m : float
+        The model's pixel size [m], named in the message.
+
+    Raises
+    ------
+    ValueError
+        The resampled image would hold more than :data:`rbclib.core.io.MAX_IMAGE_PIXELS` pixels.
+    """
     from rbclib.core.io import MAX_IMAGE_PIXELS
 
     h, w = (int(round(n * scale)) for n in shape[:2])
@@ -42,9 +75,23 @@ def check_resampled_size(shape: tuple[int, ...], scale: float, pixel_size_m: flo
 
 
 def resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label or instance map to ``shape``, in its own dtype: the
-    pixels of scikit-image's order-0 ``resize`` (output pixel centres mapped onto the input
-    grid), without its float64 copies (an 8000 px int32 map: 0.26 GB instead of about 1 GB)."""
+    """Nearest-neighbour resize of a label or instance map to ``shape``, in its own dtype.
+
+    The pixels of scikit-image's order-0 ``resize`` (output pixel centres mapped onto the
+    input grid), without its float64 copies (an 8000 px int32 map: 0.26 GB instead of about 1 GB).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (h, w) label or instance map.
+    shape : tuple of int
+        (H, W) output shape.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) map in ``image``'s dtype; ``image`` itself when it has that shape already.
+    """
     if image.shape == tuple(shape):
         return image
     (h, w), (out_h, out_w) = image.shape[:2], shape
@@ -71,8 +118,29 @@ def clean_instances(labels: np.ndarray, instances: np.ndarray, *, pixel_size_m: 
     whatever its size (a cell's centre given another class than its ring, as on defocused
     real holograms); any other component smaller than ``min_area_um2``
     (:data:`MIN_CELL_AREA_UM2`) becomes background.
-    Returns (labels uint8, instances int32 numbered 1..N, number of fragments dropped),
-    new arrays.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (H, W) class map.
+    instances : numpy.ndarray
+        (H, W) instance ids (0 background).
+    pixel_size_m : float
+        Pixel size [m] of the maps.
+    min_area_um2 : float, optional
+        Smallest cell area [um^2] (default :data:`MIN_CELL_AREA_UM2`).
+    fragment_fraction : float, optional
+        Area fraction of a touching larger component below which a component joins it
+        (default 0.35).
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        (H, W) uint8 class map, a new array.
+    instances : numpy.ndarray
+        (H, W) int32 instances numbered 1..N, a new array.
+    dropped : int
+        Number of fragments dropped.
     """
     from scipy import ndimage as ndi
 
@@ -134,13 +202,33 @@ without this rule the pieces of halo that trimming cuts off a cell were counted 
 
 def trim_halo(labels: np.ndarray, phase: np.ndarray, *, pixel_size_m: float,
               core_fraction: float = HALO_CORE_FRACTION, reach_um: float = HALO_REACH_UM) -> np.ndarray:
-    """Set to background the cell pixels of ``labels`` (H, W) farther than ``reach_um`` from
-    any bright cell body of ``phase`` [rad] (medium 0): see :data:`HALO_CORE_FRACTION`. The
-    typical peak is the median, over the connected cell regions of at least
-    :data:`MIN_CELL_AREA_UM2`, of their 95th-percentile phase (needs three such regions,
-    else nothing is trimmed). Then a connected piece (per class) with less than
-    :data:`HALO_BODY_SHARE` of its pixels in a bright body is halo left beside a cell and goes
-    too. Returns new labels uint8."""
+    """Set to background the cell pixels farther than ``reach_um`` from any bright cell body.
+
+    See :data:`HALO_CORE_FRACTION`. The typical peak is the median, over the connected cell
+    regions of at least :data:`MIN_CELL_AREA_UM2`, of their 95th-percentile phase (needs
+    three such regions, else nothing is trimmed). Then a connected piece (per class) with
+    less than :data:`HALO_BODY_SHARE` of its pixels in a bright body is halo left beside a
+    cell and goes too.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (H, W) class map.
+    phase : numpy.ndarray
+        (H, W) phase [rad], medium 0.
+    pixel_size_m : float
+        Pixel size [m] of the maps.
+    core_fraction : float, optional
+        Bright body: phase above this fraction of the typical cell peak
+        (default :data:`HALO_CORE_FRACTION`).
+    reach_um : float, optional
+        How far beyond a body cell pixels are kept [um] (default :data:`HALO_REACH_UM`).
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) uint8 labels, a new array.
+    """
     from scipy import ndimage as ndi
     from skimage.morphology import disk
 
@@ -174,9 +262,29 @@ median) and faint halo pieces (0.25-0.45)."""
 
 def drop_faint_objects(labels: np.ndarray, instances: np.ndarray, phase: np.ndarray, *,
                        min_fraction: float = FAINT_FRACTION) -> tuple[np.ndarray, np.ndarray, int]:
-    """Drop objects of ``instances`` (H, W) whose mean ``phase`` [rad] (medium 0) is below
-    ``min_fraction`` of the median over the image's objects (:data:`FAINT_FRACTION`; needs at
-    least three objects). Returns (labels uint8, instances int32 1..N, number dropped)."""
+    """Drop objects whose mean phase is below ``min_fraction`` of the median over the image's
+    objects (:data:`FAINT_FRACTION`; needs at least three objects).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (H, W) class map.
+    instances : numpy.ndarray
+        (H, W) instance ids (0 background).
+    phase : numpy.ndarray
+        (H, W) phase [rad], medium 0.
+    min_fraction : float, optional
+        Default :data:`FAINT_FRACTION`.
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        (H, W) uint8 class map, a new array.
+    instances : numpy.ndarray
+        (H, W) int32 instances numbered 1..N, a new array.
+    dropped : int
+        Number of objects dropped.
+    """
     from scipy import ndimage as ndi
     from skimage.segmentation import relabel_sequential
 
@@ -202,20 +310,31 @@ faster than fp32, 99.97 % of pixels agreeing, test Dice 0.7341 -> 0.7340
 class Segmenter:
     """A trained segmentation model plus its pixel size; segments phase maps of any pixel size.
 
-    model_dir: a model folder of :func:`rbclib.seg.infer.load_model`; device: torch device (None:
-    cuda, mps or cpu, whichever is there); predict_options: passed
-    to :func:`rbclib.seg.infer.predict_images` over :data:`PREDICT_OPTIONS` (tile, overlap,
-    batch_size, fast); min_area_um2 / fragment_fraction: see :func:`clean_instances`; objects far fainter than
-    the image's typical cell are dropped too (:func:`drop_faint_objects`); split: split
-    touching cells (:func:`split_touching`) after the clean-up; trim_halo: first set to
-    background what lies beyond a cell's bright body (:func:`trim_halo`); None (default): as
-    the model's ``config.json`` says (``trim_halo``, set in training for twins with
-    flat-topped discocytes). Such a model needs it (a quick backbone: real count
-    ratio 0.84 / 1.00 / 0.61 without, 1.03 / 1.00 / 1.02 with it), while a model of the
-    Evans-Fung twin does not: it raised that model's count on the non-telecentric real
-    hologram from 39 to 52 (41 cells: halo it paints in another class than the cell survives
-    as pieces). Everything else inference needs comes from ``config.json`` too: pixel size,
-    phase range, tile, post-processing, classes.
+    Objects far fainter than the image's typical cell are dropped (:func:`drop_faint_objects`).
+    Everything else inference needs comes from ``config.json``: pixel size, phase range,
+    tile, post-processing, classes. Config and weights are read on first use.
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        A model folder of :func:`rbclib.seg.infer.load_model`.
+    predict_options : mapping, optional
+        Passed to :func:`rbclib.seg.infer.predict_images` over :data:`PREDICT_OPTIONS`
+        (tile, overlap, batch_size, fast).
+    min_area_um2, fragment_fraction : float, optional
+        See :func:`clean_instances`.
+    split : bool, optional
+        Split touching cells (:func:`split_touching`) after the clean-up (default True).
+    trim_halo : bool, optional
+        First set to background what lies beyond a cell's bright body (:func:`trim_halo`);
+        None (default): as the model's ``config.json`` says (``trim_halo``, set in training
+        for twins with flat-topped discocytes). Such a model needs it (a quick backbone:
+        real count ratio 0.84 / 1.00 / 0.61 without, 1.03 / 1.00 / 1.02 with it), while a
+        model of the Evans-Fung twin does not: it raised that model's count on the
+        non-telecentric real hologram from 39 to 52 (41 cells: halo it paints in another
+        class than the cell survives as pieces).
+    device : str, optional
+        Torch device (None: cuda, mps or cpu, whichever is there).
     """
 
     def __init__(self, model_dir: str | Path, *, predict_options: Mapping[str, Any] | None = None,
@@ -232,14 +351,26 @@ class Segmenter:
 
     @functools.cached_property
     def config(self) -> dict[str, Any]:
-        """The model folder's checked ``config.json``, read on first use."""
+        """The model folder's checked ``config.json``, read on first use.
+
+        Returns
+        -------
+        dict
+            The config (:func:`rbclib.seg.infer.read_model_config`).
+        """
         from rbclib.seg.infer import read_model_config
 
         return read_model_config(self.model_dir)
 
     @functools.cached_property
     def pixel_size_m(self) -> float:
-        """Pixel size [m] of the images the model was trained on (:func:`model_pixel_size`)."""
+        """Pixel size [m] of the images the model was trained on (:func:`model_pixel_size`).
+
+        Returns
+        -------
+        float
+            The pixel size [m].
+        """
         return model_pixel_size(self.config, self.model_dir)[0]
 
     @property
@@ -249,12 +380,24 @@ class Segmenter:
 
     @functools.cached_property
     def trim_halo(self) -> bool:
-        """Whether halos are trimmed: as given, else as the model's config says."""
+        """Whether halos are trimmed: as given, else as the model's config says.
+
+        Returns
+        -------
+        bool
+            True when :func:`trim_halo` runs before the clean-up.
+        """
         return bool(self.config.get("trim_halo", False)) if self._trim_halo is None else bool(self._trim_halo)
 
     @functools.cached_property
     def model(self) -> Any:
-        """The network, in eval mode on the device, loaded on first use (building a Segmenter is cheap)."""
+        """The network, in eval mode on the device, loaded on first use (building a Segmenter is cheap).
+
+        Returns
+        -------
+        torch.nn.Module
+            The loaded model.
+        """
         from rbclib.seg.infer import load_model
 
         model, _ = load_model(self.model_dir, device=self.device)
@@ -272,7 +415,14 @@ class Segmenter:
         return self
 
     def options(self) -> dict[str, Any]:
-        """What, beside the weights, decides this Segmenter's answer (for resume keys)."""
+        """What, beside the weights, decides this Segmenter's answer (for resume keys).
+
+        Returns
+        -------
+        dict
+            ``min_area_um2``, ``fragment_fraction``, ``split``, ``trim_halo`` and
+            ``predict_options``.
+        """
         return {"min_area_um2": self.min_area_um2, "fragment_fraction": self.fragment_fraction, "split": self.split,
                 "trim_halo": self.trim_halo, "predict_options": dict(self.predict_options)}
 
@@ -280,17 +430,45 @@ class Segmenter:
                  pixel_size_m: float) -> tuple[np.ndarray, np.ndarray, dict[int, float], float, int]:
         """Segment a phase map [rad] sampled at ``pixel_size_m``.
 
-        Returns (labels uint8, instances int32, {instance id: class confidence}, scale,
-        fragments dropped) with the maps on the input grid; scale = pixel_size_m / model
-        pixel size.
+        Parameters
+        ----------
+        phase : numpy.ndarray
+            (H, W) phase [rad], medium 0.
+        pixel_size_m : float
+            Its pixel size [m].
+
+        Returns
+        -------
+        tuple
+            (labels uint8, instances int32, {instance id: class confidence}, scale,
+            fragments dropped) with the maps on the input grid; scale = pixel_size_m / model
+            pixel size.
         """
         (predicted,) = self.predict_many([phase], [pixel_size_m])
         return self.finish(predicted, phase.shape)
 
     def predict_many(self, phases: list[np.ndarray], pixel_sizes_m: list[float]) -> list[tuple]:
-        """The model's part of :meth:`__call__` for several phase maps, their tiles batched
-        together: (prediction, phase at the model's pixel size, scale) per phase map;
-        :meth:`finish` does the rest (it may run in another thread)."""
+        """The model's part of :meth:`__call__` for several phase maps, their tiles batched together.
+
+        :meth:`finish` does the rest (it may run in another thread).
+
+        Parameters
+        ----------
+        phases : list of numpy.ndarray
+            (H, W) phase maps [rad], medium 0.
+        pixel_sizes_m : list of float
+            Their pixel sizes [m].
+
+        Returns
+        -------
+        list of tuple
+            (prediction, phase at the model's pixel size, scale) per phase map.
+
+        Raises
+        ------
+        ValueError
+            A phase map would be resampled beyond the pixel cap (:func:`check_resampled_size`).
+        """
         from rbclib.seg.infer import predict_images
 
         scales = [px / self.pixel_size_m for px in pixel_sizes_m]
@@ -301,8 +479,20 @@ class Segmenter:
         return list(zip(preds, smalls, scales))
 
     def finish(self, predicted: tuple, shape: tuple[int, int]) -> tuple:
-        """Clean-up of one :meth:`predict_many` result, mapped back to the input grid ``shape``:
-        the :meth:`__call__` tuple."""
+        """Clean-up of one :meth:`predict_many` result, mapped back to the input grid.
+
+        Parameters
+        ----------
+        predicted : tuple
+            One item of :meth:`predict_many`'s list.
+        shape : tuple of int
+            (H, W) of the input phase map.
+
+        Returns
+        -------
+        tuple
+            The :meth:`__call__` tuple.
+        """
         pred, small, scale = predicted
         labels, instances = pred.labels, pred.instances
         if self.trim_halo:
@@ -320,9 +510,30 @@ class Segmenter:
 
 
 def model_pixel_size(config: Mapping[str, Any], model_dir: str | Path | None = None) -> tuple[float, str]:
-    """Pixel size [m] a model was trained at and where that came from: its config
-    (``pixel_size_m`` or ``optics.pixel_size_m``), else the paper's 0.1441 um/px (said so).
-    A model folder is self-contained: nothing is read from the run that trained it."""
+    """Pixel size [m] a model was trained at and where that came from.
+
+    A model folder is self-contained: nothing is read from the run that trained it.
+
+    Parameters
+    ----------
+    config : mapping
+        The model's ``config.json``.
+    model_dir : str or pathlib.Path, optional
+        The model folder, named in the error.
+
+    Returns
+    -------
+    pixel_size_m : float
+        From the config (``pixel_size_m`` or ``optics.pixel_size_m``), else the paper's
+        0.1441 um/px.
+    source : str
+        Where it came from (says so when it was assumed).
+
+    Raises
+    ------
+    ValueError
+        The config's pixel size is not a number within :data:`rbclib.core.config.PIXEL_SIZE_RANGE_M`.
+    """
     for holder in (config, config.get("optics") or {}):
         if isinstance(holder, Mapping) and holder.get("pixel_size_m") is not None:
             value = holder["pixel_size_m"]
@@ -338,7 +549,19 @@ def model_pixel_size(config: Mapping[str, Any], model_dir: str | Path | None = N
 def class_confidence(probs: np.ndarray, labels: np.ndarray, instances: np.ndarray) -> dict[int, float]:
     """Mean probability of each instance's winning (majority) class over its pixels.
 
-    probs: (C, H, W) class probabilities; labels: (H, W) class map; instances: (H, W) ids.
+    Parameters
+    ----------
+    probs : numpy.ndarray
+        (C, H, W) class probabilities.
+    labels : numpy.ndarray
+        (H, W) class map.
+    instances : numpy.ndarray
+        (H, W) instance ids.
+
+    Returns
+    -------
+    dict of int to float
+        {instance id: class confidence}; {} when there are no instances.
     """
     classes = instance_classes(labels, instances)
     if not classes:

@@ -27,28 +27,25 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from rbclib.core.config import check_known_fields
 from rbclib.core.distributed import (average_gradients, barrier, check_ranks_in_sync, mean_over_ranks, rank_share,
                                      start_distributed)
-from rbclib.seg.datasets import PHASE_RANGE_RAD, CropPicker, denormalise_phase, normalise_phase
+from rbclib.seg.datasets import PHASE_RANGE_RAD
+from rbclib.synth.ddgan_data import PatchSampler
+from rbclib.synth.ddgan_schedule import make_schedule, posterior_sample, q_sample, q_step
 from rbclib.synth.nets import Discriminator, Generator
-from rbclib.core.io import read_instances, read_labels, read_phase
-from rbclib.core.files import read_json, write_json
-from rbclib.core.labels import CELL_CLASS_NAMES, N_CLASSES
-from rbclib.core.paths import RunPaths
-from rbclib.physics.simulate import parse_mixture
-from rbclib.core.training import (CHECKPOINT, autocast, channels_last, fused_optimiser, load_checkpoint, pick_device,
-                                  progress as progress_bar, read_log_rows, restore, resume_state, save_checkpoint,
-                                  write_log)
+from rbclib.core.files import write_json
+from rbclib.core.labels import N_CLASSES
+from rbclib.core.training import (CHECKPOINT, autocast, channels_last, fused_optimiser, progress as progress_bar,
+                                  read_log_rows, restore, resume_state, save_checkpoint, write_log)
 
 KINDS = ("phase", "mask")
 
@@ -57,24 +54,65 @@ KINDS = ("phase", "mask")
 class DDGANConfig:
     """Everything needed to rebuild and train one DDGAN (stored as config.json).
 
-    kind: "phase" (G_p, 1 channel) or "mask" (G_M, 5 channels, conditioned on phase);
-    patch_px: patch side [px] the networks see; downsample: data pixels per network pixel
-    (a patch covers patch_px * downsample data pixels; outputs are resized back, so
-    generated pairs always have the data's pixel size); n_steps: denoising steps T;
-    g_widths / d_widths: channels per level; g_blocks: residual blocks per level;
-    z_dim: latent size; epochs x iters_per_epoch optimiser steps of batch_size patches;
-    r1_gamma / r1_every: lazy R1 weight and interval; ema: EMA decay; lambda_l1: weight of
-    the L1 term |x0 - x0'| in the generator loss (default 1 for the mask, the paper's, and 0
-    for the phase); cell_crop_fraction: share of crops centred on a cell pixel;
-    class_balanced_crops: draw the centre's cell class uniformly (see CropPicker);
-    crop_centre: "pixel" (a crop is centred on a random pixel of a cell) or "cell" (on a
-    cell's centroid; needs the instance maps);
-    class_conditional: both networks take the class of the cell (or pixel) a patch is
-    centred on (0 for the uniform crops) as a label y (:mod:`rbclib.synth.nets`), and
-    sampling asks for a class per patch;
-    autocast_bf16: bfloat16 autocast of the networks' forward passes
-    (:func:`rbclib.core.training.autocast`; losses in float32); channels_last: the networks in
-    channels-last memory (:func:`rbclib.core.training.channels_last`, faster convolutions on GPUs).
+    Attributes
+    ----------
+    kind : str
+        "phase" (G_p, 1 channel) or "mask" (G_M, 5 channels, conditioned on phase).
+    patch_px : int
+        Patch side [px] the networks see.
+    downsample : int
+        Data pixels per network pixel (a patch covers patch_px * downsample data pixels;
+        outputs are resized back, so generated pairs always have the data's pixel size).
+    n_steps : int
+        Denoising steps T (1..8).
+    beta_min, beta_max : float
+        Limits of the VP schedule (:func:`rbclib.synth.ddgan_schedule.make_schedule`).
+    g_widths, d_widths : tuple of int
+        Channels per level of the generator and the discriminator.
+    g_blocks : int
+        Residual blocks per level of the generator.
+    z_dim : int
+        Latent size.
+    batch_size, epochs, iters_per_epoch : int
+        epochs x iters_per_epoch optimiser steps of batch_size patches.
+    lr_g, lr_d : float
+        Adam learning rates of the generator and the discriminator.
+    betas : tuple of float
+        Adam betas of both.
+    r1_gamma : float
+        Lazy R1 weight.
+    r1_every : int
+        Lazy R1 interval [steps].
+    ema : float
+        EMA decay of the sampling generator.
+    lambda_l1 : float or None
+        Weight of the L1 term |x0 - x0'| in the generator loss (None: 1 for the mask, the
+        paper's, and 0 for the phase).
+    cell_crop_fraction : float
+        Share of crops centred on a cell pixel.
+    class_balanced_crops : bool
+        Draw the centre's cell class uniformly (see :class:`rbclib.seg.datasets.CropPicker`).
+    class_conditional : bool
+        Both networks take the class of the cell (or pixel) a patch is centred on (0 for the
+        uniform crops) as a label y (:mod:`rbclib.synth.nets`), and sampling asks for a
+        class per patch.
+    crop_centre : str
+        "pixel" (a crop is centred on a random pixel of a cell) or "cell" (on a cell's
+        centroid; needs the instance maps).
+    phase_range_rad : tuple of float
+        Phase range [rad] mapped to [-1, 1] (``rbclib.seg.datasets.normalise_phase``).
+    autocast_bf16 : bool
+        bfloat16 autocast of the networks' forward passes
+        (:func:`rbclib.core.training.autocast`; losses in float32).
+    channels_last : bool
+        The networks in channels-last memory (:func:`rbclib.core.training.channels_last`,
+        faster convolutions on GPUs).
+
+    Raises
+    ------
+    ValueError
+        An unknown ``kind`` or ``crop_centre``, ``n_steps`` outside 1..8, or a ``patch_px``
+        the networks' levels cannot halve.
     """
 
     kind: str = "phase"
@@ -127,10 +165,12 @@ class DDGANConfig:
 
     @property
     def channels(self) -> int:
+        """Channels of x: 1 for the phase, one per class for the mask."""
         return 1 if self.kind == "phase" else N_CLASSES
 
     @property
     def cond_channels(self) -> int:
+        """Conditioning channels: 0 for the phase, 1 (the phase) for the mask."""
         return 0 if self.kind == "phase" else 1
 
     @property
@@ -139,153 +179,54 @@ class DDGANConfig:
         return N_CLASSES if self.class_conditional else 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready data (``config.json``).
+
+        Returns
+        -------
+        dict
+            Field name -> value, tuples as lists.
+        """
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DDGANConfig":
+        """Build from a dict (``config.json`` or a profile table).
+
+        Parameters
+        ----------
+        data : dict
+            Field name -> value.
+
+        Returns
+        -------
+        DDGANConfig
+            The checked config.
+
+        Raises
+        ------
+        ValueError
+            An unknown key, or a value the config refuses.
+        """
         check_known_fields(cls, data, "DDGAN config keys")
         return cls(**data)
 
 
-# ----------------------------------------------------------------------------- schedule
-@dataclass
-class Schedule:
-    """Discrete VP schedule; arrays indexed by t = 0..T (index 0: no noise)."""
-
-    betas: torch.Tensor
-    alpha_bars: torch.Tensor
-    post_x0: torch.Tensor = field(init=False)
-    post_xt: torch.Tensor = field(init=False)
-    post_var: torch.Tensor = field(init=False)
-
-    def __post_init__(self) -> None:
-        a, ab = 1.0 - self.betas, self.alpha_bars
-        ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
-        ab_prev[0] = 1.0
-        denom = (1.0 - ab).clamp_min(1e-12)
-        self.post_x0 = ab_prev.sqrt() * self.betas / denom
-        self.post_xt = a.sqrt() * (1.0 - ab_prev) / denom
-        self.post_var = self.betas * (1.0 - ab_prev) / denom
-        self.post_x0[0], self.post_xt[0], self.post_var[0] = 1.0, 0.0, 0.0
-
-    @property
-    def n_steps(self) -> int:
-        return len(self.betas) - 1
-
-    def to(self, device: torch.device) -> "Schedule":
-        """The same schedule with its tensors on ``device``."""
-        return Schedule(self.betas.to(device), self.alpha_bars.to(device))
-
-
-def make_schedule(n_steps: int, *, beta_min: float = 0.1, beta_max: float = 20.0) -> Schedule:
-    """beta_t = 1 - exp(-beta_min/T - 0.5 (beta_max - beta_min)(2t - 1)/T^2), t = 1..T (Xiao et al.)."""
-    t = torch.arange(1, n_steps + 1, dtype=torch.float64)
-    betas = 1.0 - torch.exp(-beta_min / n_steps - 0.5 * (beta_max - beta_min) * (2 * t - 1) / n_steps**2)
-    betas = torch.cat([torch.zeros(1, dtype=torch.float64), betas])
-    alpha_bars = torch.cumprod(1.0 - betas, dim=0)
-    return Schedule(betas.float(), alpha_bars.float())
-
-
-def _bc(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return v[t][:, None, None, None]
-
-
-def q_sample(s: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x0, (1 - abar_t) I); t (B,) in 0..T."""
-    return _bc(s.alpha_bars.sqrt(), t) * x0 + _bc((1.0 - s.alpha_bars).sqrt(), t) * noise
-
-
-def q_step(s: Schedule, x_prev: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """x_t ~ q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I); t (B,) in 1..T."""
-    return _bc((1.0 - s.betas).sqrt(), t) * x_prev + _bc(s.betas.sqrt(), t) * noise
-
-
-def posterior_sample(s: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                     noise: torch.Tensor) -> torch.Tensor:
-    """x_{t-1} ~ q(x_{t-1} | x_t, x0); deterministic (= x0) at t = 1."""
-    mean = _bc(s.post_x0, t) * x0 + _bc(s.post_xt, t) * x_t
-    return mean + _bc(s.post_var.sqrt(), t) * noise
-
-
-# ----------------------------------------------------------------------------- data
-def load_split_fields(run_dir: str | Path, split: str = "train") -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """Phase maps [rad] and class maps of one split of a run folder (``splits.json``)."""
-    paths = RunPaths(run_dir)
-    splits = read_json(paths.splits_json)
-    if split not in splits:
-        raise ValueError(f"{paths.splits_json}: no split {split!r} (has {sorted(splits)})")
-    phases, labels = [], []
-    for stem in splits[split]:
-        phase = read_phase(paths.phase / f"{stem}.tif").data
-        lab = read_labels(paths.labels / f"{stem}.png")
-        if phase.shape != lab.shape:
-            raise ValueError(f"{paths.labels / (stem + '.png')}: shape {lab.shape} differs from phase {phase.shape}")
-        phases.append(phase)
-        labels.append(lab)
-    return phases, labels, list(splits[split])
-
-
-def load_instances(run_dir: str | Path, stems: list[str]) -> list[np.ndarray]:
-    """Instance maps (``instances/<stem>.png``, written by 02) of the fields ``stems``."""
-    paths = RunPaths(run_dir)
-    return [read_instances(paths.instances / f"{stem}.png") for stem in stems]
-
-
-class PatchSampler:
-    """Random square crops (with random rot90 / flip) of phase + labels fields.
-
-    Crop positions come from :class:`CropPicker` (cell-centred, class-balanced). Crops are ``patch_px * downsample`` data pixels, average-pooled by
-    ``downsample``. ``sample`` returns normalised phase (n, 1, P, P), one-hot masks
-    scaled to [-1, 1] (n, 5, P, P; soft at cell edges when pooled), float32 tensors, and the
-    class each crop is centred on (n,) int64 (0 for uniform crops).
-    """
-
-    def __init__(self, phases: list[np.ndarray], labels: list[np.ndarray], *, patch_px: int, downsample: int = 1,
-                 cell_fraction: float = 0.9, class_balanced: bool = True, phase_range_rad: tuple[float, float] = PHASE_RANGE_RAD,
-                 instances: list[np.ndarray] | None = None):
-        if not phases:
-            raise ValueError("PatchSampler: no training fields given")
-        small = [p.shape for p in phases if min(p.shape) < patch_px * downsample]
-        if small:
-            raise ValueError(f"PatchSampler: fields {small[:3]} are smaller than the {patch_px * downsample} px patches")
-        self.phases = [normalise_phase(p, phase_range_rad) for p in phases]
-        self.labels = [np.asarray(lab, dtype=np.uint8) for lab in labels]
-        self.picker = CropPicker(self.labels, cell_fraction=cell_fraction, class_balanced=class_balanced,
-                                 instances=instances)
-        self.patch_px, self.downsample = patch_px, downsample
-
-    @classmethod
-    def for_config(cls, phases: list[np.ndarray], labels: list[np.ndarray], config: "DDGANConfig",
-                   instances: list[np.ndarray] | None = None) -> "PatchSampler":
-        if config.crop_centre == "cell" and instances is None:
-            raise ValueError("DDGANConfig.crop_centre='cell' needs the instance maps of the training fields")
-        return cls(phases, labels, patch_px=config.patch_px, downsample=config.downsample,
-                   cell_fraction=config.cell_crop_fraction, class_balanced=config.class_balanced_crops,
-                   phase_range_rad=config.phase_range_rad,
-                   instances=instances if config.crop_centre == "cell" else None)
-
-    def sample(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        P, f, ph, lab, centre = self.patch_px * self.downsample, self.downsample, [], [], []
-        for _ in range(n):
-            c, i, y, x = self.picker.pick_with_class(rng, P)
-            centre.append(c)
-            p, m = self.phases[i][y:y + P, x:x + P], self.labels[i][y:y + P, x:x + P]
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            p, m = np.rot90(p, k), np.rot90(m, k)
-            if flip:
-                p, m = p[:, ::-1], m[:, ::-1]
-            ph.append(p)
-            lab.append(m)
-        phase = torch.from_numpy(np.ascontiguousarray(np.stack(ph)))[:, None]
-        onehot = F.one_hot(torch.from_numpy(np.ascontiguousarray(np.stack(lab))).long(), N_CLASSES)
-        onehot = onehot.permute(0, 3, 1, 2).float()
-        if f > 1:
-            phase, onehot = F.avg_pool2d(phase, f), F.avg_pool2d(onehot, f)
-        return phase, onehot * 2.0 - 1.0, torch.tensor(centre, dtype=torch.long)
-
-
 # ----------------------------------------------------------------------------- model
 def build_nets(config: DDGANConfig) -> tuple[Generator, Discriminator]:
+    """A fresh generator and discriminator of a config.
+
+    Parameters
+    ----------
+    config : DDGANConfig
+        Channels, widths, blocks, latent size and classes.
+
+    Returns
+    -------
+    generator : rbclib.synth.nets.Generator
+        The generator (random weights, on the CPU).
+    discriminator : rbclib.synth.nets.Discriminator
+        The discriminator (random weights, on the CPU).
+    """
     g = Generator(in_channels=config.channels, cond_channels=config.cond_channels, widths=config.g_widths,
                   blocks=config.g_blocks, z_dim=config.z_dim, n_classes=config.n_classes)
     d = Discriminator(channels=config.channels, cond_channels=config.cond_channels, widths=config.d_widths,
@@ -294,6 +235,20 @@ def build_nets(config: DDGANConfig) -> tuple[Generator, Discriminator]:
 
 
 def seed_for(seed: int, *parts: int) -> int:
+    """A seed derived from ``seed`` and ``parts`` (``numpy.random.SeedSequence``).
+
+    Parameters
+    ----------
+    seed : int
+        The run's seed.
+    *parts : int
+        What the seed is for (a purpose number, an epoch, a rank, a sample index).
+
+    Returns
+    -------
+    int
+        A 32-bit seed, the same for the same arguments.
+    """
     return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0])
 
 
@@ -301,18 +256,58 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
                 seed: int, instances: list[np.ndarray] | None = None, device: str | torch.device | None = None,
                 resume: bool = True, on_epoch_end: Callable[[int, Generator], None] | None = None,
                 progress: bool = True) -> Path:
-    """Train one DDGAN on patches of phase maps [rad] + class maps; returns ``out_dir``.
+    """Train one DDGAN on patches of phase maps + class maps.
 
-    instances: the fields' instance maps, needed when ``config.crop_centre == "cell"``.
-
-    device: where the networks train (default :func:`rbclib.core.training.pick_device`:
-    cuda, mps or cpu). Every epoch appends to ``log.csv`` and rewrites ``last.pt`` and
-    ``generator.pt``; with ``resume`` an existing ``last.pt`` with the same config continues
-    where it stopped (randomness is re-derived per epoch from (seed, epoch), so a resumed run
-    matches an uninterrupted one on the same device). ``on_epoch_end(epoch, ema_generator)``
-    may plot. Under ``torchrun`` (``python -m rbclib.launch ddgan ...``) each rank trains on
+    Every epoch appends to ``log.csv`` and rewrites ``last.pt`` and ``generator.pt``. Under
+    ``torchrun`` (``python -m rbclib.launch ddgan ...``) each rank trains on
     ``batch_size / world`` patches of its own, the gradients are averaged over the ranks
     (:mod:`rbclib.core.distributed`) and rank 0 writes.
+
+    Parameters
+    ----------
+    phases : list of numpy.ndarray
+        (H, W) phase maps [rad] of the training fields.
+    labels : list of numpy.ndarray
+        (H, W) class maps of the same fields.
+    config : DDGANConfig
+        What to train, and how.
+    out_dir : str or pathlib.Path
+        The model folder.
+    seed : int
+        The run's seed.
+    instances : list of numpy.ndarray, optional
+        The fields' instance maps, needed when ``config.crop_centre == "cell"``.
+    device : str or torch.device, optional
+        Where the networks train (default :func:`rbclib.core.training.pick_device`: cuda,
+        mps or cpu).
+    resume : bool, optional
+        Continue from an existing ``last.pt`` with the same config where it stopped
+        (randomness is re-derived per epoch from (seed, epoch), so a resumed run matches an
+        uninterrupted one on the same device).
+    on_epoch_end : callable, optional
+        ``on_epoch_end(epoch, ema_generator)``, called on rank 0 after each epoch; may plot.
+    progress : bool, optional
+        Show a progress bar.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+
+    Raises
+    ------
+    ValueError
+        ``last.pt`` belongs to another config (:func:`rbclib.core.training.resume_state`),
+        or the fields cannot give patches (:class:`rbclib.synth.ddgan_data.PatchSampler`).
+
+    Notes
+    -----
+    One function holds the loop because its state (three networks, two optimisers, the
+    step counter, the lazy-R1 schedule and the log rows) is what ``last.pt`` saves and
+    resuming must restore; splitting the discriminator and generator steps out would pass
+    all of it back and forth. The parameters are the data, the config and the run's
+    plumbing (folder, seed, device, resume, callback, progress bar) that notebook 03,
+    ``rbclib.launch`` and the tests pass.
     """
     out = Path(out_dir)
     rank, world, distributed, dev = start_distributed(device)
@@ -412,6 +407,13 @@ def train_ddgan(phases: list[np.ndarray], labels: list[np.ndarray], *, config: D
 
 
 def _save_state(out: Path, config: DDGANConfig, g, d, g_ema, opt_g, opt_d, epoch: int, step: int) -> None:
+    """Write ``last.pt`` (full training state) and ``generator.pt`` (EMA generator + config).
+
+    Notes
+    -----
+    The parameters are exactly what ``last.pt`` must hold to resume: the config, the three
+    networks, the two optimisers, the epoch and the step, passed from :func:`train_ddgan`'s loop.
+    """
     cfg = config.to_dict()
     save_checkpoint(out / CHECKPOINT, {"config": cfg, "epoch": epoch, "step": step, "generator": g.state_dict(),
                                        "discriminator": d.state_dict(), "generator_ema": g_ema.state_dict(),
@@ -419,138 +421,20 @@ def _save_state(out: Path, config: DDGANConfig, g, d, g_ema, opt_g, opt_d, epoch
     save_checkpoint(out / "generator.pt", {"config": cfg, "epoch": epoch, "generator_ema": g_ema.state_dict()})
 
 
-def load_generator(model_dir: str | Path, *, device: str | torch.device = "cpu") -> tuple[Generator, DDGANConfig]:
-    """EMA generator (eval mode, on ``device``) and its config from a model folder's ``generator.pt``."""
-    path = Path(model_dir) / "generator.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no trained DDGAN generator (run notebook 03 first)")
-    state = load_checkpoint(path)
-    config = DDGANConfig.from_dict(state["config"])
-    g, _ = build_nets(config)
-    g.load_state_dict(state["generator_ema"])
-    return g.to(pick_device(device)).eval(), config
-
-
-# ----------------------------------------------------------------------------- sampling
-@torch.no_grad()
-def sample_x0(generator: Generator, config: DDGANConfig, n: int, *, seed: int, cond: torch.Tensor | None = None,
-              classes: torch.Tensor | None = None, batch_size: int = 32, n_steps: int | None = None,
-              progress: bool = False) -> torch.Tensor:
-    """Run the reverse chain x_T -> x_0 for ``n`` samples; (n, C, P, P) in [-1, 1].
-
-    Sample i draws all its noise from its own generator seeded by (seed, i), so it does
-    not depend on ``batch_size``. ``cond``: (n, 1, H, W) normalised phase for G_M (H, W
-    may differ from patch_px when divisible by the network's stride). ``classes``: (n,) class
-    labels, required by a class-conditional model and ignored otherwise. ``n_steps``
-    overrides T (for timing studies; the networks were trained for config.n_steps). Runs on the
-    generator's device; the noise is drawn on the CPU, so samples repeat across devices up to
-    floating point. Returns a CPU tensor.
-    """
-    T = n_steps or config.n_steps
-    if config.class_conditional and (classes is None or len(classes) != n):
-        raise ValueError(f"a class-conditional DDGAN ({config.kind}) needs {n} class labels")
-    dev = next(generator.parameters()).device
-    sched = make_schedule(T, beta_min=config.beta_min, beta_max=config.beta_max).to(dev)
-    H, W = (config.patch_px, config.patch_px) if cond is None else tuple(cond.shape[-2:])
-    C = config.channels
-    out = []
-    for start in tqdm(range(0, n, batch_size), desc=f"sampling {config.kind}", disable=not progress, leave=False):
-        idx = range(start, min(n, start + batch_size))
-        gens = [torch.Generator().manual_seed(seed_for(seed, 3, i)) for i in idx]
-        x = torch.stack([torch.randn(C, H, W, generator=gi) for gi in gens]).to(dev)
-        c = None if cond is None else cond[start:start + len(idx)].to(dev)
-        y = classes[start:start + len(idx)].to(dev) if config.class_conditional else None
-        for t_val in range(T, 0, -1):
-            z = torch.stack([torch.randn(config.z_dim, generator=gi) for gi in gens]).to(dev)
-            noise = torch.stack([torch.randn(C, H, W, generator=gi) for gi in gens]).to(dev)
-            t = torch.full((len(idx),), t_val, dtype=torch.long, device=dev)
-            x0 = generator(x, t, z, c, y)
-            x = posterior_sample(sched, x0, x, t, noise)
-        out.append(x0.cpu())
-    return torch.cat(out) if out else torch.zeros(0, C, H, W)
-
-
-def mask_from_x0(x0: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 5, H, W) generated one-hot in [-1, 1] -> class map (n, H, W) uint8 and confidence.
-
-    Confidence per pixel: the winning channel's share of the channels mapped to [0, 1]
-    ((x + 1) / 2), 1 for a clean one-hot, 0.5 for a tie of two classes.
-    """
-    p = ((x0 + 1.0) / 2.0).clamp(0.0, 1.0)
-    conf = p.max(dim=1).values / p.sum(dim=1).clamp_min(1e-6)
-    return x0.argmax(dim=1).numpy().astype(np.uint8), conf.numpy().astype(np.float32)
-
-
-@dataclass
-class SyntheticPairs:
-    """Generated pairs: phase (n, P, P) float32 [rad], labels (n, P, P) uint8, confidence (n, P, P),
-    and the class each pair was asked for (n,) uint8 (0 from unconditional generators)."""
-
-    phase: np.ndarray
-    labels: np.ndarray
-    confidence: np.ndarray
-    asked_class: np.ndarray
-
-
-def draw_classes(n: int, *, seed: int, share: dict[str, float] | str | None = None) -> np.ndarray:
-    """Class labels (n,) uint8 for class-conditional sampling: ``round(n * share)`` of each
-    cell class (the remainder to the largest shares), in a seeded random order; ``share``:
-    weights per cell class as :func:`rbclib.physics.simulate.parse_mixture` reads them
-    (default: the four cell classes equally)."""
-    fractions = parse_mixture(share) if share is not None else dict.fromkeys(CELL_CLASS_NAMES, 1 / len(CELL_CLASS_NAMES))
-    quota = n * np.array([fractions[name] for name in CELL_CLASS_NAMES])
-    counts = np.floor(quota).astype(int)
-    counts[np.argsort(-(quota - counts), kind="stable")[:n - counts.sum()]] += 1
-    classes = np.repeat(np.arange(1, len(CELL_CLASS_NAMES) + 1), counts).astype(np.uint8)
-    return np.random.default_rng(seed_for(seed, 12)).permutation(classes)
-
-
-def generate_pairs(phase_model_dir: str | Path, mask_model_dir: str | Path, n: int, *, seed: int,
-                   batch_size: int = 32, progress: bool = True, class_share: dict[str, float] | str | None = None,
-                   device: str | torch.device | None = None) -> SyntheticPairs:
-    """n pairs: a phase patch from G_p, then a mask from G_M conditioned on it (Fig. 2c);
-    sampled on ``device`` (default :func:`rbclib.core.training.pick_device`). Class-conditional
-    generators are asked for the classes of :func:`draw_classes` (``class_share``: weights per
-    cell class, default equal), the same class for a pair's phase and mask."""
-    gp, cp = load_generator(phase_model_dir, device=pick_device(device))
-    gm, cm = load_generator(mask_model_dir, device=pick_device(device))
-    if cp.phase_range_rad != cm.phase_range_rad:
-        raise ValueError(f"{phase_model_dir} and {mask_model_dir} normalise phase differently")
-    if cp.native_px != cm.native_px:
-        raise ValueError(f"{phase_model_dir} makes {cp.native_px} px patches but {mask_model_dir} expects {cm.native_px} px")
-    conditional = cp.class_conditional or cm.class_conditional
-    asked = draw_classes(n, seed=seed, share=class_share) if conditional else np.zeros(n, np.uint8)
-    classes = torch.from_numpy(asked.astype(np.int64))
-    phase_n = sample_x0(gp, cp, n, seed=seed_for(seed, 10), classes=classes, batch_size=batch_size, progress=progress)
-    phase_n = resize_patches(phase_n, cp.native_px).clamp(-1.0, 1.0)
-    cond = F.avg_pool2d(phase_n, cm.downsample) if cm.downsample > 1 else phase_n
-    m0 = sample_x0(gm, cm, n, seed=seed_for(seed, 11), cond=cond, classes=classes, batch_size=batch_size,
-                   progress=progress)
-    labels, conf = mask_from_x0(resize_patches(m0, cm.native_px))
-    return SyntheticPairs(denormalise_phase(phase_n[:, 0].numpy(), cp.phase_range_rad), labels, conf, asked)
-
-
-def resize_patches(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize of (n, C, h, w) to (n, C, size, size); identity when already that size."""
-    return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-
-
-def generator_compute(model_dir: str | Path) -> dict[str, float]:
-    """Parameters and MACs of one sampling pass (T generator calls) per patch, via torch's FLOP counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    g, cfg = load_generator(model_dir)
-    P = cfg.patch_px
-    x = torch.zeros(1, cfg.channels, P, P)
-    cond = torch.zeros(1, 1, P, P) if cfg.cond_channels else None
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        g(x, torch.ones(1, dtype=torch.long), torch.zeros(1, cfg.z_dim), cond)
-    macs_step = fc.get_total_flops() / 2.0
-    return {"params": float(sum(p.numel() for p in g.parameters())), "macs_per_step": macs_step,
-            "macs_per_patch": macs_step * cfg.n_steps, "n_steps": float(cfg.n_steps), "patch_px": float(P),
-            "downsample": float(cfg.downsample)}
-
-
 def config_from_profile(stage: dict[str, Any], kind: str) -> DDGANConfig:
-    """DDGANConfig of ``kind`` from a profile's diffusion table ([common] then [<kind>] keys)."""
+    """DDGANConfig of ``kind`` from a profile's diffusion table.
+
+    Parameters
+    ----------
+    stage : dict
+        The profile's ``diffusion`` table; its ``common`` sub-table, then its ``<kind>``
+        sub-table, give the fields.
+    kind : str
+        "phase" or "mask".
+
+    Returns
+    -------
+    DDGANConfig
+        The config.
+    """
     return DDGANConfig(kind=kind, **{**stage.get("common", {}), **stage.get(kind, {})})

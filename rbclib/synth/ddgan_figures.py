@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from rbclib.seg.datasets import PHASE_RANGE_RAD, denormalise_phase
-from rbclib.synth.ddgan import draw_classes, load_generator, resize_patches, sample_x0
+from rbclib.synth.ddgan_sampling import draw_classes, load_generator, resize_patches, sample_x0
 from rbclib.synth.mask_segmenter import segment_with_mask_generator
 
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from rbclib.seg.datasets import normalise_phase
 from rbclib.seg.infer import Prediction
-from rbclib.synth.ddgan import load_generator, mask_from_x0, resize_patches, sample_x0, seed_for
+from rbclib.synth.ddgan import seed_for
+from rbclib.synth.ddgan_sampling import load_generator, mask_from_x0, resize_patches, sample_x0
 
 
 def segment_with_mask_generator(model_dir: str | Path, phase: np.ndarray, *, seed: int, n_samples: int = 1,
@@ -41,7 +42,7 @@ def segment_with_mask_generator(model_dir: str | Path, phase: np.ndarray, *, see
     labels : numpy.ndarray
         uint8 class maps 0..4, shaped as ``phase``.
     confidence : numpy.ndarray
-        float32 per-pixel confidence (:func:`rbclib.synth.ddgan.mask_from_x0`), shaped as ``phase``.
+        float32 per-pixel confidence (:func:`rbclib.synth.ddgan_sampling.mask_from_x0`), shaped as ``phase``.
 
     Raises
     ------

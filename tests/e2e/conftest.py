@@ -344,7 +344,7 @@ def ddgan_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     models of ``03_train_diffusion`` (smoke profile, about a minute): the input of 04."""
     _require_browser_tools()
     from rbclib.pipeline import run_notebooks
-    from rbclib.physics.simulate import simulate_dataset
+    from rbclib.physics.simulated_datasets import simulate_dataset
 
     if not (REPO / "notebooks" / "03_train_diffusion.ipynb").exists():
         pytest.skip("notebooks/03_train_diffusion.ipynb does not exist yet")

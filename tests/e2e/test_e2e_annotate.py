@@ -14,7 +14,7 @@ import pytest
 from rbclib.annotate.session import AnnotationSession
 from rbclib.profile import get_profile
 from rbclib.core.labels import CLASS_NAMES
-from rbclib.physics.simulate import simulate_dataset
+from rbclib.physics.simulated_datasets import simulate_dataset
 
 CSS = {1: "discocyte", 2: "spherocyte", 3: "echinocyte", 4: "stomatocyte", 0: "not-a-cell"}
 
