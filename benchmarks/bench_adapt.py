@@ -1,0 +1,176 @@
+"""Adapting the shipped default model to a microscope it has not seen.
+
+The microscope is a twin set outside the shipped model's training randomisation:
+- 532 nm light and 0.2 um/px at the sample (the model trained at 682.5 nm, 0.1441 um/px);
+- coherent noise of 33-40 nm (training: 4-32 nm);
+- the sample 6.5-8 um below focus, unrefocused (training: -6 to +6 um);
+- every discocyte flat-topped (training: half of them).
+
+Its truth stands in for the user's corrections. Methods, each scored on the same 6 test fields
+as ``rbc assess`` segments them (Dice and AJI overall, per-cell class accuracy):
+- ``shipped``: no adaptation;
+- ``bn_adapt``: BatchNorm statistics re-estimated on the unlabelled training-pool fields;
+- ``pseudo_label``: fine-tuned on the shipped model's confident pseudo-labels of those fields;
+- ``finetune_shipped``: fine-tuned on 1, 2 or 4 annotated fields;
+- ``scratch``: the same architecture and budget from random weights on the same fields;
+- ``full``: the shipped model fine-tuned on all 12 training fields.
+
+Every training has the same budget (``--epochs`` x ``--steps``). Writes
+``benchmarks/results/adaptation.csv`` (``method,n_fields,seed,dice_overall,aji_overall,
+cell_accuracy,minutes``) and ``benchmarks/results/annotation_effort.csv`` (the share of
+detected cells whose pre-filled class the user must change, and actions per cell with and
+without pre-filling, accepting a page of ``PAGE`` cells in one action).
+
+    python benchmarks/bench_adapt.py                 # everything, about 40 min on 2 CPU cores
+    python benchmarks/bench_adapt.py --seeds 0 --fields 2 --methods shipped finetune_shipped
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rbclib.core.config import Optics
+from rbclib.core.files import write_csv
+from rbclib.physics.recording import HologramSettings
+
+REPO = Path(__file__).resolve().parents[1]
+OPTICS = Optics().replace(wavelength_m=532e-9, pixel_size_m=0.2e-6)
+SETTINGS = HologramSettings(noise_nm=(33.0, 40.0))
+CELLS = {"defocus_um": (-8.0, -6.5), "flat_discocyte_fraction": 1.0, "density_per_1000um2": (4.0, 8.0)}
+FIELD_PX = 369          # 73.8 um, the quick twin's field side
+POOL, TEST = 12, 6      # training-pool and test fields
+PAGE = 12               # cells accepted in one action
+METHODS = ("shipped", "bn_adapt", "pseudo_label", "finetune_shipped", "scratch", "full")
+SCRATCH_LR = 1e-3       # the shipped model's own training rate, for training from random weights
+
+
+def microscope_fields(seed: int, n: int) -> list[tuple]:
+    """(Pair, true instances) of ``n`` fields of the unseen microscope, reconstructed as 01 does."""
+    from rbclib.physics.holography import reconstruct
+    from rbclib.physics.simulate import simulate_field
+    from rbclib.seg.datasets import Pair
+
+    out = []
+    for i, ss in enumerate(np.random.SeedSequence(seed).spawn(n)):
+        f = simulate_field(np.random.default_rng(ss), field_px=FIELD_PX, optics=OPTICS, settings=SETTINGS, **CELLS)
+        try:
+            rec = reconstruct(f.hologram, background=f.background, optics=OPTICS, source=f"field {i}")
+        except ValueError:  # a background too noisy for the reconstruction's check: compensated numerically
+            rec = reconstruct(f.hologram, optics=OPTICS, source=f"field {i}")
+        out.append((Pair(rec.phase.astype(np.float32), f.labels, f"field_{seed}_{i:02d}"), f.instances))
+    return out
+
+
+def score(model_dir: Path, test: list[tuple]) -> tuple[dict[str, float], dict[str, float]]:
+    """(scores, annotation effort) of a model folder on the test fields, segmenting as rbc assess does."""
+    from rbclib.seg.metrics import aji_per_class, cell_confusion, confusion_accuracy, dice_per_class, mean_scores
+    from rbclib.study.segmenter import Segmenter
+
+    segmenter = Segmenter(model_dir)
+    dice, aji, confusion = [], [], None
+    for pair, inst in test:
+        labels, instances, *_ = segmenter(pair.phase, OPTICS.pixel_size_m)
+        dice.append(dice_per_class(labels, pair.labels))
+        aji.append(aji_per_class(labels, pair.labels, pred_instances=instances, true_instances=inst))
+        conf, _ = cell_confusion(labels, pair.labels, true_instances=inst, pred_instances=instances)
+        confusion = conf if confusion is None else confusion + conf
+    cells = confusion.iloc[:-1]                       # the true cells (not the false-detection row)
+    detected = int(cells.to_numpy().sum() - cells["missed"].sum())
+    correct = int(sum(cells.loc[name, name] for name in cells.index))
+    changes = (detected - correct) / max(detected, 1)
+    return ({"dice_overall": mean_scores(dice)["overall"], "aji_overall": mean_scores(aji)["overall"],
+             "cell_accuracy": confusion_accuracy(confusion)["overall"]},
+            {"cells": detected, "changes_share": changes, "actions_per_cell_prefilled": changes + 1 / PAGE,
+             "actions_per_cell_manual": 1.0})
+
+
+def scratch_model(shipped: Path, fields: list, out: Path, *, epochs: int, steps: int, seed: int) -> Path:
+    """The shipped architecture trained from random weights on ``fields`` with the same budget."""
+    from rbclib.seg.config import finetune_config
+    from rbclib.seg.infer import read_model_config
+    from rbclib.seg.train import train_segmenter
+    from rbclib.study.finetune import at_model_pixel_size
+
+    config = finetune_config(read_model_config(shipped), epochs=epochs, max_steps_per_epoch=steps, lr=SCRATCH_LR)
+    pairs = at_model_pixel_size(fields, OPTICS.pixel_size_m, config["pixel_size_m"])
+    return train_segmenter(pairs, pairs, model_name=config["model_name"], out_dir=out, config=config, seed=seed,
+                           progress=False)
+
+
+def main() -> None:
+    from rbclib.study.default_model import SHIPPED_MODEL_DIR
+    from rbclib.study.finetune import adapt_batchnorm, finetune_model, pseudo_label_fields
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--fields", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=20, help="batches per epoch")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = ap.parse_args()
+
+    pool, test = microscope_fields(3000, POOL), microscope_fields(4000, TEST)
+    pool_pairs = [p for p, _ in pool]
+    budget = {"epochs": args.epochs, "steps_per_epoch": args.steps}
+    rows, effort = [], []
+
+    def record(method: str, n: int, seed: int | None, model: Path, seconds: float) -> None:
+        scores, work = score(model, test)
+        rows.append({"method": method, "n_fields": n, "seed": seed, **scores, "minutes": seconds / 60})
+        effort.append({"method": method, "n_fields": n, "seed": seed, **work})
+        print(f"{method:17s} n={n:2d} seed={seed}: Dice {scores['dice_overall']:.3f}  AJI {scores['aji_overall']:.3f}  "
+              f"cell accuracy {scores['cell_accuracy']:.3f}  changes {work['changes_share']:.2f}  "
+              f"{seconds / 60:.1f} min", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench_adapt_") as tmp:
+        tmp = Path(tmp)
+        if "shipped" in args.methods:
+            record("shipped", 0, None, SHIPPED_MODEL_DIR, 0.0)
+        for seed in args.seeds:
+            if "bn_adapt" in args.methods:
+                t0 = time.perf_counter()
+                model = adapt_batchnorm(SHIPPED_MODEL_DIR, [p.phase for p in pool_pairs], tmp / f"bn_{seed}",
+                                        pixel_size_m=OPTICS.pixel_size_m, seed=seed)
+                record("bn_adapt", 0, seed, model, time.perf_counter() - t0)
+            if "pseudo_label" in args.methods:
+                t0 = time.perf_counter()
+                pseudo = pseudo_label_fields(SHIPPED_MODEL_DIR, [p.phase for p in pool_pairs],
+                                             pixel_size_m=OPTICS.pixel_size_m)
+                model = finetune_model(SHIPPED_MODEL_DIR, pseudo, tmp / f"pseudo_{seed}", seed=seed,
+                                       pixel_size_m=OPTICS.pixel_size_m, progress=False, **budget)
+                record("pseudo_label", 0, seed, model, time.perf_counter() - t0)
+            order = np.random.default_rng(seed).permutation(POOL)
+            for n in args.fields:
+                chosen = [pool_pairs[i] for i in order[:n]]
+                if "finetune_shipped" in args.methods:
+                    t0 = time.perf_counter()
+                    model = finetune_model(SHIPPED_MODEL_DIR, chosen, tmp / f"ft_{n}_{seed}", seed=seed,
+                                           pixel_size_m=OPTICS.pixel_size_m, progress=False, **budget)
+                    record("finetune_shipped", n, seed, model, time.perf_counter() - t0)
+                if "scratch" in args.methods:
+                    t0 = time.perf_counter()
+                    model = scratch_model(SHIPPED_MODEL_DIR, chosen, tmp / f"scratch_{n}_{seed}", seed=seed,
+                                          epochs=args.epochs, steps=args.steps)
+                    record("scratch", n, seed, model, time.perf_counter() - t0)
+            if "full" in args.methods:
+                t0 = time.perf_counter()
+                model = finetune_model(SHIPPED_MODEL_DIR, pool_pairs, tmp / f"full_{seed}", seed=seed,
+                                       pixel_size_m=OPTICS.pixel_size_m, progress=False, **budget)
+                record("full", POOL, seed, model, time.perf_counter() - t0)
+
+    table = pd.DataFrame(rows)
+    write_csv(args.out / "adaptation.csv", table.round(4))
+    write_csv(args.out / "annotation_effort.csv", pd.DataFrame(effort).round(4))
+    summary = table.groupby(["method", "n_fields"], sort=False)[["dice_overall", "aji_overall", "cell_accuracy",
+                                                                  "minutes"]].agg(["mean", "std"]).round(3)
+    print(summary.to_string())
+
+
+if __name__ == "__main__":
+    main()

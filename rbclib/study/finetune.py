@@ -1,0 +1,247 @@
+"""Your microscope in the loop: fine-tune a trained model on a few annotated fields, or adapt
+it without labels (BatchNorm statistics, confident pseudo-labels).
+
+Every function writes a self-contained model folder (``config.json``, ``best.pt``, ...) that
+``rbc assess --model`` takes. Fields are resampled to the trained model's pixel size first,
+as ``rbc assess`` resamples its inputs, so the architecture and its pixel size stay the
+trained model's (:func:`rbclib.seg.config.finetune_config`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from rbclib.core.files import write_json
+from rbclib.core.labels import IGNORE
+from rbclib.seg.datasets import Pair
+from rbclib.study.segmenter import resample
+
+FINETUNE_EPOCHS = 10
+"""Default epochs of :func:`finetune_model`."""
+FINETUNE_STEPS = 30
+"""Default batches per epoch of :func:`finetune_model` (about 4 min on a 2-core CPU with the shipped model)."""
+FINETUNE_LR = 3e-4
+"""Default AdamW learning rate of :func:`finetune_model`: a third of the shipped model's training rate."""
+PSEUDO_LABEL_CONFIDENCE = 0.9
+"""Pixels whose top class probability is below this are ignored by :func:`pseudo_label_fields`."""
+
+
+def read_fields(folder: str | Path) -> tuple[list[Pair], float]:
+    """Annotated fields of a microscope: ``phase/<id>.tif`` with ``labels/<id>.png``.
+
+    This is what ``rbc simulate`` writes and what 02 exports into a run folder.
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        The folder holding ``phase/`` and ``labels/``.
+
+    Returns
+    -------
+    pairs : list of rbclib.seg.datasets.Pair
+        Phase [rad] and class maps, sorted by id.
+    pixel_size_m : float
+        Pixel size [m] from the first phase file's metadata (else ``optics.json`` beside
+        it, else the default optics).
+    """
+    from rbclib.core.config import Optics
+    from rbclib.core.io import read_image
+    from rbclib.seg.datasets import load_pairs_folder
+
+    folder = Path(folder)
+    pairs = load_pairs_folder(folder, allow_ignore=True)
+    first = sorted((folder / "phase").glob("*.tif"))[0]
+    default = None
+    for candidate in (folder / "phase" / "optics.json", folder / "optics.json"):
+        if candidate.is_file():
+            default = Optics.from_json(candidate)
+            break
+    return pairs, read_image(first).optics(default).pixel_size_m
+
+
+def at_model_pixel_size(pairs: Sequence[Pair], pixel_size_m: float, model_pixel_size_m: float) -> list[Pair]:
+    """Fields resampled to a model's pixel size (phase linear with anti-aliasing, labels nearest).
+
+    Parameters
+    ----------
+    pairs : sequence of rbclib.seg.datasets.Pair
+        Fields at ``pixel_size_m``.
+    pixel_size_m, model_pixel_size_m : float
+        Pixel size [m] of the fields and of the model.
+
+    Returns
+    -------
+    list of rbclib.seg.datasets.Pair
+        The fields on the model's grid.
+    """
+    scale = pixel_size_m / model_pixel_size_m
+    if abs(scale - 1.0) < 1e-3:
+        return list(pairs)
+    return [Pair(resample(p.phase.astype(np.float32), scale, order=1), resample(p.labels, scale, order=0), p.name)
+            for p in pairs]
+
+
+def finetune_model(model_dir: str | Path, fields: Sequence[Pair], out_dir: str | Path, *, pixel_size_m: float,
+                   val_fields: Sequence[Pair] | None = None, epochs: int = FINETUNE_EPOCHS,
+                   steps_per_epoch: int = FINETUNE_STEPS, lr: float = FINETUNE_LR, seed: int = 0,
+                   device: str | None = None, progress: bool = True) -> Path:
+    """Fine-tune a trained model on a few annotated fields of another microscope.
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        The trained model folder (e.g. the shipped default model).
+    fields : sequence of rbclib.seg.datasets.Pair
+        Annotated fields (phase [rad], class maps; ``IGNORE`` pixels are not learnt).
+    out_dir : str or pathlib.Path
+        The new model folder.
+    pixel_size_m : float
+        Pixel size [m] of the fields.
+    val_fields : sequence of rbclib.seg.datasets.Pair, optional
+        Fields that choose the best epoch; None: the fully labelled training fields
+        themselves (with one or two fields nothing can be spared), and the lowest training
+        loss when none is fully labelled (pseudo-labels).
+    epochs, steps_per_epoch : int
+        Training length: epochs of at most this many batches.
+    lr : float
+        AdamW learning rate (cosine decay).
+    seed : int
+        Seed of the crops and their order.
+    device : str, optional
+        Torch device (None: cuda, mps or cpu).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``, a model folder ``rbc assess --model`` takes.
+
+    Notes
+    -----
+    The parameters are the choices of one fine-tuning (data, budget, seed, device), passed on
+    to :func:`rbclib.seg.train.train_segmenter`; the architecture is not among them.
+    """
+    from rbclib.seg.config import finetune_config
+    from rbclib.seg.infer import read_model_config
+    from rbclib.seg.train import train_segmenter
+
+    if not fields:
+        raise ValueError("fine-tuning needs at least one annotated field")
+    base = read_model_config(model_dir)
+    config = finetune_config(base, epochs=int(epochs), max_steps_per_epoch=int(steps_per_epoch), lr=float(lr),
+                             warmup_steps=0)
+    train = at_model_pixel_size(fields, pixel_size_m, config["pixel_size_m"])
+    val = (at_model_pixel_size(val_fields, pixel_size_m, config["pixel_size_m"]) if val_fields
+           else [p for p in train if not np.any(p.labels == IGNORE)])  # partly labelled fields cannot score Dice
+    return train_segmenter(train, val, model_name=config["model_name"], out_dir=out_dir, config=config,
+                           init_model=model_dir, seed=seed, device=device, progress=progress)
+
+
+def adapt_batchnorm(model_dir: str | Path, phases: Sequence[np.ndarray], out_dir: str | Path, *,
+                    pixel_size_m: float, seed: int = 0, crops: int = 64) -> Path:
+    """Re-estimate the BatchNorm statistics of a trained model on a microscope's phase maps (no labels).
+
+    The weights stay; each BatchNorm layer's running mean and variance become the plain
+    average over ``crops`` random training-patch crops of ``phases`` (normalised as the model's
+    inputs are).
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        The trained model folder.
+    phases : sequence of numpy.ndarray
+        (H, W) phase maps [rad] of the new microscope.
+    out_dir : str or pathlib.Path
+        The new model folder (config and weights).
+    pixel_size_m : float
+        Pixel size [m] of the phase maps.
+    seed : int
+        Seed of the crops.
+    crops : int
+        Crops the statistics are averaged over (batches of 8).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+    """
+    import torch
+
+    from rbclib.core.training import save_checkpoint
+    from rbclib.seg.datasets import normalise_phase
+    from rbclib.seg.infer import load_model
+
+    model, config = load_model(model_dir, device="cpu")
+    scale = pixel_size_m / float(config["pixel_size_m"])
+    maps = [resample(np.asarray(p, np.float32), scale, order=1) for p in phases]
+    side, channels = int(config["patch"]), int(config["in_channels"])
+    rng = np.random.default_rng(seed)
+    batch = []
+    for _ in range(int(crops)):
+        m = maps[int(rng.integers(len(maps)))]
+        y = int(rng.integers(0, max(1, m.shape[0] - side + 1)))
+        x = int(rng.integers(0, max(1, m.shape[1] - side + 1)))
+        crop = np.zeros((side, side), np.float32)
+        piece = m[y:y + side, x:x + side]
+        crop[:piece.shape[0], :piece.shape[1]] = piece
+        batch.append(normalise_phase(crop, tuple(config["phase_range"])))
+    x_all = torch.from_numpy(np.stack(batch)[:, None].repeat(channels, axis=1))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise ValueError(f"{model_dir}: the model has no BatchNorm layers to adapt")
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over every batch
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(x_all), 8):
+            model(x_all[start:start + 8].contiguous(memory_format=torch.channels_last))
+    model.eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_checkpoint(out / "best.pt", {"model": state, "epoch": 0, "score": float("nan"), "config": ""})
+    write_json(out / "config.json", {**config, "adapted_from": str(model_dir), "adaptation": "batchnorm",
+                                     "adaptation_crops": int(crops)})
+    return out
+
+
+def pseudo_label_fields(model_dir: str | Path, phases: Sequence[np.ndarray], *, pixel_size_m: float,
+                        confidence: float = PSEUDO_LABEL_CONFIDENCE, names: Sequence[str] | None = None) -> list[Pair]:
+    """Confident pseudo-labels of a trained model on unlabelled phase maps, for self-training.
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        The trained model folder.
+    phases : sequence of numpy.ndarray
+        (H, W) phase maps [rad].
+    pixel_size_m : float
+        Their pixel size [m].
+    confidence : float
+        Pixels whose top class probability is below this are ``IGNORE``.
+    names : sequence of str, optional
+        Field names (default ``field_000``, ...).
+
+    Returns
+    -------
+    list of rbclib.seg.datasets.Pair
+        The phase maps with the model's confident classes, at ``pixel_size_m``.
+    """
+    from rbclib.seg.infer import load_model, predict_images
+
+    model, config = load_model(model_dir)
+    scale = pixel_size_m / float(config["pixel_size_m"])
+    names = list(names) if names is not None else [f"field_{i:03d}" for i in range(len(phases))]
+    pairs = []
+    for phase, name in zip(phases, names):
+        small = resample(np.asarray(phase, np.float32), scale, order=1)
+        (pred,) = predict_images(model, [small], config=config)
+        labels = pred.labels.copy()
+        labels[np.asarray(pred.probs).max(axis=0) < confidence] = IGNORE
+        pairs.append(Pair(np.asarray(phase, np.float32), resample(labels, 1.0 / scale, order=0)
+                          if abs(scale - 1) > 1e-3 else labels, name))
+    return pairs
