@@ -254,3 +254,61 @@ def test_notebook_real_data_path_applies_saved_decisions(run):
     assert len(splits["train"]) + len(splits["test"]) == 3 and splits["classes_not_in_both"] == []
     assert len(pd.read_csv(run.cells_csv)) == 8
     assert (run.figures / "02_cell_measurements.png").exists()
+
+
+def _fake_model(wrong_cell_centre=(90, 90)):
+    """A stand-in model: every cell of a FIELDS image is a discocyte with confidence 0.95,
+    except the cell at ``wrong_cell_centre``, called an echinocyte with confidence 0.6."""
+    def suggest(phase, pixel_size_m):
+        probs = np.zeros((5,) + phase.shape, np.float32)
+        cells = phase > 0.05
+        probs[0] = ~cells
+        probs[1][cells], probs[2][cells] = 0.95, 0.05
+        yy, xx = np.mgrid[: phase.shape[0], : phase.shape[1]]
+        odd = cells & ((yy - wrong_cell_centre[0]) ** 2 + (xx - wrong_cell_centre[1]) ** 2 <= R * R)
+        probs[:, odd] = 0.0
+        probs[3][odd], probs[1][odd] = 0.6, 0.4
+        return probs
+    return suggest
+
+
+def test_model_prefill_orders_by_uncertainty_accepts_a_page_and_undoes_it_whole(run):
+    dec = run.annotations / "decisions.json"
+    session = AnnotationSession(sorted(run.phase.glob("*.tif")), dec, suggest=_fake_model())
+    hints = session.suggestions("field_0000")
+    assert hints[3] == (3, pytest.approx(0.6)) and hints[1] == (1, pytest.approx(0.95))
+    assert session.review_order("field_0000") == [3, 1, 2]           # least confident first
+    assert session.confident_cells("field_0000", confidence=0.9) == [1, 2]
+    assert session.next_unlabelled() == ("field_0000", 3)
+    assert session.accept("field_0000", [1, 2]) == 2
+    actions = _actions(dec)
+    assert [(a["cell"], a["label"], a["suggested"]) for a in actions] == [(1, 1, True), (2, 1, True)]
+    assert actions[0]["batch"] == actions[1]["batch"]
+    session.label("field_0000", 3, 1)                                  # the person corrects the odd cell
+    assert session.state("field_0000")[1] == {1: 1, 2: 1, 3: 1}
+    session.undo()
+    session.undo()                                                     # the whole page in one undo
+    assert _actions(dec) == []
+    plain = AnnotationSession(sorted(run.phase.glob("*.tif")), dec)
+    assert plain.suggestions("field_0000") == {} and plain.review_order("field_0000") == [1, 2, 3]
+    with pytest.raises(ValueError, match="no model suggestions"):
+        plain.accept("field_0000", [1])
+
+
+def test_widget_accepts_a_page_then_the_person_corrects_one_cell(run):
+    dec = run.annotations / "decisions.json"
+    w = AnnotationWidget(AnnotationSession(sorted(run.phase.glob("*.tif")), dec, suggest=_fake_model()),
+                         run_paths=run)
+    assert w.position == ("field_0000", 3)                             # the uncertain cell comes first
+    assert "model: echinocyte (0.60)" in w.status.value
+    assert w.buttons["accept-page"].description == "Accept 2 confident"
+    assert "rbc-annotate-accept-page" in w.buttons["accept-page"]._dom_classes
+    w.buttons["accept-page"].click()
+    assert [a["cell"] for a in _actions(dec)] == [1, 2] and "Accepted" in w.message.value
+    assert w.position == ("field_0000", 3)
+    w.buttons["discocyte"].click()                                     # correct the model's echinocyte
+    assert _actions(dec)[-1] == {"op": "label", "image": "field_0000", "cell": 3, "label": 1}
+    assert w.position[0] == "field_0001"
+    w.key_box.value = "a"                                              # take one suggestion by key
+    assert _actions(dec)[-1]["label"] == 1 and _actions(dec)[-1]["image"] == "field_0001"
+    assert w.session.annotation("field_0000").complete

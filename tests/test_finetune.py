@@ -164,3 +164,13 @@ def test_cli_finetune_and_adapt_write_model_folders_rbc_assess_takes(trained, tm
     assert len(err) == 1 and err[0].startswith("rbc finetune: error:") and "phase/ and labels/" in err[0]
     with pytest.raises(SystemExit):
         main(["finetune", str(fields), "-o", str(tmp_path / "y"), "--lr", "-1"])
+
+
+def test_model_suggestions_give_class_probabilities_on_the_images_grid(trained):
+    from rbclib.study.suggest import model_suggestions
+
+    field = _fields(1, gain=1.0, seed=7)[0]
+    probs = model_suggestions(trained)(field.phase, PX / 2)          # an image at twice the model's resolution
+    assert probs.shape == (5,) + field.phase.shape and np.allclose(probs.sum(0), 1.0, atol=1e-3)
+    same = model_suggestions(trained)(field.phase, PX)
+    assert (same.argmax(0) == field.labels).mean() > 0.9              # the trained model knows these disks

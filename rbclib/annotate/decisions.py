@@ -176,17 +176,39 @@ class DecisionStore:
         self.actions.append(dict(action))
         self.save()
 
+    def record_all(self, actions: Iterable[dict[str, Any]]) -> None:
+        """Append several actions as one decision (one save; one :meth:`undo` removes them all).
+
+        Parameters
+        ----------
+        actions : iterable of dict
+            Actions as for :meth:`record`.
+
+        Raises
+        ------
+        DecisionsError
+            A bad action (nothing is recorded then).
+        """
+        actions = [dict(a) for a in actions]
+        for act in actions:
+            self._check_action(act, str(self.path))
+        batch = 1 + max((int(a.get("batch", 0)) for a in self.actions), default=0)
+        self.actions.extend({**a, "batch": batch} for a in actions)
+        self.save()
+
     def undo(self) -> dict[str, Any] | None:
-        """Remove and return the last action; saves at once.
+        """Remove the last decision (an action, or every action of the last :meth:`record_all`); saves at once.
 
         Returns
         -------
         dict or None
-            The removed action; None when there is none.
+            The removed action (the first of a batch); None when there is none.
         """
         if not self.actions:
             return None
         act = self.actions.pop()
+        while act.get("batch") is not None and self.actions and self.actions[-1].get("batch") == act["batch"]:
+            act = self.actions.pop()
         self.save()
         return act
 

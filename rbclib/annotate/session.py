@@ -10,10 +10,11 @@ a class map and an instance map; :class:`AnnotationSession` is what the widget
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage as ndi
 
 from rbclib.annotate.decisions import (Annotation, DecisionStore, _check_class, apply_decisions, phase_fingerprint,
                                        replay)
@@ -39,6 +40,11 @@ class AnnotationSession:
         The JSON decisions file (created, or resumed after checking it belongs to these images).
     threshold_rad, smooth_sigma_px, edge_fraction, min_separation_um, min_area_um2 : float
         Proposal options as in :func:`propose_cells` (``threshold_rad`` None: Otsu's).
+    suggest : callable, optional
+        ``(phase [rad] (H, W), pixel size [m]) -> (5, H, W)`` class probabilities of a model
+        (:func:`rbclib.study.suggest.model_suggestions`); each proposed cell is then pre-filled
+        with the class its pixels' mean probability favours, and undecided cells are reviewed
+        least confident first.
 
     Raises
     ------
@@ -50,7 +56,8 @@ class AnnotationSession:
 
     def __init__(self, phase_paths: Iterable[str | Path], decisions_path: str | Path, *,
                  threshold_rad: float | None = None, smooth_sigma_px: float = 1.0, edge_fraction: float = 0.5,
-                 min_separation_um: float = 2.5, min_area_um2: float = 8.0):
+                 min_separation_um: float = 2.5, min_area_um2: float = 8.0,
+                 suggest: Callable[[np.ndarray, float], np.ndarray] | None = None):
         paths = sorted(Path(p) for p in phase_paths)
         if not paths:
             raise ValueError("no phase images to annotate")
@@ -72,6 +79,8 @@ class AnnotationSession:
         self.store = DecisionStore(decisions_path, fingerprints, proposal_params=self.params)
         self._proposals: dict[str, Proposals] = {}
         self._state: dict[str, tuple[np.ndarray, dict[int, int]]] = {}
+        self.suggest = suggest
+        self._probs: dict[str, np.ndarray] = {}
 
     def phase(self, stem: str) -> np.ndarray:
         """Phase image [rad] of ``stem`` (the last few are kept in memory).
@@ -174,6 +183,105 @@ class AnnotationSession:
         self.store.record({"op": "label", "image": stem, "cell": int(cell), "label": label})
         self._state.pop(stem, None)
 
+    def suggestions(self, stem: str) -> dict[int, tuple[int, float]]:
+        """The model's class for each current cell of an image ({} without a model).
+
+        Parameters
+        ----------
+        stem : str
+            The image.
+
+        Returns
+        -------
+        dict of int to (int, float)
+            Cell id -> (class 0..4, confidence): the class whose probability, averaged over
+            the cell's pixels, is highest, and that average.
+        """
+        if self.suggest is None:
+            return {}
+        if stem not in self._probs:
+            if len(self._probs) >= 4:
+                self._probs.pop(next(iter(self._probs)))
+            self._probs[stem] = np.asarray(self.suggest(self.phase(stem), self.optics[stem].pixel_size_m))
+        probs, (inst, _) = self._probs[stem], self.state(stem)
+        cells = self.cells(stem)
+        if not cells:
+            return {}
+        means = np.stack([ndi.mean(p, inst, cells) for p in probs], axis=1)   # (cells, classes)
+        best = means.argmax(axis=1)
+        return {c: (int(k), float(means[i, k])) for i, (c, k) in enumerate(zip(cells, best))}
+
+    def review_order(self, stem: str) -> list[int]:
+        """The undecided cells of an image in the order to review them.
+
+        Parameters
+        ----------
+        stem : str
+            The image.
+
+        Returns
+        -------
+        list of int
+            Least confident suggestion first; by id without a model.
+        """
+        _, labels = self.state(stem)
+        todo = [c for c in self.cells(stem) if c not in labels]
+        hints = self.suggestions(stem)
+        return sorted(todo, key=lambda c: (hints[c][1], c)) if hints else todo
+
+    def confident_cells(self, stem: str, *, confidence: float, limit: int | None = None) -> list[int]:
+        """Undecided cells whose suggestion is at least ``confidence``, most confident first.
+
+        Parameters
+        ----------
+        stem : str
+            The image.
+        confidence : float
+            Lowest confidence accepted (0..1).
+        limit : int, optional
+            At most this many (a page).
+
+        Returns
+        -------
+        list of int
+            Cell ids.
+        """
+        hints = self.suggestions(stem)
+        sure = sorted((c for c in self.review_order(stem) if hints[c][1] >= confidence),
+                      key=lambda c: (-hints[c][1], c)) if hints else []
+        return sure[:limit] if limit is not None else sure
+
+    def accept(self, stem: str, cells: Iterable[int]) -> int:
+        """Label cells with their suggested classes, as one decision (one undo takes it back).
+
+        Parameters
+        ----------
+        stem : str
+            The image.
+        cells : iterable of int
+            Cells to accept.
+
+        Returns
+        -------
+        int
+            Cells labelled.
+
+        Raises
+        ------
+        ValueError
+            No model gives suggestions, or an unknown cell.
+        """
+        hints = self.suggestions(stem)
+        if not hints:
+            raise ValueError("no model suggestions to accept (start the session with suggest=...)")
+        cells = [int(c) for c in cells]
+        for c in cells:
+            self._check_cell(stem, c)
+        self.store.record_all({"op": "label", "image": stem, "cell": c, "label": hints[c][0], "suggested": True}
+                              for c in cells)
+        self._state.pop(stem, None)
+        return len(cells)
+
     def merge(self, stem: str, a: int, b: int) -> int:
         """Merge two cells.
 
@@ -252,6 +360,12 @@ class AnnotationSession:
         """
         start = self.stems.index(after[0]) if after else 0
         order = self.stems[start:] + self.stems[:start] + ([self.stems[start]] if after else [])
+        if self.suggest is not None:  # least confident first: the first undecided cell in review order
+            for stem in order:
+                todo = self.review_order(stem)
+                if todo:
+                    return stem, todo[0]
+            return None
         for k, stem in enumerate(order):
             _, labels = self.state(stem)
             for cell in self.cells(stem):

@@ -3,7 +3,10 @@
 One cell at a time: a crop of the phase image with the cell outlined and a thumbnail of
 the whole field for context. Class by button or by typing a digit into the key box
 (1 discocyte, 2 spherocyte, 3 echinocyte, 4 stomatocyte, 0 not a cell; ``n``/``p`` next /
-previous, ``u`` undo, ``s`` split). Every decision is saved to the decisions file before
+previous, ``u`` undo, ``s`` split). With a model's suggestions (the session's ``suggest``) each
+cell shows the model's class and confidence, cells come least confident first, ``a`` (or
+"Accept suggestion") takes the model's class, and "Accept N confident" labels a page of the
+image's confident cells in one decision (one undo takes it back). Every decision is saved to the decisions file before
 the click returns (:class:`rbclib.annotate.session.AnnotationSession`); re-creating the widget on
 the same file resumes where the person stopped. Buttons carry stable descriptions and
 CSS classes ``rbc-annotate-<name>`` for browser tests.
@@ -26,6 +29,8 @@ from rbclib.annotate.session import AnnotationSession
 from rbclib.core.labels import CELL_CLASSES, CLASS_COLOURS, CLASS_NAMES
 
 CLASS_KEYS: dict[str, int] = {"1": 1, "2": 2, "3": 3, "4": 4, "0": 0}
+PAGE = 12
+"""Most cells one "Accept N confident" click labels."""
 BUTTON_CLASSES: dict[int, tuple[str, str]] = {  # class id -> (description, css name)
     1: ("1 Discocyte", "discocyte"), 2: ("2 Spherocyte", "spherocyte"), 3: ("3 Echinocyte", "echinocyte"),
     4: ("4 Stomatocyte", "stomatocyte"), 0: ("0 Not a cell", "not-a-cell"),
@@ -49,12 +54,14 @@ class AnnotationWidget(widgets.VBox):
         The run folder; enables the "Save masks" button.
     crop_um : float, optional
         Side of the cell crop [um] (default 16.0).
+    accept_confidence : float, optional
+        Lowest suggestion confidence "Accept N confident" takes (default 0.9).
 
     Attributes
     ----------
     buttons : dict of str to ipywidgets.Button
         CSS name -> Button: discocyte, spherocyte, echinocyte, stomatocyte, not-a-cell, prev,
-        next, undo, merge, split, export.
+        next, undo, merge, split, export, accept, accept-page.
     key_box : ipywidgets.Text
         Typed keys (0-4, n, p, u, s).
     merge_with : ipywidgets.Dropdown
@@ -63,8 +70,10 @@ class AnnotationWidget(widgets.VBox):
         (stem, cell) shown; None when no cell is proposed.
     """
 
-    def __init__(self, session: AnnotationSession, *, run_paths: Any = None, crop_um: float = 16.0):
+    def __init__(self, session: AnnotationSession, *, run_paths: Any = None, crop_um: float = 16.0,
+                 accept_confidence: float = 0.9):
         self.session = session
+        self.accept_confidence = float(accept_confidence)
         self.run_paths = run_paths
         self.crop_um = crop_um
         self.position: tuple[str, int] | None = session.resume_position()
@@ -74,12 +83,13 @@ class AnnotationWidget(widgets.VBox):
             self.buttons[css] = self._button(desc, css, lambda _b, c=cls: self.assign(c),
                                              style={"button_color": colour, "text_color": "black" if cls in (0, 4) else "white"})
         for name, desc in (("prev", "< Prev"), ("next", "Next >"), ("undo", "Undo"), ("merge", "Merge"),
-                           ("split", "Split"), ("export", "Save masks")):
-            self.buttons[name] = self._button(desc, name, getattr(self, f"_on_{name}"))
+                           ("split", "Split"), ("export", "Save masks"), ("accept", "Accept suggestion"),
+                           ("accept_page", "Accept confident")):
+            self.buttons[name.replace("_", "-")] = self._button(desc, name.replace("_", "-"), getattr(self, f"_on_{name}"))
         self.buttons["export"].disabled = run_paths is None
         self.merge_with = widgets.Dropdown(description="with cell", options=[], layout={"width": "180px"})
         self.merge_with.add_class("rbc-annotate-merge-with")
-        self.key_box = widgets.Text(placeholder="type 0-4, n, p, u, s", description="key",
+        self.key_box = widgets.Text(placeholder="type 0-4, n, p, u, s, a", description="key",
                                     continuous_update=True, layout={"width": "220px"})
         self.key_box.add_class("rbc-annotate-key")
         self.key_box.observe(self._on_key, names="value")
@@ -91,7 +101,10 @@ class AnnotationWidget(widgets.VBox):
         row_classes = widgets.HBox([self.buttons[BUTTON_CLASSES[c][1]] for c in (1, 2, 3, 4, 0)])
         row_edit = widgets.HBox([self.buttons["prev"], self.buttons["next"], self.buttons["undo"],
                                  self.buttons["merge"], self.merge_with, self.buttons["split"], self.buttons["export"]])
-        super().__init__([self.status, self.image, row_classes, row_edit, self.key_box, self.message])
+        rows = [self.status, self.image, row_classes, row_edit, self.key_box, self.message]
+        if session.suggest is not None:
+            rows.insert(2, widgets.HBox([self.buttons["accept"], self.buttons["accept-page"]]))
+        super().__init__(rows)
         self.add_class("rbc-annotate")
         self.refresh()
 
@@ -117,6 +130,26 @@ class AnnotationWidget(widgets.VBox):
         self.session.label(stem, cell, cls)
         nxt = self.session.next_unlabelled(self.position)
         self._go(nxt or self.position, note=None if nxt else "Every cell is decided. Press 'Save masks'.")
+
+    def _on_accept(self, _b: Any = None) -> None:
+        if self.position is None:
+            return self._say("Nothing to label.")
+        hint = self.session.suggestions(self.position[0]).get(self.position[1])
+        if hint is None:
+            return self._say("No model suggestion for this cell.")
+        self.assign(hint[0])
+
+    def _on_accept_page(self, _b: Any = None) -> None:
+        if self.position is None:
+            return self._say("Nothing to label.")
+        stem = self.position[0]
+        cells = self.session.confident_cells(stem, confidence=self.accept_confidence, limit=PAGE)
+        if not cells:
+            return self._say(f"No undecided cell of {stem} has a suggestion of at least {self.accept_confidence:.2f}.")
+        self.session.accept(stem, cells)
+        nxt = self.session.next_unlabelled(self.position)
+        self._go(nxt or self.position, note=f"Accepted the model's class of {len(cells)} confident cell(s) of {stem}."
+                 + ("" if nxt else " Every cell is decided. Press 'Save masks'."))
 
     def _on_prev(self, _b: Any = None) -> None:
         self._step(-1)
@@ -180,8 +213,8 @@ class AnnotationWidget(widgets.VBox):
         self.key_box.value = ""
         if key in CLASS_KEYS:
             self.assign(CLASS_KEYS[key])
-        elif key in "npus":
-            {"n": self._on_next, "p": self._on_prev, "u": self._on_undo, "s": self._on_split}[key]()
+        elif key in "npusa":
+            {"n": self._on_next, "p": self._on_prev, "u": self._on_undo, "s": self._on_split, "a": self._on_accept}[key]()
 
     def _go(self, position: tuple[str, int] | None, *, note: str | None = None) -> None:
         self.position = position
@@ -214,11 +247,18 @@ class AnnotationWidget(widgets.VBox):
         flags = self.session.proposals(stem).flags.set_index("cell_id")
         flag_txt = ", ".join(n for n in ("touches_edge", "tiny") if cell in flags.index and flags.loc[cell, n])
         current = labels.get(cell)
+        hints = self.session.suggestions(stem)
+        hint = hints.get(cell)
+        confident = self.session.confident_cells(stem, confidence=self.accept_confidence, limit=PAGE) if hints else []
+        self.buttons["accept"].disabled = hint is None
+        self.buttons["accept-page"].disabled = not confident
+        self.buttons["accept-page"].description = f"Accept {len(confident)} confident"
         self.status.value = (
             f"<b>{stem}</b> (image {self.session.stems.index(stem) + 1}/{len(self.session.stems)}) · "
             f"cell {cell} ({cells.index(cell) + 1}/{len(cells)}) · decided here {decided}/{len(cells)}"
             + (f" · <i>{flag_txt}</i>" if flag_txt else "")
             + (f" · now: {CLASS_NAMES[current] if current else 'not a cell'}" if current is not None else "")
+            + (f" · model: {CLASS_NAMES[hint[0]] if hint[0] else 'not a cell'} ({hint[1]:.2f})" if hint else "")
             + "<br>" + " · ".join(f"{k}: {v}" for k, v in counts.items()))
         self.merge_with.options = [(str(c), c) for c in self._neighbours(inst, cell)]
         self.image.value = _png(self._figure(stem, cell, inst, labels))
@@ -284,7 +324,8 @@ def annotation_widget(phase_paths: list[Path], decisions_path: str | Path, *, ru
         The run folder; enables the "Save masks" button.
     **proposal_options
         Passed to :class:`AnnotationSession` (``threshold_rad``, ``smooth_sigma_px``,
-        ``edge_fraction``, ``min_separation_um``, ``min_area_um2``).
+        ``edge_fraction``, ``min_separation_um``, ``min_area_um2``, and ``suggest`` for a
+        model's pre-filled classes).
 
     Returns
     -------

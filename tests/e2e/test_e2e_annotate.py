@@ -94,3 +94,34 @@ def test_annotate_in_jupyterlab(driver, lab, phase_only_run, prepare_notebook, t
     assert sorted(splits["train"] + splits["test"]) == session.stems and len(splits["test"]) == 1
     assert (run / "figures" / "02_annotations.png").exists()
     driver.screenshot("04_notebook_finished", show=".jp-CodeCell:last-child")
+
+
+def test_annotate_with_the_shipped_model_prefilling_classes(driver, lab, phase_only_run, prepare_notebook):
+    """02 with suggest_model="default": the shipped model pre-fills each cell; one click accepts a
+    page of confident cells (saved as one decision), then the person corrects one cell."""
+    run = phase_only_run
+    prepare_notebook("02_annotate", lab.root, profile="smoke", run_dir=str(run), seed=0, interactive=True,
+                     suggest_model="default")
+    decisions = run / "annotations" / "decisions.json"
+    driver.open("02_annotate.ipynb")
+    driver.run_all(timeout_s=300, expect_error="is fully annotated yet")
+    page = driver.page
+    page.wait_for_selector("button.rbc-annotate-accept-page")
+    page.get_by_text("model:").first.wait_for()
+    driver.screenshot("05_prefilled_by_the_shipped_model", show=".rbc-annotate")
+    assert _actions(decisions) == []
+
+    driver.click("rbc-annotate-accept-page")
+    driver.wait_for_file(decisions, lambda p: len(_actions(p)) > 0)
+    page.get_by_text("Accepted the model's class").wait_for()
+    accepted = _actions(decisions)
+    assert all(a["suggested"] and a["batch"] == accepted[0]["batch"] for a in accepted)
+    assert len({a["image"] for a in accepted}) == 1 and len(accepted) <= 12
+
+    corrected = len(accepted)
+    driver.click("rbc-annotate-stomatocyte")                 # the person overrules the model on one cell
+    driver.wait_for_file(decisions, lambda p: len(_actions(p)) == corrected + 1)
+    last = _actions(decisions)[-1]
+    assert last["label"] == 4 and "suggested" not in last
+    assert (last["image"], last["cell"]) not in {(a["image"], a["cell"]) for a in accepted}
+    driver.screenshot("06_after_accepting_a_page_and_one_correction", show=".rbc-annotate")
