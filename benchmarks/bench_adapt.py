@@ -8,9 +8,13 @@ The microscope is a twin set outside the shipped model's training randomisation:
 
 Its truth stands in for the user's corrections. Methods, each scored on the same 6 test fields
 as ``rbc assess`` segments them (Dice and AJI overall, per-cell class accuracy):
+- ``shipped_home``: the reference, the shipped model on 6 fields of its own twin (same area,
+  its optics), to show the drop;
 - ``shipped``: no adaptation;
 - ``bn_adapt``: BatchNorm statistics re-estimated on the unlabelled training-pool fields;
 - ``pseudo_label``: fine-tuned on the shipped model's confident pseudo-labels of those fields;
+- ``ssl_adapt``: the paper's SSL (MoCo v2 + reconstruction) on tiles of those fields, started
+  from the shipped encoder and decoder, put back under the shipped head (``--ssl-steps``);
 - ``finetune_shipped``: fine-tuned on 1, 2 or 4 annotated fields;
 - ``scratch``: the same architecture and budget from random weights on the same fields;
 - ``full``: the shipped model fine-tuned on all 12 training fields.
@@ -45,7 +49,7 @@ CELLS = {"defocus_um": (-8.0, -6.5), "flat_discocyte_fraction": 1.0, "density_pe
 FIELD_PX = 369          # 73.8 um, the quick twin's field side
 POOL, TEST = 12, 6      # training-pool and test fields
 PAGE = 12               # cells accepted in one action
-METHODS = ("shipped", "bn_adapt", "pseudo_label", "finetune_shipped", "scratch", "full")
+METHODS = ("shipped_home", "shipped", "bn_adapt", "pseudo_label", "ssl_adapt", "finetune_shipped", "scratch", "full")
 SCRATCH_LR = 1e-3       # the shipped model's own training rate, for training from random weights
 
 
@@ -66,7 +70,26 @@ def microscope_fields(seed: int, n: int) -> list[tuple]:
     return out
 
 
-def score(model_dir: Path, test: list[tuple]) -> tuple[dict[str, float], dict[str, float]]:
+def home_fields(seed: int, n: int) -> list[tuple]:
+    """(Pair, true instances) of ``n`` fields of the shipped model's own twin, of the same area."""
+    from rbclib.physics.holography import reconstruct
+    from rbclib.physics.simulate import simulate_field
+    from rbclib.seg.datasets import Pair
+
+    out = []
+    for i, ss in enumerate(np.random.SeedSequence(seed).spawn(n)):
+        f = simulate_field(np.random.default_rng(ss), field_px=512, density_per_1000um2=CELLS["density_per_1000um2"],
+                           flat_discocyte_fraction=0.5)
+        try:
+            rec = reconstruct(f.hologram, background=f.background, optics=f.optics, source=f"home field {i}")
+        except ValueError:
+            rec = reconstruct(f.hologram, optics=f.optics, source=f"home field {i}")
+        out.append((Pair(rec.phase.astype(np.float32), f.labels, f"home_{i:02d}"), f.instances))
+    return out
+
+
+def score(model_dir: Path, test: list[tuple], pixel_size_m: float = OPTICS.pixel_size_m
+          ) -> tuple[dict[str, float], dict[str, float]]:
     """(scores, annotation effort) of a model folder on the test fields, segmenting as rbc assess does."""
     from rbclib.seg.metrics import aji_per_class, cell_confusion, confusion_accuracy, dice_per_class, mean_scores
     from rbclib.study.segmenter import Segmenter
@@ -74,7 +97,7 @@ def score(model_dir: Path, test: list[tuple]) -> tuple[dict[str, float], dict[st
     segmenter = Segmenter(model_dir)
     dice, aji, confusion = [], [], None
     for pair, inst in test:
-        labels, instances, *_ = segmenter(pair.phase, OPTICS.pixel_size_m)
+        labels, instances, *_ = segmenter(pair.phase, pixel_size_m)
         dice.append(dice_per_class(labels, pair.labels))
         aji.append(aji_per_class(labels, pair.labels, pred_instances=instances, true_instances=inst))
         conf, _ = cell_confusion(labels, pair.labels, true_instances=inst, pred_instances=instances)
@@ -102,16 +125,28 @@ def scratch_model(shipped: Path, fields: list, out: Path, *, epochs: int, steps:
                            progress=False)
 
 
+def _merged(path: Path, new: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """``new`` in place of the rows of ``methods`` in an existing table (re-running some methods)."""
+    if path.is_file():
+        old = pd.read_csv(path)
+        new = pd.concat([old[~old["method"].isin(methods)], new], ignore_index=True)
+    order = {m: k for k, m in enumerate(METHODS)}
+    return new.sort_values(["method", "n_fields", "seed"], key=lambda c: c.map(order) if c.name == "method" else c,
+                           kind="stable").reset_index(drop=True)
+
+
 def main() -> None:
     from rbclib.study.default_model import SHIPPED_MODEL_DIR
-    from rbclib.study.finetune import adapt_batchnorm, finetune_model, pseudo_label_fields
+    from rbclib.study.finetune import (FINETUNE_EPOCHS, FINETUNE_STEPS, adapt_batchnorm, adapt_ssl, finetune_model,
+                                       pseudo_label_fields)
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--fields", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--steps", type=int, default=20, help="batches per epoch")
+    ap.add_argument("--epochs", type=int, default=FINETUNE_EPOCHS)
+    ap.add_argument("--steps", type=int, default=FINETUNE_STEPS, help="batches per epoch")
+    ap.add_argument("--ssl-steps", type=int, default=60, help="SSL steps of ssl_adapt (CPU budget: about 3 min)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args()
 
@@ -120,8 +155,9 @@ def main() -> None:
     budget = {"epochs": args.epochs, "steps_per_epoch": args.steps}
     rows, effort = [], []
 
-    def record(method: str, n: int, seed: int | None, model: Path, seconds: float) -> None:
-        scores, work = score(model, test)
+    def record(method: str, n: int, seed: int | None, model: Path, seconds: float, on: list | None = None,
+               pixel_size_m: float = OPTICS.pixel_size_m) -> None:
+        scores, work = score(model, on or test, pixel_size_m)
         rows.append({"method": method, "n_fields": n, "seed": seed, **scores, "minutes": seconds / 60})
         effort.append({"method": method, "n_fields": n, "seed": seed, **work})
         print(f"{method:17s} n={n:2d} seed={seed}: Dice {scores['dice_overall']:.3f}  AJI {scores['aji_overall']:.3f}  "
@@ -130,6 +166,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_adapt_") as tmp:
         tmp = Path(tmp)
+        if "shipped_home" in args.methods:
+            record("shipped_home", 0, None, SHIPPED_MODEL_DIR, 0.0, on=home_fields(4000, TEST),
+                   pixel_size_m=Optics().pixel_size_m)
         if "shipped" in args.methods:
             record("shipped", 0, None, SHIPPED_MODEL_DIR, 0.0)
         for seed in args.seeds:
@@ -145,6 +184,11 @@ def main() -> None:
                 model = finetune_model(SHIPPED_MODEL_DIR, pseudo, tmp / f"pseudo_{seed}", seed=seed,
                                        pixel_size_m=OPTICS.pixel_size_m, progress=False, **budget)
                 record("pseudo_label", 0, seed, model, time.perf_counter() - t0)
+            if "ssl_adapt" in args.methods:
+                t0 = time.perf_counter()
+                model = adapt_ssl(SHIPPED_MODEL_DIR, [p.phase for p in pool_pairs], tmp / f"ssl_{seed}",
+                                  pixel_size_m=OPTICS.pixel_size_m, steps=args.ssl_steps, seed=seed)
+                record("ssl_adapt", 0, seed, model, time.perf_counter() - t0)
             order = np.random.default_rng(seed).permutation(POOL)
             for n in args.fields:
                 chosen = [pool_pairs[i] for i in order[:n]]
@@ -164,9 +208,10 @@ def main() -> None:
                                        pixel_size_m=OPTICS.pixel_size_m, progress=False, **budget)
                 record("full", POOL, seed, model, time.perf_counter() - t0)
 
-    table = pd.DataFrame(rows)
+    table = _merged(args.out / "adaptation.csv", pd.DataFrame(rows), args.methods)
     write_csv(args.out / "adaptation.csv", table.round(4))
-    write_csv(args.out / "annotation_effort.csv", pd.DataFrame(effort).round(4))
+    write_csv(args.out / "annotation_effort.csv",
+              _merged(args.out / "annotation_effort.csv", pd.DataFrame(effort), args.methods).round(4))
     summary = table.groupby(["method", "n_fields"], sort=False)[["dice_overall", "aji_overall", "cell_accuracy",
                                                                   "minutes"]].agg(["mean", "std"]).round(3)
     print(summary.to_string())

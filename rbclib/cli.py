@@ -64,9 +64,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     val, _ = read_fields(args.val) if args.val else (None, None)
     print(f"rbc finetune: {len(fields)} annotated field(s) at {pixel_size_m * 1e6:.4f} um/px; starting from {note}",
           file=sys.stderr)
-    out = finetune_model(model, fields, args.out, pixel_size_m=pixel_size_m, val_fields=val, epochs=args.epochs,
-                         steps_per_epoch=args.steps, lr=args.lr, seed=args.seed, device=args.device,
-                         progress=not args.quiet)
+    out = finetune_model(model, fields, args.out, pixel_size_m=pixel_size_m, val_fields=val, seed=args.seed,
+                         device=args.device, progress=not args.quiet, **_budget(args))
     print(f"rbc finetune: model folder {out} (use it with: rbc assess INPUT -o OUT --model {out})")
     return 0
 
@@ -75,7 +74,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     import numpy as np
 
     from rbclib.core.io import list_images, read_image
-    from rbclib.study.finetune import adapt_batchnorm, finetune_model, pseudo_label_fields
+    from rbclib.study.finetune import adapt_batchnorm, adapt_ssl, finetune_model, pseudo_label_fields
     from rbclib.study.inputs import resolve_model
 
     model, _ = resolve_model(args.model)
@@ -85,10 +84,12 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     pixel_size_m = images[0].optics().pixel_size_m
     if args.method == "batchnorm":
         out = adapt_batchnorm(model, phases, args.out, pixel_size_m=pixel_size_m, seed=args.seed)
+    elif args.method == "ssl":
+        out = adapt_ssl(model, phases, args.out, pixel_size_m=pixel_size_m, seed=args.seed, progress=not args.quiet)
     else:
         pseudo = pseudo_label_fields(model, phases, pixel_size_m=pixel_size_m, names=[f.stem for f in files])
-        out = finetune_model(model, pseudo, args.out, pixel_size_m=pixel_size_m, epochs=args.epochs,
-                             steps_per_epoch=args.steps, seed=args.seed, progress=not args.quiet)
+        out = finetune_model(model, pseudo, args.out, pixel_size_m=pixel_size_m, seed=args.seed,
+                             progress=not args.quiet, **_budget(args))
     print(f"rbc adapt: {args.method} on {len(phases)} phase image(s); model folder {out}")
     return 0
 
@@ -332,6 +333,19 @@ def _cells_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _add_budget_arguments(p: argparse.ArgumentParser) -> None:
+    """Fine-tuning budget options; unset ones take :mod:`rbclib.study.finetune`'s defaults."""
+    p.add_argument("--epochs", type=_positive_int, help="epochs (default: rbclib.study.finetune.FINETUNE_EPOCHS)")
+    p.add_argument("--steps", type=_positive_int,
+                   help="batches per epoch (default: rbclib.study.finetune.FINETUNE_STEPS)")
+
+
+def _budget(args: argparse.Namespace) -> dict[str, Any]:
+    """The fine-tuning options given on the command line, as keywords of :func:`rbclib.study.finetune.finetune_model`."""
+    given = {"epochs": args.epochs, "steps_per_epoch": args.steps, "lr": getattr(args, "lr", None)}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _add_optics_arguments(p: argparse.ArgumentParser) -> None:
     """Optics overrides shared by the commands that read microscope images (SI units)."""
     p.add_argument("--wavelength", type=_optics_arg("wavelength_m", "--wavelength"), metavar="M",
@@ -409,9 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder to start from, or `latest` (default: the shipped default model)")
     p.add_argument("--val", type=Path, metavar="FIELDS", help="annotated fields that choose the best epoch "
                                                                "(default: the training fields)")
-    p.add_argument("--epochs", type=_positive_int, default=15, help="epochs (default %(default)s)")
-    p.add_argument("--steps", type=_positive_int, default=20, help="batches per epoch (default %(default)s)")
-    p.add_argument("--lr", type=_positive_float, default=3e-4, help="learning rate (default %(default)s)")
+    _add_budget_arguments(p)
+    p.add_argument("--lr", type=_positive_float, help="learning rate (default: rbclib.study.finetune.FINETUNE_LR)")
     p.add_argument("--seed", type=_SEED, default=0)
     p.add_argument("--device", help="torch device (default: cuda, mps or cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -419,14 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("adapt", help="adapt a trained model to your microscope without labels",
                        description="batchnorm: re-estimate the model's BatchNorm statistics on your phase images; "
-                                   "pseudo-label: fine-tune it on its own confident classes of them. Writes a model "
-                                   "folder that rbc assess --model takes.")
+                                   "pseudo-label: fine-tune it on its own confident classes of them; ssl: the paper's "
+                                   "self-supervised pretraining on them, from the model's encoder and decoder. "
+                                   "Writes a model folder that rbc assess --model takes.")
     p.add_argument("phases", type=Path, metavar="PHASES", help="phase image (float TIFF, rad) or folder of them")
     p.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="new model folder")
-    p.add_argument("--method", choices=["batchnorm", "pseudo-label"], default="batchnorm")
+    p.add_argument("--method", choices=["batchnorm", "pseudo-label", "ssl"], default="batchnorm")
     p.add_argument("--model", help="model folder to adapt, or `latest` (default: the shipped default model)")
-    p.add_argument("--epochs", type=_positive_int, default=15, help="pseudo-label: epochs (default %(default)s)")
-    p.add_argument("--steps", type=_positive_int, default=20, help="pseudo-label: batches per epoch (default %(default)s)")
+    _add_budget_arguments(p)
     p.add_argument("--seed", type=_SEED, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_adapt)

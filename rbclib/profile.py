@@ -192,6 +192,9 @@ class SegmentProfile:
         Tiles per forward pass at evaluation.
     n_time_images : int
         Table 3 protocol: time to segment this many test images.
+    finetune_epochs, finetune_steps : int
+        06 with ``init_model``: epochs and batches per epoch of fine-tuning a trained model
+        (:func:`rbclib.study.finetune.finetune_model`).
     phase_range : list of float, optional
         [lo, hi] phase [rad] of the fixed-range normalisation (default
         :data:`rbclib.seg.datasets.PHASE_RANGE_RAD`).
@@ -214,6 +217,8 @@ class SegmentProfile:
     val_fraction: float
     infer_batch_size: int
     n_time_images: int
+    finetune_epochs: int
+    finetune_steps: int
     phase_range: Union[list[float], None] = None
 
 

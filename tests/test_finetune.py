@@ -174,3 +174,24 @@ def test_model_suggestions_give_class_probabilities_on_the_images_grid(trained):
     assert probs.shape == (5,) + field.phase.shape and np.allclose(probs.sum(0), 1.0, atol=1e-3)
     same = model_suggestions(trained)(field.phase, PX)
     assert (same.argmax(0) == field.labels).mean() > 0.9              # the trained model knows these disks
+
+
+def test_ssl_adaptation_changes_encoder_and_decoder_under_the_trained_head(trained, tmp_path):
+    other = _fields(4, gain=2.5, seed=8)
+    adapted = F.adapt_ssl(trained, [p.phase for p in other], tmp_path / "ssl", pixel_size_m=PX, steps=3)
+    assert read_model_config(adapted)["adaptation"] == "ssl"
+    before, _ = load_model(trained)
+    after, _ = load_model(adapted)
+    head_b, head_a = before.segmentation_head.state_dict(), after.segmentation_head.state_dict()
+    assert all(torch.equal(head_b[k], head_a[k]) for k in head_b)       # the trained head stays
+    moved = [not torch.equal(a, b) for (name, a), b in zip(before.encoder.state_dict().items(),
+                                                           after.encoder.state_dict().values())
+             if torch.is_floating_point(a) and "running" not in name and "num_batches" not in name]
+    assert any(moved)                                                  # the encoder learnt from the new images
+    from rbclib.ssl.pretrain import SSLConfig, pretrain_ssl
+
+    wrong = SSLConfig(encoder="resnet34", decoder_channels=(32, 16, 16, 8, 8), crop_px=32, batch_size=4, steps=1,
+                      queue_size=8)
+    with pytest.raises(ValueError, match="do not fit this SSL config"):
+        pretrain_ssl(F._Tiles([torch.zeros(1, 32, 32)] * 16), out_dir=tmp_path / "wrong", config=wrong, seed=0,
+                     progress=False, init_model=trained)

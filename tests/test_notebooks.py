@@ -123,6 +123,27 @@ def test_notebook_smoke(stage, run_dir):
         raise
 
 
+@pytest.mark.slow
+def test_06_fine_tunes_the_shipped_model_on_the_runs_fields(run_dir):
+    """06 with init_model="default": the shipped model, fine-tuned on the run's training images
+    with its own architecture, lands in models/seg_finetuned/ beside the arms."""
+    if _failed or not (run_dir / "models" / "seg_backbone" / "best.pt").is_file():
+        pytest.skip("needs the smoke run up to 06")
+    from rbclib.study.default_model import SHIPPED_MODEL_DIR
+
+    run_notebooks(profile="smoke", run_dir=run_dir, seed=0, only=["06"], progress=False,
+                  extra_parameters={"init_model": "default", "arms": "backbone", "baselines": ""})
+    folder = run_dir / "models" / "seg_finetuned"
+    config = json.loads((folder / "config.json").read_text())
+    shipped = json.loads((SHIPPED_MODEL_DIR / "config.json").read_text())
+    assert (folder / "best.pt").is_file() and config["init_model"] == str(SHIPPED_MODEL_DIR)
+    assert {k: config[k] for k in ("encoder", "decoder_channels", "pixel_size_m")} == \
+        {k: shipped[k] for k in ("encoder", "decoder_channels", "pixel_size_m")}
+    import pandas as pd
+
+    assert pd.read_csv(folder / "log.csv")["val_dice_overall"].notna().all()
+
+
 NBVAL_STAGES = ("01", "02")  # cheap, fully seeded stages re-run by nbval (nbval checks that their outputs repeat)
 
 

@@ -36,3 +36,11 @@ def test_import_rbclib_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert out.stdout.strip() == "False"
+
+
+def test_building_the_command_line_does_not_import_torch():
+    """`rbc --help` and usage errors stay instant: the parser imports no model code."""
+    code = "import sys, rbclib.cli; rbclib.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.stdout.strip() == "False"

@@ -36,6 +36,7 @@ METHOD_NAMES: dict[str, str] = {
     "seg_da": "ResUnet + DA",
     "seg_ssl": "ResUnet + SSL",
     "seg_da_ssl": "ResUnet + DA&SSL",
+    "seg_finetuned": "Fine-tuned trained model",
 }
 TABLE_COLUMNS: tuple[str, ...] = tuple(n.capitalize() for n in CELL_CLASS_NAMES) + ("Overall",)
 

@@ -294,7 +294,7 @@ def queue_size_for(n_images: int, *, queue_size: int, batch_size: int) -> int:
 
 
 def pretrain_ssl(corpus: Dataset, *, out_dir: str | Path, config: SSLConfig | dict[str, Any], seed: int,
-                 progress: bool = True, device: str | None = None) -> Path:
+                 progress: bool = True, device: str | None = None, init_model: str | Path | None = None) -> Path:
     """Pretrain the ResUnet encoder+decoder with MoCo v2 + reconstruction on ``corpus``.
 
     Writes ``out_dir``/config.json, encoder_decoder.pt, last.pt and log.csv. If ``out_dir``
@@ -319,6 +319,10 @@ def pretrain_ssl(corpus: Dataset, *, out_dir: str | Path, config: SSLConfig | di
         Show a progress bar.
     device : str, optional
         Where to train (None: cuda, mps or cpu, whichever is there).
+    init_model : str or pathlib.Path, optional
+        A trained segmentation model folder whose encoder and decoder start the pretraining
+        (adapting it to unlabelled images of another microscope); ``config`` must name its
+        encoder and decoder channels. None: random weights.
 
     Returns
     -------
@@ -328,7 +332,8 @@ def pretrain_ssl(corpus: Dataset, *, out_dir: str | Path, config: SSLConfig | di
     Raises
     ------
     ValueError
-        A corpus of fewer than 2 images or of mixed sizes, or a ``last.pt`` of another run.
+        A corpus of fewer than 2 images or of mixed sizes, a ``last.pt`` of another run, or an
+        ``init_model`` of another architecture.
 
     Notes
     -----
@@ -348,6 +353,9 @@ def pretrain_ssl(corpus: Dataset, *, out_dir: str | Path, config: SSLConfig | di
 
     torch.manual_seed(seed)
     model = MoCoResUnet(cfg, generator=torch.Generator().manual_seed(seed))
+    if init_model is not None:
+        ident["init_model"] = str(init_model)
+        _start_from_segmenter(model, init_model)
     model.world = world
     model = channels_last(model, dev) if cfg.channels_last else model.to(dev)
     opt = torch.optim.AdamW(model.online_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -410,6 +418,21 @@ def pretrain_ssl(corpus: Dataset, *, out_dir: str | Path, config: SSLConfig | di
     if distributed:
         check_ranks_in_sync([model], out, rank, world)
     return out
+
+
+def _start_from_segmenter(model: MoCoResUnet, model_dir: str | Path) -> None:
+    """Copy a trained segmentation model's encoder and decoder into ``model`` (both its query and
+    key encoders); ValueError naming the folder when the architectures differ."""
+    from rbclib.seg.infer import load_model
+
+    trained, _ = load_model(model_dir, device="cpu")
+    try:
+        for part in ("encoder", "decoder"):
+            getattr(model, part).load_state_dict(getattr(trained, part).state_dict())
+        model.encoder_k.load_state_dict(trained.encoder.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(f"{model_dir}: its encoder and decoder do not fit this SSL config "
+                         f"({str(exc)[:200]})") from None
 
 
 def read_ssl_log(ssl_dir: str | Path) -> pd.DataFrame:

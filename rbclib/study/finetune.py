@@ -9,7 +9,7 @@ trained model's (:func:`rbclib.seg.config.finetune_config`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -18,12 +18,14 @@ from rbclib.core.labels import IGNORE
 from rbclib.seg.datasets import Pair
 from rbclib.study.segmenter import resample
 
-FINETUNE_EPOCHS = 10
+FINETUNE_EPOCHS = 15
 """Default epochs of :func:`finetune_model`."""
-FINETUNE_STEPS = 30
-"""Default batches per epoch of :func:`finetune_model` (about 4 min on a 2-core CPU with the shipped model)."""
+FINETUNE_STEPS = 20
+"""Default batches per epoch of :func:`finetune_model` (with the shipped model, 1-2 min on a 2-core CPU)."""
 FINETUNE_LR = 3e-4
 """Default AdamW learning rate of :func:`finetune_model`: a third of the shipped model's training rate."""
+SSL_STEPS = 100
+"""Default MoCo v2 + reconstruction steps of :func:`adapt_ssl`."""
 PSEUDO_LABEL_CONFIDENCE = 0.9
 """Pixels whose top class probability is below this are ignored by :func:`pseudo_label_fields`."""
 
@@ -170,7 +172,6 @@ def adapt_batchnorm(model_dir: str | Path, phases: Sequence[np.ndarray], out_dir
     """
     import torch
 
-    from rbclib.core.training import save_checkpoint
     from rbclib.seg.datasets import normalise_phase
     from rbclib.seg.infer import load_model
 
@@ -199,13 +200,96 @@ def adapt_batchnorm(model_dir: str | Path, phases: Sequence[np.ndarray], out_dir
     with torch.no_grad():
         for start in range(0, len(x_all), 8):
             model(x_all[start:start + 8].contiguous(memory_format=torch.channels_last))
-    model.eval()
+    return _write_adapted(model.eval(), config, out_dir, adapted_from=model_dir, adaptation="batchnorm",
+                          adaptation_crops=int(crops))
+
+
+def adapt_ssl(model_dir: str | Path, phases: Sequence[np.ndarray], out_dir: str | Path, *, pixel_size_m: float,
+              steps: int = SSL_STEPS, seed: int = 0, progress: bool = False) -> Path:
+    """Self-supervised adaptation of a trained model to a microscope's unlabelled phase maps.
+
+    The paper's SSL (MoCo v2 + reconstruction, :func:`rbclib.ssl.pretrain.pretrain_ssl`) runs on
+    tiles of ``phases``, starting from the trained model's encoder and decoder; the adapted
+    encoder and decoder then go back under the trained model's segmentation head.
+
+    Parameters
+    ----------
+    model_dir : str or pathlib.Path
+        The trained model folder (a ResUnet).
+    phases : sequence of numpy.ndarray
+        (H, W) phase maps [rad] of the new microscope.
+    out_dir : str or pathlib.Path
+        The new model folder; the SSL run is kept in ``out_dir/ssl``.
+    pixel_size_m : float
+        Pixel size [m] of the phase maps.
+    steps : int
+        SSL optimiser steps.
+    seed : int
+        Seed of the batches and augmentations.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+    """
+    import torch
+
+    from rbclib.seg.datasets import normalise_phase
+    from rbclib.seg.infer import load_model
+    from rbclib.seg.pretrained import load_into_resunet
+    from rbclib.ssl.pretrain import SSLConfig, pretrain_ssl, queue_size_for
+
+    model, config = load_model(model_dir, device="cpu")
+    side = int(config["patch"])
+    scale = pixel_size_m / float(config["pixel_size_m"])
+    tiles = []
+    for phase in phases:
+        m = resample(np.asarray(phase, np.float32), scale, order=1)
+        for y in range(0, max(1, m.shape[0] - side + 1), side // 2):
+            for x in range(0, max(1, m.shape[1] - side + 1), side // 2):
+                tile = np.zeros((side, side), np.float32)
+                piece = m[y:y + side, x:x + side]
+                tile[:piece.shape[0], :piece.shape[1]] = piece
+                tiles.append(torch.from_numpy(normalise_phase(tile, tuple(config["phase_range"])))[None])
+    batch = min(16, len(tiles) // 2)
+    ssl_config = SSLConfig(encoder=config["encoder"], decoder_channels=tuple(config["decoder_channels"]),
+                           in_channels=int(config["in_channels"]), crop_px=side, batch_size=batch, steps=int(steps),
+                           lr=1e-4, queue_size=queue_size_for(len(tiles), queue_size=256, batch_size=batch),
+                           save_every=int(steps))
+    ssl_dir = pretrain_ssl(_Tiles(tiles), out_dir=Path(out_dir) / "ssl", config=ssl_config, seed=seed,
+                           progress=progress, init_model=model_dir)
+    model = load_into_resunet(model, ssl_dir)
+    return _write_adapted(model.eval(), config, out_dir, adapted_from=model_dir, adaptation="ssl",
+                          adaptation_steps=int(steps), adaptation_tiles=len(tiles))
+
+
+class _Tiles:
+    """A list of (1, H, W) tensors as the corpus :func:`rbclib.ssl.pretrain.pretrain_ssl` reads."""
+
+    kind = "microscope tiles"
+
+    def __init__(self, tiles: list) -> None:
+        self.tiles = tiles
+        self.description = f"{len(tiles)} tiles of the microscope's phase maps"
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, index: int):
+        return self.tiles[index]
+
+
+def _write_adapted(model: Any, config: dict[str, Any], out_dir: str | Path, **facts: Any) -> Path:
+    """A model folder (``best.pt`` + ``config.json`` with ``facts``) of an adapted model."""
+    from rbclib.core.training import save_checkpoint
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint(out / "best.pt", {"model": state, "epoch": 0, "score": float("nan"), "config": ""})
-    write_json(out / "config.json", {**config, "adapted_from": str(model_dir), "adaptation": "batchnorm",
-                                     "adaptation_crops": int(crops)})
+    write_json(out / "config.json", {**config, **{k: str(v) if isinstance(v, Path) else v for k, v in facts.items()}})
     return out
 
 
