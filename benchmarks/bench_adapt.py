@@ -16,6 +16,7 @@ as ``rbc assess`` segments them (Dice and AJI overall, per-cell class accuracy):
 - ``ssl_adapt``: the paper's SSL (MoCo v2 + reconstruction) on tiles of those fields, started
   from the shipped encoder and decoder, put back under the shipped head (``--ssl-steps``);
 - ``finetune_shipped``: fine-tuned on 1, 2 or 4 annotated fields;
+- ``bn_finetune``: ``bn_adapt`` first (no labels), then fine-tuned on the 1, 2 or 4 fields;
 - ``scratch``: the same architecture and budget from random weights on the same fields;
 - ``full``: the shipped model fine-tuned on all 12 training fields.
 
@@ -49,7 +50,8 @@ CELLS = {"defocus_um": (-8.0, -6.5), "flat_discocyte_fraction": 1.0, "density_pe
 FIELD_PX = 369          # 73.8 um, the quick twin's field side
 POOL, TEST = 12, 6      # training-pool and test fields
 PAGE = 12               # cells accepted in one action
-METHODS = ("shipped_home", "shipped", "bn_adapt", "pseudo_label", "ssl_adapt", "finetune_shipped", "scratch", "full")
+METHODS = ("shipped_home", "shipped", "bn_adapt", "pseudo_label", "ssl_adapt", "finetune_shipped", "bn_finetune",
+           "scratch", "full")
 SCRATCH_LR = 1e-3       # the shipped model's own training rate, for training from random weights
 
 
@@ -197,6 +199,13 @@ def main() -> None:
                     model = finetune_model(SHIPPED_MODEL_DIR, chosen, tmp / f"ft_{n}_{seed}", seed=seed,
                                            pixel_size_m=OPTICS.pixel_size_m, progress=False, **budget)
                     record("finetune_shipped", n, seed, model, time.perf_counter() - t0)
+                if "bn_finetune" in args.methods:
+                    t0 = time.perf_counter()
+                    start = adapt_batchnorm(SHIPPED_MODEL_DIR, [p.phase for p in pool_pairs], tmp / f"bnft_start_{seed}",
+                                            pixel_size_m=OPTICS.pixel_size_m, seed=seed)
+                    model = finetune_model(start, chosen, tmp / f"bnft_{n}_{seed}", seed=seed,
+                                           pixel_size_m=OPTICS.pixel_size_m, progress=False, **budget)
+                    record("bn_finetune", n, seed, model, time.perf_counter() - t0)
                 if "scratch" in args.methods:
                     t0 = time.perf_counter()
                     model = scratch_model(SHIPPED_MODEL_DIR, chosen, tmp / f"scratch_{n}_{seed}", seed=seed,

@@ -185,10 +185,7 @@ def adapt_batchnorm(model_dir: str | Path, phases: Sequence[np.ndarray], out_dir
         m = maps[int(rng.integers(len(maps)))]
         y = int(rng.integers(0, max(1, m.shape[0] - side + 1)))
         x = int(rng.integers(0, max(1, m.shape[1] - side + 1)))
-        crop = np.zeros((side, side), np.float32)
-        piece = m[y:y + side, x:x + side]
-        crop[:piece.shape[0], :piece.shape[1]] = piece
-        batch.append(normalise_phase(crop, tuple(config["phase_range"])))
+        batch.append(normalise_phase(_square(m, y, x, side), tuple(config["phase_range"])))
     x_all = torch.from_numpy(np.stack(batch)[:, None].repeat(channels, axis=1))
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -249,10 +246,8 @@ def adapt_ssl(model_dir: str | Path, phases: Sequence[np.ndarray], out_dir: str 
         m = resample(np.asarray(phase, np.float32), scale, order=1)
         for y in range(0, max(1, m.shape[0] - side + 1), side // 2):
             for x in range(0, max(1, m.shape[1] - side + 1), side // 2):
-                tile = np.zeros((side, side), np.float32)
-                piece = m[y:y + side, x:x + side]
-                tile[:piece.shape[0], :piece.shape[1]] = piece
-                tiles.append(torch.from_numpy(normalise_phase(tile, tuple(config["phase_range"])))[None])
+                tile = normalise_phase(_square(m, y, x, side), tuple(config["phase_range"]))
+                tiles.append(torch.from_numpy(tile)[None])
     batch = min(16, len(tiles) // 2)
     ssl_config = SSLConfig(encoder=config["encoder"], decoder_channels=tuple(config["decoder_channels"]),
                            in_channels=int(config["in_channels"]), crop_px=side, batch_size=batch, steps=int(steps),
@@ -263,6 +258,14 @@ def adapt_ssl(model_dir: str | Path, phases: Sequence[np.ndarray], out_dir: str 
     model = load_into_resunet(model, ssl_dir)
     return _write_adapted(model.eval(), config, out_dir, adapted_from=model_dir, adaptation="ssl",
                           adaptation_steps=int(steps), adaptation_tiles=len(tiles))
+
+
+def _square(image: np.ndarray, y: int, x: int, side: int) -> np.ndarray:
+    """The ``side`` x ``side`` float32 square of ``image`` at (y, x), zero-padded past its edge."""
+    out = np.zeros((side, side), np.float32)
+    piece = image[y:y + side, x:x + side]
+    out[:piece.shape[0], :piece.shape[1]] = piece
+    return out
 
 
 class _Tiles:
