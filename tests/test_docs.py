@@ -17,7 +17,8 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 README_MAX_CHARS = 12_000
 README_SECTIONS = [
-    "What it does", "Install", "Quickstart A: assess your holograms", "Quickstart B: reproduce the paper",
+    "What it does", "Install", "Quickstart A: assess your holograms", "Adapt to your microscope",
+    "Quickstart B: reproduce the paper",
     "The pipeline", "Measured", "What happens when things go wrong", "Documentation", "Testing",
     "How to cite", "Licence",
 ]
