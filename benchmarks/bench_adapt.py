@@ -57,36 +57,29 @@ SCRATCH_LR = 1e-3       # the shipped model's own training rate, for training fr
 
 def microscope_fields(seed: int, n: int) -> list[tuple]:
     """(Pair, true instances) of ``n`` fields of the unseen microscope, reconstructed as 01 does."""
-    from rbclib.physics.holography import reconstruct
-    from rbclib.physics.simulate import simulate_field
-    from rbclib.seg.datasets import Pair
-
-    out = []
-    for i, ss in enumerate(np.random.SeedSequence(seed).spawn(n)):
-        f = simulate_field(np.random.default_rng(ss), field_px=FIELD_PX, optics=OPTICS, settings=SETTINGS, **CELLS)
-        try:
-            rec = reconstruct(f.hologram, background=f.background, optics=OPTICS, source=f"field {i}")
-        except ValueError:  # a background too noisy for the reconstruction's check: compensated numerically
-            rec = reconstruct(f.hologram, optics=OPTICS, source=f"field {i}")
-        out.append((Pair(rec.phase.astype(np.float32), f.labels, f"field_{seed}_{i:02d}"), f.instances))
-    return out
+    return _fields(seed, n, field_px=FIELD_PX, optics=OPTICS, settings=SETTINGS, **CELLS)
 
 
 def home_fields(seed: int, n: int) -> list[tuple]:
     """(Pair, true instances) of ``n`` fields of the shipped model's own twin, of the same area."""
+    return _fields(seed, n, field_px=512, optics=Optics(), settings=None,
+                   density_per_1000um2=CELLS["density_per_1000um2"], flat_discocyte_fraction=0.5)
+
+
+def _fields(seed: int, n: int, *, field_px: int, optics: Optics, settings: HologramSettings | None,
+            **cells) -> list[tuple]:
     from rbclib.physics.holography import reconstruct
     from rbclib.physics.simulate import simulate_field
     from rbclib.seg.datasets import Pair
 
     out = []
     for i, ss in enumerate(np.random.SeedSequence(seed).spawn(n)):
-        f = simulate_field(np.random.default_rng(ss), field_px=512, density_per_1000um2=CELLS["density_per_1000um2"],
-                           flat_discocyte_fraction=0.5)
+        f = simulate_field(np.random.default_rng(ss), field_px=field_px, optics=optics, settings=settings, **cells)
         try:
-            rec = reconstruct(f.hologram, background=f.background, optics=f.optics, source=f"home field {i}")
-        except ValueError:
-            rec = reconstruct(f.hologram, optics=f.optics, source=f"home field {i}")
-        out.append((Pair(rec.phase.astype(np.float32), f.labels, f"home_{i:02d}"), f.instances))
+            rec = reconstruct(f.hologram, background=f.background, optics=optics, source=f"field {i}")
+        except ValueError:  # a background too noisy for the reconstruction's check: compensated numerically
+            rec = reconstruct(f.hologram, optics=optics, source=f"field {i}")
+        out.append((Pair(rec.phase.astype(np.float32), f.labels, f"field_{seed}_{i:02d}"), f.instances))
     return out
 
 

@@ -93,31 +93,6 @@ def twin_pairs(recipe: dict[str, Any]) -> dict[str, list]:
     return {"test": fields[:n_test], "val": fields[n_test:n_test + n_val], "train": fields[n_test + n_val:]}
 
 
-def at_pixel_size(pairs: list, pixel_size_m: float, twin_pixel_size_m: float) -> list:
-    """Training pairs resampled from the twin's pixel size to the model's, as ``rbc assess``
-    resamples its inputs.
-
-    Parameters
-    ----------
-    pairs : list
-        (:class:`rbclib.seg.datasets.Pair`, instances) items of :func:`twin_pairs`.
-    pixel_size_m : float
-        The model's pixel size [m].
-    twin_pixel_size_m : float
-        The twin's pixel size [m].
-
-    Returns
-    -------
-    list of rbclib.seg.datasets.Pair
-        The pairs, phase resampled linearly with anti-aliasing, labels nearest (instances dropped).
-    """
-    from rbclib.seg.datasets import Pair
-    from rbclib.study.segmenter import resample
-
-    scale = twin_pixel_size_m / pixel_size_m
-    return [Pair(resample(p.phase, scale, order=1), resample(p.labels, scale, order=0), p.name) for p, _ in pairs]
-
-
 def train_default_model(recipe: dict[str, Any], out_dir: str | Path, *, pairs: dict[str, list] | None = None,
                         progress: bool = True) -> Path:
     """Train the recipe's segmenter into ``out_dir`` (a model folder).
@@ -141,12 +116,13 @@ def train_default_model(recipe: dict[str, Any], out_dir: str | Path, *, pairs: d
     from rbclib.core.config import Optics
     from rbclib.seg.config import make_config
     from rbclib.seg.train import train_segmenter
+    from rbclib.study.finetune import at_model_pixel_size
 
     pairs = pairs or twin_pairs(recipe)
     config = make_config(recipe["train"])
     twin_px = Optics().pixel_size_m
-    return train_segmenter(at_pixel_size(pairs["train"], config["pixel_size_m"], twin_px),
-                           at_pixel_size(pairs["val"], config["pixel_size_m"], twin_px),
+    return train_segmenter(at_model_pixel_size([p for p, _ in pairs["train"]], twin_px, config["pixel_size_m"]),
+                           at_model_pixel_size([p for p, _ in pairs["val"]], twin_px, config["pixel_size_m"]),
                            model_name=config["model_name"], out_dir=out_dir, config=config,
                            seed=int(recipe["seed"]), progress=progress)
 
