@@ -16,13 +16,19 @@ as ``rbc assess`` segments them (Dice and AJI overall, per-cell class accuracy):
 - ``ssl_adapt``: the paper's SSL (MoCo v2 + reconstruction) on tiles of those fields, started
   from the shipped encoder and decoder, put back under the shipped head (``--ssl-steps``);
 - ``finetune_shipped``: fine-tuned on 1, 2 or 4 annotated fields;
+- ``finetune_twin``: the same, with ``TWIN_FIELDS`` fields of the shipped model's training
+  twin recorded by this microscope's optics (wavelength, pixel size) beside them
+  (:func:`rbclib.study.finetune.twin_rehearsal_fields`), as ``rbc finetune`` does by default;
 - ``bn_finetune``: ``bn_adapt`` first (no labels), then fine-tuned on the 1, 2 or 4 fields;
 - ``scratch``: the same architecture and budget from random weights on the same fields;
 - ``full``: the shipped model fine-tuned on all 12 training fields.
 
-Every training has the same budget (``--epochs`` x ``--steps``). Writes
+Every training has the same budget (``--epochs`` x ``--steps`` batches, however few the
+fields). The test fields hold few cells of the rare classes (the 18 fields: 5 spherocytes,
+18 echinocytes and 16 stomatocytes beside 560 discocytes), and the overall Dice weighs the four
+classes equally, so fewer ``--test-fields`` give noisy means. Writes
 ``benchmarks/results/adaptation.csv`` (``method,n_fields,seed,dice_overall,aji_overall,
-cell_accuracy,minutes``) and ``benchmarks/results/annotation_effort.csv`` (the share of
+cell_accuracy,minutes,test_fields``) and ``benchmarks/results/annotation_effort.csv`` (the share of
 detected cells whose pre-filled class the user must change, and actions per cell with and
 without pre-filling, accepting a page of ``PAGE`` cells in one action).
 
@@ -48,10 +54,10 @@ OPTICS = Optics().replace(wavelength_m=532e-9, pixel_size_m=0.2e-6)
 SETTINGS = HologramSettings(noise_nm=(33.0, 40.0))
 CELLS = {"defocus_um": (-8.0, -6.5), "flat_discocyte_fraction": 1.0, "density_per_1000um2": (4.0, 8.0)}
 FIELD_PX = 369          # 73.8 um, the quick twin's field side
-POOL, TEST = 12, 6      # training-pool and test fields
+POOL, TEST = 12, 18     # training-pool and test fields
 PAGE = 12               # cells accepted in one action
-METHODS = ("shipped_home", "shipped", "bn_adapt", "pseudo_label", "ssl_adapt", "finetune_shipped", "bn_finetune",
-           "scratch", "full")
+METHODS = ("shipped_home", "shipped", "bn_adapt", "pseudo_label", "ssl_adapt", "finetune_shipped", "finetune_twin",
+           "bn_finetune", "scratch", "full")
 SCRATCH_LR = 1e-3       # the shipped model's own training rate, for training from random weights
 
 
@@ -68,19 +74,12 @@ def home_fields(seed: int, n: int) -> list[tuple]:
 
 def _fields(seed: int, n: int, *, field_px: int, optics: Optics, settings: HologramSettings | None,
             **cells) -> list[tuple]:
-    from rbclib.physics.holography import reconstruct
     from rbclib.physics.simulate import simulate_field
-    from rbclib.seg.datasets import Pair
+    from rbclib.study.default_model import reconstructed_pair
 
-    out = []
-    for i, ss in enumerate(np.random.SeedSequence(seed).spawn(n)):
-        f = simulate_field(np.random.default_rng(ss), field_px=field_px, optics=optics, settings=settings, **cells)
-        try:
-            rec = reconstruct(f.hologram, background=f.background, optics=optics, source=f"field {i}")
-        except ValueError:  # a background too noisy for the reconstruction's check: compensated numerically
-            rec = reconstruct(f.hologram, optics=optics, source=f"field {i}")
-        out.append((Pair(rec.phase.astype(np.float32), f.labels, f"field_{seed}_{i:02d}"), f.instances))
-    return out
+    return [reconstructed_pair(simulate_field(np.random.default_rng(ss), field_px=field_px, optics=optics,
+                                              settings=settings, **cells), f"field_{seed}_{i:02d}", source=f"field {i}")
+            for i, ss in enumerate(np.random.SeedSequence(seed).spawn(n))]
 
 
 def score(model_dir: Path, test: list[tuple], pixel_size_m: float = OPTICS.pixel_size_m
@@ -114,17 +113,20 @@ def scratch_model(shipped: Path, fields: list, out: Path, *, epochs: int, steps:
     from rbclib.seg.train import train_segmenter
     from rbclib.study.finetune import at_model_pixel_size
 
-    config = finetune_config(read_model_config(shipped), epochs=epochs, max_steps_per_epoch=steps, lr=SCRATCH_LR)
+    base = read_model_config(shipped)
+    config = finetune_config(base, epochs=epochs, max_steps_per_epoch=steps, lr=SCRATCH_LR,
+                             crops_per_epoch=steps * int(base["batch_size"]))
     pairs = at_model_pixel_size(fields, OPTICS.pixel_size_m, config["pixel_size_m"])
     return train_segmenter(pairs, pairs, model_name=config["model_name"], out_dir=out, config=config, seed=seed,
                            progress=False)
 
 
-def _merged(path: Path, new: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
-    """``new`` in place of the rows of ``methods`` in an existing table (re-running some methods)."""
-    if path.is_file():
+def _merged(path: Path, new: pd.DataFrame) -> pd.DataFrame:
+    """``new`` in place of the rows of the same method and field count in an existing table."""
+    if path.is_file() and len(new):
         old = pd.read_csv(path)
-        new = pd.concat([old[~old["method"].isin(methods)], new], ignore_index=True)
+        rerun = old.set_index(["method", "n_fields"]).index.isin(new.set_index(["method", "n_fields"]).index)
+        new = pd.concat([old[~rerun], new], ignore_index=True)
     order = {m: k for k, m in enumerate(METHODS)}
     return new.sort_values(["method", "n_fields", "seed"], key=lambda c: c.map(order) if c.name == "method" else c,
                            kind="stable").reset_index(drop=True)
@@ -133,7 +135,7 @@ def _merged(path: Path, new: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
 def main() -> None:
     from rbclib.study.default_model import SHIPPED_MODEL_DIR
     from rbclib.study.finetune import (FINETUNE_EPOCHS, FINETUNE_STEPS, adapt_batchnorm, adapt_ssl, finetune_model,
-                                       pseudo_label_fields)
+                                       pseudo_label_fields, twin_rehearsal_fields)
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -142,10 +144,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=FINETUNE_EPOCHS)
     ap.add_argument("--steps", type=int, default=FINETUNE_STEPS, help="batches per epoch")
     ap.add_argument("--ssl-steps", type=int, default=60, help="SSL steps of ssl_adapt (CPU budget: about 3 min)")
+    ap.add_argument("--test-fields", type=int, default=TEST, help="test fields (the first of them are always the same)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args()
 
-    pool, test = microscope_fields(3000, POOL), microscope_fields(4000, TEST)
+    pool, test = microscope_fields(3000, POOL), microscope_fields(4000, args.test_fields)
     pool_pairs = [p for p, _ in pool]
     budget = {"epochs": args.epochs, "steps_per_epoch": args.steps}
     rows, effort = [], []
@@ -153,8 +156,9 @@ def main() -> None:
     def record(method: str, n: int, seed: int | None, model: Path, seconds: float, on: list | None = None,
                pixel_size_m: float = OPTICS.pixel_size_m) -> None:
         scores, work = score(model, on or test, pixel_size_m)
-        rows.append({"method": method, "n_fields": n, "seed": seed, **scores, "minutes": seconds / 60})
-        effort.append({"method": method, "n_fields": n, "seed": seed, **work})
+        rows.append({"method": method, "n_fields": n, "seed": seed, **scores, "minutes": seconds / 60,
+                     "test_fields": len(on or test)})
+        effort.append({"method": method, "n_fields": n, "seed": seed, **work, "test_fields": len(on or test)})
         print(f"{method:17s} n={n:2d} seed={seed}: Dice {scores['dice_overall']:.3f}  AJI {scores['aji_overall']:.3f}  "
               f"cell accuracy {scores['cell_accuracy']:.3f}  changes {work['changes_share']:.2f}  "
               f"{seconds / 60:.1f} min", flush=True)
@@ -162,7 +166,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_adapt_") as tmp:
         tmp = Path(tmp)
         if "shipped_home" in args.methods:
-            record("shipped_home", 0, None, SHIPPED_MODEL_DIR, 0.0, on=home_fields(4000, TEST),
+            record("shipped_home", 0, None, SHIPPED_MODEL_DIR, 0.0, on=home_fields(4000, args.test_fields),
                    pixel_size_m=Optics().pixel_size_m)
         if "shipped" in args.methods:
             record("shipped", 0, None, SHIPPED_MODEL_DIR, 0.0)
@@ -192,6 +196,12 @@ def main() -> None:
                     model = finetune_model(SHIPPED_MODEL_DIR, chosen, tmp / f"ft_{n}_{seed}", seed=seed,
                                            pixel_size_m=OPTICS.pixel_size_m, progress=False, **budget)
                     record("finetune_shipped", n, seed, model, time.perf_counter() - t0)
+                if "finetune_twin" in args.methods:
+                    t0 = time.perf_counter()
+                    model = finetune_model(SHIPPED_MODEL_DIR, chosen, tmp / f"ftt_{n}_{seed}", seed=seed,
+                                           rehearsal_fields=twin_rehearsal_fields(OPTICS, seed=seed),
+                                           pixel_size_m=OPTICS.pixel_size_m, progress=False, **budget)
+                    record("finetune_twin", n, seed, model, time.perf_counter() - t0)
                 if "bn_finetune" in args.methods:
                     t0 = time.perf_counter()
                     start = adapt_batchnorm(SHIPPED_MODEL_DIR, [p.phase for p in pool_pairs], tmp / f"bnft_start_{seed}",
@@ -210,11 +220,11 @@ def main() -> None:
                                        pixel_size_m=OPTICS.pixel_size_m, progress=False, **budget)
                 record("full", POOL, seed, model, time.perf_counter() - t0)
 
-    table = _merged(args.out / "adaptation.csv", pd.DataFrame(rows), args.methods)
+    table = _merged(args.out / "adaptation.csv", pd.DataFrame(rows))
     write_csv(args.out / "adaptation.csv", table.round(4))
     write_csv(args.out / "annotation_effort.csv",
-              _merged(args.out / "annotation_effort.csv", pd.DataFrame(effort), args.methods).round(4))
-    summary = table.groupby(["method", "n_fields"], sort=False)[["dice_overall", "aji_overall", "cell_accuracy",
+              _merged(args.out / "annotation_effort.csv", pd.DataFrame(effort)).round(4))
+    summary = table.groupby(["method", "n_fields", "test_fields"], sort=False, dropna=False)[["dice_overall", "aji_overall", "cell_accuracy",
                                                                   "minutes"]].agg(["mean", "std"]).round(3)
     print(summary.to_string())
 

@@ -56,15 +56,18 @@ def _cmd_assess(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from rbclib.study.finetune import finetune_model, read_fields
+    from rbclib.study.finetune import TWIN_FIELDS, finetune_model, read_fields, twin_rehearsal_fields
     from rbclib.study.inputs import resolve_model
 
     model, note = resolve_model(args.model)
-    fields, pixel_size_m = read_fields(args.fields)
+    fields, optics = read_fields(args.fields)
     val, _ = read_fields(args.val) if args.val else (None, None)
-    print(f"rbc finetune: {len(fields)} annotated field(s) at {pixel_size_m * 1e6:.4f} um/px; starting from {note}",
+    n_twin = TWIN_FIELDS if args.twin_fields is None else args.twin_fields
+    print(f"rbc finetune: {len(fields)} annotated field(s) at {optics.pixel_size_m * 1e6:.4f} um/px and "
+          f"{optics.wavelength_m * 1e9:.1f} nm, with {n_twin} twin field(s) of those optics; starting from {note}",
           file=sys.stderr)
-    out = finetune_model(model, fields, args.out, pixel_size_m=pixel_size_m, val_fields=val, seed=args.seed,
+    out = finetune_model(model, fields, args.out, pixel_size_m=optics.pixel_size_m, val_fields=val, seed=args.seed,
+                         rehearsal_fields=twin_rehearsal_fields(optics, n_twin, seed=args.seed),
                          device=args.device, progress=not args.quiet, **_budget(args))
     print(f"rbc finetune: model folder {out} (use it with: rbc assess INPUT -o OUT --model {out})")
     return 0
@@ -423,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder to start from, or `latest` (default: the shipped default model)")
     p.add_argument("--val", type=Path, metavar="FIELDS", help="annotated fields that choose the best epoch "
                                                                "(default: the training fields)")
+    p.add_argument("--twin-fields", type=_int_in(0, 1000, "--twin-fields"), metavar="N",
+                   help="fields of the shipped model's training twin, recorded by your fields' optics, trained on "
+                        "beside them to keep the classes your fields hardly hold (default: "
+                        "rbclib.study.finetune.TWIN_FIELDS; 0: your fields only)")
     _add_budget_arguments(p)
     p.add_argument("--lr", type=_positive_float, help="learning rate (default: rbclib.study.finetune.FINETUNE_LR)")
     p.add_argument("--seed", type=_SEED, default=0)

@@ -192,8 +192,9 @@ class SegmentProfile:
         Tiles per forward pass at evaluation.
     n_time_images : int
         Table 3 protocol: time to segment this many test images.
-    finetune_epochs, finetune_steps : int
-        06 with ``init_model``: epochs and batches per epoch of fine-tuning a trained model
+    finetune_epochs, finetune_steps, finetune_twin_fields : int
+        06 with ``init_model``: epochs, batches per epoch and rehearsal twin fields
+        (:func:`rbclib.study.finetune.twin_rehearsal_fields`) of fine-tuning a trained model
         (:func:`rbclib.study.finetune.finetune_model`).
     phase_range : list of float, optional
         [lo, hi] phase [rad] of the fixed-range normalisation (default
@@ -219,6 +220,7 @@ class SegmentProfile:
     n_time_images: int
     finetune_epochs: int
     finetune_steps: int
+    finetune_twin_fields: int
     phase_range: Union[list[float], None] = None
 
 

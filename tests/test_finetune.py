@@ -92,6 +92,28 @@ def test_fields_at_another_pixel_size_are_resampled_to_the_models(trained):
     assert F.at_model_pixel_size(fields, PX, PX)[0] is fields[0]
 
 
+def test_twin_rehearsal_fields_are_the_shipped_twin_recorded_by_the_microscopes_optics():
+    green = Optics().replace(wavelength_m=532e-9, pixel_size_m=0.2e-6)
+    fields = F.twin_rehearsal_fields(green, 4, seed=0)
+    home = F.twin_rehearsal_fields(Optics(), 4, seed=0)
+    side = round(512 * Optics().pixel_size_m / green.pixel_size_m)       # the recipe's 73.8 um square field
+    assert [f.phase.shape for f in fields] == [(side, side)] * 4 and home[0].phase.shape == (512, 512)
+    assert set(np.unique(np.concatenate([f.labels.ravel() for f in fields]))) == {0, 1, 2, 3, 4}
+    # the same kind of cells, seen at 532 nm instead of 682.5 nm: 1.28 x the phase
+    ratio = (np.mean(np.concatenate([f.phase[f.labels > 0] for f in fields]))
+             / np.mean(np.concatenate([f.phase[f.labels > 0] for f in home])))
+    assert 1.1 < ratio < 1.45, ratio
+
+
+def test_rehearsal_fields_are_trained_on_but_never_choose_the_epoch(trained, tmp_path):
+    own, other = _fields(2, gain=2.5, seed=7), _fields(3, gain=1.0, seed=8)
+    tuned = F.finetune_model(trained, own, tmp_path / "ft", pixel_size_m=PX, rehearsal_fields=other, epochs=1,
+                             steps_per_epoch=2, progress=False)
+    cfg = read_model_config(tuned)
+    assert cfg["train_images"] == [p.name for p in own + other] and cfg["val_images"] == [p.name for p in own]
+    assert cfg["crops_per_epoch"] == 2 * cfg["batch_size"]   # the budget holds however few the fields
+
+
 def test_batchnorm_adaptation_moves_the_statistics_to_the_new_microscope_only(trained, tmp_path):
     other = _fields(4, gain=2.5, seed=4)
     adapted = F.adapt_batchnorm(trained, [p.phase for p in other], tmp_path / "bn", pixel_size_m=PX, crops=32)
@@ -149,10 +171,11 @@ def _write_folder(root, fields):
 
 def test_cli_finetune_and_adapt_write_model_folders_rbc_assess_takes(trained, tmp_path, capsys):
     fields = _write_folder(tmp_path / "fields", _fields(2, gain=2.5, seed=6))
-    pairs, px = F.read_fields(fields)
-    assert len(pairs) == 2 and px == pytest.approx(PX)
+    pairs, optics = F.read_fields(fields)
+    assert len(pairs) == 2 and optics.pixel_size_m == pytest.approx(PX)
     assert main(["finetune", str(fields), "-o", str(tmp_path / "ft"), "--model", str(trained), "--epochs", "1",
-                 "--steps", "2", "--quiet"]) == 0
+                 "--steps", "2", "--twin-fields", "1", "--quiet"]) == 0
+    assert read_model_config(tmp_path / "ft")["train_images"] == ["field_6_00", "field_6_01", "twin_000"]
     assert (tmp_path / "ft" / "best.pt").is_file()
     assert main(["adapt", str(fields / "phase"), "-o", str(tmp_path / "bn"), "--model", str(trained)]) == 0
     assert json.loads((tmp_path / "bn" / "config.json").read_text())["adaptation"] == "batchnorm"

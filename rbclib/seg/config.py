@@ -50,6 +50,9 @@ class SegConfig:
         x4 rotation augmentation of the acquired pairs (1: off).
     epochs, max_steps_per_epoch : int
         Epochs, and at most this many batches per epoch (0: a full pass over the patches).
+    crops_per_epoch : int
+        ``balanced`` patches only: random crops drawn per epoch (0: as many as the fields
+        hold grid patches, so a few small fields give short epochs).
     batch_size, val_batch_size : int
         Global training batch (split over DDP ranks) and validation batch.
     lr, weight_decay : float
@@ -88,6 +91,7 @@ class SegConfig:
     rotations: int = 4
     epochs: int = 50
     max_steps_per_epoch: int = 0
+    crops_per_epoch: int = 0
     batch_size: int = 8
     lr: float = 3e-4
     weight_decay: float = 1e-4

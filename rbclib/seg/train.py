@@ -210,8 +210,9 @@ def train_segmenter(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *, m
               phase_range=c.phase_range)
     grid = PatchDataset(train_pairs, mode="paper" if c.patch_mode == "balanced" else c.patch_mode,
                         rotations=c.rotations, **kw)
-    if c.patch_mode == "balanced":  # as many class-balanced random crops per epoch as the grid has patches
-        grid = BalancedCropDataset(train_pairs, patch=c.patch, length=len(grid), seed=int(seed),
+    if c.patch_mode == "balanced":  # class-balanced random crops, as many per epoch as the grid has patches or set
+        length = c.crops_per_epoch or len(grid)
+        grid = BalancedCropDataset(train_pairs, patch=c.patch, length=length, seed=int(seed),
                                    in_channels=c.in_channels, phase_range=c.phase_range,
                                    phase_gain=c.phase_gain)
     sets: list[Dataset] = [grid]

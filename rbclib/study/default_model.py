@@ -13,7 +13,7 @@ import platform
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,8 +56,7 @@ def read_recipe(path: str | Path = RECIPE) -> dict[str, Any]:
 
 
 def twin_pairs(recipe: dict[str, Any]) -> dict[str, list]:
-    """The recipe's twin, reconstructed with its background holograms as 01 does (numerically
-    where the reconstruction refuses a background as too noisy).
+    """The recipe's twin, split into training, validation and test fields.
 
     Parameters
     ----------
@@ -71,26 +70,83 @@ def twin_pairs(recipe: dict[str, Any]) -> dict[str, list]:
         {"train", "val", "test"} -> lists of (:class:`rbclib.seg.datasets.Pair`, instances)
         at the twin's pixel size (0.1441 um/px).
     """
-    from rbclib.physics.holography import reconstruct
-    from rbclib.physics.simulate import simulate_field
-    from rbclib.seg.datasets import Pair
-
-    from rbclib.physics.recording import HologramSettings
-
     twin = recipe["twin"]
-    kw = {k: twin[k] for k in ("field_px", "density_per_1000um2", "mixture", "flat_discocyte_fraction")}
-    if "noise_nm" in twin:
-        kw["settings"] = HologramSettings(noise_nm=tuple(twin["noise_nm"]))
-    fields = []
-    for i, ss in enumerate(np.random.SeedSequence([int(recipe["seed"]), 32]).spawn(int(twin["n_fields"]))):
-        f = simulate_field(np.random.default_rng(ss), **kw)
-        try:
-            rec = reconstruct(f.hologram, background=f.background, optics=f.optics, source=f"default-model twin {i}")
-        except ValueError:  # a background too noisy for the reconstruction's check: compensated numerically
-            rec = reconstruct(f.hologram, optics=f.optics, source=f"default-model twin {i}")
-        fields.append((Pair(rec.phase.astype(np.float32), f.labels, f"twin_{i:03d}"), f.instances))
+    seeds = np.random.SeedSequence([int(recipe["seed"]), 32]).spawn(int(twin["n_fields"]))
+    fields = recipe_fields(recipe, seeds, name="default-model twin")
     n_test, n_val = int(twin["test_fields"]), int(twin["val_fields"])
     return {"test": fields[:n_test], "val": fields[n_test:n_test + n_val], "train": fields[n_test + n_val:]}
+
+
+def recipe_fields(recipe: dict[str, Any], seeds: Sequence[np.random.SeedSequence], *, optics: Any = None,
+                  name: str = "twin") -> list[tuple]:
+    """Fields drawn as the recipe's twin draws them, recorded by the twin's or another microscope's optics.
+
+    With another microscope's ``optics`` a field keeps the recipe's area (its side in pixels
+    scales with the pixel size), its cells, noise and defocus ranges: the shipped model's
+    training data as that microscope would record it.
+
+    Parameters
+    ----------
+    recipe : dict
+        The recipe (:func:`read_recipe`); its ``twin`` table sets the fields.
+    seeds : sequence of numpy.random.SeedSequence
+        One seed per field.
+    optics : rbclib.core.config.Optics, optional
+        The recording optics (default: the twin's).
+    name : str
+        Names the fields (``<name> <i>``) in warnings; the pairs are named ``twin_<i>``.
+
+    Returns
+    -------
+    list of tuple
+        (:class:`rbclib.seg.datasets.Pair`, instances) per seed, at the optics' pixel size.
+    """
+    from rbclib.core.config import Optics
+    from rbclib.physics.recording import HologramSettings
+    from rbclib.physics.simulate import simulate_field
+
+    twin = recipe["twin"]
+    kw = {k: twin[k] for k in ("density_per_1000um2", "mixture", "flat_discocyte_fraction")}
+    if "noise_nm" in twin:
+        kw["settings"] = HologramSettings(noise_nm=tuple(twin["noise_nm"]))
+    field_px = int(twin["field_px"])
+    if optics is not None:
+        field_px = int(round(field_px * Optics().pixel_size_m / optics.pixel_size_m))
+    fields = []
+    for i, ss in enumerate(seeds):
+        f = simulate_field(np.random.default_rng(ss), field_px=field_px, optics=optics, **kw)
+        fields.append(reconstructed_pair(f, f"twin_{i:03d}", source=f"{name} {i}"))
+    return fields
+
+
+def reconstructed_pair(field: Any, pair_name: str, *, source: str) -> tuple:
+    """A simulated field's hologram reconstructed as 01 does, with its truth.
+
+    The background hologram is used, or numerical compensation where the reconstruction
+    refuses it as too noisy.
+
+    Parameters
+    ----------
+    field : rbclib.physics.simulate.SimulatedField
+        The simulated field (hologram, background, optics, truth).
+    pair_name : str
+        The pair's name.
+    source : str
+        Names the field in warnings.
+
+    Returns
+    -------
+    tuple
+        (:class:`rbclib.seg.datasets.Pair` of phase [rad] and class map, instance map).
+    """
+    from rbclib.physics.holography import reconstruct
+    from rbclib.seg.datasets import Pair
+
+    try:
+        rec = reconstruct(field.hologram, background=field.background, optics=field.optics, source=source)
+    except ValueError:  # a background too noisy for the reconstruction's check
+        rec = reconstruct(field.hologram, optics=field.optics, source=source)
+    return Pair(rec.phase.astype(np.float32), field.labels, pair_name), field.instances
 
 
 def train_default_model(recipe: dict[str, Any], out_dir: str | Path, *, pairs: dict[str, list] | None = None,

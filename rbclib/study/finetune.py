@@ -24,13 +24,15 @@ FINETUNE_STEPS = 20
 """Default batches per epoch of :func:`finetune_model` (with the shipped model, 1-2 min on a 2-core CPU)."""
 FINETUNE_LR = 3e-4
 """Default AdamW learning rate of :func:`finetune_model`: a third of the shipped model's training rate."""
+TWIN_FIELDS = 8
+"""Default rehearsal fields of the shipped model's twin in :func:`twin_rehearsal_fields`."""
 SSL_STEPS = 100
 """Default MoCo v2 + reconstruction steps of :func:`adapt_ssl`."""
 PSEUDO_LABEL_CONFIDENCE = 0.9
 """Pixels whose top class probability is below this are ignored by :func:`pseudo_label_fields`."""
 
 
-def read_fields(folder: str | Path) -> tuple[list[Pair], float]:
+def read_fields(folder: str | Path) -> tuple[list[Pair], Any]:
     """Annotated fields of a microscope: ``phase/<id>.tif`` with ``labels/<id>.png``.
 
     This is what ``rbc simulate`` writes and what 02 exports into a run folder.
@@ -44,9 +46,9 @@ def read_fields(folder: str | Path) -> tuple[list[Pair], float]:
     -------
     pairs : list of rbclib.seg.datasets.Pair
         Phase [rad] and class maps, sorted by id.
-    pixel_size_m : float
-        Pixel size [m] from the first phase file's metadata (else ``optics.json`` beside
-        it, else the default optics).
+    optics : rbclib.core.config.Optics
+        The microscope's optics (pixel size, wavelength, ...) from the first phase file's
+        metadata (else ``optics.json`` beside it, else the default optics).
     """
     from rbclib.core.config import Optics
     from rbclib.core.io import read_image
@@ -60,7 +62,7 @@ def read_fields(folder: str | Path) -> tuple[list[Pair], float]:
         if candidate.is_file():
             default = Optics.from_json(candidate)
             break
-    return pairs, read_image(first).optics(default).pixel_size_m
+    return pairs, read_image(first).optics(default)
 
 
 def at_model_pixel_size(pairs: Sequence[Pair], pixel_size_m: float, model_pixel_size_m: float) -> list[Pair]:
@@ -85,8 +87,38 @@ def at_model_pixel_size(pairs: Sequence[Pair], pixel_size_m: float, model_pixel_
             for p in pairs]
 
 
+def twin_rehearsal_fields(optics: Any, n: int = TWIN_FIELDS, *, seed: int = 0) -> list[Pair]:
+    """The shipped model's training twin as a microscope with these optics records it.
+
+    Fine-tuning on a few fields beside these keeps the classes those fields hardly hold
+    (a field of fresh blood has one or two spherocytes, if any): the fields are drawn by the
+    shipped model's recipe (:func:`rbclib.study.default_model.recipe_fields`) with the
+    microscope's wavelength and pixel size, so they need no resampling and carry its phase
+    scale.
+
+    Parameters
+    ----------
+    optics : rbclib.core.config.Optics
+        The microscope's optics (wavelength, pixel size, ...).
+    n : int
+        Fields to simulate (each of the recipe's area, 73.8 um square).
+    seed : int
+        Seed of the fields.
+
+    Returns
+    -------
+    list of rbclib.seg.datasets.Pair
+        ``n`` fields (phase [rad], class maps) at ``optics.pixel_size_m``.
+    """
+    from rbclib.study.default_model import read_recipe, recipe_fields
+
+    seeds = np.random.SeedSequence([int(seed), 35]).spawn(int(n))
+    return [pair for pair, _ in recipe_fields(read_recipe(), seeds, optics=optics, name="rehearsal twin")]
+
+
 def finetune_model(model_dir: str | Path, fields: Sequence[Pair], out_dir: str | Path, *, pixel_size_m: float,
-                   val_fields: Sequence[Pair] | None = None, epochs: int = FINETUNE_EPOCHS,
+                   rehearsal_fields: Sequence[Pair] = (), val_fields: Sequence[Pair] | None = None,
+                   epochs: int = FINETUNE_EPOCHS,
                    steps_per_epoch: int = FINETUNE_STEPS, lr: float = FINETUNE_LR, seed: int = 0,
                    device: str | None = None, progress: bool = True) -> Path:
     """Fine-tune a trained model on a few annotated fields of another microscope.
@@ -101,12 +133,16 @@ def finetune_model(model_dir: str | Path, fields: Sequence[Pair], out_dir: str |
         The new model folder.
     pixel_size_m : float
         Pixel size [m] of the fields.
+    rehearsal_fields : sequence of rbclib.seg.datasets.Pair
+        Labelled fields trained on beside ``fields`` but never used to choose the epoch, at
+        the same pixel size: :func:`twin_rehearsal_fields`.
     val_fields : sequence of rbclib.seg.datasets.Pair, optional
         Fields that choose the best epoch; None: the fully labelled training fields
         themselves (with one or two fields nothing can be spared), and the lowest training
         loss when none is fully labelled (pseudo-labels).
     epochs, steps_per_epoch : int
-        Training length: epochs of at most this many batches.
+        Training length: epochs of this many batches of class-balanced random crops, however
+        few the fields.
     lr : float
         AdamW learning rate (cosine decay).
     seed : int
@@ -133,11 +169,13 @@ def finetune_model(model_dir: str | Path, fields: Sequence[Pair], out_dir: str |
     if not fields:
         raise ValueError("fine-tuning needs at least one annotated field")
     base = read_model_config(model_dir)
+    batch = int(base.get("batch_size", 8))
     config = finetune_config(base, epochs=int(epochs), max_steps_per_epoch=int(steps_per_epoch), lr=float(lr),
-                             warmup_steps=0)
-    train = at_model_pixel_size(fields, pixel_size_m, config["pixel_size_m"])
+                             warmup_steps=0, patch_mode="balanced", crops_per_epoch=int(steps_per_epoch) * batch)
+    own = at_model_pixel_size(fields, pixel_size_m, config["pixel_size_m"])
     val = (at_model_pixel_size(val_fields, pixel_size_m, config["pixel_size_m"]) if val_fields
-           else [p for p in train if not np.any(p.labels == IGNORE)])  # partly labelled fields cannot score Dice
+           else [p for p in own if not np.any(p.labels == IGNORE)])  # partly labelled fields cannot score Dice
+    train = own + at_model_pixel_size(rehearsal_fields, pixel_size_m, config["pixel_size_m"])
     return train_segmenter(train, val, model_name=config["model_name"], out_dir=out_dir, config=config,
                            init_model=model_dir, seed=seed, device=device, progress=progress)
 
