@@ -32,7 +32,7 @@ cell_accuracy,minutes,test_fields``) and ``benchmarks/results/annotation_effort.
 detected cells whose pre-filled class the user must change, and actions per cell with and
 without pre-filling, accepting a page of ``PAGE`` cells in one action).
 
-    python benchmarks/bench_adapt.py                 # everything, about 40 min on 2 CPU cores
+    python benchmarks/bench_adapt.py                 # everything, about 3 hours on 2 CPU cores
     python benchmarks/bench_adapt.py --seeds 0 --fields 2 --methods shipped finetune_shipped
 """
 from __future__ import annotations
