@@ -224,8 +224,9 @@ def main() -> None:
     write_csv(args.out / "adaptation.csv", table.round(4))
     write_csv(args.out / "annotation_effort.csv",
               _merged(args.out / "annotation_effort.csv", pd.DataFrame(effort)).round(4))
-    summary = table.groupby(["method", "n_fields", "test_fields"], sort=False, dropna=False)[["dice_overall", "aji_overall", "cell_accuracy",
-                                                                  "minutes"]].agg(["mean", "std"]).round(3)
+    scores = ["dice_overall", "aji_overall", "cell_accuracy", "minutes"]
+    summary = table.groupby(["method", "n_fields", "test_fields"], sort=False, dropna=False)[scores]
+    summary = summary.agg(["mean", "std"]).round(3)
     print(summary.to_string())
 
 

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from rbclib.core.config import Optics
 from rbclib.core.files import file_sha256
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -77,7 +78,7 @@ def twin_pairs(recipe: dict[str, Any]) -> dict[str, list]:
     return {"test": fields[:n_test], "val": fields[n_test:n_test + n_val], "train": fields[n_test + n_val:]}
 
 
-def recipe_fields(recipe: dict[str, Any], seeds: Sequence[np.random.SeedSequence], *, optics: Any = None,
+def recipe_fields(recipe: dict[str, Any], seeds: Sequence[np.random.SeedSequence], *, optics: Optics | None = None,
                   name: str = "twin") -> list[tuple]:
     """Fields drawn as the recipe's twin draws them, recorded by the twin's or another microscope's optics.
 
@@ -101,7 +102,6 @@ def recipe_fields(recipe: dict[str, Any], seeds: Sequence[np.random.SeedSequence
     list of tuple
         (:class:`rbclib.seg.datasets.Pair`, instances) per seed, at the optics' pixel size.
     """
-    from rbclib.core.config import Optics
     from rbclib.physics.recording import HologramSettings
     from rbclib.physics.simulate import simulate_field
 
@@ -169,7 +169,6 @@ def train_default_model(recipe: dict[str, Any], out_dir: str | Path, *, pairs: d
     pathlib.Path
         The model folder.
     """
-    from rbclib.core.config import Optics
     from rbclib.seg.config import make_config
     from rbclib.seg.train import train_segmenter
     from rbclib.study.finetune import at_model_pixel_size
@@ -198,7 +197,6 @@ def twin_scores(model_dir: str | Path, pairs: list) -> dict[str, float]:
     dict of str to float
         ``dice_<class>``, ``dice_overall``, ``aji_<class>``, ``aji_overall``.
     """
-    from rbclib.core.config import Optics
     from rbclib.seg.metrics import aji_per_class, dice_per_class, mean_scores
     from rbclib.study.segmenter import Segmenter
 

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rbclib.core.config import Optics
 from rbclib.core.files import write_json
 from rbclib.core.labels import IGNORE
 from rbclib.seg.datasets import Pair
@@ -32,7 +33,7 @@ PSEUDO_LABEL_CONFIDENCE = 0.9
 """Pixels whose top class probability is below this are ignored by :func:`pseudo_label_fields`."""
 
 
-def read_fields(folder: str | Path) -> tuple[list[Pair], Any]:
+def read_fields(folder: str | Path) -> tuple[list[Pair], Optics]:
     """Annotated fields of a microscope: ``phase/<id>.tif`` with ``labels/<id>.png``.
 
     This is what ``rbc simulate`` writes and what 02 exports into a run folder.
@@ -50,7 +51,6 @@ def read_fields(folder: str | Path) -> tuple[list[Pair], Any]:
         The microscope's optics (pixel size, wavelength, ...) from the first phase file's
         metadata (else ``optics.json`` beside it, else the default optics).
     """
-    from rbclib.core.config import Optics
     from rbclib.core.io import read_image
     from rbclib.seg.datasets import load_pairs_folder
 
@@ -87,7 +87,7 @@ def at_model_pixel_size(pairs: Sequence[Pair], pixel_size_m: float, model_pixel_
             for p in pairs]
 
 
-def twin_rehearsal_fields(optics: Any, n: int = TWIN_FIELDS, *, seed: int = 0) -> list[Pair]:
+def twin_rehearsal_fields(optics: Optics, n: int = TWIN_FIELDS, *, seed: int = 0) -> list[Pair]:
     """The shipped model's training twin as a microscope with these optics records it.
 
     Fine-tuning on a few fields beside these keeps the classes those fields hardly hold
@@ -162,14 +162,14 @@ def finetune_model(model_dir: str | Path, fields: Sequence[Pair], out_dir: str |
     The parameters are the choices of one fine-tuning (data, budget, seed, device), passed on
     to :func:`rbclib.seg.train.train_segmenter`; the architecture is not among them.
     """
-    from rbclib.seg.config import finetune_config
+    from rbclib.seg.config import SegConfig, finetune_config
     from rbclib.seg.infer import read_model_config
     from rbclib.seg.train import train_segmenter
 
     if not fields:
         raise ValueError("fine-tuning needs at least one annotated field")
     base = read_model_config(model_dir)
-    batch = int(base.get("batch_size", 8))
+    batch = int(base.get("batch_size", SegConfig.batch_size))
     config = finetune_config(base, epochs=int(epochs), max_steps_per_epoch=int(steps_per_epoch), lr=float(lr),
                              warmup_steps=0, patch_mode="balanced", crops_per_epoch=int(steps_per_epoch) * batch)
     own = at_model_pixel_size(fields, pixel_size_m, config["pixel_size_m"])
