@@ -6,8 +6,8 @@ The microscope is a twin set outside the shipped model's training randomisation:
 - the sample 6.5-8 um below focus, unrefocused (training: -6 to +6 um);
 - every discocyte flat-topped (training: half of them).
 
-Its truth stands in for the user's corrections. Methods, each scored on the same 6 test fields
-as ``rbc assess`` segments them (Dice and AJI overall, per-cell class accuracy):
+Its truth stands in for the user's corrections. Methods, each scored on the same ``--test-fields``
+test fields as ``rbc assess`` segments them (Dice and AJI overall, per-cell class accuracy):
 - ``shipped_home``: the reference, the shipped model on 6 fields of its own twin (same area,
   its optics), to show the drop;
 - ``shipped``: no adaptation;
