@@ -8,8 +8,8 @@ The microscope is a twin set outside the shipped model's training randomisation:
 
 Its truth stands in for the user's corrections. Methods, each scored on the same ``--test-fields``
 test fields as ``rbc assess`` segments them (Dice and AJI overall, per-cell class accuracy):
-- ``shipped_home``: the reference, the shipped model on 6 fields of its own twin (same area,
-  its optics), to show the drop;
+- ``shipped_home``: the reference, the shipped model on as many fields of its own twin (same
+  area, its optics), to show the drop;
 - ``shipped``: no adaptation;
 - ``bn_adapt``: BatchNorm statistics re-estimated on the unlabelled training-pool fields;
 - ``pseudo_label``: fine-tuned on the shipped model's confident pseudo-labels of those fields;
