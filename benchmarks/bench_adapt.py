@@ -18,7 +18,10 @@ test fields as ``rbc assess`` segments them (Dice and AJI overall, per-cell clas
 - ``finetune_shipped``: fine-tuned on 1, 2 or 4 annotated fields;
 - ``finetune_twin``: the same, with ``TWIN_FIELDS`` fields of the shipped model's training
   twin recorded by this microscope's optics (wavelength, pixel size) beside them
-  (:func:`rbclib.study.finetune.twin_rehearsal_fields`), as ``rbc finetune`` does by default;
+  (:func:`rbclib.study.finetune.twin_rehearsal_fields`);
+- ``finetune_matched``: the same, with the twin matched to the annotated fields' noise, defocus
+  and flat-topped discocytes (:func:`rbclib.study.twin_match.match_twin`), as ``rbc finetune``
+  does by default;
 - ``bn_finetune``: ``bn_adapt`` first (no labels), then fine-tuned on the 1, 2 or 4 fields;
 - ``scratch``: the same architecture and budget from random weights on the same fields;
 - ``full``: the shipped model fine-tuned on all 12 training fields.
@@ -57,7 +60,7 @@ FIELD_PX = 369          # 73.8 um, the quick twin's field side
 POOL, TEST = 12, 18     # training-pool and test fields
 PAGE = 12               # cells accepted in one action
 METHODS = ("shipped_home", "shipped", "bn_adapt", "pseudo_label", "ssl_adapt", "finetune_shipped", "finetune_twin",
-           "bn_finetune", "scratch", "full")
+           "finetune_matched", "bn_finetune", "scratch", "full")
 SCRATCH_LR = 1e-3       # the shipped model's own training rate, for training from random weights
 
 
@@ -122,20 +125,22 @@ def scratch_model(shipped: Path, fields: list, out: Path, *, epochs: int, steps:
 
 
 def _merged(path: Path, new: pd.DataFrame) -> pd.DataFrame:
-    """``new`` in place of the rows of the same method and field count in an existing table."""
+    """``new`` in place of the rows of the same method, field count and test fields in an existing table."""
     if path.is_file() and len(new):
         old = pd.read_csv(path)
-        rerun = old.set_index(["method", "n_fields"]).index.isin(new.set_index(["method", "n_fields"]).index)
+        key = ["method", "n_fields", "test_fields"]
+        rerun = old.set_index(key).index.isin(new.set_index(key).index)
         new = pd.concat([old[~rerun], new], ignore_index=True)
     order = {m: k for k, m in enumerate(METHODS)}
-    return new.sort_values(["method", "n_fields", "seed"], key=lambda c: c.map(order) if c.name == "method" else c,
-                           kind="stable").reset_index(drop=True)
+    return new.sort_values(["test_fields", "method", "n_fields", "seed"],
+                           key=lambda c: c.map(order) if c.name == "method" else c, kind="stable").reset_index(drop=True)
 
 
 def main() -> None:
     from rbclib.study.default_model import SHIPPED_MODEL_DIR
     from rbclib.study.finetune import (FINETUNE_EPOCHS, FINETUNE_STEPS, adapt_batchnorm, adapt_ssl, finetune_model,
                                        pseudo_label_fields, twin_rehearsal_fields)
+    from rbclib.study.twin_match import match_twin
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -202,6 +207,14 @@ def main() -> None:
                                            rehearsal_fields=twin_rehearsal_fields(OPTICS, seed=seed),
                                            pixel_size_m=OPTICS.pixel_size_m, progress=False, **budget)
                     record("finetune_twin", n, seed, model, time.perf_counter() - t0)
+                if "finetune_matched" in args.methods:
+                    t0 = time.perf_counter()
+                    match = match_twin([p.phase for p in chosen], [p.labels for p in chosen], OPTICS, seed=seed)
+                    print(f"finetune_matched n={n} seed={seed}: {match.describe()}", flush=True)
+                    model = finetune_model(SHIPPED_MODEL_DIR, chosen, tmp / f"ftm_{n}_{seed}", seed=seed,
+                                           rehearsal_fields=twin_rehearsal_fields(OPTICS, seed=seed, match=match),
+                                           pixel_size_m=OPTICS.pixel_size_m, progress=False, **budget)
+                    record("finetune_matched", n, seed, model, time.perf_counter() - t0)
                 if "bn_finetune" in args.methods:
                     t0 = time.perf_counter()
                     start = adapt_batchnorm(SHIPPED_MODEL_DIR, [p.phase for p in pool_pairs], tmp / f"bnft_start_{seed}",

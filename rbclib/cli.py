@@ -58,6 +58,7 @@ def _cmd_assess(args: argparse.Namespace) -> int:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from rbclib.study.finetune import TWIN_FIELDS, finetune_model, read_fields, twin_rehearsal_fields
     from rbclib.study.inputs import resolve_model
+    from rbclib.study.twin_match import match_twin
 
     model, note = resolve_model(args.model)
     fields, optics = read_fields(args.fields)
@@ -66,8 +67,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     print(f"rbc finetune: {len(fields)} annotated field(s) at {optics.pixel_size_m * 1e6:.4f} um/px and "
           f"{optics.wavelength_m * 1e9:.1f} nm, with {n_twin} twin field(s) of those optics; starting from {note}",
           file=sys.stderr)
+    match = None
+    if n_twin and not args.unmatched_twin:
+        match = match_twin([p.phase for p in fields], [p.labels for p in fields], optics, seed=args.seed)
+        print(f"rbc finetune: {match.describe()}", file=sys.stderr)
     out = finetune_model(model, fields, args.out, pixel_size_m=optics.pixel_size_m, val_fields=val, seed=args.seed,
-                         rehearsal_fields=twin_rehearsal_fields(optics, n_twin, seed=args.seed),
+                         rehearsal_fields=twin_rehearsal_fields(optics, n_twin, seed=args.seed, match=match),
                          device=args.device, progress=not args.quiet, **_budget(args))
     print(f"rbc finetune: model folder {out} (use it with: rbc assess INPUT -o OUT --model {out})")
     return 0
@@ -430,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fields of the shipped model's training twin, recorded by your fields' optics, trained on "
                         "beside them to keep the classes your fields hardly hold (default: "
                         "rbclib.study.finetune.TWIN_FIELDS; 0: your fields only)")
+    p.add_argument("--unmatched-twin", action="store_true",
+                   help="draw the twin fields with the recipe's noise, defocus and discocyte shape (default: "
+                        "matched to your fields' statistics, rbclib.study.twin_match)")
     _add_budget_arguments(p)
     p.add_argument("--lr", type=_positive_float, help="learning rate (default: rbclib.study.finetune.FINETUNE_LR)")
     p.add_argument("--seed", type=_SEED, default=0)

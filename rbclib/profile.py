@@ -196,6 +196,9 @@ class SegmentProfile:
         06 with ``init_model``: epochs, batches per epoch and rehearsal twin fields
         (:func:`rbclib.study.finetune.twin_rehearsal_fields`) of fine-tuning a trained model
         (:func:`rbclib.study.finetune.finetune_model`).
+    finetune_match_twin : bool
+        Match those twin fields to the run's training fields
+        (:func:`rbclib.study.twin_match.match_twin`).
     phase_range : list of float, optional
         [lo, hi] phase [rad] of the fixed-range normalisation (default
         :data:`rbclib.seg.datasets.PHASE_RANGE_RAD`).
@@ -221,6 +224,7 @@ class SegmentProfile:
     finetune_epochs: int
     finetune_steps: int
     finetune_twin_fields: int
+    finetune_match_twin: bool
     phase_range: Union[list[float], None] = None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -174,11 +175,15 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}); "
-                         "was it written by rbclib and copied completely?") from None
+    with warnings.catch_warnings(record=True) as caught:  # torch's warnings about a file it then cannot read
+        warnings.simplefilter("always")
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+            raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}); "
+                             "was it written by rbclib and copied completely?") from None
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not an rbclib checkpoint (expected a dict, found {type(state).__name__})")
     return state

@@ -89,7 +89,8 @@ def recipe_fields(recipe: dict[str, Any], seeds: Sequence[np.random.SeedSequence
     Parameters
     ----------
     recipe : dict
-        The recipe (:func:`read_recipe`); its ``twin`` table sets the fields.
+        The recipe (:func:`read_recipe`); its ``twin`` table sets the fields (``noise_nm`` and
+        ``defocus_um``, when given, replace the twin's ranges).
     seeds : sequence of numpy.random.SeedSequence
         One seed per field.
     optics : rbclib.core.config.Optics, optional
@@ -107,6 +108,8 @@ def recipe_fields(recipe: dict[str, Any], seeds: Sequence[np.random.SeedSequence
 
     twin = recipe["twin"]
     kw = {k: twin[k] for k in ("density_per_1000um2", "mixture", "flat_discocyte_fraction")}
+    if "defocus_um" in twin:
+        kw["defocus_um"] = tuple(twin["defocus_um"])
     if "noise_nm" in twin:
         kw["settings"] = HologramSettings(noise_nm=tuple(twin["noise_nm"]))
     field_px = int(twin["field_px"])

@@ -18,6 +18,7 @@ from rbclib.core.files import write_json
 from rbclib.core.labels import IGNORE
 from rbclib.seg.datasets import Pair
 from rbclib.study.segmenter import resample
+from rbclib.study.twin_match import TwinMatch
 
 FINETUNE_EPOCHS = 15
 """Default epochs of :func:`finetune_model`."""
@@ -87,14 +88,16 @@ def at_model_pixel_size(pairs: Sequence[Pair], pixel_size_m: float, model_pixel_
             for p in pairs]
 
 
-def twin_rehearsal_fields(optics: Optics, n: int = TWIN_FIELDS, *, seed: int = 0) -> list[Pair]:
+def twin_rehearsal_fields(optics: Optics, n: int = TWIN_FIELDS, *, seed: int = 0,
+                          match: TwinMatch | None = None) -> list[Pair]:
     """The shipped model's training twin as a microscope with these optics records it.
 
     Fine-tuning on a few fields beside these keeps the classes those fields hardly hold
     (a field of fresh blood has one or two spherocytes, if any): the fields are drawn by the
     shipped model's recipe (:func:`rbclib.study.default_model.recipe_fields`) with the
     microscope's wavelength and pixel size, so they need no resampling and carry its phase
-    scale.
+    scale. With ``match`` (:func:`rbclib.study.twin_match.match_twin`) they also carry the
+    microscope's noise, defocus (half the fields below focus, half above) and flat-topped share.
 
     Parameters
     ----------
@@ -104,6 +107,8 @@ def twin_rehearsal_fields(optics: Optics, n: int = TWIN_FIELDS, *, seed: int = 0
         Fields to simulate (each of the recipe's area, 73.8 um square).
     seed : int
         Seed of the fields.
+    match : rbclib.study.twin_match.TwinMatch, optional
+        Twin settings matched to the microscope's fields; None: the recipe's.
 
     Returns
     -------
@@ -112,8 +117,12 @@ def twin_rehearsal_fields(optics: Optics, n: int = TWIN_FIELDS, *, seed: int = 0
     """
     from rbclib.study.default_model import read_recipe, recipe_fields
 
+    recipe = read_recipe()
+    tables = match.twin_tables(recipe["twin"]) if match is not None else [recipe["twin"]]
     seeds = np.random.SeedSequence([int(seed), 35]).spawn(int(n))
-    return [pair for pair, _ in recipe_fields(read_recipe(), seeds, optics=optics, name="rehearsal twin")]
+    return [pair for k, table in enumerate(tables)
+            for pair, _ in recipe_fields({**recipe, "twin": table}, seeds[k::len(tables)], optics=optics,
+                                         name="rehearsal twin")]
 
 
 def finetune_model(model_dir: str | Path, fields: Sequence[Pair], out_dir: str | Path, *, pixel_size_m: float,
