@@ -7,12 +7,6 @@ the discocytes' edge width and central dip, :mod:`rbclib.physics.image_statistic
 series of the recipe's twin with the microscope's optics and measuring them the same way, so the
 statistics' own biases cancel. :func:`rbclib.study.finetune.twin_rehearsal_fields` draws the
 matched twin.
-
-The match is one of appearance: the settings under which the twin's cells look like the user's
-by these statistics, not the microscope's physical ones. On the real hologram
-``rbc_pydhm_field_2021`` (../shared/data) it finds noise 20-25 nm, all discocytes flat-topped
-and the twin's look 6-8 um below focus, where autofocus on the complex field puts the cells 4 um
-above it: real cells' phase falls off later inside the rim than the twin's at any focus.
 """
 from __future__ import annotations
 
@@ -55,8 +49,8 @@ class FieldTraits:
         twin's biconcave discocytes, 0.8 for flat-topped ones.
     shoulder_ratio : float
         Mean phase of the isolated discocytes at 0.8 of their radius, over their peak (both above
-        the medium; NaN: none). On the twin it tells the sign of the defocus, which the edge
-        width does not: flat-topped cells 7 um below focus 0.79, 7 um above 0.53 (noise 20 nm).
+        the medium; NaN: none). It tells the sign of the defocus, which the edge width does not:
+        flat-topped twin cells 7 um below focus 0.79, 7 um above 0.57 (noise 36 nm).
     discocytes : int
         Isolated discocytes measured.
     """
