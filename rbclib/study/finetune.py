@@ -97,7 +97,7 @@ def twin_rehearsal_fields(optics: Optics, n: int = TWIN_FIELDS, *, seed: int = 0
     shipped model's recipe (:func:`rbclib.study.default_model.recipe_fields`) with the
     microscope's wavelength and pixel size, so they need no resampling and carry its phase
     scale. With ``match`` (:func:`rbclib.study.twin_match.match_twin`) they also carry the
-    microscope's noise, defocus and flat-topped share.
+    microscope's noise, defocus (half the fields below focus, half above) and flat-topped share.
 
     Parameters
     ----------
@@ -118,10 +118,11 @@ def twin_rehearsal_fields(optics: Optics, n: int = TWIN_FIELDS, *, seed: int = 0
     from rbclib.study.default_model import read_recipe, recipe_fields
 
     recipe = read_recipe()
-    if match is not None:
-        recipe = {**recipe, "twin": match.twin_table(recipe["twin"])}
+    tables = match.twin_tables(recipe["twin"]) if match is not None else [recipe["twin"]]
     seeds = np.random.SeedSequence([int(seed), 35]).spawn(int(n))
-    return [pair for pair, _ in recipe_fields(recipe, seeds, optics=optics, name="rehearsal twin")]
+    return [pair for k, table in enumerate(tables)
+            for pair, _ in recipe_fields({**recipe, "twin": table}, seeds[k::len(tables)], optics=optics,
+                                         name="rehearsal twin")]
 
 
 def finetune_model(model_dir: str | Path, fields: Sequence[Pair], out_dir: str | Path, *, pixel_size_m: float,

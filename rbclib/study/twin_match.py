@@ -19,8 +19,8 @@ from scipy import ndimage as ndi
 from rbclib.core.config import Optics
 from rbclib.core.labels import BACKGROUND, DISCOCYTE
 
-DEFOCUS_GRID_UM = tuple(float(d) for d in range(-10, 11, 2))
-"""Defocus [um] of the calibration series of :func:`match_twin`."""
+DEFOCUS_GRID_UM = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0)
+"""Defocus distances [um] of the calibration series of :func:`match_twin` (both signs each)."""
 DEFOCUS_HALF_WIDTH_UM = 1.0
 """Half width [um] of the matched defocus range around the estimate."""
 MIN_NOISE_SPREAD = 0.1
@@ -47,10 +47,6 @@ class FieldTraits:
     dip_ratio : float
         Mean central dip ratio of the isolated discocytes (NaN: none): about 0.3-0.4 for the
         twin's biconcave discocytes, 0.8 for flat-topped ones.
-    shoulder_ratio : float
-        Mean phase of the isolated discocytes at 0.8 of their radius, over their peak (both above
-        the medium; NaN: none). It tells the sign of the defocus, which the edge width does not:
-        flat-topped twin cells 7 um below focus 0.79, 7 um above 0.57 (noise 36 nm).
     discocytes : int
         Isolated discocytes measured.
     """
@@ -58,7 +54,6 @@ class FieldTraits:
     noise_nm: tuple[float, ...]
     edge_width_um: float
     dip_ratio: float
-    shoulder_ratio: float
     discocytes: int
 
 
@@ -94,39 +89,15 @@ def field_traits(phases: Sequence[np.ndarray], class_maps: Sequence[np.ndarray],
                                       wavelength_m=optics.wavelength_m).noise_nm)
         discs, _ = ndi.label(labels == DISCOCYTE)
         stats = cell_statistics(phase, discs, optics=optics)
-        stats = stats[stats.isolated & ~stats.touches_edge].copy()
-        stats["shoulder_ratio"] = [_shoulder_ratio(phase, discs == cid, labels == BACKGROUND)
-                                   for cid in stats.cell_id]
-        cells.append(stats)
+        cells.append(stats[stats.isolated & ~stats.touches_edge])
     table = pd.concat(cells, ignore_index=True)
     if len(table):
         table = table[table.area_um2 <= 1.5 * table.area_um2.median()]
-
-    def mean(column: str, average: Any = np.nanmean) -> float:
-        values = table[column].to_numpy(float)
-        return float(average(values)) if np.isfinite(values).any() else float("nan")
-
-    return FieldTraits(noise_nm=tuple(float(n) for n in noise), edge_width_um=mean("edge_width_um", np.nanmedian),
-                       dip_ratio=mean("dip_ratio"), shoulder_ratio=mean("shoulder_ratio"), discocytes=int(len(table)))
-
-
-def _shoulder_ratio(phase: np.ndarray, own: np.ndarray, medium: np.ndarray) -> float:
-    """(phase at 0.8 R_eq - medium) / (peak - medium) of the azimuthal profile of one cell
-    (``own`` (H, W) bool) around its centroid, over it and the ``medium`` (H, W) bool; R_eq =
-    sqrt(area / pi), the medium level the profile's median beyond 1.6 R_eq."""
-    from rbclib.physics.image_statistics import radial_profile
-
-    r_eq = float(np.sqrt(own.sum() / np.pi))
-    (y0, y1), (x0, x1) = [(int(max(np.min(i) - r_eq, 0)), int(np.max(i) + r_eq + 1)) for i in np.nonzero(own)]
-    crop = (slice(y0, y1), slice(x0, x1))
-    centre = ndi.center_of_mass(own[crop])
-    r, profile = radial_profile(phase[crop], centre, valid=own[crop] | medium[crop], r_max_px=2 * r_eq)
-    level = np.nanmedian(profile[r > 1.6 * r_eq])
-    peak = np.nanmax(profile[r <= r_eq]) - level
-    ok = np.isfinite(profile)
-    if not (np.isfinite(level) and peak > 0 and ok.sum() > 2):
-        return float("nan")
-    return float((np.interp(0.8 * r_eq, r[ok], profile[ok]) - level) / peak)
+    edge, dip = table.edge_width_um.to_numpy(float), table.dip_ratio.to_numpy(float)
+    return FieldTraits(noise_nm=tuple(float(n) for n in noise),
+                       edge_width_um=float(np.nanmedian(edge)) if np.isfinite(edge).any() else float("nan"),
+                       dip_ratio=float(np.nanmean(dip)) if np.isfinite(dip).any() else float("nan"),
+                       discocytes=int(len(table)))
 
 
 @dataclass(frozen=True)
@@ -138,7 +109,8 @@ class TwinMatch:
     noise_nm : tuple of float
         (low, high) coherent noise of the twin's recording [nm].
     defocus_um : tuple of float or None
-        (low, high) object-plane defocus [um]; None: the recipe's defocus.
+        (low, high) distance from focus [um], drawn with either sign (a phase image alone does
+        not tell the sign); None: the recipe's defocus.
     flat_discocyte_fraction : float or None
         Share of flat-topped discocytes; None: the recipe's.
     traits : FieldTraits
@@ -150,8 +122,8 @@ class TwinMatch:
     flat_discocyte_fraction: float | None
     traits: FieldTraits
 
-    def twin_table(self, twin: dict[str, Any]) -> dict[str, Any]:
-        """The recipe's ``twin`` table with the matched settings.
+    def twin_tables(self, twin: dict[str, Any]) -> list[dict[str, Any]]:
+        """The recipe's ``twin`` table with the matched settings: one per defocus sign.
 
         Parameters
         ----------
@@ -160,16 +132,16 @@ class TwinMatch:
 
         Returns
         -------
-        dict
-            A copy with the matched ``noise_nm``, and ``defocus_um`` and
-            ``flat_discocyte_fraction`` where matched.
+        list of dict
+            Two tables (below and above focus), or one when the defocus stays the recipe's.
         """
         table = {**twin, "noise_nm": list(self.noise_nm)}
         if self.flat_discocyte_fraction is not None:
             table["flat_discocyte_fraction"] = self.flat_discocyte_fraction
-        if self.defocus_um is not None:
-            table["defocus_um"] = list(self.defocus_um)
-        return table
+        if self.defocus_um is None:
+            return [table]
+        low, high = self.defocus_um
+        return [{**table, "defocus_um": [-high, -low]}, {**table, "defocus_um": [low, high]}]
 
     def describe(self) -> str:
         """The matched settings and what they were matched on.
@@ -181,7 +153,7 @@ class TwinMatch:
         """
         t = self.traits
         defocus = "the recipe's defocus" if self.defocus_um is None else \
-            f"defocus {self.defocus_um[0]:+.1f} to {self.defocus_um[1]:+.1f} um"
+            f"{self.defocus_um[0]:.1f}-{self.defocus_um[1]:.1f} um from focus"
         flat = "the recipe's flat-topped share" if self.flat_discocyte_fraction is None else \
             f"{self.flat_discocyte_fraction:.0%} flat-topped discocytes"
         return (f"twin matched to {len(t.noise_nm)} field(s) ({t.discocytes} isolated discocytes): noise "
@@ -200,10 +172,9 @@ def match_twin(phases: Sequence[np.ndarray], class_maps: Sequence[np.ndarray], o
     2. flat-topped share: all discocytes biconcave, then all flat-topped (the recipe's defocus,
        the matched noise); the fields' mean dip ratio interpolated between the two (the mean
        is linear in the share), clipped to 0..1.
-    3. defocus: the series of :data:`DEFOCUS_GRID_UM` (the same cells at each), linearly
-       interpolated to 0.1 um; the defocus whose edge width and shoulder ratio lie nearest the
-       fields' (each in units of its range over the series), +-:data:`DEFOCUS_HALF_WIDTH_UM`.
-       The edge width grows with the distance from focus, the shoulder ratio tells the sign.
+    3. defocus: the series of :data:`DEFOCUS_GRID_UM`, each at both signs and with the same
+       cells; the fields' median edge width interpolated on the series' (made monotone),
+       +-:data:`DEFOCUS_HALF_WIDTH_UM`.
 
     Parameters
     ----------
@@ -244,21 +215,18 @@ def match_twin(phases: Sequence[np.ndarray], class_maps: Sequence[np.ndarray], o
     low = min(float(noise.min()), median * (1 - MIN_NOISE_SPREAD)) * gain
     high = max(float(noise.max()), median * (1 + MIN_NOISE_SPREAD)) * gain
     matched_noise = (round(low, 2), round(high, 2))
-    if traits.discocytes < MIN_DISCOCYTES or not np.isfinite([traits.dip_ratio, traits.edge_width_um, traits.shoulder_ratio]).all():
+    if traits.discocytes < MIN_DISCOCYTES or not np.isfinite([traits.dip_ratio, traits.edge_width_um]).all():
         return TwinMatch(matched_noise, None, None, traits)
 
     dips = [simulated(noise_nm=list(matched_noise), flat_discocyte_fraction=f).dip_ratio for f in (0.0, 1.0)]
     flat = float(np.clip((traits.dip_ratio - dips[0]) / (dips[1] - dips[0]), 0.0, 1.0))
-    series = [simulated(noise_nm=list(matched_noise), flat_discocyte_fraction=flat, defocus_um=[d, d])
-              for d in DEFOCUS_GRID_UM]
-    fine = np.arange(DEFOCUS_GRID_UM[0], DEFOCUS_GRID_UM[-1] + 0.05, 0.1)
-    cost = np.zeros_like(fine)
-    for name in ("edge_width_um", "shoulder_ratio"):
-        values = np.array([getattr(t, name) for t in series])
-        spread = max(float(np.ptp(values)), 1e-6)
-        cost += ((np.interp(fine, DEFOCUS_GRID_UM, values) - getattr(traits, name)) / spread) ** 2
-    centre = float(fine[int(np.argmin(cost))])
-    defocus = (round(centre - DEFOCUS_HALF_WIDTH_UM, 2), round(centre + DEFOCUS_HALF_WIDTH_UM, 2))
+    edges = []
+    for d in DEFOCUS_GRID_UM:
+        widths = [simulated(noise_nm=list(matched_noise), flat_discocyte_fraction=flat,
+                            defocus_um=[s * d, s * d]).edge_width_um for s in (-1.0, 1.0)]
+        edges.append(float(np.mean(widths)))
+    distance = float(np.interp(traits.edge_width_um, np.maximum.accumulate(edges), DEFOCUS_GRID_UM))
+    defocus = (round(max(distance - DEFOCUS_HALF_WIDTH_UM, 0.0), 2), round(distance + DEFOCUS_HALF_WIDTH_UM, 2))
     return TwinMatch(matched_noise, defocus, round(flat, 3), traits)
 
 
