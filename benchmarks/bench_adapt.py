@@ -28,8 +28,9 @@ test fields as ``rbc assess`` segments them (Dice and AJI overall, per-cell clas
 
 Every training has the same budget (``--epochs`` x ``--steps`` batches, however few the
 fields). The test fields hold few cells of the rare classes (the 18 fields: 5 spherocytes,
-18 echinocytes and 16 stomatocytes beside 560 discocytes), and the overall Dice weighs the four
-classes equally, so fewer ``--test-fields`` give noisy means. Writes
+18 echinocytes and 16 stomatocytes beside 560 discocytes; 54 fields: 23, 41 and 52), and the
+overall Dice weighs the four classes equally, so fewer ``--test-fields`` give noisy means; two
+false spherocytes cost 18 fields about 0.08. Rows are kept per number of test fields. Writes
 ``benchmarks/results/adaptation.csv`` (``method,n_fields,seed,dice_overall,aji_overall,
 cell_accuracy,minutes,test_fields``) and ``benchmarks/results/annotation_effort.csv`` (the share of
 detected cells whose pre-filled class the user must change, and actions per cell with and
@@ -37,6 +38,8 @@ without pre-filling, accepting a page of ``PAGE`` cells in one action).
 
     python benchmarks/bench_adapt.py                 # everything, about 3 hours on 2 CPU cores
     python benchmarks/bench_adapt.py --seeds 0 --fields 2 --methods shipped finetune_shipped
+    python benchmarks/bench_adapt.py --test-fields 54 --fields 2 --methods finetune_matched full
+    python benchmarks/bench_adapt.py --test-fields 54 --fields 2 --methods shipped_home shipped finetune_twin
 """
 from __future__ import annotations
 
