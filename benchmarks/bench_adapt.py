@@ -135,8 +135,9 @@ def _merged(path: Path, new: pd.DataFrame) -> pd.DataFrame:
         rerun = old.set_index(key).index.isin(new.set_index(key).index)
         new = pd.concat([old[~rerun], new], ignore_index=True)
     order = {m: k for k, m in enumerate(METHODS)}
-    return new.sort_values(["test_fields", "method", "n_fields", "seed"],
-                           key=lambda c: c.map(order) if c.name == "method" else c, kind="stable").reset_index(drop=True)
+    table = new.sort_values(["test_fields", "method", "n_fields", "seed"],
+                            key=lambda c: c.map(order) if c.name == "method" else c, kind="stable")
+    return table.reset_index(drop=True)
 
 
 def main() -> None:

@@ -115,8 +115,9 @@ class TwinMatch:
     noise_nm : tuple of float
         (low, high) coherent noise of the twin's recording [nm].
     defocus_um : tuple of float or None
-        (low, high) distance from focus [um], drawn with either sign (a phase image alone does
-        not tell the sign); None: the recipe's defocus.
+        (low, high) distance from focus [um], drawn with either sign (a phase image does not
+        tell the sign reliably: real cells' phase profile differs from the twin's); None: the
+        recipe's defocus.
     flat_discocyte_fraction : float or None
         Share of flat-topped discocytes; None: the recipe's.
     traits : FieldTraits
