@@ -16,12 +16,12 @@ test fields as ``rbc assess`` segments them (Dice and AJI overall, per-cell clas
 - ``ssl_adapt``: the paper's SSL (MoCo v2 + reconstruction) on tiles of those fields, started
   from the shipped encoder and decoder, put back under the shipped head (``--ssl-steps``);
 - ``finetune_shipped``: fine-tuned on 1, 2 or 4 annotated fields;
-- ``finetune_twin``: the same, with ``TWIN_FIELDS`` fields of the shipped model's training
-  twin recorded by this microscope's optics (wavelength, pixel size) beside them
+- ``finetune_twin``: the same, with ``RECIPE_TWIN_FIELDS`` fields of the shipped model's
+  training twin recorded by this microscope's optics (wavelength, pixel size) beside them
   (:func:`rbclib.study.finetune.twin_rehearsal_fields`);
-- ``finetune_matched``: the same, with the twin matched to the annotated fields' noise, defocus
-  and flat-topped discocytes (:func:`rbclib.study.twin_match.match_twin`), as ``rbc finetune``
-  does by default;
+- ``finetune_matched``: the same, with ``TWIN_FIELDS`` (16) fields of the twin matched to the
+  annotated fields' noise, defocus and flat-topped discocytes
+  (:func:`rbclib.study.twin_match.match_twin`), as ``rbc finetune`` does by default;
 - ``bn_finetune``: ``bn_adapt`` first (no labels), then fine-tuned on the 1, 2 or 4 fields;
 - ``scratch``: the same architecture and budget from random weights on the same fields;
 - ``full``: the shipped model fine-tuned on all 12 training fields.
@@ -64,6 +64,7 @@ POOL, TEST = 12, 18     # training-pool and test fields
 PAGE = 12               # cells accepted in one action
 METHODS = ("shipped_home", "shipped", "bn_adapt", "pseudo_label", "ssl_adapt", "finetune_shipped", "finetune_twin",
            "finetune_matched", "bn_finetune", "scratch", "full")
+RECIPE_TWIN_FIELDS = 8  # twin fields of finetune_twin
 SCRATCH_LR = 1e-3       # the shipped model's own training rate, for training from random weights
 
 
@@ -207,8 +208,9 @@ def main() -> None:
                     record("finetune_shipped", n, seed, model, time.perf_counter() - t0)
                 if "finetune_twin" in args.methods:
                     t0 = time.perf_counter()
+                    rehearsal = twin_rehearsal_fields(OPTICS, RECIPE_TWIN_FIELDS, seed=seed)
                     model = finetune_model(SHIPPED_MODEL_DIR, chosen, tmp / f"ftt_{n}_{seed}", seed=seed,
-                                           rehearsal_fields=twin_rehearsal_fields(OPTICS, seed=seed),
+                                           rehearsal_fields=rehearsal,
                                            pixel_size_m=OPTICS.pixel_size_m, progress=False, **budget)
                     record("finetune_twin", n, seed, model, time.perf_counter() - t0)
                 if "finetune_matched" in args.methods:

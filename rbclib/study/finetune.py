@@ -26,7 +26,7 @@ FINETUNE_STEPS = 20
 """Default batches per epoch of :func:`finetune_model` (with the shipped model, 1-2 min on a 2-core CPU)."""
 FINETUNE_LR = 3e-4
 """Default AdamW learning rate of :func:`finetune_model`: a third of the shipped model's training rate."""
-TWIN_FIELDS = 8
+TWIN_FIELDS = 16
 """Default rehearsal fields of the shipped model's twin in :func:`twin_rehearsal_fields`."""
 SSL_STEPS = 100
 """Default MoCo v2 + reconstruction steps of :func:`adapt_ssl`."""
